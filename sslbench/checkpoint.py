@@ -1,0 +1,98 @@
+"""Loading a trunk for transfer: from an sslbench checkpoint, a plain state dict, or random init."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from sslbench.backbones.base import Backbone, backbone_label, build_backbone
+from sslbench.config import Named, recipe_from_json
+from sslbench.errors import UserError
+
+
+@dataclass(frozen=True)
+class Trunk:
+    backbone: Backbone
+    method: str  # pretext task that trained it, or 'random'
+    variant: str
+    label: str  # backbone label for tables
+    pretrain_dataset: str
+    pretrain_run: str
+    checkpoint: str
+    prepare: Callable[[Tensor], Tensor]  # uint8 images -> the trunk's input (the pretext task's own transform)
+
+
+def load_trunk(checkpoint: str, fallback: Named, taps: Sequence[str]) -> Trunk:
+    """'random' -> `fallback` freshly initialised; a path -> the backbone its checkpoint describes."""
+    if checkpoint == "random":
+        backbone = build_backbone(fallback.name, fallback.cfg)
+        trunk = Trunk(backbone, "random", "", backbone_label(fallback.name, fallback.cfg), "", "", "random",
+                      trunk_input(None, backbone))
+    else:
+        trunk = _from_file(Path(checkpoint), fallback)
+    _require_taps(trunk, taps)
+    return trunk
+
+
+def _from_file(path: Path, fallback: Named) -> Trunk:
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}; pass a runs/<task>-*/checkpoint.pt or 'random'")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise UserError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
+    if isinstance(state, dict) and state.get("format", "").startswith("sslbench-pretrain"):
+        recipe = recipe_from_json(state["recipe"])
+        backbone = build_backbone(recipe.backbone.name, recipe.backbone.cfg)
+        load_state_strict(backbone, state["backbone_state"], path)
+        return Trunk(backbone, state["task"], state.get("variant", ""), state["backbone"]["label"],
+                     recipe.data.dataset, path.parent.name, str(path), trunk_input(state["task"], backbone))
+    # A plain state dict (e.g. weights converted from the authors' Caffe models): load into the recipe's backbone.
+    weights = state.get("state_dict", state) if isinstance(state, dict) else None
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise UserError(f"{path}: expected an sslbench checkpoint or a state dict of tensors")
+    backbone = build_backbone(fallback.name, fallback.cfg)
+    load_state_strict(backbone, weights, path)
+    return Trunk(backbone, path.stem, "", backbone_label(fallback.name, fallback.cfg), "", "", str(path),
+                 trunk_input(None, backbone))
+
+
+def load_state_strict(module: torch.nn.Module, weights: dict[str, Any], source: Path) -> None:
+    """Load or explain which keys differ (missing, unexpected, wrong shape) in one line."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    shapes = sorted(k for k in set(own) & set(weights) if tuple(own[k].shape) != tuple(weights[k].shape))
+    if missing or unexpected or shapes:
+        parts = []
+        for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+            if keys:
+                parts.append(f"{what}: {', '.join(keys[:4])}" + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else ""))
+        raise UserError(
+            f"{source} does not match backbone {type(module).__name__} ({'; '.join(parts)}); "
+            "is it a checkpoint of another architecture? set --set backbone.name=... to match it"
+        )
+    module.load_state_dict(weights)
+
+
+def trunk_input(task: str | None, backbone: Backbone) -> Callable[[Tensor], Tensor]:
+    """The input transform the trunk was trained with: its pretext task's, else by input channels."""
+    from sslbench.registry import TASKS
+    from sslbench.tasks.base import PretextTask
+
+    if task in TASKS:
+        return TASKS.get(task).trunk_input
+    return PretextTask.trunk_input if backbone.in_channels == 3 else PretextTask.gray_input
+
+
+def _require_taps(trunk: Trunk, taps: Sequence[str]) -> None:
+    missing = [t for t in taps if t not in trunk.backbone.feature_info]
+    if missing:
+        raise UserError(
+            f"{trunk.checkpoint} ({trunk.label}) has no tap {missing[0]!r} that this protocol needs; "
+            f"its taps are {', '.join(trunk.backbone.feature_info)}"
+        )

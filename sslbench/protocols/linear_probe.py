@@ -1,0 +1,43 @@
+"""conv1..conv5 linear probes on a frozen trunk (Zhang et al. 2016 split-brain / RotNet protocol).
+
+Each tap's map is pooled to ~9k dims (the pooling is recipe data, per tap), then BatchNorm without
+affine + Linear; all probes train together on one pass of the frozen trunk. Reports top-1 (%) per tap
+as 'linear/<tap>' and the best tap's top-5 as 'linear/top5-best'.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sslbench.checkpoint import Trunk
+from sslbench.config import Recipe
+from sslbench.protocols.base import EvalContext, Protocol
+from sslbench.protocols.probing import PoolSpec, linear_head, train_probes
+from sslbench.registry import register_protocol
+
+
+@dataclass(frozen=True)
+class LinearProbeConfig:
+    taps: tuple[str, ...] = ("conv1", "conv2", "conv3", "conv4", "conv5")  # trunk outputs to probe
+    pool: dict[str, PoolSpec] = field(default_factory=dict)  # per-tap pooling (missing taps: 6x6 max)
+    num_classes: int = 20  # classes of the probe data set (embedded / VOC: 20, ImageNet: 1000)
+    cache_features: bool = True  # compute pooled features once (no augmentation); paper scale: false
+    crop_pad: int = 0  # random-crop padding when streaming (paper: crops + flips each epoch)
+
+
+@register_protocol("linear", config=LinearProbeConfig)
+class LinearProbe(Protocol):
+    """Linear probes on conv1..conv5 of a frozen trunk, trained together in one pass."""
+
+    def taps(self) -> tuple[str, ...]:
+        return self.cfg.taps
+
+    def run(self, trunk: Trunk, recipe: Recipe, ctx: EvalContext) -> dict[str, float]:
+        report = train_probes(
+            trunk, recipe, self.cfg.taps, self.cfg.pool, linear_head, self.cfg.num_classes,
+            self.cfg.cache_features, self.cfg.crop_pad, ctx.device, ctx.progress, ctx.log.write,
+        )
+        metrics = {f"linear/{t}": v for t, v in report.top1.items()}
+        best = max(report.top1, key=report.top1.__getitem__)
+        metrics["linear/top5-best"] = report.top5[best]
+        return metrics

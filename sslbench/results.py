@@ -1,0 +1,190 @@
+"""The results store: one SQLite file (runs/results.sqlite, WAL mode), one row per (run, protocol, metric).
+
+Rows carry their provenance (method, backbone, data set, scale, seed, code version, wall time, the
+resolved recipe) so that a table can say where every number of ours came from. Several processes may
+write at once: WAL lets readers run beside one writer, and writers wait (busy timeout) instead of failing.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id      TEXT NOT NULL,     -- evaluation run directory name
+    protocol    TEXT NOT NULL,     -- e.g. 'linear'
+    metric      TEXT NOT NULL,     -- full key, e.g. 'linear/conv3'
+    value       REAL NOT NULL,
+    method      TEXT NOT NULL,     -- pretext task name, or 'random'
+    variant     TEXT NOT NULL,     -- task variant label, e.g. 'color-dropping' ('' if none)
+    backbone    TEXT NOT NULL,     -- backbone label, e.g. 'alexnet-bn' or 'nin-4blocks'
+    dataset     TEXT NOT NULL,     -- data set the protocol ran on, e.g. 'embedded' or 'voc2007'
+    pretrain_dataset TEXT NOT NULL,-- data set the trunk was pretrained on ('' for random init)
+    scale       TEXT NOT NULL,     -- 'mini' or 'paper'
+    init        TEXT NOT NULL,     -- 'checkpoint', 'random', or '+rescale' variants
+    seed        INTEGER NOT NULL,
+    version     TEXT NOT NULL,     -- sslbench version + git commit
+    wall_time   REAL NOT NULL,     -- seconds the protocol took
+    checkpoint  TEXT NOT NULL,     -- checkpoint path or 'random'
+    pretrain_run TEXT NOT NULL,    -- run id of the pretraining ('' for random init)
+    recipe      TEXT NOT NULL,     -- resolved protocol recipe, JSON
+    created_at  TEXT NOT NULL      -- ISO time the row was written
+);
+CREATE INDEX IF NOT EXISTS results_metric ON results(metric);
+CREATE TABLE IF NOT EXISTS pretrain_runs (
+    run_id      TEXT PRIMARY KEY,
+    method      TEXT NOT NULL,
+    variant     TEXT NOT NULL,
+    backbone    TEXT NOT NULL,
+    dataset     TEXT NOT NULL,
+    scale       TEXT NOT NULL,
+    seed        INTEGER NOT NULL,
+    version     TEXT NOT NULL,
+    wall_time   REAL NOT NULL,
+    checkpoint  TEXT NOT NULL,
+    recipe_key  TEXT NOT NULL,     -- hash of the resolved recipe: equal keys = same experiment
+    recipe      TEXT NOT NULL,
+    metrics     TEXT NOT NULL,     -- final pretext metrics, JSON
+    created_at  TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a number came from: everything a table footnote or a reuse decision needs."""
+
+    run_id: str
+    method: str
+    variant: str
+    backbone: str
+    dataset: str
+    pretrain_dataset: str
+    scale: str
+    init: str
+    seed: int
+    version: str
+    checkpoint: str
+    pretrain_run: str
+    recipe: str
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    protocol: str
+    metric: str
+    value: float
+    wall_time: float
+    created_at: str
+    prov: Provenance
+
+
+@dataclass(frozen=True)
+class PretrainRow:
+    run_id: str
+    method: str
+    variant: str
+    backbone: str
+    dataset: str
+    scale: str
+    seed: int
+    version: str
+    wall_time: float
+    checkpoint: str
+    recipe_key: str
+    recipe: str
+    metrics: dict[str, float]
+    created_at: str
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime())
+
+
+class ResultStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as con:
+            con.executescript(SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        con = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA busy_timeout=60000")
+            yield con
+        finally:
+            con.close()
+
+    def add_results(self, protocol: str, metrics: dict[str, float], prov: Provenance, wall_time: float) -> None:
+        """All metrics of one protocol run in one transaction: a table never sees half a run."""
+        created = now_iso()
+        p = asdict(prov)
+        rows = [
+            (p["run_id"], protocol, metric, float(value), p["method"], p["variant"], p["backbone"],
+             p["dataset"], p["pretrain_dataset"], p["scale"], p["init"], p["seed"], p["version"],
+             float(wall_time), p["checkpoint"], p["pretrain_run"], p["recipe"], created)
+            for metric, value in sorted(metrics.items())
+        ]
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            con.executemany(
+                "INSERT INTO results (run_id, protocol, metric, value, method, variant, backbone, dataset,"
+                " pretrain_dataset, scale, init, seed, version, wall_time, checkpoint, pretrain_run, recipe,"
+                " created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
+            con.execute("COMMIT")
+
+    def results(self, metric_prefix: str = "") -> list[ResultRow]:
+        with self._connect() as con:
+            cur = con.execute(
+                "SELECT protocol, metric, value, wall_time, created_at, run_id, method, variant, backbone,"
+                " dataset, pretrain_dataset, scale, init, seed, version, checkpoint, pretrain_run, recipe"
+                " FROM results WHERE metric LIKE ? ORDER BY id",
+                (metric_prefix + "%",),
+            )
+            return [
+                ResultRow(r[0], r[1], r[2], r[3], r[4], Provenance(*r[5:]))
+                for r in cur.fetchall()
+            ]
+
+    def add_pretrain_run(self, row: PretrainRow) -> None:
+        d = asdict(row)
+        d["metrics"] = json.dumps(row.metrics, sort_keys=True)
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            con.execute(
+                f"INSERT OR REPLACE INTO pretrain_runs ({', '.join(d)}) VALUES ({', '.join('?' * len(d))})",
+                tuple(d.values()),
+            )
+            con.execute("COMMIT")
+
+    def pretrain_runs(self, recipe_key: str | None = None) -> list[PretrainRow]:
+        query = "SELECT * FROM pretrain_runs"
+        args: tuple[str, ...] = ()
+        if recipe_key is not None:
+            query += " WHERE recipe_key = ?"
+            args = (recipe_key,)
+        with self._connect() as con:
+            cur = con.execute(query + " ORDER BY created_at", args)
+            names = [c[0] for c in cur.description]
+            out = []
+            for values in cur.fetchall():
+                d = dict(zip(names, values))
+                d["metrics"] = json.loads(d["metrics"])
+                out.append(PretrainRow(**d))
+            return out
+
+
+def default_store(runs_dir: str | Path) -> ResultStore:
+    return ResultStore(Path(runs_dir) / "results.sqlite")

@@ -1,0 +1,36 @@
+"""Per-run metrics: metrics.jsonl (one JSON object per logged step) and TensorBoard scalars."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+
+class MetricLogger:
+    def __init__(self, run_dir: Path, enabled: bool = True, purge_step: int | None = None) -> None:
+        self.enabled = enabled
+        if not enabled:
+            return
+        self.path = run_dir / "metrics.jsonl"
+        if purge_step is not None and self.path.exists():  # resumed: drop lines past the checkpoint
+            kept = [l for l in self.path.read_text().splitlines() if json.loads(l).get("step", 0) <= purge_step]
+            self.path.write_text("".join(l + "\n" for l in kept))
+        self.file = self.path.open("a")
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=purge_step or None)
+
+    def write(self, step: int, values: dict[str, Any], prefix: str = "train") -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
+        self.file.flush()
+        for key, value in values.items():
+            self.tb.add_scalar(f"{prefix}/{key}", value, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.file.close()
+            self.tb.close()

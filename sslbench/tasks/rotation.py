@@ -1,0 +1,50 @@
+"""RotNet (Gidaris, Singh, Komodakis, ICLR 2018): predict which of 0/90/180/270 degrees was applied.
+
+As in the released code, every image enters the batch in all four rotations, one label each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sslbench.backbones.base import Backbone
+from sslbench.registry import register_task
+from sslbench.tasks.base import PretextTask, TapHead, accuracy, normalize, random_crop_flip
+
+
+@dataclass(frozen=True)
+class RotationConfig:
+    crop_pad: int = 4  # random-crop padding before rotating (RotNet CIFAR: 4 px); 0 = no crop
+    flip: bool = True  # random horizontal flip (kept: a flip does not change the rotation label)
+
+
+def rotate_all(images: Tensor) -> tuple[Tensor, Tensor]:
+    """[N,C,H,W] -> ([4N,C,H,W], [4N]): image i appears at rows 4i..4i+3 rotated by 0, 90, 180, 270 deg."""
+    rotated = torch.stack([torch.rot90(images, k, dims=(2, 3)) for k in range(4)], dim=1)  # [N,4,C,H,W]
+    labels = torch.arange(4).repeat(images.shape[0])  # [4N]
+    return rotated.flatten(0, 1), labels
+
+
+@register_task("rotation", config=RotationConfig)
+class Rotation(PretextTask):
+    """RotNet: 4-way rotation classification with all four rotations of every image in the batch."""
+
+    def __init__(self, cfg: RotationConfig, backbone: Backbone) -> None:
+        super().__init__(cfg, backbone)
+        self.head = TapHead(backbone, backbone.head_tap, 4)
+
+    def make_batch(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        """uint8 [N,3,H,W] -> inputs [4N,3,H,W] (normalised), labels [4N]."""
+        if self.cfg.crop_pad or self.cfg.flip:
+            images = random_crop_flip(images, self.cfg.crop_pad, self.cfg.flip, generator)
+        inputs, labels = rotate_all(normalize(images))
+        return {"inputs": inputs, "labels": labels}
+
+    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        features = self.backbone(batch["inputs"], taps=(self.head.tap,))[self.head.tap]
+        logits = self.head(features)  # [4N, 4]
+        return {"loss": F.cross_entropy(logits, batch["labels"]), "acc": accuracy(logits, batch["labels"])}
