@@ -9,6 +9,7 @@ overrides go into the raw TOML before validation, so they pass through the same 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import sys
 import types
@@ -199,16 +200,17 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
 # ---------------------------------------------------------------- loading
 
 
-def recipe_path(kind: str, name: str, scale: str) -> Path:
+def recipe_path(kind: str, name: str, scale: str, flavour: str = "") -> Path:
+    """recipes/[protocols/]<name>/<scale>[-<flavour>].toml; a flavour is a variant such as 'alexnet'."""
     if scale not in SCALES:
         raise UserError(f"unknown scale {scale!r}; valid: {', '.join(SCALES)}")
     base = recipes_dir() / ("protocols" if kind == "protocol" else "") / name
-    path = base / f"{scale}.toml"
+    path = base / (f"{scale}-{flavour}.toml" if flavour else f"{scale}.toml")
     if not path.is_file():
         available = sorted(p.stem for p in base.glob("*.toml")) if base.is_dir() else []
         raise UserError(
-            f"no {scale} recipe for {kind} {name!r}: expected {path}"
-            + (f"; available scales: {', '.join(available)}" if available else "")
+            f"no recipe {path.stem!r} for {kind} {name!r}: expected {path}"
+            + (f"; available recipes: {', '.join(available)}" if available else "")
         )
     return path
 
@@ -251,6 +253,7 @@ def load_recipe(
     data: dict[str, str] | None = None,
     seed: int | None = None,
     path: Path | None = None,
+    flavour: str = "",
 ) -> Recipe:
     from sslbench.registry import load_all
 
@@ -258,7 +261,7 @@ def load_recipe(
     registry = TASKS if kind == "pretrain" else PROTOCOLS
     if name not in registry:
         raise UserError(unknown_name_message(registry.kind, name, registry.names()))
-    path = path or recipe_path(kind, name, scale)
+    path = path or recipe_path(kind, name, scale, flavour)
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
@@ -311,6 +314,17 @@ def recipe_from_dict(
         engine=build(EngineConfig, raw.get("engine", {}), f"{where} [engine]"),
         overrides=tuple(overrides),
     )
+
+
+def recipe_key(recipe: Recipe | str) -> str:
+    """Identity of what a run computes (everything but where the recipe came from): reuse is keyed by it.
+
+    Accepts a Recipe or its JSON (as stored with every result)."""
+    d = json.loads(recipe) if isinstance(recipe, str) else recipe.to_dict()
+    for key in ("source", "overrides"):
+        d.pop(key, None)
+    d.get("data", {}).pop("workers", None)
+    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def recipe_from_json(text: str) -> Recipe:

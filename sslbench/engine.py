@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sslbench.backbones.base import backbone_label, build_backbone
-from sslbench.config import OptimConfig, Recipe, ScheduleConfig
+from sslbench.config import OptimConfig, Recipe, ScheduleConfig, recipe_key
 from sslbench.data.build import build_dataset, collate_skip_corrupt
 from sslbench.errors import UserError
 from sslbench.progress import console, progress_bar
@@ -238,6 +238,10 @@ class Trainer:
                                     collate_fn=collate_skip_corrupt)
                 for images, _ in loader:
                     self.skipped += per_rank - images.shape[0]
+                    if images.shape[0] == 0:  # every file of this batch was unreadable
+                        self.step += 1
+                        advance(1)
+                        continue
                     if stop_at is not None and self.step >= stop_at:
                         log.close()
                         return self._outcome(start)
@@ -317,7 +321,21 @@ def pretrain(
     outcome = trainer.fit(stop_at=stop_at)
     if ddp.enabled:
         dist.barrier()
+    if ddp.is_main and trainer.step >= trainer.total_steps:
+        _store_pretrain_run(recipe, outcome, runs)
     return outcome
+
+
+def _store_pretrain_run(recipe: Recipe, outcome: PretrainOutcome, runs: Path) -> None:
+    from sslbench.results import PretrainRow, default_store, now_iso
+
+    default_store(runs).add_pretrain_run(PretrainRow(
+        run_id=outcome.run_dir.name, method=recipe.name, variant=TASKS.get(recipe.name).variant(recipe.method.cfg),
+        backbone=backbone_label(recipe.backbone.name, recipe.backbone.cfg), dataset=recipe.data.dataset,
+        scale=recipe.scale, seed=recipe.seed, version=code_version(), wall_time=outcome.wall_time,
+        checkpoint=str(outcome.checkpoint), recipe_key=recipe_key(recipe), recipe=recipe.to_json(),
+        metrics=outcome.metrics, created_at=now_iso(),
+    ))
 
 
 def _run_dir(runs: Path, name: str, resume: bool, ddp: Dist) -> Path:

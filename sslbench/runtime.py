@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -79,6 +80,7 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1009 + rank)
 
 
+@functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """'0.1.0+g<commit>' (or '+unknown' outside a git checkout), recorded with every result."""
     try:

@@ -1,0 +1,241 @@
+"""The sslbench command line: parses options and calls one library function per command."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from sslbench.errors import UserError
+
+app = typer.Typer(
+    name="sslbench", no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
+    help="Pretrain the classic self-supervised pretext tasks, transfer them, and print the papers' tables "
+         "next to ours.\n\nExample: [bold]sslbench reproduce rotations[/bold]",
+)
+data_app = typer.Typer(no_args_is_help=True, help="The embedded data set and real data sets on disk.")
+app.add_typer(data_app, name="data")
+
+ScaleOpt = typer.Option("mini", "--scale", help="mini (embedded data, CPU minutes) or paper (real data, papers' schedules).")
+RecipeOpt = typer.Option("", "--recipe", help="Recipe flavour: recipes/<name>/<scale>-<flavour>.toml (e.g. alexnet).")
+DataOpt = typer.Option(None, "--data", help="NAME=PATH of a real data set, e.g. voc2007=/data/VOCdevkit (default: embedded).")
+SetOpt = typer.Option(None, "--set", help="Recipe override key=value, repeatable (e.g. optim.lr=0.005).")
+DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda.")
+SeedOpt = typer.Option(None, "--seed", help="Override the recipe's seed.")
+RunsOpt = typer.Option(Path("runs"), "--runs", help="Directory of run folders and results.sqlite.")
+
+
+def _data(items: Optional[list[str]]) -> dict[str, str] | None:
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--data expects NAME=PATH (e.g. voc2007=/data/VOCdevkit), found {item!r}")
+        name, path = item.split("=", 1)
+        from sslbench.registry import DATASETS, load_all
+
+        load_all()
+        DATASETS.entry(name)  # unknown names fail here with the valid ones
+        out[name] = path
+    if len(out) > 1:
+        raise UserError(f"--data takes one data set per run, found {', '.join(out)}")
+    return out
+
+
+@app.command()
+def pretrain(
+    task: str = typer.Argument(..., help="Pretext task (sslbench list tasks)."),
+    scale: str = ScaleOpt, recipe: str = RecipeOpt, data: Optional[list[str]] = DataOpt,
+    set_: Optional[list[str]] = SetOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
+    runs: Path = RunsOpt,
+    resume: bool = typer.Option(False, "--resume", help="Continue the latest unfinished run of this task from its checkpoint."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Pretrain a network on a pretext task; writes runs/<task>-<time>/ (checkpoint.pt, metrics, TensorBoard).
+
+    Example: [bold]sslbench pretrain rotation --recipe alexnet --set schedule.epochs=5[/bold]
+    """
+    from sslbench.config import load_recipe
+    from sslbench.engine import pretrain as run_pretrain
+
+    r = load_recipe("pretrain", task, scale, set_ or [], _data(data), seed, flavour=recipe)
+    out = run_pretrain(r, runs, device, resume=resume, progress=not quiet, argv=sys.argv)
+    metrics = " ".join(f"{k} {v:.3f}" for k, v in out.metrics.items())
+    skipped = f", {out.skipped_images} unreadable images skipped" if out.skipped_images else ""
+    typer.echo(f"pretrain {task}: {out.steps} steps in {out.wall_time:.0f} s, {metrics}{skipped} -> {out.checkpoint}")
+
+
+@app.command("eval")
+def eval_(
+    protocol: str = typer.Option(..., "--protocol", help="Transfer protocol (sslbench list protocols)."),
+    checkpoint: str = typer.Option(..., "--checkpoint", help="runs/<task>-*/checkpoint.pt, a state dict, or 'random'."),
+    scale: str = ScaleOpt, recipe: str = RecipeOpt, data: Optional[list[str]] = DataOpt,
+    set_: Optional[list[str]] = SetOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
+    runs: Path = RunsOpt, quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Evaluate a checkpoint (or random init) with a transfer protocol; the numbers go to runs/results.sqlite.
+
+    Example: [bold]sslbench eval --protocol linear --checkpoint runs/rotation-20261125-101500/checkpoint.pt[/bold]
+    """
+    from sslbench.config import load_recipe
+    from sslbench.protocols.base import evaluate
+
+    r = load_recipe("protocol", protocol, scale, set_ or [], _data(data), seed, flavour=recipe)
+    out = evaluate(r, checkpoint, runs, device, progress=not quiet, argv=sys.argv)
+    values = " ".join(f"{k.split('/', 1)[1]} {v:.2f}" for k, v in out.metrics.items())
+    typer.echo(f"eval {protocol} on {out.provenance.method} [{out.provenance.backbone}]: {values} ({out.wall_time:.0f} s)")
+
+
+@app.command()
+def table(
+    name: str = typer.Argument(..., help="Table or group (sslbench list tables)."),
+    fmt: str = typer.Option("rich", "--format", help="rich, markdown, latex, csv, json or html."),
+    runs: Path = RunsOpt,
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw accuracy by layer to this PNG (probe tables)."),
+) -> None:
+    """Print a table of the deck: the paper's rows verbatim, then sslbench's rows from the results store.
+
+    Example: [bold]sslbench table rotations --format markdown[/bold]
+    """
+    _print_tables(name, fmt, runs, plot)
+
+
+def _print_tables(name: str, fmt: str, runs: Path, plot: Optional[Path]) -> None:
+    from sslbench import report
+    from sslbench.results import ResultStore
+
+    names = report.resolve(name)
+    if fmt not in report.FORMATS:
+        raise UserError(f"unknown format {fmt!r}; valid: {', '.join(report.FORMATS)}")
+    store_path = runs / "results.sqlite"
+    store = ResultStore(store_path) if store_path.is_file() else None
+    for i, n in enumerate(names):
+        t = report.load_table(n)
+        if fmt == "rich":
+            from rich.console import Console
+
+            console = Console() if sys.stdout.isatty() else Console(width=report.RICH_WIDTH)
+            console.print(report.rich_table(t, report.all_rows(t, store)))
+            console.print()
+        else:
+            sys.stdout.write(("\n" if i else "") + report.render(t, store, fmt))
+        if plot is not None and n in report.PLOTTABLE:
+            target = plot if len(names) == 1 else plot.with_name(f"{plot.stem}-{n}{plot.suffix}")
+            report.plot(t, store, target)
+            typer.echo(f"plot: {target}", err=True)
+        elif plot is not None and len(names) == 1:
+            report.plot(t, store, plot)  # raises the one-line error for non-probe tables
+
+
+@app.command()
+def reproduce(
+    name: str = typer.Argument(..., help="Table or group (sslbench list tables)."),
+    scale: str = ScaleOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt, runs: Path = RunsOpt,
+    data: Optional[list[str]] = DataOpt,
+    force: bool = typer.Option(False, "--force", help="Run everything again instead of reusing the store's results."),
+    fmt: str = typer.Option("rich", "--format", help="Output format of the tables."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the probe tables to this PNG."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Run (or reuse) every pretraining and evaluation a table needs, then print it.
+
+    Example: [bold]sslbench reproduce rotations[/bold]  (mini scale: about 4 minutes on a 2-core CPU)
+    """
+    from sslbench.reproduce import Options, reproduce as run
+
+    names, summary = run(name, Options(scale, runs, device, seed, force, _data(data), not quiet, sys.argv))
+    _print_tables(name, fmt, runs, plot)
+    for item in summary.ran:
+        typer.echo(f"  ran     {item}", err=True)
+    for item in summary.reused:
+        typer.echo(f"  reused  {item}", err=True)
+    for item in summary.missing:
+        typer.echo(f"  missing {item}", err=True)
+    typer.echo(summary.line(), err=True)
+
+
+@app.command("list")
+def list_(what: str = typer.Argument(..., help="tasks, protocols, tables, recipes, backbones or datasets.")) -> None:
+    """List what is registered.
+
+    Example: [bold]sslbench list tasks[/bold]
+    """
+    from sslbench import report
+    from sslbench.config import list_recipes
+    from sslbench.registry import BACKBONES, DATASETS, PROTOCOLS, TASKS, load_all, unknown_name_message
+
+    load_all()
+    registries = {"tasks": TASKS, "protocols": PROTOCOLS, "backbones": BACKBONES, "datasets": DATASETS}
+    if what in registries:
+        reg = registries[what]
+        for n in reg.names():
+            typer.echo(f"{n:18s} {reg.entry(n).summary}")
+    elif what == "tables":
+        for n in report.table_names():
+            typer.echo(f"{n:28s} {report.load_table(n).title}")
+        for g, members in report.groups().items():
+            typer.echo(f"{g:28s} group: {', '.join(members)}")
+    elif what == "recipes":
+        for r in list_recipes():
+            typer.echo(r)
+    else:
+        raise UserError(unknown_name_message("list", what, [*registries, "tables", "recipes"]))
+
+
+@data_app.command("synth")
+def data_synth(
+    fmt: str = typer.Option(..., "--format", help="voc, voc2012, cifar10 or stl10."),
+    out: Path = typer.Option(..., "--out", help="Directory to write into."),
+    num: int = typer.Option(200, "--num", help="Images per split."),
+    image_size: int = typer.Option(64, "--image-size", help="Side in pixels (CIFAR: 32, STL-10: 96 regardless)."),
+    seed: int = typer.Option(0, "--seed", help="Generator seed."),
+) -> None:
+    """Write the embedded data in a real data set's on-disk layout.
+
+    Example: [bold]sslbench data synth --format voc --out synthvoc[/bold]
+    """
+    from sslbench.data.formats import synth
+
+    path = synth(fmt, out, num, image_size, seed)
+    typer.echo(f"wrote {fmt} ({num} images per split) to {path}")
+
+
+@data_app.command("check")
+def data_check(spec: str = typer.Argument(..., help="NAME=PATH, e.g. voc2007=synthvoc")) -> None:
+    """Read a data set from disk and summarise it (splits, counts, unreadable files).
+
+    Example: [bold]sslbench data check voc2007=synthvoc[/bold]
+    """
+    from sslbench.data.formats import check
+
+    ((name, path),) = (_data([spec]) or {}).items()
+    typer.echo(check(name, path))
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted; a run can continue with --resume", err=True)
+        raise SystemExit(130) from None
+    except SystemExit:
+        raise
+    except Exception as exc:  # click usage errors come through here with standalone_mode=False
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            raise SystemExit(exc.exit_code) from None
+        if isinstance(exc, click.exceptions.Abort):
+            raise SystemExit(1) from None
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""`sslbench reproduce TABLE`: every pretraining and evaluation a table's sslbench rows need, then the table.
+
+A table file's [reproduce] section lists runs: a pretext task (with its recipe flavour) or "random", and
+the protocols evaluated on it. Finished work is reused from the results store unless --force: a
+pretraining by the key of its resolved recipe, an evaluation by its recipe key and the pretraining it
+read. A task or protocol that does not exist yet is reported and skipped, its columns stay "—".
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sslbench.config import load_recipe, recipe_key
+from sslbench.progress import console
+from sslbench.registry import PROTOCOLS, TASKS, load_all
+from sslbench.report import load_table, resolve
+from sslbench.results import default_store
+
+
+@dataclass
+class Options:
+    scale: str = "mini"
+    runs: Path = Path("runs")
+    device: str = "auto"
+    seed: int | None = None
+    force: bool = False
+    data: dict[str, str] | None = None  # --data for the pretraining runs
+    progress: bool = True
+    argv: list[str] | None = None
+
+
+@dataclass
+class Summary:
+    ran: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        return (f"reproduce: {len(self.ran)} ran, {len(self.reused)} reused, {len(self.missing)} not available yet, "
+                f"{self.seconds / 60:.1f} min")
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    protocol: str
+    flavour: str = ""
+    overrides: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, raw: Any) -> EvalSpec:
+        if isinstance(raw, str):
+            return cls(raw)
+        return cls(raw["protocol"], raw.get("flavour", ""), tuple(raw.get("set", ())))
+
+    def describe(self) -> str:
+        return self.protocol + (f"[{self.flavour}]" if self.flavour else "") + (f" {' '.join(self.overrides)}" if self.overrides else "")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    task: str  # a pretext task, or "random" for the random-init baselines
+    flavour: str
+    overrides: tuple[str, ...]
+    evals: tuple[EvalSpec, ...]
+
+
+def plan(names: list[str]) -> list[RunSpec]:
+    """The union of the [reproduce] runs of the tables, in order, duplicates merged."""
+    merged: dict[tuple[str, str, tuple[str, ...]], list[EvalSpec]] = {}
+    for name in names:
+        for raw in load_table(name).reproduce.get("runs", []):
+            key = (raw["task"], raw.get("flavour", ""), tuple(raw.get("set", ())))
+            evals = merged.setdefault(key, [])
+            for e in raw.get("protocols", []):
+                spec = EvalSpec.parse(e)
+                if spec not in evals:
+                    evals.append(spec)
+    return [RunSpec(t, f, o, tuple(e)) for (t, f, o), e in merged.items()]
+
+
+def reproduce(name: str, opts: Options) -> tuple[list[str], Summary]:
+    from sslbench.engine import pretrain
+    from sslbench.protocols.base import evaluate
+
+    load_all()
+    names = resolve(name)
+    summary = Summary()
+    start = time.time()
+    store = default_store(opts.runs)
+    for spec in plan(names):
+        checkpoint = "random"
+        if spec.task != "random":
+            if spec.task not in TASKS:
+                summary.missing.append(f"task {spec.task!r} (not built yet)")
+                continue
+            recipe = load_recipe("pretrain", spec.task, opts.scale, spec.overrides, opts.data, opts.seed, flavour=spec.flavour)
+            key = recipe_key(recipe)
+            done = [r for r in store.pretrain_runs(key) if Path(r.checkpoint).is_file()]
+            if done and not opts.force:
+                checkpoint = done[-1].checkpoint
+                summary.reused.append(f"pretrain {spec.task} ({done[-1].run_id})")
+            else:
+                outcome = pretrain(recipe, opts.runs, opts.device, progress=opts.progress, argv=opts.argv)
+                checkpoint = str(outcome.checkpoint)
+                summary.ran.append(f"pretrain {spec.task} ({outcome.run_dir.name}, {outcome.wall_time:.0f} s)")
+        for ev in spec.evals:
+            if ev.protocol not in PROTOCOLS:
+                summary.missing.append(f"protocol {ev.protocol!r} for {spec.task} (not built yet)")
+                continue
+            recipe = load_recipe("protocol", ev.protocol, opts.scale, ev.overrides, None, opts.seed, flavour=ev.flavour)
+            if not opts.force and _evaluated(store, ev.protocol, recipe_key(recipe), checkpoint):
+                summary.reused.append(f"{ev.describe()} on {spec.task}")
+                continue
+            outcome = evaluate(recipe, checkpoint, opts.runs, opts.device, opts.progress, opts.argv)
+            summary.ran.append(f"{ev.describe()} on {spec.task} ({outcome.run_dir.name}, {outcome.wall_time:.0f} s)")
+    summary.seconds = time.time() - start
+    return names, summary
+
+
+def _evaluated(store: Any, protocol: str, key: str, checkpoint: str) -> bool:
+    for row in store.results(protocol + "/"):
+        if row.protocol == protocol and row.prov.checkpoint == checkpoint and recipe_key(row.prov.recipe) == key:
+            return True
+    return False

@@ -1,0 +1,337 @@
+"""Writers of the embedded data to the real on-disk layouts, and the loaders that read them back."""
+
+from __future__ import annotations
+
+import math
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import sslbench.data.formats as F
+from sslbench.data.datasets import Embedded, collate_skip_corrupt
+from sslbench.data.synthetic import CLASSES, render_sample
+from sslbench.errors import UserError
+from sslbench.registry import DATASETS
+
+SEED = 5
+SIZE = 48
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSLBENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="module")
+def voc07(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("voc07")
+    assert F.write_voc(out, 6, SIZE, SEED, "2007") == out / "VOCdevkit" / "VOC2007"
+    return out
+
+
+def load(name: str, root: Path | str, split: str, image_size: int = 0, num: int = 0):
+    return DATASETS.get(name)(str(root), split, image_size, num, 0)
+
+
+def expected_main_label(objects) -> int:
+    """The VOC loader's rule: class of the largest non-difficult box."""
+    easy = [o for o in objects if not o.difficult] or objects
+    return max(easy, key=lambda o: (o.box[2] - o.box[0] + 1) * (o.box[3] - o.box[1] + 1)).cls
+
+
+# ---------------------------------------------------------------- VOC
+
+
+VOC07_SPLITS = {  # split -> (generator split, generator indices) in file order
+    "train": ("trainval", range(0, 12, 2)), "val": ("trainval", range(1, 12, 2)),
+    "trainval": ("trainval", range(12)), "test": ("test", range(6)),
+}
+
+
+@pytest.mark.parametrize("split", list(VOC07_SPLITS))
+def test_voc2007_round_trip(voc07: Path, split: str) -> None:
+    base, indices = VOC07_SPLITS[split]
+    ds = load("voc2007", voc07, split)
+    assert len(ds) == len(indices)
+    for i, index in enumerate(indices):
+        s = render_sample(SEED, base, index, SIZE)
+        img, t = ds[i]
+        assert img.dtype == torch.uint8 and img.shape == (3, SIZE, SIZE)
+        diff = np.abs(img.permute(1, 2, 0).numpy().astype(float) - s.image.astype(float)).mean()
+        assert diff < 4.0, diff  # JPEG quality 95, 4:4:4
+        boxes = np.array([o.box for o in s.objects], np.float32)
+        assert np.abs(t["boxes"].numpy() - boxes).max() <= 1.0
+        assert t["box_labels"].tolist() == [o.cls for o in s.objects]
+        assert t["box_difficult"].tolist() == [o.difficult for o in s.objects]
+        assert int(t["label"]) == expected_main_label(s.objects)
+        hot = {o.cls for o in s.objects if not o.difficult}
+        assert t["labels"].nonzero().flatten().tolist() == sorted(hot)
+        hard = {o.cls for o in s.objects if o.difficult} - hot
+        assert t["difficult"].nonzero().flatten().tolist() == sorted(hard)
+
+
+def test_voc_train_matches_embedded_split(voc07: Path) -> None:
+    ds, emb = load("voc2007", voc07, "train", num=4), Embedded("train", SIZE, 4, SEED)
+    assert len(ds) == len(emb) == 4
+    for i in range(4):
+        (a, ta), (b, tb) = ds[i], emb[i]
+        assert torch.equal(ta["box_labels"], tb["box_labels"]) and torch.allclose(ta["boxes"], tb["boxes"], atol=1)
+        assert (a.float() - b.float()).abs().mean() < 4
+
+
+def test_voc_resize_scales_boxes_and_root_variants(voc07: Path) -> None:
+    full, small = load("voc2007", voc07, "val"), load("voc2007", voc07, "val", image_size=24)
+    img, t = small[0]
+    assert img.shape == (3, 24, 24)
+    assert torch.allclose(t["boxes"], full[0][1]["boxes"] * 0.5)
+    for root in (voc07 / "VOCdevkit", voc07 / "VOCdevkit" / "VOC2007"):
+        assert len(load("voc2007", root, "trainval")) == 12
+    assert len(load("voc2007", voc07, "trainval", num=5)) == 5
+
+
+def test_voc_image_sets(voc07: Path) -> None:
+    voc = voc07 / "VOCdevkit" / "VOC2007"
+    sets = voc / "ImageSets"
+    assert (sets / "Main" / "train.txt").read_text().split() == [f"{i + 1:06d}" for i in range(0, 12, 2)]
+    assert (sets / "Main" / "test.txt").read_text().split() == [f"{i:06d}" for i in range(13, 19)]
+    for name in ("train", "val", "trainval"):
+        assert (sets / "Segmentation" / f"{name}.txt").read_text() == (sets / "Main" / f"{name}.txt").read_text()
+    flags_seen = set()
+    for c, cls in enumerate(CLASSES):
+        lines = (sets / "Main" / f"{cls}_trainval.txt").read_text().splitlines()
+        assert len(lines) == 12
+        for k, line in enumerate(lines):
+            assert line[:6] == f"{k + 1:06d}" and line[6] == " " and len(line) == 9
+            here = [o.difficult for o in render_sample(SEED, "trainval", k, SIZE).objects if o.cls == c]
+            want = -1 if not here else (0 if all(here) else 1)
+            assert int(line[7:]) == want
+            flags_seen.add(line[7:])
+    assert {" 1", "-1"} <= flags_seen
+    xml = (voc / "Annotations" / "000001.xml").read_text()
+    for tag in ("<filename>000001.jpg</filename>", "<width>48</width>", "<depth>3</depth>",
+                "<pose>Unspecified</pose>", "<truncated>0</truncated>", "<difficult>"):
+        assert tag in xml
+
+
+def test_voc_segmentation_round_trip(voc07: Path) -> None:
+    seg = F.voc_segmentation(str(voc07), "2007", "val", 0)
+    assert len(seg) == 6
+    for i, index in enumerate(range(1, 12, 2)):
+        s = render_sample(SEED, "trainval", index, SIZE, full=True)
+        img, mask = seg[i]
+        assert img.shape == (3, SIZE, SIZE) and mask.dtype == torch.int64
+        assert np.array_equal(mask.numpy(), s.seg.astype(np.int64))
+    assert (mask == 255).any() and ((mask > 0) & (mask < 255)).any()
+    png = Image.open(voc07 / "VOCdevkit" / "VOC2007" / "SegmentationClass" / "000002.png")
+    assert png.mode == "P"
+    palette = np.array(png.getpalette()[:768], np.uint8).reshape(-1, 3)
+    assert np.array_equal(palette, F.voc_colormap())
+    assert palette[255].tolist() == [224, 224, 192] and palette[1].tolist() == [128, 0, 0]
+    small_img, small_mask = F.voc_segmentation(str(voc07), "2007", "val", 24)[0]
+    assert small_img.shape == (3, 24, 24) and small_mask.shape == (24, 24)
+    assert set(small_mask.unique().tolist()) <= set(mask.unique().tolist()) | set(seg[0][1].unique().tolist())
+
+
+def test_voc2012_splits(tmp_path: Path) -> None:
+    F.synth("voc2012", tmp_path, 3, 32, SEED)
+    assert [len(load("voc2012", tmp_path, s)) for s in ("train", "val", "trainval")] == [3, 3, 6]
+    with pytest.raises(UserError, match="no split 'test'"):
+        load("voc2012", tmp_path, "test")
+    with pytest.raises(UserError, match="missing VOCdevkit/VOC2007"):
+        load("voc2007", tmp_path, "train")
+
+
+def test_corrupt_jpeg_is_skipped(tmp_path: Path) -> None:
+    F.write_voc(tmp_path, 3, 32, SEED, "2012")
+    jpg = tmp_path / "VOCdevkit" / "VOC2012" / "JPEGImages"
+    (jpg / "000001.jpg").write_bytes(b"this is not a jpeg")
+    data = (jpg / "000003.jpg").read_bytes()
+    (jpg / "000003.jpg").write_bytes(data[: len(data) // 3])  # truncated
+    ds = load("voc2012", tmp_path, "train")
+    with pytest.warns(UserWarning, match="skipping unreadable image .*000001.jpg"):
+        assert ds[0] is None
+    with pytest.warns(UserWarning, match="skipping unreadable image .*000003.jpg"):
+        assert ds[1] is None
+    with pytest.warns(UserWarning):
+        images, target = collate_skip_corrupt([ds[i] for i in range(len(ds))])
+    assert images.shape == (1, 3, 32, 32) and target["label"].shape == (1,) and len(target["boxes"]) == 1
+    with pytest.warns(UserWarning):
+        assert F.voc_segmentation(str(tmp_path), "2012", "train", 0)[0] is None
+    summary = F.check("voc2012", str(tmp_path))
+    assert "2 unreadable file(s) skipped" in summary and "000001.jpg" in summary
+
+
+def test_missing_layout_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"is not a directory.*sslbench data synth --format voc --out DIR"):
+        load("voc2007", tmp_path / "nope", "train")
+    with pytest.raises(UserError, match=r"voc2007=PATH"):
+        DATASETS.get("voc2007")(None, "train", 0, 0, 0)
+    F.write_voc(tmp_path, 2, 32, SEED)
+    voc = tmp_path / "VOCdevkit" / "VOC2007"
+    (voc / "Annotations").rename(voc / "Annotations.moved")
+    with pytest.raises(UserError) as err:
+        load("voc2007", tmp_path, "train")
+    msg = str(err.value)
+    assert "expected <root>/VOCdevkit/VOC2007/{JPEGImages,Annotations,ImageSets/Main}; missing Annotations" in msg
+    assert "`sslbench data synth --format voc --out DIR`" in msg and "\n" not in msg
+    with pytest.raises(UserError, match=r"cifar-10-batches-py.*sslbench data synth --format cifar10"):
+        load("cifar10", tmp_path, "train")
+    with pytest.raises(UserError, match=r"stl10_binary.*sslbench data synth --format stl10"):
+        load("stl10", tmp_path, "train")
+    with pytest.raises(UserError, match=r"no split 'validation'; valid: train, test"):
+        load("cifar10", tmp_path, "validation")
+    with pytest.raises(UserError, match="not a directory"):
+        F.check("imagenet", str(tmp_path / "nope"))
+
+
+def test_malformed_xml_is_a_user_error(tmp_path: Path) -> None:
+    F.write_voc(tmp_path, 2, 32, SEED, "2012")
+    ann = tmp_path / "VOCdevkit" / "VOC2012" / "Annotations"
+    (ann / "000003.xml").write_text("<annotation><object><name>dog</name></annotation>")
+    with pytest.raises(UserError, match=r"malformed VOC annotation .*000003\.xml: mismatched tag: line 1"):
+        load("voc2012", tmp_path, "train")
+    (ann / "000003.xml").write_text("<annotation><object><name>dog</name></object></annotation>")
+    with pytest.raises(UserError, match=r"000003\.xml: object 1 \(dog\) needs a <bndbox>"):
+        load("voc2012", tmp_path, "train")
+    (ann / "000003.xml").write_text("<annotation><object><name>unicorn</name></object></annotation>")
+    with pytest.raises(UserError, match=r"000003\.xml: object 1 has class 'unicorn'"):
+        load("voc2012", tmp_path, "train")
+    assert len(load("voc2012", tmp_path, "val")) == 2  # the other split is unaffected
+
+
+# ---------------------------------------------------------------- CIFAR-10 / STL-10
+
+
+def ten_class_selection(split: str, num: int, size: int, classes: tuple[str, ...]) -> list[tuple[int, int]]:
+    """(generator index, label) as documented: first scenes whose main class is one of the ten, balanced."""
+    quota, counts, out, index = math.ceil(num / 10), [0] * 10, [], 0
+    while len(out) < num:
+        cls = CLASSES[render_sample(SEED, split, index, size).label]
+        if cls in classes and counts[classes.index(cls)] < quota:
+            counts[classes.index(cls)] += 1
+            out.append((index, classes.index(cls)))
+        index += 1
+    return out
+
+
+def test_cifar10_round_trip(tmp_path: Path) -> None:
+    folder = F.write_cifar10(tmp_path, 23, 7, SEED)
+    assert folder == tmp_path / "cifar-10-batches-py"
+    for split, base, num in (("train", "trainval", 23), ("test", "test", 7)):
+        ds = load("cifar10", tmp_path, split)
+        want = ten_class_selection(base, num, 32, F.CIFAR10_CLASSES)
+        assert len(ds) == num and ds.classes == list(F.CIFAR10_CLASSES)
+        for i, (index, label) in enumerate(want):
+            img, t = ds[i]
+            assert torch.equal(img, torch.from_numpy(render_sample(SEED, base, index, 32).image).permute(2, 0, 1))
+            assert int(t["label"]) == label
+    # the pickles are the real ones' shape: bytes keys under encoding="bytes", [N, 3072] uint8 rows
+    sizes = []
+    for b in range(1, 6):
+        with open(folder / f"data_batch_{b}", "rb") as f:
+            d = pickle.load(f, encoding="bytes")
+        assert set(d) == {b"data", b"labels", b"batch_label", b"filenames"}
+        assert d[b"data"].dtype == np.uint8 and d[b"data"].shape[1] == 3072
+        assert d[b"batch_label"] == f"training batch {b} of 5".encode()
+        sizes.append(len(d[b"labels"]))
+    assert sum(sizes) == 23 and max(sizes) - min(sizes) <= 1
+    with open(folder / "batches.meta", "rb") as f:
+        assert pickle.load(f, encoding="bytes")[b"label_names"] == [c.encode() for c in F.CIFAR10_CLASSES]
+    assert len(load("cifar10", folder, "unlabeled", num=5)) == 5  # root may be the batches folder itself
+    img, _ = load("cifar10", tmp_path, "test", image_size=16)[0]
+    assert img.shape == (3, 16, 16) and img.dtype == torch.uint8
+
+
+def test_stl10_round_trip(tmp_path: Path) -> None:
+    folder = F.write_stl10(tmp_path, 10, 6, 4, SEED)
+    assert (folder / "train_X.bin").stat().st_size == 10 * 3 * 96 * 96
+    assert sorted(np.fromfile(folder / "train_y.bin", np.uint8).tolist())[0] >= 1
+    for split, base, num in (("train", "trainval", 10), ("test", "test", 6)):
+        ds = load("stl10", tmp_path, split)
+        assert len(ds) == num and ds.classes == list(F.STL10_CLASSES)
+        for i, (index, label) in enumerate(ten_class_selection(base, num, 96, F.STL10_CLASSES)):
+            img, t = ds[i]
+            assert torch.equal(img, torch.from_numpy(render_sample(SEED, base, index, 96).image).permute(2, 0, 1))
+            assert int(t["label"]) == label
+    unl = load("stl10", folder, "unlabeled")
+    assert len(unl) == 4
+    for i in range(4):
+        img, t = unl[i]
+        assert torch.equal(img, torch.from_numpy(render_sample(SEED, "unlabeled", i, 96).image).permute(2, 0, 1))
+        assert int(t["label"]) == -1
+    folds = (folder / "fold_indices.txt").read_text().splitlines()
+    assert len(folds) == 10 and all(len(f.split()) == 2 for f in folds)
+    assert load("stl10", tmp_path, "train", image_size=32)[0][0].shape == (3, 32, 32)
+
+
+# ---------------------------------------------------------------- ImageNet layout
+
+
+def test_imagenet_round_trip(tmp_path: Path) -> None:
+    F.write_imagenet(tmp_path, 10, 4, 40, SEED)
+    train = load("imagenet", tmp_path, "train")
+    assert len(train) == 10 and train.classes == list(CLASSES)
+    for i, (path, _) in enumerate(train.samples):
+        index = int(Path(path).stem.rsplit("_", 1)[1])
+        s = render_sample(SEED, "trainval", index, 40)
+        img, t = train[i]
+        assert int(t["label"]) == s.label and Path(path).parent.name == CLASSES[s.label]
+        assert (img.permute(1, 2, 0).float() - torch.from_numpy(s.image).float()).abs().mean() < 4
+    assert [int(train[i][1]["label"]) for i in range(3)] == sorted({int(train[i][1]["label"]) for i in range(10)})[:3]
+    val = load("imagenet", tmp_path / "imagenet", "val", image_size=32)
+    assert len(val) == 4 and val[0][0].shape == (3, 32, 32)
+    for (path, label) in val.samples:
+        assert CLASSES[label] == Path(path).parent.name
+
+
+# ---------------------------------------------------------------- synth, check, atomic writes
+
+
+def test_synth_dispatch_and_unknown_format(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"unknown data format 'coco'; valid: voc, voc2007, voc2012, cifar10, stl10"):
+        F.synth("coco", tmp_path, 4, 32, 0)
+    with pytest.raises(UserError, match="--num must be >= 1"):
+        F.synth("voc", tmp_path, 0, 32, 0)
+    assert F.synth("cifar10", tmp_path, 4, 64, 0) == tmp_path / "cifar-10-batches-py"
+    assert len(load("cifar10", tmp_path, "test")) == 4
+    assert not list(tmp_path.glob(".*"))  # no temporary folders left behind
+
+
+def test_check_summaries(voc07: Path, tmp_path: Path) -> None:
+    text = F.check("voc2007", str(voc07))
+    assert text.startswith(f"voc2007 at {voc07}: train 6, val 6, test 6 images")
+    assert "images 48x48" in text and "20 classes" in text and "0 unreadable" in text and "\n" not in text
+    F.write_cifar10(tmp_path, 5, 0, SEED)
+    (tmp_path / "cifar-10-batches-py" / "test_batch").unlink()
+    text = F.check("cifar10", str(tmp_path))
+    assert "train 5 images (test absent)" in text and "images 32x32" in text and "10 classes" in text
+    with pytest.raises(UserError, match="takes no path"):
+        F.check("embedded", str(tmp_path))
+    with pytest.raises(UserError, match="unknown data set 'cifar11'"):
+        F.check("cifar11", str(tmp_path))
+
+
+def test_writer_failure_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    F.write_voc(tmp_path, 2, 32, SEED)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    calls = {"n": 0}
+    real = F.render_sample
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise RuntimeError("disk on fire")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(F, "render_sample", failing)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        F.write_voc(tmp_path, 4, 32, SEED + 1)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # old copy intact, no temp dir
+    monkeypatch.setattr(F, "render_sample", real)
+    F.write_voc(tmp_path, 3, 32, SEED)  # rewriting replaces the folder
+    assert len(load("voc2007", tmp_path, "trainval")) == 6
+    assert [p.name for p in (tmp_path / "VOCdevkit").iterdir()] == ["VOC2007"]
