@@ -145,11 +145,12 @@ class PretrainOutcome:
 
 
 class Trainer:
-    def __init__(self, recipe: Recipe, run_dir: Path, device: torch.device, ddp: Dist, progress: bool) -> None:
+    def __init__(self, recipe: Recipe, run_dir: Path, device: torch.device, ddp: Dist, progress: bool,
+                 dataset: Dataset) -> None:
         self.recipe, self.run_dir, self.device, self.ddp = recipe, run_dir, device, ddp
         self.show = progress and ddp.is_main
         seed_everything(recipe.seed + ddp.rank)
-        self.dataset: Dataset = build_dataset(recipe.data, recipe.data.train_split, recipe.data.num_images)
+        self.dataset = dataset
         backbone = build_backbone(recipe.backbone.name, recipe.backbone.cfg)
         self.task = TASKS.get(recipe.name)(recipe.method.cfg, backbone).to(device)
         if recipe.engine.channels_last:
@@ -234,8 +235,11 @@ class Trainer:
             while self.step < self.total_steps:
                 epoch, batch_in_epoch = divmod(self.step, self.steps_per_epoch)
                 sampler = EpochBatches(len(self.dataset), r.data.batch_size, r.seed, epoch, self.ddp, batch_in_epoch)
+                # Its own generator: a DataLoader otherwise draws its worker seed from the global RNG, which
+                # would shift the dropout stream after a resume in the middle of an epoch.
                 loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=r.data.workers,
-                                    collate_fn=collate_skip_corrupt)
+                                    collate_fn=collate_skip_corrupt,
+                                    generator=torch.Generator().manual_seed(r.seed * 7919 + epoch))
                 for images, _ in loader:
                     self.skipped += per_rank - images.shape[0]
                     if images.shape[0] == 0:  # every file of this batch was unreadable
@@ -310,8 +314,9 @@ def pretrain(
         torch.cuda.set_device(dev)
     if recipe.engine.threads:
         torch.set_num_threads(recipe.engine.threads)
+    dataset = build_dataset(recipe.data, recipe.data.train_split, recipe.data.num_images)  # bad data: fail before any files
     run_dir = _run_dir(runs, recipe.name, resume, ddp)
-    trainer = Trainer(recipe, run_dir, dev, ddp, progress)
+    trainer = Trainer(recipe, run_dir, dev, ddp, progress, dataset)
     if resume:
         trainer.load(run_dir / CHECKPOINT)
         if ddp.is_main and progress:

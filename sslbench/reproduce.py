@@ -109,7 +109,7 @@ def reproduce(name: str, opts: Options) -> tuple[list[str], Summary]:
                 summary.ran.append(f"pretrain {spec.task} ({outcome.run_dir.name}, {outcome.wall_time:.0f} s)")
         for ev in spec.evals:
             if ev.protocol not in PROTOCOLS:
-                summary.missing.append(f"protocol {ev.protocol!r} for {spec.task} (not built yet)")
+                summary.missing.append(f"{ev.describe()} on {spec.task} (protocol {ev.protocol!r} not built yet)")
                 continue
             recipe = load_recipe("protocol", ev.protocol, opts.scale, ev.overrides, None, opts.seed, flavour=ev.flavour)
             if not opts.force and _evaluated(store, ev.protocol, recipe_key(recipe), checkpoint):

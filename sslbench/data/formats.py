@@ -367,7 +367,8 @@ def _synth_hint(fmt: str) -> str:
 
 def _need_root(name: str, root: str | None, layout: str, fmt: str) -> Path:
     if not root:
-        raise UserError(f"{name} reads files: give its path ({name}=PATH, the folder holding {layout}); {_synth_hint(fmt)}")
+        raise UserError(f"{name} reads files: give its path ({name}=PATH, the folder holding {layout}); "
+                        f"{_synth_hint(fmt)}")
     p = Path(root).expanduser()
     if not p.is_dir():
         raise UserError(f"{name}: {root} is not a directory; expected {layout}; {_synth_hint(fmt)}")
@@ -467,25 +468,30 @@ def cifar10(root: str | None, split: str, image_size: int, num: int, synth_seed:
     p = _need_root("cifar10", root, _CIFAR_LAYOUT, "cifar10")
     found = _find_folder(p, "cifar-10-batches-py", [*_CIFAR_TRAIN, "test_batch", "batches.meta"])
     if found is None:
-        raise UserError(f"cifar10: expected {_CIFAR_LAYOUT}; {p} has no cifar-10-batches-py folder; {_synth_hint('cifar10')}")
+        raise UserError(f"cifar10: expected {_CIFAR_LAYOUT}; {p} has no cifar-10-batches-py folder; "
+                        f"{_synth_hint('cifar10')}")
     parent, folder = found
     train = split != "test"
     needed = (_CIFAR_TRAIN if train else ["test_batch"]) + ["batches.meta"]
     missing = [f for f in needed if not (parent / folder / f).is_file()]
     if missing:
         err = _SplitMissing if "batches.meta" not in missing else UserError
-        raise err(f"cifar10: expected {_CIFAR_LAYOUT}; missing {', '.join(missing)} in {parent / folder}; {_synth_hint('cifar10')}")
+        raise err(f"cifar10: expected {_CIFAR_LAYOUT}; missing {', '.join(missing)} in {parent / folder}; "
+                  f"{_synth_hint('cifar10')}")
     try:
         ds = CIFAR10Files(parent, folder, train)
     except (pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError, AttributeError, ImportError) as exc:
-        raise UserError(f"cifar10: {parent / folder} does not hold CIFAR-10 python batches ({type(exc).__name__}: {exc}); "
+        raise UserError(f"cifar10: {parent / folder} does not hold CIFAR-10 python batches "
+                        f"({type(exc).__name__}: {exc}); "
                         f"expected {_CIFAR_LAYOUT}") from exc
     return _ArrayItems(ds.data, np.asarray(ds.targets), False, image_size, num, ds.classes)
 
 
 # ---------------------------------------------------------------- STL-10
 
-_STL_FILES = {"train": ["train_X.bin", "train_y.bin"], "test": ["test_X.bin", "test_y.bin"], "unlabeled": ["unlabeled_X.bin"]}
+_STL_FILES = {
+    "train": ["train_X.bin", "train_y.bin"], "test": ["test_X.bin", "test_y.bin"], "unlabeled": ["unlabeled_X.bin"],
+}
 _STL_LAYOUT = "<root>/stl10_binary/{train_X.bin,train_y.bin,test_X.bin,test_y.bin,unlabeled_X.bin}"
 
 
@@ -522,7 +528,8 @@ def stl10(root: str | None, split: str, image_size: int, num: int, synth_seed: i
     try:
         ds = STL10Files(parent, folder, split)
     except ValueError as exc:
-        raise UserError(f"stl10: {parent / folder} does not hold STL-10 binaries ({exc}); expected {_STL_LAYOUT}") from exc
+        raise UserError(f"stl10: {parent / folder} does not hold STL-10 binaries ({exc}); "
+                        f"expected {_STL_LAYOUT}") from exc
     if ds.labels is not None and len(ds.labels) != len(ds.data):
         raise UserError(f"stl10: {split}_X.bin holds {len(ds.data)} images but {split}_y.bin {len(ds.labels)} labels")
     classes = getattr(ds, "classes", None) or list(STL10_CLASSES)
@@ -620,7 +627,8 @@ def _voc_dirs(name: str, root: str | None, year: str, need: Sequence[str]) -> tu
         tv_root = p.parent.parent
     else:
         what = "VOCdevkit" if not (p / "VOCdevkit").is_dir() else f"VOCdevkit/{vy}"
-        raise UserError(f"{name}: expected {layout}; missing {what} in {p}; {_synth_hint('voc' if year == '2007' else 'voc2012')}")
+        raise UserError(f"{name}: expected {layout}; missing {what} in {p}; "
+                        f"{_synth_hint('voc' if year == '2007' else 'voc2012')}")
     voc = tv_root / "VOCdevkit" / vy
     missing = [d for d in need if not (voc / d).is_dir()]
     if missing:
@@ -633,7 +641,8 @@ def _voc_split_file(name: str, voc: Path, sets_dir: str, split: str, year: str) 
     split_dir = voc / "ImageSets" / sets_dir
     if not (split_dir / f"{split}.txt").is_file():
         found = sorted(f.stem for f in split_dir.glob("*.txt") if "_" not in f.stem)
-        note = "; VOC2007's test set is a separate download (VOCtest_06-Nov-2007.tar)" if year == "2007" and split == "test" else ""
+        note = ("; VOC2007's test set is a separate download (VOCtest_06-Nov-2007.tar)"
+                if year == "2007" and split == "test" else "")
         raise _SplitMissing(f"{name}: no {split}.txt in {split_dir} (found: {', '.join(found) or 'none'}){note}")
 
 
@@ -694,7 +703,7 @@ class VOCDetectionItems(Dataset):
             raise UserError(f"{name}: {len(missing)} image(s) of {split}.txt missing, e.g. {missing[0]}; "
                             f"expected {_voc_layout(year, ('JPEGImages',))}/<id>.jpg")
         self.records = [_voc_annotation(p) for p in tv.annotations[:n]]
-        self.labels = [_main_label(*r) for r in self.records]
+        self.main_labels = [_main_label(*r) for r in self.records]
         self.classes, self.size = list(CLASSES), image_size
 
     def __len__(self) -> int:
@@ -711,7 +720,7 @@ class VOCDetectionItems(Dataset):
             w, h = img.size
             boxes = boxes * np.array([self.size / w, self.size / h] * 2, np.float32)
             img = _square(img, self.size)
-        return _to_tensor(img), detection_target(self.labels[i], boxes, classes, difficult)
+        return _to_tensor(img), detection_target(self.main_labels[i], boxes, classes, difficult)
 
 
 _VOC_SPLITS = {"2007": ("train", "val", "trainval", "test"), "2012": ("train", "val", "trainval")}

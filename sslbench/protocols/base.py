@@ -7,6 +7,7 @@ load the trunk (checkpoint or random), make the run directory, time it, and writ
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 from sslbench.checkpoint import Trunk, load_trunk
 from sslbench.config import Recipe
 from sslbench.engine import new_run_dir, record_run
+from sslbench.errors import UserError
 from sslbench.progress import console
 from sslbench.registry import PROTOCOLS
 from sslbench.results import Provenance, default_store
@@ -63,17 +65,20 @@ def evaluate(
     store: bool = True,
 ) -> EvalOutcome:
     protocol: Protocol = PROTOCOLS.get(recipe.name)(recipe.method.cfg)
-    trunk = load_trunk(checkpoint, recipe.backbone, protocol.taps())
     dev = resolve_device(device)
-    seed_everything(recipe.seed)
+    seed_everything(recipe.seed)  # before the trunk: `random` init must be the same draw every time
+    trunk = load_trunk(checkpoint, recipe.backbone, protocol.taps())
     run_dir = new_run_dir(runs, f"eval-{recipe.name}")
     record_run(run_dir, recipe, argv)
     log = MetricLogger(run_dir)
     start = time.time()
     try:
         metrics = protocol.run(trunk, recipe, EvalContext(dev, recipe.seed, progress, run_dir, log))
-    finally:
+    except UserError:
         log.close()
+        shutil.rmtree(run_dir, ignore_errors=True)  # e.g. missing data: nothing was measured, leave nothing
+        raise
+    log.close()
     wall = time.time() - start
     prov = Provenance(
         run_id=run_dir.name, method=trunk.method, variant=trunk.variant, backbone=trunk.label,

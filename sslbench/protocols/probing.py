@@ -127,7 +127,7 @@ def train_probes(
                 optimizer.step()
                 step += 1
                 if step % recipe.engine.log_every == 0:
-                    log(step, {f"loss_{t}": float(v) for t, v in losses.items()})
+                    log(step, {f"loss_{t}": float(v.detach()) for t, v in losses.items()})
                 advance()
     sanity_check(trunk.backbone, before)
     return _test(features, heads, test_ds, recipe, cache, show)

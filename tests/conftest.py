@@ -1,0 +1,36 @@
+"""Shared fixtures: CPU only, tiny recipes, the embedded-data cache in a per-session temp dir."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from sslbench.config import load_recipe
+from sslbench.registry import load_all
+
+load_all()
+torch.set_num_threads(2)
+
+TINY_PRETRAIN = ["data.num_images=48", "data.batch_size=16", "schedule.epochs=1", "engine.log_every=1"]
+TINY_PROTOCOL = ["data.num_images=48", "data.num_test=32", "data.batch_size=16", "schedule.epochs=1"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _embedded_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    os.environ["SSLBENCH_CACHE"] = str(tmp_path_factory.mktemp("embedded-cache"))
+
+
+def tiny_alexnet(extra: list[str] | None = None) -> list[str]:
+    """A tiny AlexNet at 32 px for tests (the mini recipes are sized for minutes, not seconds)."""
+    return ["backbone.image_size=32", "data.image_size=32", "backbone.width=0.125", "backbone.fc_dim=32",
+            "backbone.conv1_stride=1", *(extra or [])]
+
+
+def tiny_pretrain(task: str, extra: list[str] | None = None, flavour: str = ""):
+    return load_recipe("pretrain", task, "mini", TINY_PRETRAIN + (extra or []), flavour=flavour)
+
+
+def tiny_protocol(protocol: str, extra: list[str] | None = None):
+    return load_recipe("protocol", protocol, "mini", TINY_PROTOCOL + (extra or []))

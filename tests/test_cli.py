@@ -1,0 +1,83 @@
+"""The command line and its bad-input catalogue: one clear line, exit code 1, nothing half-written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sslbench.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def _error_line(p: subprocess.CompletedProcess) -> str:
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    lines = [l for l in p.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, p.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", ["pretrain", "eval", "table", "reproduce", "list", "data synth", "data check"])
+def test_every_command_help_has_an_example(command: str) -> None:
+    p = run(*command.split(), "--help")
+    assert p.returncode == 0 and "Example" in p.stdout, p.stdout
+
+
+def test_unknown_task_lists_valid_names_and_closest(tmp_path: Path) -> None:
+    line = _error_line(run("pretrain", "rotatoin", "--runs", str(tmp_path)))
+    assert "valid: " in line and "Did you mean 'rotation'" in line
+    assert not any(tmp_path.iterdir()), "a failed command left files behind"
+
+
+def test_unknown_protocol_and_table(tmp_path: Path) -> None:
+    assert "Did you mean 'linear'" in _error_line(run("eval", "--protocol", "linaer", "--checkpoint", "random", "--runs", str(tmp_path)))
+    assert "Did you mean 'rotations'" in _error_line(run("table", "rotatons"))
+    assert "unknown table" in _error_line(run("reproduce", "nope", "--runs", str(tmp_path)))
+    assert not any(tmp_path.iterdir())
+
+
+def test_unknown_recipe_flavour() -> None:
+    line = _error_line(run("pretrain", "rotation", "--recipe", "vgg"))
+    assert "available recipes: mini, mini-alexnet" in line
+
+
+def test_bad_set_names_key_and_file() -> None:
+    line = _error_line(run("pretrain", "rotation", "--set", "optim.lrate=0.1"))
+    assert "'lrate'" in line and "mini.toml" in line
+
+
+def test_missing_data_directory_names_layout_and_synth_command(tmp_path: Path) -> None:
+    line = _error_line(run("pretrain", "rotation", "--data", f"cifar10={tmp_path / 'nowhere'}", "--runs", str(tmp_path / "runs")))
+    assert "cifar-10-batches-py" in line and "sslbench data synth --format cifar10" in line
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_checkpoint_of_another_architecture_says_which_keys_differ(tmp_path: Path) -> None:
+    torch.save({"features.0.weight": torch.zeros(3)}, tmp_path / "other.pt")
+    line = _error_line(run("eval", "--protocol", "linear", "--checkpoint", str(tmp_path / "other.pt"), "--runs", str(tmp_path / "runs")))
+    assert "missing:" in line and "unexpected: features.0.weight" in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_damaged_checkpoint_file(tmp_path: Path) -> None:
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    assert "not a readable torch checkpoint" in _error_line(run("eval", "--protocol", "linear", "--checkpoint", str(tmp_path / "bad.pt")))
+
+
+def test_list_commands() -> None:
+    for what, expected in [("tasks", "rotation"), ("protocols", "rotnet-blocks"), ("tables", "rotations-pascal"),
+                           ("recipes", "rotation/mini-alexnet"), ("backbones", "alexnet"), ("datasets", "embedded")]:
+        p = run("list", what)
+        assert p.returncode == 0 and expected in p.stdout, (what, p.stdout)
+    assert "Did you mean 'tasks'" in _error_line(run("list", "taks"))
+
+
+def test_table_formats_from_the_command_line() -> None:
+    p = run("table", "rotations-cifar", "--format", "csv")
+    assert p.returncode == 0 and p.stdout.startswith("table,source,Model,ConvB1")
+    assert "valid: rich, markdown" in _error_line(run("table", "jigsaw", "--format", "pdf"))

@@ -1,0 +1,131 @@
+"""The training loop: exact resume, DDP on gloo equals one process, non-finite loss, run records."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sslbench.engine import EpochBatches, lr_at, pretrain
+from sslbench.config import ScheduleConfig
+from sslbench.errors import UserError
+from sslbench.runtime import Dist
+from tests.conftest import tiny_alexnet, tiny_pretrain
+
+
+def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
+
+
+def _resume_recipe():
+    # AlexNet with dropout + random crops/flips: resume must restore data order, batch RNG and dropout RNG.
+    return tiny_pretrain("rotation", tiny_alexnet(["schedule.epochs=2", "engine.checkpoint_every=2",
+                                                   "backbone.dropout=0.5", "task.crop_pad=2"]), flavour="alexnet")
+
+
+def test_interrupted_then_resumed_run_is_bit_identical(tmp_path: Path) -> None:
+    recipe = _resume_recipe()
+    full = pretrain(recipe, tmp_path / "a", "cpu", progress=False)
+    assert full.steps == 6
+    crashed = pretrain(recipe, tmp_path / "b", "cpu", progress=False, stop_at=5)  # last checkpoint: step 4
+    assert json.loads((crashed.run_dir / "status.json").read_text())["step"] == 4
+    resumed = pretrain(recipe, tmp_path / "b", "cpu", progress=False, resume=True)
+    assert resumed.run_dir == crashed.run_dir and resumed.steps == 6
+    a, b = _weights(full.checkpoint), _weights(resumed.checkpoint)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_without_an_unfinished_run_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no unfinished rotation run"):
+        pretrain(_resume_recipe(), tmp_path, "cpu", progress=False, resume=True)
+
+
+def test_run_directory_records_recipe_metrics_and_tensorboard(tmp_path: Path) -> None:
+    out = pretrain(tiny_pretrain("rotation"), tmp_path, "cpu", progress=False, argv=["sslbench", "pretrain", "rotation"])
+    d = out.run_dir
+    recipe = json.loads((d / "recipe.json").read_text())
+    meta = json.loads((d / "meta.json").read_text())
+    assert recipe["task"]["name"] == "rotation" and recipe["data"]["num_images"] == 48
+    assert meta["command"] == "sslbench pretrain rotation" and meta["version"].startswith("0.1.0+g")
+    lines = [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines] == [1, 2, 3] and all("loss" in l and "lr" in l for l in lines)
+    assert list((d / "tb").glob("events.out.tfevents.*"))
+    assert not list(d.glob(".*tmp*")), "temp files left behind"
+    from sslbench.results import default_store
+
+    (row,) = default_store(tmp_path).pretrain_runs()
+    assert row.run_id == d.name and row.method == "rotation"
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sslbench.tasks.rotation import Rotation
+
+    calls = {"n": 0}
+    real = Rotation.loss
+
+    def poisoned(self, batch):  # the 5th step's loss is NaN
+        out = real(self, batch)
+        calls["n"] += 1
+        return {**out, "loss": out["loss"] * float("nan")} if calls["n"] == 5 else out
+
+    monkeypatch.setattr(Rotation, "loss", poisoned)
+    recipe = tiny_pretrain("rotation", ["schedule.epochs=3", "engine.checkpoint_every=2"])
+    with pytest.raises(UserError, match=r"loss became nan at step 5.*last good checkpoint.*--resume"):
+        pretrain(recipe, tmp_path, "cpu", progress=False)
+    (run,) = tmp_path.glob("rotation-*")
+    state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert state["step"] == 4
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_epoch_batches_ranks_partition_the_global_batch() -> None:
+    one = list(EpochBatches(20, 8, seed=3, epoch=1, ddp=Dist()))
+    r0 = list(EpochBatches(20, 8, seed=3, epoch=1, ddp=Dist(0, 2)))
+    r1 = list(EpochBatches(20, 8, seed=3, epoch=1, ddp=Dist(1, 2)))
+    assert [a + b for a, b in zip(r0, r1)] == one and len(one) == 2
+    assert list(EpochBatches(20, 8, 3, 1, Dist(), start=1)) == one[1:]
+
+
+def test_lr_schedule_is_a_pure_function_of_the_step() -> None:
+    cfg = ScheduleConfig(epochs=10, kind="multistep", milestones=(3, 6), gamma=0.1)
+    assert lr_at(0, 10, 1.0, cfg) == 1.0
+    assert lr_at(30, 10, 1.0, cfg) == pytest.approx(0.1)
+    assert lr_at(65, 10, 1.0, cfg) == pytest.approx(0.01)
+    cos = ScheduleConfig(epochs=4, kind="cosine")
+    assert lr_at(0, 5, 1.0, cos) == 1.0 and lr_at(10, 5, 1.0, cos) == pytest.approx(0.5)
+
+
+DDP_SCRIPT = """
+import sys, torch
+from pathlib import Path
+from sslbench.engine import pretrain
+from tests.conftest import tiny_alexnet, tiny_pretrain
+torch.set_num_threads(1)
+# No BatchNorm (per-rank statistics would differ), no dropout, no augmentation: the only difference
+# between 1 and 2 processes is how the global batch is split.
+recipe = tiny_pretrain("rotation", tiny_alexnet(["backbone.bn=false", "backbone.dropout=0.0", "task.crop_pad=0",
+                                                 "task.flip=false", "schedule.epochs=2"]), flavour="alexnet")
+pretrain(recipe, Path(sys.argv[1]), "cpu", progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_ddp_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
+    script = tmp_path / "ddp_run.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(script), str(tmp_path / "one")], check=True, env=env, timeout=300)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+                    str(script), str(tmp_path / "two")], check=True, env=env, timeout=300)
+    (one,) = (tmp_path / "one").glob("rotation-*/checkpoint.pt")
+    (two,) = (tmp_path / "two").glob("rotation-*/checkpoint.pt")
+    a, b = _weights(one), _weights(two)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)

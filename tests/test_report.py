@@ -1,0 +1,142 @@
+"""Tables: every table renders in every format; CSV/JSON round-trip the cells; sslbench rows come from the store."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from sslbench import report
+from sslbench.errors import UserError
+from sslbench.results import Provenance, ResultStore
+
+NAMES = report.table_names()
+
+
+def test_all_eleven_tables_and_groups_exist() -> None:
+    assert len(NAMES) == 11
+    g = report.groups()
+    assert g["rotations"] == ["rotations-cifar", "rotations-linear", "rotations-pascal"]
+    assert report.resolve("all") == NAMES
+    with pytest.raises(UserError, match="Did you mean 'jigsaw'"):
+        report.resolve("jigsow")
+
+
+def _store(tmp_path: Path, dataset: str = "embedded") -> ResultStore:
+    store = ResultStore(tmp_path / "results.sqlite")
+    prov = Provenance("eval-linear-1", "rotation", "", "alexnet-bn-w0.25", dataset, dataset, "mini", "checkpoint", 0,
+                      "0.1.0+gtest", "c.pt", "rotation-1", "{}")
+    store.add_results("linear", {f"linear/conv{i}": 10.0 * i for i in range(1, 5)}, prov, 5.0)
+    return store
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_markdown_is_a_pipe_table_with_the_right_column_count(name: str, tmp_path: Path) -> None:
+    t = report.load_table(name)
+    text = report.render(t, _store(tmp_path), "markdown")
+    rows = [l for l in text.splitlines() if l.startswith("|")]
+    n = len(t.columns) + 1
+    assert rows[1] == "|" + "|".join(["---"] * n) + "|"
+    for line in rows:
+        cells = line.replace("\\|", "").strip("|").split("|")
+        assert len(cells) == n, line
+    assert len(rows) - 2 >= len(t.rows)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_latex_tabular_is_balanced(name: str, tmp_path: Path) -> None:
+    t = report.load_table(name)
+    text = report.render(t, _store(tmp_path), "latex")
+    assert text.count(r"\begin{tabular}") == text.count(r"\end{tabular}") == 1
+    n = len(t.columns) + 1
+    body = text.split(r"\midrule")[1].split(r"\bottomrule")[0]
+    for line in body.strip().splitlines():
+        if line.strip() and line.strip() != r"\midrule":
+            assert line.count("&") - line.count(r"\&") == n - 1, line
+    assert text.count("{") - text.count(r"\{") == text.count("}") - text.count(r"\}")
+
+
+class _Collector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.rows: list[list[str]] = []
+        self.errors = 0
+
+    def handle_starttag(self, tag, attrs):  # noqa: ANN001
+        self.stack.append(tag)
+        if tag == "tr":
+            self.rows.append([])
+
+    def handle_endtag(self, tag):  # noqa: ANN001
+        if not self.stack or self.stack.pop() != tag:
+            self.errors += 1
+
+    def handle_data(self, data):  # noqa: ANN001
+        if self.stack and self.stack[-1] in ("td", "th", "b", "u") and self.rows:
+            self.rows[-1].append(data)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_html_parses_with_balanced_tags(name: str, tmp_path: Path) -> None:
+    t = report.load_table(name)
+    parser = _Collector()
+    parser.feed(report.render(t, _store(tmp_path), "html"))
+    assert parser.errors == 0 and not parser.stack
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_csv_and_json_round_trip_the_paper_cells(name: str) -> None:
+    t = report.load_table(name)
+    recs = list(csv.DictReader(io.StringIO(report.render(t, None, "csv"))))
+    data = json.loads(report.render(t, None, "json"))["rows"]
+    assert len(recs) == len(data) == len(t.rows)
+    for row, rec, js in zip(t.rows, recs, data):
+        keys = list(rec)
+        assert keys[:2] == ["table", "source"] and rec["source"] == "paper" and rec["table"] == name
+        assert [rec[k] for k in keys[3:]] == list(row.cells) == [js[k] for k in keys[3:]]
+        assert rec[keys[2]] == row.label
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_rich_rendering(name: str) -> None:
+    text = report.render(report.load_table(name), None, "rich")
+    assert report.load_table(name).rows[0].label.split()[0] in text
+
+
+def test_sslbench_rows_fill_columns_and_say_where_they_were_measured(tmp_path: Path) -> None:
+    t = report.load_table("rotations-linear")
+    rows = report.sslbench_rows(t, _store(tmp_path))
+    (row,) = rows
+    assert row.cells == ("10.00", "20.00", "30.00", "40.00", report.DASH)
+    assert "embedded synthetic data" in row.note and "eval-linear-1" in row.note
+    assert "Δ" not in "".join(row.cells)  # embedded data: no comparison with the paper's number
+
+
+def test_delta_against_the_paper_row_on_the_paper_dataset(tmp_path: Path) -> None:
+    t = report.load_table("rotations-linear")
+    (row,) = report.sslbench_rows(t, _store(tmp_path, dataset="imagenet"))
+    assert row.cells[0] == "10.00 (Δ -8.8)"  # paper RotNet conv1: 18.8
+
+
+def test_bold_marks_survive_in_markdown_latex_html() -> None:
+    t = report.load_table("rotations-cifar")
+    assert "**89.76**" in report.render(t, None, "markdown")
+    assert r"\textbf{89.76}" in report.render(t, None, "latex")
+    assert "<b>89.76</b>" in report.render(t, None, "html")
+
+
+def test_plot_probe_tables(tmp_path: Path) -> None:
+    out = report.plot(report.load_table("rotations-linear"), _store(tmp_path), tmp_path / "p.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(UserError, match="probe tables only"):
+        report.plot(report.load_table("jigsaw"), None, tmp_path / "q.png")
+
+
+def test_number_parsing() -> None:
+    assert report.number("56.5%") == 56.5 and report.number("60.1 ± 1") == 60.1
+    assert report.number("70.1[36]") == 70.1 and report.number("-") is None and report.number("—") is None
