@@ -28,7 +28,7 @@ def naive_batch(images: torch.Tensor) -> dict[str, torch.Tensor]:
         pil = Image.fromarray(img.permute(1, 2, 0).numpy())
         for k in range(4):
             r = pil if k == 0 else pil.transpose(PIL_ROT[k])
-            out.append(torch.from_numpy(np.asarray(r)).permute(2, 0, 1))
+            out.append(torch.from_numpy(np.array(r)).permute(2, 0, 1))
             labels.append(k)
     return {"inputs": normalize(torch.stack(out)), "labels": torch.tensor(labels)}
 
