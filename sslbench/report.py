@@ -144,15 +144,20 @@ def fmt_value(value: float, column: Column) -> str:
 
 def sslbench_rows(table: Table, store: ResultStore | None) -> list[Row]:
     keys = {c.fills_from for c in table.columns if c.fills_from}
-    if store is None or not keys:
+    if store is None or not keys - {"pretrain/time"}:
         return []
     groups: dict[tuple[str, str, str, str, str], dict[str, ResultRow]] = {}
     for r in store.results():
-        if r.metric in keys:
+        if r.metric in keys:  # (pretrain/time is not a result row: it is added per group below)
             key = (r.prov.method, r.prov.variant, r.prov.backbone, r.prov.dataset, r.prov.scale)
             groups.setdefault(key, {})[r.metric] = r  # rows come in id order: the latest wins
+    pretrain_time = {r.run_id: r.wall_time for r in store.pretrain_runs()} if "pretrain/time" in keys else {}
     out = []
     for (method, variant, backbone, dataset, scale), found in groups.items():
+        run = next((r for r in found.values() if r.prov.pretrain_run in pretrain_time), None)
+        if run is not None:  # the pretraining's wall time fills a "Pretraining time" column
+            found["pretrain/time"] = ResultRow("pretrain", "pretrain/time", pretrain_time[run.prov.pretrain_run],
+                                               0.0, run.created_at, run.prov)
         cells, marks = [], []
         paper_row = _paper_row(table, method) if dataset == table.paper_dataset and dataset else None
         for i, c in enumerate(table.columns):
@@ -183,6 +188,15 @@ def all_rows(table: Table, store: ResultStore | None) -> list[Row]:
     return list(table.rows) + sslbench_rows(table, store)
 
 
+def missing_tasks(table: Table) -> list[str]:
+    """Pretext tasks the table's sslbench rows need that are not built yet."""
+    from sslbench.registry import TASKS, load_all
+
+    load_all()
+    needed = dict.fromkeys(r["task"] for r in table.reproduce.get("runs", []) if r["task"] != "random")
+    return [f"pretext task {t!r} (not built yet)" for t in needed if t not in TASKS]
+
+
 def missing_columns(table: Table) -> list[str]:
     """Columns whose protocol is not built yet: they stay '—' for sslbench rows, and the footnote says so."""
     from sslbench.registry import PROTOCOLS, load_all
@@ -210,10 +224,10 @@ def render(table: Table, store: ResultStore | None, fmt: str) -> str:
 def _footnotes(table: Table, rows: list[Row]) -> list[str]:
     notes = [f"Paper: {table.paper}, {table.venue}, {table.paper_table}." + (f" {table.caption}" if table.caption else "")]
     notes += [r.note for r in rows if r.note]
-    missing = missing_columns(table)
+    missing = missing_tasks(table) + missing_columns(table)
     if missing:
         notes.append("Not measured by sslbench yet: " + "; ".join(missing) + ".")
-    if not any(r.source == "sslbench" for r in rows):
+    elif not any(r.source == "sslbench" for r in rows):
         notes.append(f"No sslbench results in the store yet: run `sslbench reproduce {table.name}`.")
     return notes
 
@@ -415,18 +429,20 @@ def plot(table: Table, store: ResultStore | None, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     layers = [c.flat for c in table.columns]
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for r in all_rows(table, store):
+    fig, ax = plt.subplots(figsize=(11, 5))
+    rows = all_rows(table, store)
+    colours = plt.get_cmap("tab20")(range(len(rows)))
+    for r, colour in zip(rows, colours):
         values = [number(c.split(" (Δ")[0]) if c != DASH else None for c in r.cells]
         xs = [i for i, v in enumerate(values) if v is not None]
         if xs:
-            ax.plot(xs, [values[i] for i in xs], "-" if r.source == "sslbench" else "--",
+            ax.plot(xs, [values[i] for i in xs], "-" if r.source == "sslbench" else "--", color=colour,
                     marker="o", linewidth=2 if r.source == "sslbench" else 1, label=r.label)
     ax.set_xticks(range(len(layers)), layers)
     ax.set_xlabel("layer")
     ax.set_ylabel(f"{table.columns[0].metric} ({table.columns[0].unit})")
     ax.set_title(table.title)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")

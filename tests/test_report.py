@@ -140,3 +140,18 @@ def test_plot_probe_tables(tmp_path: Path) -> None:
 def test_number_parsing() -> None:
     assert report.number("56.5%") == 56.5 and report.number("60.1 ± 1") == 60.1
     assert report.number("70.1[36]") == 70.1 and report.number("-") is None and report.number("—") is None
+
+
+def test_pretraining_time_column_comes_from_the_pretrain_run(tmp_path: Path) -> None:
+    from sslbench.results import PretrainRow
+
+    store = ResultStore(tmp_path / "results.sqlite")
+    store.add_pretrain_run(PretrainRow("jigsaw-1", "jigsaw", "", "alexnet", "embedded", "mini", 0, "v", 5400.0,
+                                       "c.pt", "k", "{}", {}, "2026-11-25T10:00:00"))
+    prov = Provenance("eval-voc-det-1", "jigsaw", "", "alexnet", "embedded", "embedded", "mini", "checkpoint", 0,
+                      "v", "c.pt", "jigsaw-1", "{}")
+    store.add_results("voc-det", {"voc-det/mAP": 12.0}, prov, 1.0)
+    t = report.load_table("jigsaw")
+    (row,) = report.sslbench_rows(t, store)
+    flat = dict(zip([c.fills_from for c in t.columns], row.cells))
+    assert flat["pretrain/time"] == "1.5 h" and flat["voc-det/mAP"] == "12.00" and flat["voc-seg/mIoU"] == report.DASH

@@ -43,7 +43,7 @@ FILLS_FROM = (
     {""}
     | {f"rotnet-blocks/block{i}" for i in range(1, 6)}
     | {f"linear/conv{i}" for i in range(1, 6)}
-    | {"linear/best"}
+    | {"linear/top5-best"}
     | {f"voc-cls/{layers}/mAP" for layers in ("fc8", "fc6-8", "all")}
     | {"voc-det/mAP", "voc-seg/mIoU"}
     | {f"voc-det/AP/{c}" for c in VOC_CLASSES}
