@@ -11,6 +11,7 @@ from torch import Tensor
 
 from sslbench.backbones.base import Backbone, backbone_label, build_backbone
 from sslbench.config import Named, recipe_from_json
+from sslbench.data.build import dataset_label
 from sslbench.errors import UserError
 
 
@@ -50,7 +51,7 @@ def _from_file(path: Path, fallback: Named) -> Trunk:
         backbone = build_backbone(recipe.backbone.name, recipe.backbone.cfg)
         load_state_strict(backbone, state["backbone_state"], path)
         return Trunk(backbone, state["task"], state.get("variant", ""), state["backbone"]["label"],
-                     recipe.data.dataset, path.parent.name, str(path), trunk_input(state["task"], backbone))
+                     dataset_label(recipe.data), path.parent.name, str(path), trunk_input(state["task"], backbone))
     # A plain state dict (e.g. weights converted from the authors' Caffe models): load into the recipe's backbone.
     weights = state.get("state_dict", state) if isinstance(state, dict) else None
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):

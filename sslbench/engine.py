@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sslbench.backbones.base import backbone_label, build_backbone
 from sslbench.config import OptimConfig, Recipe, ScheduleConfig, recipe_key
-from sslbench.data.build import build_dataset, collate_skip_corrupt
+from sslbench.data.build import build_dataset, collate_skip_corrupt, dataset_label
 from sslbench.errors import UserError
 from sslbench.progress import console, progress_bar
 from sslbench.registry import TASKS
@@ -336,7 +336,7 @@ def _store_pretrain_run(recipe: Recipe, outcome: PretrainOutcome, runs: Path) ->
 
     default_store(runs).add_pretrain_run(PretrainRow(
         run_id=outcome.run_dir.name, method=recipe.name, variant=TASKS.get(recipe.name).variant(recipe.method.cfg),
-        backbone=backbone_label(recipe.backbone.name, recipe.backbone.cfg), dataset=recipe.data.dataset,
+        backbone=backbone_label(recipe.backbone.name, recipe.backbone.cfg), dataset=dataset_label(recipe.data),
         scale=recipe.scale, seed=recipe.seed, version=code_version(), wall_time=outcome.wall_time,
         checkpoint=str(outcome.checkpoint), recipe_key=recipe_key(recipe), recipe=recipe.to_json(),
         metrics=outcome.metrics, created_at=now_iso(),

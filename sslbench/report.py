@@ -171,7 +171,8 @@ def sslbench_rows(table: Table, store: ResultStore | None) -> list[Row]:
             marks.append("")
         name = METHOD_NAMES.get(method, method) + (f" ({variant})" if variant else "")
         runs = sorted({(r.prov.run_id, r.created_at[:10]) for r in found.values()})
-        where = "the embedded synthetic data (not the paper's data set)" if dataset == "embedded" else f"{dataset}"
+        where = (f"the embedded synthetic data{' in ' + dataset.split(':')[1] + ' layout' if ':' in dataset else ''}"
+                 " (not the paper's data set)" if dataset.startswith("embedded") else dataset)
         note = (f"{name} [{backbone}, {dataset}, {scale}]: measured by sslbench on {where}, scale {scale}; "
                 f"runs {', '.join(f'{rid} ({day})' for rid, day in runs)}")
         out.append(Row(f"sslbench: {name} [{backbone}, {dataset}, {scale}]", tuple(cells), tuple(marks),

@@ -1,17 +1,49 @@
-"""Build a recipe's data set through the DATASETS registry."""
+"""Build a recipe's data set through the DATASETS registry.
+
+A real data set named without a root (the mini recipes of the VOC protocols, say) reads the embedded data
+written once in that data set's on-disk layout, so mini scale runs the same loader as a real download.
+"""
 
 from __future__ import annotations
+
+import math
+from pathlib import Path
 
 from torch.utils.data import Dataset
 
 from sslbench.config import DataConfig
 from sslbench.data.datasets import collate_skip_corrupt
+from sslbench.data.synthetic import GENERATOR_VERSION, cache_dir
 from sslbench.registry import DATASETS
 
-__all__ = ["build_dataset", "collate_skip_corrupt"]
+__all__ = ["build_dataset", "collate_skip_corrupt", "dataset_label", "embedded_root"]
+
+SYNTH_FORMAT = {"voc2007": "voc", "voc2012": "voc2012", "cifar10": "cifar10", "stl10": "stl10", "imagenet": "imagenet"}
 
 
 def build_dataset(cfg: DataConfig, split: str, num: int = 0) -> Dataset:
-    """The registered data set `cfg.dataset` at `cfg.image_size`; root '' means the embedded data."""
+    """The registered data set `cfg.dataset` at `cfg.image_size`; no root means the embedded data."""
     factory = DATASETS.get(cfg.dataset)
-    return factory(cfg.root or None, split, cfg.image_size, num, cfg.synth_seed)
+    root = cfg.root or (str(embedded_root(cfg)) if cfg.dataset in SYNTH_FORMAT else None)
+    return factory(root, split, cfg.image_size, num, cfg.synth_seed)
+
+
+def dataset_label(cfg: DataConfig) -> str:
+    """What a result was measured on, for the store and the tables: 'voc2007', or 'embedded:voc2007'."""
+    if cfg.root or cfg.dataset not in SYNTH_FORMAT:
+        return cfg.dataset
+    return f"embedded:{cfg.dataset}"
+
+
+def embedded_root(cfg: DataConfig) -> Path:
+    """The embedded data written (once, cached) in the layout of `cfg.dataset`, sized for the recipe."""
+    from sslbench.data.formats import synth
+
+    fmt = SYNTH_FORMAT[cfg.dataset]
+    per_split = max(cfg.num_test, math.ceil(cfg.num_images / 2) if fmt.startswith("voc") else cfg.num_images, 16)
+    path = cache_dir() / "formats" / f"{fmt}-v{GENERATOR_VERSION}-{cfg.image_size}px-{per_split}-s{cfg.synth_seed}"
+    done = path / ".complete"
+    if not done.is_file():
+        synth(fmt, path, per_split, cfg.image_size, cfg.synth_seed)
+        done.write_text("written by sslbench.data.build.embedded_root\n")
+    return path

@@ -17,6 +17,7 @@ import torch
 
 from sslbench.checkpoint import Trunk, load_trunk
 from sslbench.config import Recipe
+from sslbench.data.build import dataset_label
 from sslbench.engine import new_run_dir, record_run
 from sslbench.errors import UserError
 from sslbench.progress import console
@@ -82,7 +83,7 @@ def evaluate(
     wall = time.time() - start
     prov = Provenance(
         run_id=run_dir.name, method=trunk.method, variant=trunk.variant, backbone=trunk.label,
-        dataset=recipe.data.dataset, pretrain_dataset=trunk.pretrain_dataset, scale=recipe.scale,
+        dataset=dataset_label(recipe.data), pretrain_dataset=trunk.pretrain_dataset, scale=recipe.scale,
         init="random" if checkpoint == "random" else "checkpoint", seed=recipe.seed, version=code_version(),
         checkpoint=trunk.checkpoint, pretrain_run=trunk.pretrain_run, recipe=recipe.to_json(),
     )
