@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -25,6 +26,22 @@ class Trunk:
     pretrain_run: str
     checkpoint: str
     prepare: Callable[[Tensor], Tensor]  # uint8 images -> the trunk's input (the pretext task's own transform)
+    reinitialised: tuple[str, ...] = ()  # weights re-initialised because the trunk was rebuilt at another size
+
+
+def resize_trunk(backbone: Backbone, trained: Named, protocol: Named) -> tuple[Backbone, tuple[str, ...]]:
+    """A trunk pretrained at another input size (a Jigsaw tile tower, a Context patch net) rebuilt at the size
+    the protocol's recipe declares for this backbone; convolutions carry over, a weight whose shape depends on
+    the size (fc6, after pool5) is re-initialised, as the papers did when transferring such trunks."""
+    size_old = getattr(trained.cfg, "image_size", None)
+    size_new = getattr(protocol.cfg, "image_size", None)
+    if trained.name != protocol.name or size_old is None or size_new is None or size_old == size_new:
+        return backbone, ()
+    resized = build_backbone(trained.name, dataclasses.replace(trained.cfg, image_size=size_new))
+    own, old = resized.state_dict(), backbone.state_dict()
+    keep = {k: v for k, v in old.items() if k in own and own[k].shape == v.shape}
+    resized.load_state_dict(keep, strict=False)
+    return resized, tuple(sorted(set(own) - set(keep)))
 
 
 def load_trunk(checkpoint: str, fallback: Named, taps: Sequence[str]) -> Trunk:
@@ -50,8 +67,10 @@ def _from_file(path: Path, fallback: Named) -> Trunk:
         recipe = recipe_from_json(state["recipe"])
         backbone = build_backbone(recipe.backbone.name, recipe.backbone.cfg)
         load_state_strict(backbone, state["backbone_state"], path)
+        backbone, reinit = resize_trunk(backbone, recipe.backbone, fallback)
         return Trunk(backbone, state["task"], state.get("variant", ""), state["backbone"]["label"],
-                     dataset_label(recipe.data), path.parent.name, str(path), trunk_input(state["task"], backbone))
+                     dataset_label(recipe.data), path.parent.name, str(path), trunk_input(state["task"], backbone),
+                     reinit)
     # A plain state dict (e.g. weights converted from the authors' Caffe models): load into the recipe's backbone.
     weights = state.get("state_dict", state) if isinstance(state, dict) else None
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):

@@ -75,6 +75,7 @@ def eval_(
     scale: str = ScaleOpt, recipe: str = RecipeOpt, data: Optional[list[str]] = DataOpt,
     set_: Optional[list[str]] = SetOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
     runs: Path = RunsOpt, quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    init: str = typer.Option("default", "--init", help="default, or rescale: Kraehenbuehl et al.'s data-dependent rescaling first."),
 ) -> None:
     """Evaluate a checkpoint (or random init) with a transfer protocol; the numbers go to runs/results.sqlite.
 
@@ -84,7 +85,7 @@ def eval_(
     from sslbench.protocols.base import evaluate
 
     r = load_recipe("protocol", protocol, scale, set_ or [], _data(data), seed, flavour=recipe)
-    out = evaluate(r, checkpoint, runs, device, progress=not quiet, argv=sys.argv)
+    out = evaluate(r, checkpoint, runs, device, progress=not quiet, argv=sys.argv, init=init)
     values = " ".join(f"{k.split('/', 1)[1]} {v:.2f}" for k, v in out.metrics.items())
     typer.echo(f"eval {protocol} on {out.provenance.method} [{out.provenance.backbone}]: {values} ({out.wall_time:.0f} s)")
 

@@ -65,21 +65,22 @@ class RunSpec:
     task: str  # a pretext task, or "random" for the random-init baselines
     flavour: str
     overrides: tuple[str, ...]
+    init: str  # "default" or "rescale" (Kraehenbuehl et al.), applied before every protocol
     evals: tuple[EvalSpec, ...]
 
 
 def plan(names: list[str]) -> list[RunSpec]:
     """The union of the [reproduce] runs of the tables, in order, duplicates merged."""
-    merged: dict[tuple[str, str, tuple[str, ...]], list[EvalSpec]] = {}
+    merged: dict[tuple[str, str, tuple[str, ...], str], list[EvalSpec]] = {}
     for name in names:
         for raw in load_table(name).reproduce.get("runs", []):
-            key = (raw["task"], raw.get("flavour", ""), tuple(raw.get("set", ())))
+            key = (raw["task"], raw.get("flavour", ""), tuple(raw.get("set", ())), raw.get("init", "default"))
             evals = merged.setdefault(key, [])
             for e in raw.get("protocols", []):
                 spec = EvalSpec.parse(e)
                 if spec not in evals:
                     evals.append(spec)
-    return [RunSpec(t, f, o, tuple(e)) for (t, f, o), e in merged.items()]
+    return [RunSpec(t, f, o, i, tuple(e)) for (t, f, o, i), e in merged.items()]
 
 
 def reproduce(name: str, opts: Options) -> tuple[list[str], Summary]:
@@ -112,17 +113,20 @@ def reproduce(name: str, opts: Options) -> tuple[list[str], Summary]:
                 summary.missing.append(f"{ev.describe()} on {spec.task} (protocol {ev.protocol!r} not built yet)")
                 continue
             recipe = load_recipe("protocol", ev.protocol, opts.scale, ev.overrides, None, opts.seed, flavour=ev.flavour)
-            if not opts.force and _evaluated(store, ev.protocol, recipe_key(recipe), checkpoint):
-                summary.reused.append(f"{ev.describe()} on {spec.task}")
+            what = f"{ev.describe()} on {spec.task}" + (" (rescaled)" if spec.init == "rescale" else "")
+            if not opts.force and _evaluated(store, ev.protocol, recipe_key(recipe), checkpoint, spec.init):
+                summary.reused.append(what)
                 continue
-            outcome = evaluate(recipe, checkpoint, opts.runs, opts.device, opts.progress, opts.argv)
-            summary.ran.append(f"{ev.describe()} on {spec.task} ({outcome.run_dir.name}, {outcome.wall_time:.0f} s)")
+            outcome = evaluate(recipe, checkpoint, opts.runs, opts.device, opts.progress, opts.argv, init=spec.init)
+            summary.ran.append(f"{what} ({outcome.run_dir.name}, {outcome.wall_time:.0f} s)")
     summary.seconds = time.time() - start
     return names, summary
 
 
-def _evaluated(store: Any, protocol: str, key: str, checkpoint: str) -> bool:
+def _evaluated(store: Any, protocol: str, key: str, checkpoint: str, init: str) -> bool:
+    rescaled = init == "rescale"
     for row in store.results(protocol + "/"):
-        if row.protocol == protocol and row.prov.checkpoint == checkpoint and recipe_key(row.prov.recipe) == key:
+        if (row.protocol == protocol and row.prov.checkpoint == checkpoint and row.prov.init.endswith("+rescale") == rescaled
+                and recipe_key(row.prov.recipe) == key):
             return True
     return False

@@ -16,14 +16,15 @@ def test_plan_merges_runs_of_a_group() -> None:
     specs = plan(report.resolve("rotations"))
     random = [s for s in specs if s.task == "random"]
     assert len(random) == 1 and {e.protocol for e in random[0].evals} >= {"rotnet-blocks", "linear"}
-    assert {(s.task, s.flavour) for s in specs} == {("rotation", ""), ("rotation", "alexnet"), ("random", "")}
+    assert {(s.task, s.flavour, s.init) for s in specs} == {
+        ("rotation", "", "default"), ("rotation", "alexnet", "default"), ("random", "", "default"), ("random", "", "rescale")}
 
 
 @pytest.mark.slow
 def test_reproduce_rotations_mini_rotnet_beats_random(tmp_path: Path) -> None:
     names, summary = reproduce("rotations", Options(runs=tmp_path, device="cpu", progress=False))
     assert names == ["rotations-cifar", "rotations-linear", "rotations-pascal"]
-    assert len(summary.ran) == 6 and any("voc-det" in m for m in summary.missing)
+    assert len(summary.ran) == 7 and any("voc-det" in m for m in summary.missing)
     store = ResultStore(tmp_path / "results.sqlite")
     for name in ("rotations-cifar", "rotations-linear"):
         table = report.load_table(name)
@@ -33,4 +34,6 @@ def test_reproduce_rotations_mini_rotnet_beats_random(tmp_path: Path) -> None:
             if ours != report.DASH:
                 assert float(ours) > float(rand), (name, col.flat, ours, rand)
     _, again = reproduce("rotations", Options(runs=tmp_path, device="cpu", progress=False))
-    assert again.ran == [] and len(again.reused) == 6
+    assert again.ran == [] and len(again.reused) == 7
+    linear = {r.method: r for r in report.sslbench_rows(report.load_table("rotations-linear"), store)}
+    assert "random-rescaled" in linear  # the "Random rescaled" row

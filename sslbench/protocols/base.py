@@ -7,6 +7,7 @@ load the trunk (checkpoint or random), make the run directory, time it, and writ
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from dataclasses import dataclass
@@ -56,6 +57,9 @@ class EvalOutcome:
     provenance: Provenance
 
 
+INITS = ("default", "rescale")
+
+
 def evaluate(
     recipe: Recipe,
     checkpoint: str,
@@ -64,11 +68,18 @@ def evaluate(
     progress: bool = True,
     argv: list[str] | None = None,
     store: bool = True,
+    init: str = "default",
 ) -> EvalOutcome:
+    """Run `recipe`'s protocol on a checkpoint (or 'random'); `init='rescale'` first applies Kraehenbuehl
+    et al.'s data-dependent rescaling (the tables' "-rescale" and "Random rescaled" rows)."""
+    if init not in INITS:
+        raise UserError(f"--init expects {' or '.join(INITS)}, found {init!r}")
     protocol: Protocol = PROTOCOLS.get(recipe.name)(recipe.method.cfg)
     dev = resolve_device(device)
     seed_everything(recipe.seed)  # before the trunk: `random` init must be the same draw every time
     trunk = load_trunk(checkpoint, recipe.backbone, protocol.taps())
+    if init == "rescale":
+        trunk = rescaled(trunk, recipe)
     run_dir = new_run_dir(runs, f"eval-{recipe.name}")
     record_run(run_dir, recipe, argv)
     log = MetricLogger(run_dir)
@@ -84,12 +95,31 @@ def evaluate(
     prov = Provenance(
         run_id=run_dir.name, method=trunk.method, variant=trunk.variant, backbone=trunk.label,
         dataset=dataset_label(recipe.data), pretrain_dataset=trunk.pretrain_dataset, scale=recipe.scale,
-        init="random" if checkpoint == "random" else "checkpoint", seed=recipe.seed, version=code_version(),
-        checkpoint=trunk.checkpoint, pretrain_run=trunk.pretrain_run, recipe=recipe.to_json(),
+        init=("random" if checkpoint == "random" else "checkpoint") + ("+rescale" if init == "rescale" else ""),
+        seed=recipe.seed, version=code_version(), checkpoint=trunk.checkpoint, pretrain_run=trunk.pretrain_run,
+        recipe=recipe.to_json(),
     )
-    write_json(run_dir / "result.json", {"metrics": metrics, "wall_time": wall, "provenance": prov.__dict__})
+    write_json(run_dir / "result.json", {"metrics": metrics, "wall_time": wall, "provenance": prov.__dict__,
+                                         "reinitialised": list(trunk.reinitialised)})
     if store:
         default_store(runs).add_results(recipe.name, metrics, prov, wall)
     if progress:
-        console.print(f"[dim]{run_dir}[/dim]")
+        note = f" (re-initialised at the protocol's size: {', '.join(trunk.reinitialised)})" if trunk.reinitialised else ""
+        console.print(f"[dim]{run_dir}{note}[/dim]")
     return EvalOutcome(run_dir, metrics, wall, prov)
+
+
+RESCALE_IMAGES = 32  # images of the protocol's training split the rescaling statistics are measured on
+
+
+def rescaled(trunk: Trunk, recipe: Recipe) -> Trunk:
+    """The trunk after data-dependent rescaling on the protocol's own training images."""
+    from sslbench.data.build import build_dataset, collate_skip_corrupt
+    from sslbench.rescale import rescale
+
+    ds = build_dataset(recipe.data, recipe.data.train_split, RESCALE_IMAGES)
+    images, _ = collate_skip_corrupt([ds[i] for i in range(min(len(ds), RESCALE_IMAGES))])
+    rescale(trunk.backbone, trunk.prepare(images), tuple(trunk.backbone.feature_info))
+    if trunk.method == "random":
+        return dataclasses.replace(trunk, method="random-rescaled")
+    return dataclasses.replace(trunk, variant="+".join(v for v in (trunk.variant, "rescale") if v))
