@@ -1,13 +1,17 @@
-"""Evaluation metrics of the transfer protocols, as pure numpy functions.
+"""Evaluation metrics of the transfer protocols, as pure functions (numpy; torch where batched or on device).
 
 Each function reproduces the reference code the papers' numbers come from, quirks included:
 - `voc_ap`, `voc_eval`: py-faster-rcnn `lib/datasets/voc_eval.py` (a port of the VOC devkit's
   `VOCevaldet.m` / `VOCap.m`), used for Fast R-CNN detection transfer.
 - `multilabel_map`: the devkit's `VOCevalcls.m`, used for VOC07 classification and the linear SVMs.
 - `confusion_matrix`, `mean_iou`: FCN's `score.py` (`fast_hist`), used for VOC2012 segmentation.
+- `average_precision`: scikit-learn's `average_precision_score` (no interpolation), batched over columns:
+  the score `cross_val_score(..., scoring="average_precision")` gives, used to pick the SVMs' C.
 
 Classes without any positive (detection, classification) or absent from both ground truth and
-prediction (segmentation) get NaN and are left out of the mean, instead of silently counting as 0.
+prediction (segmentation) get NaN and are left out of the mean, instead of silently counting as 0: the VOC
+devkit divides by the number of positives, so it defines no AP for such a class (VOC never has one), and a
+made-up 0 would pull the mean down for a class that was never measured (FCN's score.py: nanmean).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+
+from sslbench.errors import UserError
 
 ArrayLike = np.ndarray | Sequence[float]
 # One image's detections: boxes [k, 4] (x1, y1, x2, y2), scores [k], labels [k].
@@ -79,13 +85,13 @@ def _class_ap(
     pixel_plus_one: bool,
 ) -> float:
     """py-faster-rcnn `voc_eval` for one class."""
-    gts = [(np.asarray(b, np.float64)[np.asarray(l) == cls], np.asarray(d, bool)[np.asarray(l) == cls])
+    gts = [(np.asarray(b, np.float64).reshape(-1, 4)[np.asarray(l) == cls], np.asarray(d, bool)[np.asarray(l) == cls])
            for b, l, d in annotations]
     npos = sum(int((~difficult).sum()) for _, difficult in gts)
-    image, score, box = [], [], []
+    image, score, box = [np.zeros(0, np.int64)], [np.zeros(0)], [np.zeros((0, 4))]
     for i, (boxes, scores, labels) in enumerate(detections):
         keep = np.asarray(labels) == cls
-        image.append(np.full(int(keep.sum()), i))
+        image.append(np.full(int(keep.sum()), i, np.int64))
         score.append(np.asarray(scores, np.float64)[keep])
         box.append(np.asarray(boxes, np.float64).reshape(-1, 4)[keep])
     image, score, box = np.concatenate(image), np.concatenate(score), np.concatenate(box)
@@ -130,7 +136,7 @@ def voc_eval(
     integer-pixel box convention; False for continuous coordinates.
     """
     if len(detections) != len(annotations):
-        raise ValueError(
+        raise UserError(
             f"voc_eval: expected one detections entry per annotated image, found "
             f"{len(detections)} detections for {len(annotations)} images; pass an empty "
             "(boxes [0, 4], scores [0], labels [0]) tuple for images with no detection."
@@ -159,11 +165,11 @@ def confusion_matrix(
     """
     pred, target = np.asarray(pred).ravel().astype(np.int64), np.asarray(target).ravel().astype(np.int64)
     if pred.shape != target.shape:
-        raise ValueError(f"confusion_matrix: pred has {pred.size} pixels, target {target.size}; pass maps of the same size.")
+        raise UserError(f"confusion_matrix: pred has {pred.size} pixels, target {target.size}; pass maps of the same size.")
     valid = (target >= 0) & (target < num_classes) & (target != ignore_index)
     bad = valid & ((pred < 0) | (pred >= num_classes))
     if bad.any():
-        raise ValueError(
+        raise UserError(
             f"confusion_matrix: predictions must lie in [0, {num_classes}), found {pred[bad][0]}; "
             "pass the argmax over the class scores."
         )
@@ -208,6 +214,11 @@ def multilabel_map(
     """
     scores, positive = np.asarray(scores, np.float64), np.asarray(labels) > 0
     keep = np.ones_like(positive) if difficult is None else ~np.asarray(difficult, bool)
+    if scores.ndim != 2 or positive.shape != scores.shape or keep.shape != scores.shape:
+        raise UserError(
+            f"multilabel_map: expected scores, labels and difficult of one shape [images, classes], found "
+            f"{scores.shape}, {positive.shape} and {keep.shape}; pass one row per test image."
+        )
     ap = np.array([ranking_ap(scores[keep[:, c], c], positive[keep[:, c], c], use_07_metric)
                    for c in range(scores.shape[1])])
     return (float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan")), ap
@@ -220,7 +231,33 @@ def topk_accuracy(
 
     Ties at the k-th logit are broken by torch.topk's order (the usual ImageNet evaluation).
     """
-    logits, target = torch.as_tensor(logits), torch.as_tensor(target)
-    top = logits.topk(max(ks), dim=1).indices  # [N, max k]
+    logits = torch.as_tensor(logits)
+    target = torch.as_tensor(target, device=logits.device)
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices  # [N, max k]; top-5 of 3 classes = all 3
     hit = top == target[:, None]
     return {k: hit[:, :k].any(1).double().mean().item() for k in ks}
+
+
+def average_precision(scores: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """scikit-learn's `average_precision_score` for every column of scores [N, P] (positive [N, P] bool).
+
+    AP = sum over distinct score thresholds, descending, of (R_k - R_k-1) * P_k: no interpolation, tied
+    scores form one threshold. Entries with valid [N, P] False are left out; NaN for a column without a
+    valid positive (scikit-learn warns and returns 0 there; no positive means nothing was measured).
+    """
+    valid = torch.ones_like(positive, dtype=torch.bool) if valid is None else valid.bool()
+    if scores.dim() != 2 or positive.shape != scores.shape or valid.shape != scores.shape:
+        raise UserError(f"average_precision: expected scores, positive and valid of one shape [N, P], found "
+                        f"{tuple(scores.shape)}, {tuple(positive.shape)} and {tuple(valid.shape)}")
+    s = scores.double().masked_fill(~valid, float("-inf"))  # left-out entries sink below every real score
+    order = s.argsort(dim=0, descending=True, stable=True)
+    s = s.gather(0, order)
+    pos = (positive.bool() & valid).gather(0, order).double()
+    seen = valid.gather(0, order).double().cumsum(0)
+    precision = pos.cumsum(0) / seen.clamp(min=1)  # [N, P] at each rank
+    # Precision counts at the end of a group of tied scores: every member of the group shares it.
+    rows = torch.arange(s.shape[0], device=s.device)[:, None].expand_as(s)
+    last = torch.ones_like(s, dtype=torch.bool)
+    last[:-1] = s[1:] != s[:-1]
+    group_end = torch.where(last, rows, s.shape[0] - 1).flip(0).cummin(0).values.flip(0)
+    return (pos * precision.gather(0, group_end)).sum(0) / pos.sum(0)  # 0/0 = NaN without positives

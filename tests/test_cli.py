@@ -81,3 +81,8 @@ def test_table_formats_from_the_command_line() -> None:
     p = run("table", "rotations-cifar", "--format", "csv")
     assert p.returncode == 0 and p.stdout.startswith("table,source,Model,ConvB1")
     assert "valid: rich, markdown" in _error_line(run("table", "jigsaw", "--format", "pdf"))
+
+
+def test_unknown_option_is_a_usage_error_not_a_traceback() -> None:
+    p = run("pretrain", "rotation", "--flavour", "alexnet")
+    assert p.returncode == 2 and "No such option" in p.stderr and "Traceback" not in p.stderr

@@ -13,8 +13,18 @@ from sslbench.registry import BACKBONES, DATASETS, PROTOCOLS, TASKS, Registry
 TINY_BACKBONE = {
     "alexnet": {"image_size": 64, "width": 0.125, "conv1_stride": 2, "fc_dim": 32},
     "nin": {"blocks": 3, "width": 0.1, "image_size": 32},
+    "vgg16": {"image_size": 32, "width": 0.125, "fc_dim": 32},
 }
-TASK_BACKBONE = {"rotation": ("nin", 32)}
+_ALEX = {"width": 0.125, "fc_dim": 32}
+# task -> (backbone, backbone config, image side, task config): the smallest geometry each task accepts
+TASK_SETUP = {
+    "rotation": ("nin", TINY_BACKBONE["nin"], 32, {}),
+    "context": ("alexnet", {**_ALEX, "image_size": 32, "conv1_stride": 1}, 112, {"gap": 4, "jitter": 1, "head_dim": 32}),
+    "jigsaw": ("alexnet", {**_ALEX, "image_size": 36, "conv1_stride": 2}, 120, {"num_permutations": 10, "cell": 40, "tile": 36, "fc7_dim": 32}),
+    "damaged-jigsaw": ("alexnet", {**_ALEX, "image_size": 36, "conv1_stride": 2, "in_channels": 1}, 120,
+                       {"num_permutations": 10, "cell": 40, "tile": 36, "fc7_dim": 32, "decoder_channels": 8}),
+    "inpainting": ("alexnet", TINY_BACKBONE["alexnet"], 64, {"decoder_width": 8, "disc_width": 8, "adversarial": True}),
+}
 
 
 def test_duplicate_names_are_refused() -> None:
@@ -31,7 +41,7 @@ def test_unknown_name_lists_valid_names_and_closest() -> None:
 
 def test_every_registry_member_is_tested_here() -> None:
     assert set(BACKBONES.names()) <= set(TINY_BACKBONE)
-    assert set(TASKS.names()) <= set(TASK_BACKBONE)
+    assert set(TASKS.names()) <= set(TASK_SETUP)
 
 
 @pytest.mark.parametrize("name", BACKBONES.names())
@@ -57,9 +67,9 @@ def test_backbone_stops_at_the_last_tap(name: str) -> None:
 
 @pytest.mark.parametrize("name", TASKS.names())
 def test_task_batch_and_loss_at_tiny_size(name: str) -> None:
-    bb_name, size = TASK_BACKBONE[name]
-    cfg = build(BACKBONES.entry(bb_name).config, dict(TINY_BACKBONE[bb_name]), "test")
-    task = TASKS.get(name)(build(TASKS.entry(name).config, {}, "test"), build_backbone(bb_name, cfg))
+    bb_name, bb_cfg, size, task_cfg = TASK_SETUP[name]
+    cfg = build(BACKBONES.entry(bb_name).config, dict(bb_cfg), "test")
+    task = TASKS.get(name)(build(TASKS.entry(name).config, dict(task_cfg), "test"), build_backbone(bb_name, cfg))
     images = torch.randint(0, 256, (4, 3, size, size), dtype=torch.uint8)
     batch = task.make_batch(images, torch.Generator().manual_seed(0))
     out = task(batch)

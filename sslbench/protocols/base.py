@@ -76,6 +76,8 @@ def evaluate(
         raise UserError(f"--init expects {' or '.join(INITS)}, found {init!r}")
     protocol: Protocol = PROTOCOLS.get(recipe.name)(recipe.method.cfg)
     dev = resolve_device(device)
+    if recipe.engine.threads:
+        torch.set_num_threads(recipe.engine.threads)
     seed_everything(recipe.seed)  # before the trunk: `random` init must be the same draw every time
     trunk = load_trunk(checkpoint, recipe.backbone, protocol.taps())
     if init == "rescale":

@@ -1,0 +1,256 @@
+"""VOC07 classification by fine-tuning (Krähenbühl et al. 2016; the protocol of Zhang et al. 2016,
+Noroozi & Favaro 2016, Gidaris et al. 2018).
+
+The trunk up to fc7 gets a new fc8 with 20 sigmoid outputs, trained with binary cross-entropy on
+VOC2007 trainval; a class present only as difficult objects is left out of the loss. Training images
+are rescaled by a random factor, randomly cropped to the trunk's input size and mirrored; each test
+image scores the average of 10 such random crops (the released code runs the training transform at
+test too). `layers` picks what trains: fc8 only, fc6..fc8 (from pool5 up) or every layer; the rest is
+frozen (no gradients, BatchNorm and dropout in eval mode) and checked unchanged afterwards. Reports
+per-class AP and mAP (%) on VOC2007 test as 'voc-cls/<layers>/AP/<class>' and 'voc-cls/<layers>/mAP'.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from sslbench.backbones.base import Backbone
+from sslbench.checkpoint import Trunk
+from sslbench.config import Recipe
+from sslbench.data.build import build_dataset, collate_skip_corrupt
+from sslbench.data.synthetic import CLASSES
+from sslbench.engine import NonFiniteLoss, build_optimizer, lr_at, set_lr
+from sslbench.errors import UserError
+from sslbench.metrics import multilabel_map
+from sslbench.progress import progress_bar
+from sslbench.protocols.base import EvalContext, Protocol
+from sslbench.protocols.probing import sanity_check
+from sslbench.registry import register_protocol
+from sslbench.runtime import step_generator
+from sslbench.tasks.base import MEAN
+
+# First stage that trains for each `layers` setting (the released code's --train-from); None = all of them.
+TRAIN_FROM: dict[str, str | None] = {"fc8": "fc8", "fc6-8": "fc6", "all": None}
+FC_LAYERS = ("fc6", "fc7")  # trunk stages that take fc_lr_mult, as fc8 does
+MEAN_PIXEL = (MEAN.view(3) * 255.0).round().to(torch.uint8)  # padding colour: 0 after mean subtraction
+
+
+@dataclass(frozen=True)
+class VocClsConfig:
+    layers: Literal["fc8", "fc6-8", "all"] = "all"  # what trains: fc8; fc6..fc8 from pool5 up; every layer
+    min_scale: float = 0.5  # smallest random rescale of the loaded image (Krähenbühl et al.: 0.5)
+    max_scale: float = 2.0  # largest random rescale (Krähenbühl et al.: 2.0)
+    mirror: bool = True  # random horizontal flip, at training and in the test crops
+    test_crops: int = 10  # random crops whose scores are averaged per test image (the papers' 10)
+    fc_lr_mult: float = 10.0  # learning-rate multiplier of fc6, fc7 and fc8 (released train_cls.py: 10)
+    head_dropout: float = 0.5  # dropout on fc7 before fc8 (Caffe's drop7, kept by the code's --clip drop7)
+    head_init_std: float = 0.01  # fc8 weights ~ N(0, std) (the released code's re-initialisation)
+    voc07_ap: bool = True  # 11-point VOC07 AP (devkit VOCevalcls); false = area under the PR curve
+
+
+# ---------------------------------------------------------------- pure functions
+
+
+def masked_bce(logits: Tensor, labels: Tensor, ignore: Tensor) -> Tensor:
+    """Sigmoid cross-entropy summed over classes and averaged over images, ignored entries left out.
+
+    logits, labels, ignore: [N, C]; ignore > 0 marks a class present only as difficult objects (the
+    released code's ignore_label 255). Caffe's SigmoidCrossEntropyLoss normalises by the batch size.
+    """
+    per_entry = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="none")  # [N, C]
+    keep = (ignore <= 0).to(per_entry.dtype)
+    return (per_entry * keep).sum() / logits.shape[0]
+
+
+def rescale_crop_flip(
+    images: Tensor, crop: int, min_scale: float, max_scale: float, mirror: bool, generator: torch.Generator
+) -> Tensor:
+    """uint8 [N,3,S,S] -> uint8 [N,3,crop,crop]: rescale by s ~ U[min, max], random crop, random mirror.
+
+    A rescaled image smaller than the crop is placed at a random offset on a mean-colour canvas (what
+    zero padding after Caffe's mean subtraction amounts to).
+    """
+    n, _, side, _ = images.shape
+    scales = min_scale + (max_scale - min_scale) * torch.rand(n, generator=generator)
+    offsets = torch.rand(n, 2, generator=generator)  # where the crop sits, as a fraction of the free room
+    flips = (torch.rand(n, generator=generator) < 0.5) & mirror
+    out = MEAN_PIXEL.view(1, 3, 1, 1).repeat(n, 1, crop, crop)
+    for i in range(n):
+        size = max(1, round(side * float(scales[i])))
+        img = images[i : i + 1].float()
+        if size != side:
+            img = F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        img = img.round().clamp(0, 255).to(torch.uint8)[0]  # [3, size, size]
+        room = abs(size - crop)
+        y, x = (offsets[i] * (room + 1)).long().clamp(max=room).tolist()
+        if size >= crop:
+            out[i] = img[:, y : y + crop, x : x + crop]
+        else:
+            out[i, :, y : y + size, x : x + size] = img
+        if flips[i]:
+            out[i] = out[i].flip(-1)
+    return out
+
+
+# ---------------------------------------------------------------- the network
+
+
+class FineTuneNet(nn.Module):
+    """Trunk stages up to fc7, split at the first trained stage, plus a new fc8 (dropout + Linear)."""
+
+    def __init__(self, backbone: Backbone, layers: str, num_classes: int, dropout: float, init_std: float) -> None:
+        super().__init__()
+        stages = _stages_to_fc7(backbone)
+        first = TRAIN_FROM[layers]
+        cut = 0 if first is None else [*(name for name, _ in stages), "fc8"].index(first)
+        self.frozen = nn.Sequential(OrderedDict(stages[:cut]))
+        self.trained = nn.Sequential(OrderedDict(stages[cut:]))
+        self.fc8 = nn.Sequential(nn.Dropout(dropout), nn.Linear(backbone.feature_info["fc7"].channels, num_classes))
+        nn.init.normal_(self.fc8[1].weight, 0.0, init_std)
+        nn.init.zeros_(self.fc8[1].bias)
+        self.frozen.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> FineTuneNet:
+        super().train(mode)
+        self.frozen.eval()  # frozen BatchNorm keeps its statistics, frozen dropout stays off
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            x = self.frozen(x)
+        return self.fc8(self.trained(x))  # [N, 20]
+
+    def param_groups(self, fc_lr_mult: float) -> list[dict]:
+        fast = [p for name, m in self.trained.named_children() if name in FC_LAYERS for p in m.parameters()]
+        fast += list(self.fc8.parameters())
+        fast_ids = {id(p) for p in fast}
+        slow = [p for p in self.trained.parameters() if id(p) not in fast_ids]
+        groups = [{"params": fast, "lr_scale": fc_lr_mult}]
+        return groups + ([{"params": slow, "lr_scale": 1.0}] if slow else [])
+
+
+def _stages_to_fc7(backbone: Backbone) -> list[tuple[str, nn.Module]]:
+    stages = backbone.stages()
+    names = [name for name, _ in stages]
+    if "fc6" not in names or "fc7" not in names:
+        raise UserError(f"voc-cls fine-tunes fc6..fc8; {type(backbone).__name__} has stages {', '.join(names)}; "
+                        "use an AlexNet trunk")
+    return stages[: names.index("fc7") + 1]
+
+
+# ---------------------------------------------------------------- the protocol
+
+
+@register_protocol("voc-cls", config=VocClsConfig)
+class VocCls(Protocol):
+    """VOC07 multi-label classification by fine-tuning fc8, fc6..fc8 or all layers (Krähenbühl et al.)."""
+
+    def taps(self) -> tuple[str, ...]:
+        return ("fc7",)
+
+    def run(self, trunk: Trunk, recipe: Recipe, ctx: EvalContext) -> dict[str, float]:
+        cfg, d = self.cfg, recipe.data
+        if not 0 < cfg.min_scale <= cfg.max_scale:
+            raise UserError(f"voc-cls: expected 0 < min_scale <= max_scale, found {cfg.min_scale}, {cfg.max_scale}")
+        if cfg.test_crops < 1:
+            raise UserError(f"voc-cls: test_crops must be >= 1, found {cfg.test_crops}")
+        train_ds = build_dataset(d, d.train_split, d.num_images)
+        test_ds = build_dataset(d, d.test_split, d.num_test)
+        if len(train_ds) < d.batch_size:
+            raise UserError(f"voc-cls: {len(train_ds)} training images is less than one batch of {d.batch_size}; "
+                            "lower data.batch_size or raise data.num_images")
+        net = FineTuneNet(trunk.backbone, cfg.layers, len(CLASSES), cfg.head_dropout, cfg.head_init_std).to(ctx.device)
+        before = copy.deepcopy(net.frozen.state_dict())
+        crop = trunk.backbone.cfg.image_size  # fc6 is sized for this input
+        steps = _fine_tune(net, train_ds, recipe, cfg, crop, trunk, ctx)
+        sanity_check(net.frozen, before)
+        scores, labels, difficult = _test_scores(net, test_ds, recipe, cfg, crop, trunk, ctx)
+        mean_ap, per_class = multilabel_map(scores, labels, difficult, use_07_metric=cfg.voc07_ap)
+        if math.isnan(mean_ap):
+            raise UserError(f"voc-cls: the {d.test_split} split has no positive label for any class; "
+                            "raise data.num_test or check the annotations")
+        ctx.log.write(steps, {"mAP": 100.0 * mean_ap}, prefix="test")
+        key = f"voc-cls/{cfg.layers}"
+        metrics = {f"{key}/mAP": 100.0 * mean_ap}
+        # A class with no positive test image has no AP (NaN): it gets no entry rather than a made-up 0.
+        metrics.update({f"{key}/AP/{name}": 100.0 * float(ap) for name, ap in zip(CLASSES, per_class) if np.isfinite(ap)})
+        return metrics
+
+
+def _loader(ds: Dataset, batch: int, workers: int, shuffle_seed: int | None, drop_last: bool) -> DataLoader:
+    gen = torch.Generator().manual_seed(shuffle_seed) if shuffle_seed is not None else None
+    return DataLoader(ds, batch_size=batch, shuffle=gen is not None, generator=gen, num_workers=workers,
+                      collate_fn=collate_skip_corrupt, drop_last=drop_last)
+
+
+def _fine_tune(net: FineTuneNet, ds: Dataset, recipe: Recipe, cfg: VocClsConfig, crop: int, trunk: Trunk,
+               ctx: EvalContext) -> int:
+    """Fine-tune the trained part of `net`; returns the number of optimizer steps."""
+    d, sched = recipe.data, recipe.schedule
+    optimizer = build_optimizer(net.param_groups(cfg.fc_lr_mult), recipe.optim)
+    trainable = [p for group in optimizer.param_groups for p in group["params"]]
+    steps_per_epoch = len(ds) // d.batch_size
+    total = steps_per_epoch * sched.epochs
+    total = min(total, sched.max_steps) if sched.max_steps else total
+    step, epoch = 0, 0
+    net.train()
+    with progress_bar(f"voc-cls fine-tune ({cfg.layers})", total, ctx.progress) as advance:
+        while step < total:
+            for images, target in _loader(ds, d.batch_size, d.workers, recipe.seed * 7919 + epoch, True):
+                if step >= total:
+                    break
+                if images.shape[0] < 2:  # corrupt files dropped the batch below what BatchNorm can train on
+                    continue
+                lr = lr_at(step, steps_per_epoch, recipe.optim.lr, sched)
+                set_lr(optimizer, lr)
+                views = rescale_crop_flip(images, crop, cfg.min_scale, cfg.max_scale, cfg.mirror,
+                                          step_generator(recipe.seed, step, 0))
+                logits = net(trunk.prepare(views).to(ctx.device))
+                loss = masked_bce(logits, target["labels"].to(ctx.device), target["difficult"].to(ctx.device))
+                if not torch.isfinite(loss):
+                    raise NonFiniteLoss(f"voc-cls: the loss became {float(loss)} at step {step}; lower optim.lr "
+                                        f"(now {recipe.optim.lr}) or set optim.grad_clip")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if recipe.optim.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(trainable, recipe.optim.grad_clip)
+                optimizer.step()
+                step += 1
+                if step % recipe.engine.log_every == 0 or step == total:
+                    ctx.log.write(step, {"loss": float(loss.detach()), "lr": lr})
+                advance(info=f"loss {float(loss.detach()):.3f}")
+            epoch += 1
+    return step
+
+
+@torch.no_grad()
+def _test_scores(net: FineTuneNet, ds: Dataset, recipe: Recipe, cfg: VocClsConfig, crop: int, trunk: Trunk,
+                 ctx: EvalContext) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(scores [N,20] = mean fc8 output over the random test crops, labels [N,20], difficult [N,20])."""
+    net.eval()
+    scores, labels, difficult = [], [], []
+    loader = _loader(ds, recipe.data.batch_size, recipe.data.workers, None, False)
+    with progress_bar(f"voc-cls test ({cfg.test_crops} crops)", len(loader), ctx.progress) as advance:
+        for b, (images, target) in enumerate(loader):
+            if images.shape[0] == 0:
+                continue
+            total = torch.zeros(images.shape[0], len(CLASSES))
+            for k in range(cfg.test_crops):
+                views = rescale_crop_flip(images, crop, cfg.min_scale, cfg.max_scale, cfg.mirror,
+                                          step_generator(recipe.seed + 1, b, k))
+                total += net(trunk.prepare(views).to(ctx.device)).float().cpu()
+            scores.append(total / cfg.test_crops)
+            labels.append(target["labels"])
+            difficult.append(target["difficult"])
+            advance()
+    return torch.cat(scores).numpy(), torch.cat(labels).numpy(), torch.cat(difficult).numpy() > 0

@@ -1,0 +1,347 @@
+"""VOC2012 semantic segmentation with FCN-32s on a fine-tuned AlexNet trunk (Long et al. 2015; the protocol
+of Zhang et al. 2016, Pathak et al. 2016, Noroozi & Favaro 2016, Gidaris et al. 2018).
+
+The trunk is convolutionalised: fc6 becomes a convolution whose kernel is the pool5 grid (its weights are
+fc6's Linear weights reshaped), fc7 a 1x1 convolution from fc7's Linear. A BatchNorm1d of an fc layer
+becomes a BatchNorm2d with the same affine and running statistics: in eval mode both apply the same
+per-channel affine, so the conv layers compute what the Linear layers computed on every pool5 window.
+A zero-initialised 1x1 score layer gives 21 class maps, upsampled by the trunk's total stride with a
+transposed convolution initialised as bilinear interpolation (kept fixed, as in the released FCN and
+colorization code: lr_mult 0), then cropped to the input. The input is zero-padded (after mean
+subtraction: the mean colour) so that the coarse score map covers the image: FCN's conv1 pad 100.
+
+Every layer is fine-tuned with pixel-wise cross-entropy averaged over the labelled pixels (label 255,
+VOC's object outlines, is ignored; Zhang et al.'s `normalize: true`). By default every BatchNorm keeps
+its pretrained running statistics while its affine trains (`bn_train = false`): the same function class
+as the BN-folded Caffe models the papers fine-tuned, and statistics not diluted by the padding.
+Caffe's doubled learning rate for biases is not reproduced (BN trunks have no conv biases).
+Reports mIoU (%) over the 21 classes on the val split as 'voc-seg/mIoU' and per-class IoU (%) as
+'voc-seg/IoU/<class>' (a class absent from both ground truth and predictions has no IoU and no key).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from typing import Any, ContextManager, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.data import DataLoader, Dataset
+
+from sslbench.backbones.alexnet import AlexNet
+from sslbench.backbones.base import Backbone, conv_out
+from sslbench.checkpoint import Trunk
+from sslbench.config import DataConfig, Recipe
+from sslbench.data.build import embedded_root
+from sslbench.data.formats import voc_segmentation
+from sslbench.data.synthetic import CLASSES
+from sslbench.engine import NonFiniteLoss, build_optimizer, lr_at, set_lr
+from sslbench.errors import UserError
+from sslbench.metrics import confusion_matrix, mean_iou
+from sslbench.progress import progress_bar
+from sslbench.protocols.base import EvalContext, Protocol
+from sslbench.registry import register_protocol
+
+SEG_CLASSES = ("background", *CLASSES)  # VOC's label order: 0 background, 1..20 the classes
+IGNORE = 255  # VOC's label for object outlines and unlabelled pixels
+VOC_YEARS = {"voc2012": "2012", "voc2007": "2007"}  # data sets with SegmentationClass masks
+
+Geometry = tuple[int, int, int]  # (kernel, stride, padding) of one conv / pool layer
+
+
+@dataclass(frozen=True)
+class VocSegConfig:
+    pad: int = 98  # zero padding around the input: + conv1's own 2 = FCN's conv1 pad 100, so scores cover the image
+    bn_train: bool = False  # false: BatchNorm keeps pretrained statistics (BN folded, as the papers' Caffe models)
+    learn_upsampling: bool = False  # FCN-32s and Zhang et al. keep the bilinear deconvolution fixed (lr_mult 0)
+    fc_dropout: float = 0.5  # dropout before the fc6 / fc7 convolutions (the trunk's layout, FCN's rate)
+    score_dropout: float = 0.5  # dropout before the score layer (FCN's drop7)
+
+
+# ---------------------------------------------------------------- pure functions
+
+
+def layer_geometry(module: nn.Module) -> list[Geometry]:
+    """(kernel, stride, padding) of every conv / pool inside `module`, in order (square, undilated)."""
+    out = []
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+            k, s, p = (v if isinstance(v, int) else v[0] for v in (m.kernel_size, m.stride, m.padding))
+            if getattr(m, "dilation", 1) not in (1, (1, 1)):
+                raise UserError(f"voc-seg: dilated layer {m} is not supported by the crop geometry")
+            out.append((k, s, p))
+    return out
+
+
+def score_grid(layers: Sequence[Geometry]) -> tuple[int, float]:
+    """(total stride S, centre of output cell 0 in input pixels): output cell j is centred on input pixel
+    first + S * j (Caffe's coord_map composition; a pixel index is the coordinate of its centre)."""
+    stride, first = 1, 0.0
+    for k, s, p in layers:
+        first += stride * ((k - 1) / 2 - p)
+        stride *= s
+    return stride, first
+
+
+def output_size(layers: Sequence[Geometry], size: int) -> int:
+    """Spatial side after `layers` (PyTorch's floor rounding)."""
+    for k, s, p in layers:
+        size = conv_out(size, k, s, p)
+    return size
+
+
+def bilinear_kernel(factor: int) -> Tensor:
+    """[2f-1, 2f-1] bilinear interpolation weights for upsampling by f (FCN's upsample_filt; kernel 63 for
+    f = 32): output pixel f-1 of each input's footprint sits exactly on that input, so crops are integers."""
+    centre = factor - 1
+    taps = 1.0 - (torch.arange(2 * factor - 1, dtype=torch.float64) - centre).abs() / factor  # [2f-1]
+    return (taps[:, None] * taps[None, :]).float()
+
+
+def bilinear_upsampler(channels: int, factor: int, learn: bool) -> nn.ConvTranspose2d:
+    """Per-channel transposed convolution with stride f initialised as bilinear interpolation."""
+    up = nn.ConvTranspose2d(channels, channels, 2 * factor - 1, stride=factor, groups=channels, bias=False)
+    with torch.no_grad():
+        up.weight.copy_(bilinear_kernel(factor).expand(channels, 1, -1, -1))  # [C, 1, 2f-1, 2f-1]
+    up.weight.requires_grad_(learn)
+    return up
+
+
+def fcn_placement(layers: Sequence[Geometry], image_size: int, pad: int) -> tuple[int, int]:
+    """(crop offset, extra padding at the far side) for an image padded by `pad` on every side.
+
+    Cell j of the scores is centred on image pixel first - pad + S*j; the upsampler puts it at output
+    S*j + S-1, so image pixel x lands at x + S-1 - (first - pad) (floored when the grid is half a pixel
+    off). The offset depends on the near-side padding only; the far side gets the few extra pixels that
+    put a score cell on or past the last image pixel, so no pixel is extrapolated towards the zeros
+    beyond the last cell (FCN's 100 px and Caffe's ceil-mode pooling do this for VOC's images).
+    """
+    stride, first = score_grid(layers)
+    offset = math.floor(stride - 1 - first + pad)
+    if offset < 0:
+        raise UserError(
+            f"voc-seg: with pad {pad} the score map starts inside the image (crop offset {offset}); "
+            f"set --set protocol.pad={math.ceil(first - stride + 1)} or more"
+        )
+    for extra in range(image_size + 4 * stride):
+        cells = output_size(layers, image_size + 2 * pad + extra)
+        if cells > 0 and first - pad + stride * (cells - 1) >= image_size - 1:  # implies the crop fits
+            return offset, extra
+    raise UserError(f"voc-seg: no padding makes the score map of a {image_size} px image cover it")
+
+
+def pixel_loss(logits: Tensor, target: Tensor, ignore_index: int = IGNORE) -> Tensor:
+    """Cross-entropy averaged over the labelled pixels; [N,K,H,W] logits, [N,H,W] labels. A batch with
+    no labelled pixel gives 0 (not NaN): it carries no gradient instead of poisoning the weights."""
+    per_pixel = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="none")  # [N, H, W]
+    labelled = (target != ignore_index).sum()
+    return per_pixel.sum() / labelled.clamp(min=1)
+
+
+# ---------------------------------------------------------------- the network
+
+
+def convolutionalise(fc: nn.Sequential, kernel: int, dropout: float | None = None) -> nn.Sequential:
+    """An AlexNet fc stage (Flatten, Dropout, Linear, [BatchNorm1d], ReLU) as the equivalent conv stage;
+    `dropout` replaces the stage's dropout rate (None keeps it)."""
+    layers: list[nn.Module] = []
+    for m in fc:
+        if isinstance(m, nn.Flatten):
+            continue
+        if isinstance(m, nn.Linear):
+            conv = nn.Conv2d(m.in_features // kernel**2, m.out_features, kernel, bias=m.bias is not None)
+            with torch.no_grad():
+                conv.weight.copy_(m.weight.view_as(conv.weight))  # Flatten's order is (C, H, W)
+                if m.bias is not None:
+                    conv.bias.copy_(m.bias)
+            layers.append(conv)
+        elif isinstance(m, nn.BatchNorm1d):
+            bn = nn.BatchNorm2d(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
+            bn.load_state_dict(m.state_dict())
+            layers.append(bn)
+        elif isinstance(m, nn.Dropout):
+            layers.append(nn.Dropout(m.p if dropout is None else dropout))
+        elif isinstance(m, nn.ReLU):
+            layers.append(nn.ReLU(inplace=True))
+        else:
+            raise UserError(f"voc-seg: cannot convolutionalise {type(m).__name__} in an fc stage")
+    return nn.Sequential(*layers)
+
+
+class FCN32s(nn.Module):
+    """AlexNet up to pool5, convolutionalised fc6/fc7, 1x1 scores, fixed bilinear x stride, crop."""
+
+    def __init__(self, backbone: Backbone, cfg: VocSegConfig, image_size: int, num_classes: int = len(SEG_CLASSES)) -> None:
+        super().__init__()
+        if not isinstance(backbone, AlexNet):
+            raise UserError(
+                f"voc-seg convolutionalises AlexNet's fc6/fc7; this trunk is a {type(backbone).__name__}; "
+                "evaluate an AlexNet checkpoint (backbone.name = 'alexnet')"
+            )
+        self.trunk, self.pad = backbone, cfg.pad
+        k = backbone.pool5_size
+        self.fc6 = convolutionalise(backbone.fc6, k, cfg.fc_dropout)
+        self.fc7 = convolutionalise(backbone.fc7, 1, cfg.fc_dropout)
+        backbone.fc6.requires_grad_(False)  # their weights now live in the conv copies
+        backbone.fc7.requires_grad_(False)
+        self.score = nn.Sequential(nn.Dropout(cfg.score_dropout), nn.Conv2d(backbone.cfg.fc_dim, num_classes, 1))
+        nn.init.zeros_(self.score[1].weight)  # FCN: zero-initialised class scores, no worse than random
+        nn.init.zeros_(self.score[1].bias)
+        self.layers = self.geometry()
+        self.stride = score_grid(self.layers)[0]
+        self.upsample = bilinear_upsampler(num_classes, self.stride, cfg.learn_upsampling)
+        fcn_placement(self.layers, image_size, cfg.pad)  # a pad too small for the data fails before training
+        self.bn_train = cfg.bn_train
+
+    def geometry(self) -> list[Geometry]:
+        out: list[Geometry] = []
+        for name, module in self.trunk.stages():
+            if name == "fc6":
+                break
+            out += layer_geometry(module)
+        return out + layer_geometry(self.fc6) + layer_geometry(self.fc7) + layer_geometry(self.score)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Normalised images [N,C,H,W] -> class scores [N,K,H,W]."""
+        h, w = x.shape[-2:]
+        top, extra_h = fcn_placement(self.layers, h, self.pad)
+        left, extra_w = fcn_placement(self.layers, w, self.pad)
+        x = F.pad(x, (self.pad, self.pad + extra_w, self.pad, self.pad + extra_h))  # zeros = the mean colour
+        pool5 = self.trunk(x, taps=("pool5",))["pool5"]
+        scores = self.upsample(self.score(self.fc7(self.fc6(pool5))))  # [N, K, ~(H+2pad), ~(W+2pad)]
+        return scores[..., top : top + h, left : left + w]
+
+    def train(self, mode: bool = True) -> FCN32s:
+        super().train(mode)
+        if mode and not self.bn_train:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self
+
+
+# ---------------------------------------------------------------- data, training, test
+
+
+def segmentation_data(d: DataConfig) -> tuple[Dataset, Dataset]:
+    """(train, val) segmentation sets: data.root, or the embedded data written in VOC layout."""
+    if d.dataset not in VOC_YEARS:
+        raise UserError(
+            f"voc-seg reads VOC SegmentationClass masks; data.dataset is {d.dataset!r}; "
+            f"use one of {', '.join(VOC_YEARS)} (e.g. --data voc2012=/path/to/VOCdevkit)"
+        )
+    # embedded_root sizes a VOC layout for trainval = 2 x num_images; segmentation reads train alone.
+    root = d.root or str(embedded_root(replace(d, num_test=max(d.num_test, d.num_images))))
+    year = VOC_YEARS[d.dataset]
+    train = voc_segmentation(root, year, d.train_split, d.image_size, d.num_images)
+    val = voc_segmentation(root, year, d.test_split, d.image_size, d.num_test)
+    for split, ds in ((d.train_split, train), (d.test_split, val)):
+        if len(ds) == 0:
+            raise UserError(f"voc-seg: the {d.dataset} {split} split under {root} lists no images")
+    return train, val
+
+
+def collate_pairs(batch: list[Any]) -> tuple[Tensor, Tensor]:
+    """Stack (image, mask) pairs; None items (unreadable files, already warned about) are dropped."""
+    items = [b for b in batch if b is not None]
+    if not items:
+        return torch.zeros(0, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
+    return torch.stack([i for i, _ in items]), torch.stack([m for _, m in items])
+
+
+def check_masks(masks: Tensor, num_classes: int, split: str) -> None:
+    bad = (masks != IGNORE) & ((masks < 0) | (masks >= num_classes))
+    if bad.any():
+        raise UserError(
+            f"voc-seg: mask values must be 0..{num_classes - 1} or {IGNORE} (ignore); found "
+            f"{int(masks[bad][0])} in the {split} split; SegmentationClass PNGs must hold class indices "
+            "(palette or grey PNGs), not RGB colours"
+        )
+
+
+def _loader(ds: Dataset, batch: int, workers: int, seed: int | None) -> DataLoader:
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    return DataLoader(ds, batch_size=batch, shuffle=gen is not None, generator=gen, num_workers=workers,
+                      collate_fn=collate_pairs)
+
+
+def _autocast(device: torch.device, amp: str) -> ContextManager[Any]:
+    """bf16 / fp16 autocast on CUDA as the engine does; nothing on the CPU."""
+    if device.type != "cuda" or amp == "off":
+        return nullcontext()
+    return torch.autocast("cuda", dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
+
+
+def train_fcn(model: FCN32s, trunk: Trunk, ds: Dataset, recipe: Recipe, ctx: EvalContext) -> None:
+    d, num_classes = recipe.data, model.upsample.out_channels
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, recipe.optim)
+    steps_per_epoch = max(1, math.ceil(len(ds) / d.batch_size))
+    total = recipe.schedule.epochs * steps_per_epoch
+    total = min(total, recipe.schedule.max_steps) if recipe.schedule.max_steps else total
+    model.train()
+    step = 0
+    with progress_bar("fcn-32s fine-tune", total, ctx.progress) as advance:
+        for epoch in range(recipe.schedule.epochs):
+            for images, masks in _loader(ds, d.batch_size, d.workers, recipe.seed * 7919 + epoch):
+                if step >= total:
+                    return
+                if images.numel() == 0:
+                    continue
+                check_masks(masks, num_classes, d.train_split)
+                set_lr(optimizer, lr_at(step, steps_per_epoch, recipe.optim.lr, recipe.schedule))
+                x, y = trunk.prepare(images).to(ctx.device), masks.to(ctx.device)
+                with _autocast(ctx.device, recipe.engine.amp):
+                    logits = model(x)  # [N, K, H, W]
+                loss = pixel_loss(logits.float(), y)
+                if not torch.isfinite(loss.detach()):
+                    raise NonFiniteLoss(f"voc-seg: loss became {loss.item()} at step {step + 1}; try a lower optim.lr")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if recipe.optim.grad_clip:
+                    nn.utils.clip_grad_norm_(params, recipe.optim.grad_clip)
+                optimizer.step()
+                step += 1
+                if step % recipe.engine.log_every == 0:
+                    ctx.log.write(step, {"loss": float(loss.detach())})
+                advance()
+
+
+@torch.no_grad()
+def test_confusion(model: FCN32s, trunk: Trunk, ds: Dataset, recipe: Recipe, ctx: EvalContext) -> np.ndarray:
+    """[K, K] pixel counts over the split, rows = ground truth, columns = prediction."""
+    model.eval()
+    k = model.upsample.out_channels
+    total = np.zeros((k, k), np.int64)
+    loader = _loader(ds, recipe.data.batch_size, recipe.data.workers, None)
+    with progress_bar("fcn-32s test", len(loader), ctx.progress) as advance:
+        for images, masks in loader:
+            if images.numel():
+                check_masks(masks, k, recipe.data.test_split)
+                with _autocast(ctx.device, recipe.engine.amp):
+                    pred = model(trunk.prepare(images).to(ctx.device)).argmax(1)  # [N, H, W]
+                total += confusion_matrix(pred.cpu(), masks, k, IGNORE)
+            advance()
+    return total
+
+
+@register_protocol("voc-seg", config=VocSegConfig)
+class VocSeg(Protocol):
+    """FCN-32s fine-tuning on VOC segmentation; mIoU over background + 20 classes."""
+
+    def taps(self) -> tuple[str, ...]:
+        return ("conv5", "fc7")
+
+    def run(self, trunk: Trunk, recipe: Recipe, ctx: EvalContext) -> dict[str, float]:
+        train, val = segmentation_data(recipe.data)
+        model = FCN32s(trunk.backbone, self.cfg, recipe.data.image_size).to(ctx.device)
+        train_fcn(model, trunk, train, recipe, ctx)
+        miou, iou = mean_iou(test_confusion(model, trunk, val, recipe, ctx))
+        metrics = {"voc-seg/mIoU": 100.0 * miou}
+        metrics.update({f"voc-seg/IoU/{c}": 100.0 * float(v) for c, v in zip(SEG_CLASSES, iou) if np.isfinite(v)})
+        return metrics

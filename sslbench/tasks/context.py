@@ -1,0 +1,226 @@
+"""Context Prediction (Doersch, Gupta, Efros, ICCV 2015): where is the second patch relative to the first?
+
+Following the released code (github.com/cdoersch/deepcontext, train.py): patches of the backbone's input
+size are cut on a grid with `gap` pixels between neighbours, each moved by up to +-`jitter` pixels; every
+ordered pair of neighbouring grid cells is one example, labelled by the second patch's position among the
+first patch's 8 neighbours (in reading order, the code's `pos2lbl`):
+
+    0 1 2
+    3 . 4
+    5 6 7
+
+Here the grid is 3x3 and floats at a random place in each image. Guards against trivial solutions, all
+from the paper (Sec. 3) / released code: the gap and jitter (no edge continuity, no exact alignment); 1/3 of
+the patches downsampled and upsampled again (low-level detail is not reliable); chromatic aberration, which
+reveals where a patch sat in the lens field, handled by `aberration` = "projection" (every pixel multiplied
+by A = I - B^T B / (B B^T), B = [-1, 2, -1], the green-magenta axis) or "color-dropping" (one random channel
+kept, the two others replaced by Gaussian noise of ~1/100 its standard deviation); then each patch is
+normalised to zero mean per channel and unit variance ("so that gradients are a less useful cue").
+
+Network: late fusion. The backbone runs once over all patches up to fc6; the two fc6 vectors of a pair
+are concatenated and go through the task's own fc7 -> fc8 -> 8-way classifier (released code: fc7 4096
+with BatchNorm, fc8 4096, fc9 8). The backbone's own fc7 is not used (and frozen, so that DDP sees no
+unused trainable parameter).
+
+Transfer (`trunk_input`): the plain ImageNet normalisation; like the per-patch normalisation it feeds
+zero-mean, unit-scale inputs, without per-image statistics the protocols do not compute.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sslbench.backbones.base import Backbone
+from sslbench.errors import UserError
+from sslbench.registry import register_task
+from sslbench.tasks.base import PretextTask, accuracy
+
+# (dx, dy) of the second patch relative to the first for labels 0..7 (x right, y down): reading order.
+NEIGHBOURS = ((-1, -1), (0, -1), (1, -1), (-1, 0), (1, 0), (-1, 1), (0, 1), (1, 1))
+GRID = 3  # cells per side; cell c sits at row c // 3, column c % 3
+GREEN_MAGENTA = torch.tensor([-1.0, 2.0, -1.0]) / math.sqrt(6.0)  # the paper's B, unit length
+
+
+@dataclass(frozen=True)
+class ContextConfig:
+    gap: int = 48  # px between neighbouring patches before jitter (paper and released code: 48)
+    jitter: int = 7  # each patch moves by up to +-jitter px in x and y (released code: noise = 7)
+    pairs: Literal["all", "center"] = "all"  # all 40 ordered neighbour pairs (released code) or the 8 around the centre
+    aberration: Literal["projection", "color-dropping", "none"] = "color-dropping"  # released code: color-dropping
+    noise_ratio: float = 0.01  # dropped channels: Gaussian noise std / kept channel's std (paper: ~1/100)
+    downsample_prob: float = 1 / 3  # share of patches downsampled and upsampled back (released code: 0.33)
+    downsample_min: int = 10  # smallest side they are downsampled to (released code: 10..95 px at 96 px patches)
+    head_dim: int = 0  # width of the fusion layers fc7 and fc8; 0 = the trunk's fc6 width (released code: 4096 both)
+
+
+def neighbour_pairs(mode: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Cell indices (first, second) and labels of the pairs in one 3x3 grid: 40 for 'all', 8 for 'center'."""
+    firsts = range(GRID * GRID) if mode == "all" else (GRID * GRID // 2,)
+    first, second, labels = [], [], []
+    for cell in firsts:
+        row, col = divmod(cell, GRID)
+        for label, (dx, dy) in enumerate(NEIGHBOURS):
+            if 0 <= row + dy < GRID and 0 <= col + dx < GRID:
+                first.append(cell)
+                second.append((row + dy) * GRID + col + dx)
+                labels.append(label)
+    return torch.tensor(first), torch.tensor(second), torch.tensor(labels)
+
+
+def grid_extent(patch: int, gap: int, jitter: int) -> int:
+    """Side of the image region a jittered 3x3 grid of `patch` px cells can touch."""
+    return GRID * patch + (GRID - 1) * gap + 2 * jitter
+
+
+def grid_positions(
+    n: int, height: int, width: int, patch: int, gap: int, jitter: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """Top-left corners (ys, xs), each [n, 9], of the jittered 3x3 grid cells in reading order.
+
+    The grid's origin is uniform over every place where all jittered cells stay inside the image.
+    """
+    extent = grid_extent(patch, gap, jitter)
+    if extent > min(height, width):
+        raise UserError(
+            f"context: a 3x3 grid of {patch} px patches with gap {gap} and jitter {jitter} needs images of at "
+            f"least {extent} px, found {height}x{width}; raise data.image_size or lower task.gap / "
+            "task.jitter / backbone.image_size (the patch side)"
+        )
+    oy = jitter + torch.randint(0, height - extent + 1, (n, 1), generator=generator)
+    ox = jitter + torch.randint(0, width - extent + 1, (n, 1), generator=generator)
+    cells, step = torch.arange(GRID * GRID), patch + gap
+    ys = oy + (cells // GRID) * step + torch.randint(-jitter, jitter + 1, (n, GRID * GRID), generator=generator)
+    xs = ox + (cells % GRID) * step + torch.randint(-jitter, jitter + 1, (n, GRID * GRID), generator=generator)
+    return ys, xs
+
+
+def cut_patches(images: Tensor, ys: Tensor, xs: Tensor, patch: int) -> Tensor:
+    """images [N,C,H,W], corners [N,K] -> patches [N*K,C,P,P]; patch n*K + k is image n's k-th."""
+    n, k = ys.shape
+    windows = images.unfold(2, patch, 1).unfold(3, patch, 1)  # [N,C,H-P+1,W-P+1,P,P], a view: no copy
+    image = torch.arange(n).repeat_interleave(k)
+    return windows[image, :, ys.flatten(), xs.flatten()]  # one gather of whole windows
+
+
+def downsample_sides(n: int, patch: int, smallest: int, prob: float, generator: torch.Generator) -> Tensor:
+    """[n] side each patch is downsampled to, 0 = kept as is; the area is uniform (released code)."""
+    chosen = torch.rand(n, generator=generator) < prob
+    area = torch.rand(n, generator=generator) * ((patch - 1) ** 2 - smallest**2) + smallest**2
+    return torch.where(chosen, area.sqrt().long(), torch.zeros(n, dtype=torch.long))
+
+
+def downsample(patches: Tensor, sides: Tensor) -> Tensor:
+    """Patches [M,C,P,P] float: those with sides[i] > 0 resized to that side and back up.
+
+    Bilinear without anti-aliasing both ways, as skimage's resize (which the released code calls as
+    caffe.io.resize, order 1) did then: the low-resolution patches keep their aliasing.
+    """
+    out = patches.clone()
+    size = patches.shape[-1]
+    for side in sides.unique().tolist():
+        if side <= 0 or side >= size:
+            continue
+        idx = (sides == side).nonzero().squeeze(1)
+        small = F.interpolate(patches[idx], size=(side, side), mode="bilinear", align_corners=False)
+        out[idx] = F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)
+    return out
+
+
+def project_out_green_magenta(patches: Tensor) -> Tensor:
+    """[M,3,H,W] -> every pixel times A = I - b b^T (b = (-1, 2, -1)/sqrt 6): no green-magenta component."""
+    b = GREEN_MAGENTA.to(patches)
+    a = torch.eye(3, dtype=patches.dtype) - torch.outer(b, b)
+    return (a @ patches.flatten(2)).view_as(patches)  # [3,3] @ [M,3,HW]: one batched matrix product
+
+
+def drop_colors(patches: Tensor, keep: Tensor, noise_ratio: float, generator: torch.Generator) -> Tensor:
+    """[M,3,H,W], keep [M] -> channel keep[i] kept, the others Gaussian noise of noise_ratio x its std."""
+    m, rows = patches.shape[0], torch.arange(patches.shape[0])
+    kept = patches[rows, keep]  # [M,H,W]
+    std = kept.flatten(1).std(1).clamp_min(1e-6).view(m, 1, 1, 1)
+    dropped = (keep[:, None] + torch.tensor([1, 2])) % 3  # [M,2]: the two other channels
+    out = torch.empty_like(patches)
+    out[rows, keep] = kept
+    out[rows[:, None], dropped] = torch.randn((m, 2, *patches.shape[2:]), generator=generator) * (noise_ratio * std)
+    return out
+
+
+def normalize_patches(patches: Tensor, eps: float = 1e-6) -> Tensor:
+    """Per patch: subtract each channel's mean, then divide by the root mean square over all its values."""
+    centred = patches - patches.mean(dim=(2, 3), keepdim=True)
+    rms = torch.linalg.vector_norm(centred.flatten(1), dim=1) / math.sqrt(centred[0].numel())
+    return centred.div_(rms.view(-1, 1, 1, 1) + eps)  # in place on our own temporary: one pass fewer
+
+
+@register_task("context", config=ContextConfig)
+class ContextPrediction(PretextTask):
+    """Context Prediction: 8-way relative position of two patches, late-fusion siamese network."""
+
+    def __init__(self, cfg: ContextConfig, backbone: Backbone) -> None:
+        super().__init__(cfg, backbone)
+        if "fc6" not in backbone.feature_info:
+            raise UserError(
+                f"context fuses the two patches at fc6, and {type(backbone).__name__} has no fc6 tap; "
+                "use backbone.name = \"alexnet\" or \"vgg16\""
+            )
+        if cfg.gap < 2 * cfg.jitter:
+            raise UserError(
+                f"context: gap {cfg.gap} < 2 x jitter {cfg.jitter} would let neighbouring patches overlap; "
+                "raise task.gap or lower task.jitter"
+            )
+        self.patch = backbone.cfg.image_size  # the network sees patches at its own input size
+        if not 0 < cfg.downsample_min < self.patch:
+            raise UserError(
+                f"context: downsample_min {cfg.downsample_min} must be in 1..{self.patch - 1} (below the patch side)"
+            )
+        stages = [name for name, _ in backbone.stages()]
+        for _, module in backbone.stages()[stages.index("fc6") + 1 :]:  # the trunk's fc7: the head replaces it
+            module.requires_grad_(False)
+        fc6 = backbone.feature_info["fc6"].channels
+        hidden = cfg.head_dim or fc6
+        self.head = nn.Sequential(
+            nn.Linear(2 * fc6, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),  # fc7
+            nn.Linear(hidden, hidden), nn.ReLU(inplace=True),  # fc8
+            nn.Linear(hidden, len(NEIGHBOURS)),  # fc9: the 8-way classifier
+        )
+        self.pairs = neighbour_pairs(cfg.pairs)  # plain tensors, not buffers: make_batch runs on the CPU
+
+    def make_batch(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        """uint8 [N,3,H,W] -> patches [9N,3,P,P], pair indices first/second [K*N] into them, labels [K*N]."""
+        cfg, n = self.cfg, images.shape[0]
+        ys, xs = grid_positions(n, images.shape[2], images.shape[3], self.patch, cfg.gap, cfg.jitter, generator)
+        patches = cut_patches(images, ys, xs, self.patch).float()  # [9N,3,P,P]; 0..255, every step below is scale-free
+        sides = downsample_sides(patches.shape[0], self.patch, cfg.downsample_min, cfg.downsample_prob, generator)
+        patches = downsample(patches, sides)
+        if cfg.aberration == "projection":
+            patches = project_out_green_magenta(patches)
+        elif cfg.aberration == "color-dropping":
+            keep = torch.randint(0, 3, (patches.shape[0],), generator=generator)
+            patches = drop_colors(patches, keep, cfg.noise_ratio, generator)
+        first, second, labels = self.pairs
+        base = (torch.arange(n) * GRID * GRID)[:, None]  # image i's cells start at row 9i
+        return {
+            "patches": normalize_patches(patches),
+            "first": (base + first).flatten(),
+            "second": (base + second).flatten(),
+            "labels": labels.repeat(n),
+        }
+
+    def logits(self, batch: dict[str, Tensor]) -> Tensor:
+        fc6 = self.backbone(batch["patches"], taps=("fc6",))["fc6"]  # [9N, D]: each patch once
+        pairs = torch.cat([fc6[batch["first"]], fc6[batch["second"]]], dim=1)  # [K*N, 2D]
+        return self.head(pairs)
+
+    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        logits = self.logits(batch)
+        return {"loss": F.cross_entropy(logits, batch["labels"]), "acc": accuracy(logits, batch["labels"])}
+
+    @staticmethod
+    def variant(cfg: ContextConfig) -> str:
+        return cfg.aberration

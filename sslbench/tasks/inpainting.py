@@ -1,0 +1,457 @@
+"""Context Encoders (Pathak, Kraehenbuehl, Donahue, Darrell, Efros, CVPR 2016): inpaint a removed region.
+
+The trunk (AlexNet up to pool5) reads the image with a region removed and filled with the mean pixel (0 after
+ImageNet normalisation, so the transfer protocols feed the trunk exactly as in pretraining); a channel-wise
+fully connected layer lets every decoder unit see the whole image; up-convolutions decode the region.
+
+Masks (`mask`), each covering `coverage` (1/4) of the image as in the paper:
+- "central": the centred square. As in the released train.lua the network predicts the whole square and the
+  hole is the square minus a band of `overlap` px, which stays visible and is predicted too.
+- "random-blocks": a union of random rectangles (sides 1/8..1/4 of the image), as many as fit under `coverage`.
+- "random-regions": arbitrary shapes. The paper pastes deformed PASCAL segmentation masks at random places;
+  `regions = "silhouettes"` does that with the embedded generator's 20 class silhouettes under a random
+  rotation, stretch, mirror and translation; `regions = "blobs"` is the released train_random.lua's
+  thresholded smooth noise (there cut from one 10000 px pattern, here drawn per image at the same scale).
+For random masks the network predicts the whole image and the band is the visible pixels within `overlap` px
+of the hole (the released train_random.lua weights all of the context 10x instead).
+
+Loss: L = lambda_rec * L_rec + lambda_adv * L_adv, L_rec = the L2 error over the hole (weight 1) and the band
+(weight `overlap_weight` = 10, the released code's overlapL2Weight), normalised by the total weight.
+
+One loss, one optimizer, two players (the engine calls loss(batch) and steps one optimizer over
+task.parameters()): with `adversarial`, the returned loss is L_G + L_D where
+- L_D = BCE(D(real), 1) + BCE(D(pred.detach()), 0): the prediction is detached, so L_D reaches only D;
+- L_G's adversarial term BCE(D'(pred), 1) runs through D' = D with detached parameters
+  (torch.func.functional_call), so it reaches only the generator.
+Each player's gradient is thus exactly its own loss's, and both take a simultaneous Adam step on the same batch.
+The released code alternates a D step and a G step and gives G a 10x learning rate; one optimizer over one
+parameter group cannot (Adam's per-parameter normalisation makes the scale of L_D irrelevant to D's step).
+
+A PNG of masked inputs, completions and originals from a checkpoint:
+    python -m sslbench.tasks.inpainting runs/inpainting-.../checkpoint.pt grid.png [--num 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.spatial import ConvexHull
+from torch import Tensor, nn
+from torch.func import functional_call
+
+if __name__ == "__main__":  # `python -m`: the package import already registered this module; run that copy
+    from sslbench.tasks.inpainting import main
+
+    raise SystemExit(main())
+
+from sslbench.backbones.base import Backbone, build_backbone
+from sslbench.config import DataConfig, Recipe, recipe_from_json
+from sslbench.data.synthetic import CLASSES, SHAPES, _part_mask
+from sslbench.errors import UserError
+from sslbench.registry import register_task
+from sslbench.tasks.base import MEAN, STD, PretextTask
+
+MAX_BLOCKS = 16  # candidate rectangles per image: enough that the union nearly always reaches `coverage`
+
+
+@dataclass(frozen=True)
+class InpaintingConfig:
+    mask: Literal["central", "random-blocks", "random-regions"] = "random-regions"  # paper's feature-learning mask
+    regions: Literal["silhouettes", "blobs"] = "silhouettes"  # random-region shapes: paper-like / released code's
+    coverage: float = 0.25  # fraction of the image a mask removes (paper: a quarter)
+    overlap: int = 2  # px of visible context around the hole predicted too (released code: 4 at 128 px)
+    overlap_weight: float = 10.0  # L2 weight of that band relative to the hole (released code: 10)
+    adversarial: bool = False  # add the adversarial loss; False = L_rec only (the released feature-learning weights)
+    lambda_rec: float = 0.999  # paper: lambda_rec = 0.999
+    lambda_adv: float = 0.001  # paper: lambda_adv = 0.001
+    decoder_width: int = 64  # channels of the last hidden up-conv, doubled per earlier layer (released ngf: 64)
+    disc_width: int = 64  # channels of the discriminator's first conv, doubled per layer up to 8x (released ndf: 64)
+    flip: bool = True  # random horizontal flip (the released data loader flips)
+
+
+# ---------------------------------------------------------------- masks (pure)
+
+
+def central_square(size: int, coverage: float) -> tuple[int, int]:
+    """(top, side) of the centred square covering `coverage` of a size x size image."""
+    side = int(round(size * math.sqrt(coverage)))
+    return (size - side) // 2, side
+
+
+def central_holes(n: int, size: int, coverage: float, overlap: int) -> Tensor:
+    """[N,S,S] bool: the centred square minus its `overlap` px rim (the rim is the visible band)."""
+    top, side = central_square(size, coverage)
+    hole = torch.zeros(n, size, size, dtype=torch.bool)
+    hole[:, top + overlap : top + side - overlap, top + overlap : top + side - overlap] = True
+    return hole
+
+
+def block_boxes(n: int, size: int, generator: torch.Generator) -> Tensor:
+    """[N, MAX_BLOCKS, 4] int64 boxes (y0, x0, y1, x1), half-open, sides 1/8..1/4 of the image, inside it."""
+    lo, hi = max(1, size // 8), max(1, size // 4)
+    hw = torch.randint(lo, hi + 1, (n, MAX_BLOCKS, 2), generator=generator)
+    yx = (torch.rand(n, MAX_BLOCKS, 2, generator=generator) * (size - hw + 1)).long()
+    return torch.cat([yx, yx + hw], dim=2)
+
+
+def boxes_to_holes(boxes: Tensor, size: int, coverage: float) -> Tensor:
+    """[N,K,4] boxes -> [N,S,S] bool: the union of the longest prefix of boxes covering at most `coverage`."""
+    n, k = boxes.shape[:2]
+    r = torch.arange(size)[:, None]  # [S,1]
+    order = torch.arange(k, dtype=torch.uint8)
+    # Box j covers (y, x) iff it spans row y and column x: with "j where it spans, k elsewhere" per row and per
+    # column, the first box covering a pixel is min_j max(row value, column value); k = uncovered.
+    in_rows = torch.where((r >= boxes[:, None, :, 0]) & (r < boxes[:, None, :, 2]), order, k)  # [N,S,K]
+    in_cols = torch.where((r >= boxes[:, None, :, 1]) & (r < boxes[:, None, :, 3]), order, k)  # [N,S,K]
+    in_rows, in_cols = in_rows.permute(2, 0, 1).contiguous(), in_cols.permute(2, 0, 1).contiguous()  # [K,N,S]
+    first = torch.full((n, size, size), k, dtype=torch.uint8)
+    for j in range(k):  # K in-place steps over the whole batch: cheaper than one [N,S,S,K] min
+        torch.minimum(first, torch.maximum(in_rows[j, :, :, None], in_cols[j, :, None, :]), out=first)
+    bins = first.flatten(1).long() + (torch.arange(n) * (k + 1))[:, None]
+    counts = torch.bincount(bins.flatten(), minlength=n * (k + 1)).view(n, k + 1)  # pixels first covered by box j
+    cover = counts[:, :k].cumsum(1) / (size * size)  # [N,K]: coverage of the first 1..K boxes
+    last = ((cover <= coverage).sum(1) - 1).clamp_min(0)  # at least one box (one covers at most 1/16)
+    return first <= last[:, None, None]
+
+
+@functools.lru_cache(maxsize=1)
+def silhouette_bank(res: int = 128) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The embedded generator's 20 class silhouettes on a [-1.7, 1.7]^2 frame, in the frame's [-1, 1] grid
+    coordinates: masks [20,1,R,R] float, area fractions [20], centroids [20,2] (x, y) and outlines [20,M,2]
+    (convex hull vertices relative to the centroid, padded by repetition): what a warp needs to keep a shape inside."""
+    c = (np.arange(res, dtype=np.float32) + 0.5) / res * 3.4 - 1.7
+    v, u = np.meshgrid(c, c, indexing="ij")
+    masks = np.stack([np.any([_part_mask(p, u, v) for p in SHAPES[name]], axis=0) for name in CLASSES])
+    grid = (np.arange(res, dtype=np.float32) + 0.5) / res * 2 - 1
+    ys, xs = np.meshgrid(grid, grid, indexing="ij")
+    centroids = np.stack([(masks * xs).sum((1, 2)), (masks * ys).sum((1, 2))], 1) / masks.sum((1, 2))[:, None]
+    hulls = [ConvexHull(np.stack([xs[m], ys[m]], 1)) for m in masks]  # extents of a shape = of its hull
+    edges = [h.points[h.vertices] - c for h, c in zip(hulls, centroids)]
+    longest = max(len(e) for e in edges)
+    outlines = np.stack([np.concatenate([e, np.repeat(e[:1], longest - len(e), 0)]) for e in edges])
+    t = lambda a: torch.from_numpy(np.asarray(a, np.float32))  # noqa: E731
+    return t(masks)[:, None], t(masks.mean((1, 2))), t(centroids), t(outlines)
+
+
+def silhouette_holes(n: int, size: int, coverage: float, generator: torch.Generator, tries: int = 16) -> Tensor:
+    """[N,S,S] bool: a class silhouette per image, rotated, stretched (aspect e^[-0.5,0.5]), mirrored, scaled
+    to `coverage` of the image and placed at random where it fits. Of `tries` random poses the first that fits
+    in the image is used; when none does, the first is shrunk until it fits (it then covers less)."""
+    bank, area, centroid, outline = silhouette_bank()
+    pick = torch.randint(len(bank), (n, tries), generator=generator)
+    theta = torch.rand(n, tries, generator=generator) * 2 * math.pi
+    stretch = torch.exp(torch.rand(n, tries, generator=generator) - 0.5)
+    mirror = torch.where(torch.rand(n, tries, generator=generator) < 0.5, -1.0, 1.0)
+    # affine_grid maps output to bank coordinates, A = R(theta) diag(sx, sy): |det A| = bank area / output area.
+    sigma = torch.sqrt(area[pick] / coverage)
+    sx, sy = sigma * stretch * mirror, sigma / stretch
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    a = torch.stack([torch.stack([cos * sx, -sin * sy], -1), torch.stack([sin * sx, cos * sy], -1)], -2)  # [N,T,2,2]
+    shape = outline[pick] @ torch.linalg.inv(a).transpose(-1, -2)  # [N,T,M,2] the hull in output coordinates
+    lo, hi = shape.amin(2), shape.amax(2)  # [N,T,2]
+    fits = ((hi - lo) <= 2).all(-1)  # [N,T]
+    choice = (fits.float() + torch.linspace(0.5, 0, tries)).argmax(1)  # the first that fits, else the first
+    rows = torch.arange(n)
+    a, lo, hi, pick = a[rows, choice], lo[rows, choice], hi[rows, choice], pick[rows, choice]
+    shrink = ((hi - lo).amax(1) / 2).clamp_min(1.0)  # [N]
+    a, lo, hi = a * shrink[:, None, None], lo / shrink[:, None], hi / shrink[:, None]
+    centre = -1 - lo + torch.rand(n, 2, generator=generator) * (2 - (hi - lo))  # [N,2]: the centroid's place
+    offset = centroid[pick] - (a @ centre[:, :, None])[..., 0]
+    grid = F.affine_grid(torch.cat([a, offset[:, :, None]], 2), [n, 1, size, size], align_corners=False)
+    return F.grid_sample(bank[pick], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0] > 0.5
+
+
+def blob_holes(n: int, size: int, coverage: float, generator: torch.Generator) -> Tensor:
+    """[N,S,S] bool: the lowest `coverage` quantile of bicubically upsampled 8x8 uniform noise (released
+    train_random.lua: res 0.06 on its 10000 px pattern = 7.7 noise cells across a 128 px crop)."""
+    up = bicubic_matrix(8, size)  # [S,8]
+    smooth = (up @ torch.rand(n, 8, 8, generator=generator) @ up.T).flatten(1)  # [N,S*S]
+    k = max(1, int(round(coverage * size * size)))
+    threshold = smooth.kthvalue(k, dim=1, keepdim=True).values
+    return (smooth <= threshold).view(n, size, size)
+
+
+@functools.lru_cache(maxsize=8)
+def bicubic_matrix(src: int, dst: int) -> Tensor:
+    """[dst, src]: F.interpolate's bicubic upsampling of one axis as a matrix (separable, so U X U^T in 2-D)."""
+    basis = torch.eye(src).view(src, 1, src, 1)
+    return F.interpolate(basis, size=(dst, 1), mode="bicubic", align_corners=False)[:, 0, :, 0].T.contiguous()
+
+
+def make_holes(cfg: InpaintingConfig, n: int, size: int, generator: torch.Generator) -> Tensor:
+    """[N,S,S] bool, True where pixels are removed."""
+    if cfg.mask == "central":
+        return central_holes(n, size, cfg.coverage, cfg.overlap)
+    if cfg.mask == "random-blocks":
+        return boxes_to_holes(block_boxes(n, size, generator), size, cfg.coverage)
+    if cfg.regions == "silhouettes":
+        return silhouette_holes(n, size, cfg.coverage, generator)
+    return blob_holes(n, size, cfg.coverage, generator)
+
+
+def overlap_band(holes: Tensor, overlap: int) -> Tensor:
+    """[N,S,S] bool: visible pixels within `overlap` px (chessboard distance) of the hole."""
+    size, width = holes.shape[-1], 2 * overlap + 1
+    padded = F.pad(holes, (overlap, overlap, overlap, overlap))
+    # A square dilation is a row dilation then a column one; OR-ing shifted views beats max_pool2d on the CPU.
+    rows = functools.reduce(torch.logical_or, [padded[:, :, i : i + size] for i in range(width)])
+    grown = functools.reduce(torch.logical_or, [rows[:, i : i + size] for i in range(width)])
+    return grown & ~holes
+
+
+def loss_weights(holes: Tensor, overlap: int, overlap_weight: float) -> Tensor:
+    """[N,1,S,S] float: 1 in the hole, `overlap_weight` in the band, 0 elsewhere."""
+    return (holes.float() + overlap_weight * overlap_band(holes, overlap).float())[:, None]
+
+
+def masked_l2(pred: Tensor, target: Tensor, weights: Tensor) -> Tensor:
+    """sum w (pred - target)^2 / (C sum w): the weighted mean squared error over the weighted pixels."""
+    return (weights * (pred - target).pow(2)).sum() / (weights.sum() * pred.shape[1]).clamp_min(1e-12)
+
+
+# ---------------------------------------------------------------- networks
+
+
+class ChannelwiseFC(nn.Module):
+    """A fully connected layer per channel over its n x n positions, none across channels (paper Sec. 3.1):
+    m n^4 weights instead of the m^2 n^4 of a full layer."""
+
+    def __init__(self, channels: int, size: int) -> None:
+        super().__init__()
+        p = size * size
+        self.weight = nn.Parameter(torch.empty(channels, p, p).uniform_(-1 / math.sqrt(p), 1 / math.sqrt(p)))
+        self.bias = nn.Parameter(torch.zeros(channels, p))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.einsum("ncp,cqp->ncq", x.flatten(2), self.weight) + self.bias  # [N,C,n*n]
+        return y.view_as(x)
+
+
+def dcgan_init(module: nn.Module) -> None:
+    """N(0, 0.02) conv weights and N(1, 0.02) BN scales: the released code's weights_init."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+class Decoder(nn.Module):
+    """pool5 [N,C,n,n] -> channel-wise FC -> 1x1 conv (mixes channels) -> stride-2 up-convs -> tanh [N,3,out,out].
+
+    ceil(log2(out / n)) up-convolutions (five for 2 -> 64 px, the paper's count), each but the last with BN + ReLU;
+    a final area-antialiased resize when out / n is not a power of two."""
+
+    def __init__(self, channels: int, size: int, out: int, width: int) -> None:
+        super().__init__()
+        self.out = out
+        ups = max(1, math.ceil(math.log2(out / size) - 1e-9))
+        widths = [width * 2 ** (ups - 2 - i) for i in range(ups - 1)] + [3]
+        layers: list[nn.Module] = [ChannelwiseFC(channels, size), nn.Conv2d(channels, channels, 1, bias=False),
+                                   nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
+        cin = channels
+        for i, cout in enumerate(widths):
+            layers.append(nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=i == len(widths) - 1))
+            if i < len(widths) - 1:
+                layers += [nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            cin = cout
+        self.net = nn.Sequential(*layers, nn.Tanh())
+        dcgan_init(self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.net(x)
+        if y.shape[-1] != self.out:
+            y = F.interpolate(y, size=(self.out, self.out), mode="bilinear", align_corners=False, antialias=True)
+        return y
+
+
+class Discriminator(nn.Module):
+    """The released code's DCGAN discriminator on the predicted region: stride-2 4x4 convs (BN + LeakyReLU 0.2
+    after all but the first) down to <= 4 px, then one conv to a single real/fake logit."""
+
+    def __init__(self, size: int, width: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin, cout = 3, width
+        while size > 4:
+            layers.append(nn.Conv2d(cin, cout, 4, 2, 1, bias=cin == 3))
+            layers += [nn.BatchNorm2d(cout)] if cin != 3 else []
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            size, cin, cout = size // 2, cout, min(cout * 2, width * 8)
+        self.net = nn.Sequential(*layers, nn.Conv2d(cin, 1, size), nn.Flatten(0))
+        dcgan_init(self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)  # [N] logits
+
+
+# ---------------------------------------------------------------- the task
+
+
+@register_task("inpainting", config=InpaintingConfig)
+class Inpainting(PretextTask):
+    """Context Encoders: reconstruct a removed region (L2 with an overlap band, optionally + adversarial)."""
+
+    def __init__(self, cfg: InpaintingConfig, backbone: Backbone) -> None:
+        super().__init__(cfg, backbone)
+        if not 0 < cfg.coverage < 1:
+            raise UserError(f"inpainting: task.coverage is the fraction of the image removed, in (0, 1); "
+                            f"found {cfg.coverage}")
+        if "pool5" not in backbone.feature_info or not hasattr(backbone.cfg, "image_size"):
+            raise UserError(f"inpainting: the encoder is AlexNet up to pool5; backbone {type(backbone).__name__} has no "
+                            "pool5 tap. Set backbone.name = \"alexnet\"")
+        self.size = backbone.cfg.image_size
+        top, side = central_square(self.size, cfg.coverage) if cfg.mask == "central" else (0, self.size)
+        if cfg.mask == "central" and side <= 2 * cfg.overlap:
+            raise UserError(f"inpainting: the central square ({side} px) leaves no hole inside an overlap band of "
+                            f"{cfg.overlap} px; lower task.overlap or raise task.coverage")
+        self.top, self.side = top, side
+        pool5 = backbone.feature_info["pool5"]
+        self.decoder = Decoder(pool5.channels, pool5.size, side, cfg.decoder_width)
+        self.disc = Discriminator(side, cfg.disc_width) if cfg.adversarial else None
+        freeze_after(backbone, "pool5")
+
+    def region(self, x: Tensor) -> Tensor:
+        """The part of an image [..., S, S] the network predicts: the central square, or all of it."""
+        return x[..., self.top : self.top + self.side, self.top : self.top + self.side]
+
+    def make_batch(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        """uint8 [N,3,S,S] -> inputs [N,3,S,S] (normalised, hole = 0 = mean pixel), target [N,3,s,s] in [-1,1],
+        weights [N,1,s,s] (hole 1, band overlap_weight), holes [N,S,S]; s = the predicted region's side."""
+        n, _, h, w = images.shape
+        if h != self.size or w != self.size:
+            raise UserError(f"inpainting: images are {h}x{w} px but the encoder was built for {self.size} px; "
+                            "set data.image_size equal to backbone.image_size")
+        if self.cfg.flip:
+            flips = torch.rand(n, generator=generator) < 0.5
+            images = images.clone()
+            images[flips] = images[flips].flip(-1)
+        holes = make_holes(self.cfg, n, self.size, generator)
+        weights = loss_weights(holes, self.cfg.overlap, self.cfg.overlap_weight)
+        pixels = images.float()
+        return {
+            "inputs": torch.addcmul(-MEAN / STD, pixels, 1 / (255 * STD)).masked_fill_(holes[:, None], 0.0),  # = normalize
+            "target": self.region(pixels).div(127.5).sub_(1.0),
+            "weights": self.region(weights),
+            "holes": holes,
+        }
+
+    def generate(self, inputs: Tensor) -> Tensor:
+        """Normalised masked images [N,3,S,S] -> the predicted region [N,3,s,s] in [-1, 1]."""
+        return self.decoder(self.backbone(inputs, taps=("pool5",))["pool5"])
+
+    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        pred = self.generate(batch["inputs"])
+        rec = masked_l2(pred, batch["target"], batch["weights"])
+        hole = self.region(batch["holes"][:, None]).float()
+        logs = {"rec": rec.detach(), "hole_l2": masked_l2(pred.detach(), batch["target"], hole)}
+        if self.disc is None:
+            return {"loss": rec, **logs}
+        frozen = {k: p.detach() for k, p in self.disc.named_parameters()}
+        adv = bce(functional_call(self.disc, frozen, (pred,)), 1.0)  # reaches the generator only
+        disc = bce(self.disc(batch["target"]), 1.0) + bce(self.disc(pred.detach()), 0.0)  # reaches D only
+        gen = self.cfg.lambda_rec * rec + self.cfg.lambda_adv * adv
+        return {"loss": gen + disc, "gen": gen, "disc": disc, "adv": adv.detach(), **logs}
+
+    @staticmethod
+    def variant(cfg: InpaintingConfig) -> str:
+        mask = f"random-regions-{cfg.regions}" if cfg.mask == "random-regions" else cfg.mask
+        return f"{'rec+adv' if cfg.adversarial else 'rec'}, {mask}"
+
+
+def bce(logits: Tensor, label: float) -> Tensor:
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, label))
+
+
+def freeze_after(backbone: Backbone, tap: str) -> None:
+    """Stages after `tap` (AlexNet's fc6, fc7) are not part of a Context Encoder: frozen, so that no optimizer
+    moves them and DistributedDataParallel does not wait for gradients they never get."""
+    names = [name for name, _ in backbone.stages()]
+    for _, module in backbone.stages()[names.index(tap) + 1 :]:
+        module.requires_grad_(False)
+
+
+# ---------------------------------------------------------------- a picture from a checkpoint
+
+
+def save_inpainting_grid(checkpoint: str | Path, out_png: str | Path, num: int = 8, split: str = "") -> Path:
+    """Rows of (masked input, completion, original) for `num` images of the checkpoint's data set -> a PNG; returns
+    its path. `split` defaults to the embedded data's test split, else the recipe's test (or training) split."""
+    from PIL import Image
+
+    task, recipe = _load_task(Path(checkpoint))
+    images = _grid_images(recipe.data, split, num)
+    batch = task.make_batch(images, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        pred = task.generate(batch["inputs"])  # [N,3,s,s] in [-1, 1]
+    holes = batch["holes"][:, None]
+    mean_pixel = (MEAN * 255).round().to(torch.uint8)
+    masked = torch.where(holes, mean_pixel, images)
+    filled = ((pred + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    completed = images.clone()
+    task.region(completed).copy_(torch.where(task.region(holes), filled, task.region(images)))
+    rows = [torch.cat([m, _gap(m), c, _gap(m), o], dim=2) for m, c, o in zip(masked, completed, images)]
+    grid = torch.cat([torch.cat([r, _gap(r, horizontal=True)], dim=1) for r in rows], dim=1)
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(out, format="PNG")
+    return out
+
+
+def _gap(image: Tensor, horizontal: bool = False) -> Tensor:
+    """A 2 px white separator beside (or below) an image [3,H,W]."""
+    shape = (3, 2, image.shape[2]) if horizontal else (3, image.shape[1], 2)
+    return torch.full(shape, 255, dtype=torch.uint8)
+
+
+def _load_task(path: Path) -> tuple[Inpainting, Recipe]:
+    from sslbench.registry import load_all
+
+    load_all()
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}; pass a runs/inpainting-*/checkpoint.pt")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or state.get("task") != "inpainting":
+        found = state.get("task") if isinstance(state, dict) else type(state).__name__
+        raise UserError(f"{path}: expected an sslbench inpainting checkpoint, found task {found!r}; "
+                        "pass a checkpoint written by `sslbench pretrain inpainting`")
+    recipe = recipe_from_json(state["recipe"])
+    task = Inpainting(recipe.method.cfg, build_backbone(recipe.backbone.name, recipe.backbone.cfg))
+    task.load_state_dict(state["model"])
+    return task.eval(), recipe
+
+
+def _grid_images(data: DataConfig, split: str, num: int) -> Tensor:
+    from sslbench.data.build import build_dataset
+
+    split = split or ("test" if data.dataset == "embedded" else data.test_split or data.train_split)
+    dataset = build_dataset(data, split, num)
+    return torch.stack([dataset[i][0] for i in range(min(num, len(dataset)))])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m sslbench.tasks.inpainting",
+                                description="Save a PNG grid (masked input | completion | original) from an inpainting checkpoint.")
+    p.add_argument("checkpoint", help="runs/inpainting-*/checkpoint.pt")
+    p.add_argument("out_png", help="where to write the PNG")
+    p.add_argument("--num", type=int, default=8, help="images (rows) in the grid")
+    p.add_argument("--split", default="", help="data split (default: the embedded test split / the recipe's)")
+    args = p.parse_args(argv)
+    try:
+        print(save_inpainting_grid(args.checkpoint, args.out_png, args.num, args.split))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0

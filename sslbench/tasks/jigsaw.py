@@ -1,0 +1,265 @@
+"""Jigsaw puzzles (Noroozi & Favaro, ECCV 2016): reorder 9 shuffled tiles, i.e. classify the permutation.
+
+A crop of 3x3 cells is cut from the image; one tile per cell, at a random offset inside the cell (the gap
+stops the network from matching tile edges); the 9 tiles are shuffled by a permutation drawn from a fixed
+set chosen for large Hamming distances, and the network predicts the permutation's index in the set. The
+context-free network (CFN) runs the backbone on every tile with shared weights up to fc6, concatenates the
+9 fc6 outputs in the shuffled order, then fc7 and fc8 (both in this task's head) over the permutation
+classes. Guards against shortcuts, as in the paper: each tile normalised by its own mean and std, a
+fraction of the images made grayscale, and optionally the colour channels jittered apart (chromatic
+aberration). The permutation set is a registered buffer, so it travels with the checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sslbench.backbones.base import Backbone
+from sslbench.errors import UserError
+from sslbench.registry import register_task
+from sslbench.tasks.base import MEAN, STD, PretextTask, accuracy
+
+GRID = 3  # the paper's 3x3 puzzle: 9 tiles, 9! = 362880 candidate permutations
+TILES = GRID * GRID
+GRAY = torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601 luma, what PIL's convert('L') uses
+Selection = Literal["max-mean", "max-min"]
+
+
+@dataclass(frozen=True)
+class JigsawConfig:
+    num_permutations: int = 1000  # permutation classes (paper default and best of its Table 3: 1000)
+    selection: Selection = "max-mean"  # greedy rule of the set (Algorithm 1: maximal average Hamming distance)
+    permutation_seed: int = 0  # draws the set's first permutation; the rest follows deterministically
+    cell: int = 75  # side of each of the 3x3 cells (paper Fig. 3: a 225 px crop in 75 px cells; 85 = a 255 px crop)
+    tile: int = 64  # side of the tile cut inside each cell (paper: 64 px); cell - tile is the gap
+    random_offsets: bool = True  # tile at a random offset inside its cell (paper); false = centred
+    channel_jitter: int = 0  # shift each colour channel of a tile independently by up to this many px
+    gray_prob: float = 0.3  # fraction of images made grayscale against colour / chromatic-aberration cues
+    tile_norm: bool = True  # normalise each tile by its own mean and std (paper: no low-level statistics cue)
+    fc7_dim: int = 4096  # width of fc7 over the 9 concatenated fc6 outputs (paper: 4096)
+    head_bn: bool = True  # BatchNorm in fc7 (the PyTorch ports needed BatchNorm to train)
+    dropout: float = 0.5  # dropout before fc8 (paper: 0.5, as in AlexNet)
+
+    def __post_init__(self) -> None:
+        check_puzzle(self.cell, self.tile, self.num_permutations, self.gray_prob, self.channel_jitter)
+
+
+def check_puzzle(cell: int, tile: int, num_permutations: int, gray_prob: float = 0.0, jitter: int = 0) -> None:
+    """Refuse impossible puzzles in the recipe, before any work."""
+    if not 1 <= tile <= cell:
+        raise UserError(f"task.tile must be between 1 and task.cell ({cell}), found {tile}; "
+                        "the tile is cut inside its cell")
+    limit = math.factorial(TILES)
+    if not 1 <= num_permutations <= limit:
+        raise UserError(f"task.num_permutations must be between 1 and 9! = {limit}, found {num_permutations}")
+    if not 0.0 <= gray_prob <= 1.0:
+        raise UserError(f"task.gray_prob is a fraction of images: expected 0..1, found {gray_prob}")
+    if jitter < 0:
+        raise UserError(f"task.channel_jitter is a distance in pixels: expected >= 0, found {jitter}")
+
+
+# ---------------------------------------------------------------- the permutation set
+
+
+def all_permutations(n: int) -> np.ndarray:
+    """Every permutation of range(n) in lexicographic order: [n!, n] uint8."""
+    flat = itertools.chain.from_iterable(itertools.permutations(range(n)))
+    return np.fromiter(flat, dtype=np.uint8, count=n * math.factorial(n)).reshape(-1, n)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_set(size: int, n: int, seed: int, selection: Selection) -> np.ndarray:
+    candidates = all_permutations(n)  # [M, n]
+    m = len(candidates)
+    # One row per (position, value): row p*n+v marks the candidates holding v at position p, so the number
+    # of positions a candidate shares with a permutation q (n minus their Hamming distance) is the sum of
+    # n contiguous rows.
+    holds = np.zeros((n * n, m), dtype=np.uint8)
+    holds[np.arange(n) * n + candidates, np.arange(m)[:, None]] = 1
+    shared_sum = np.zeros(m, dtype=np.int32)  # sum over the chosen set of shared positions = n*|set| - 1^T D
+    shared_max = np.zeros(m, dtype=np.int32)  # shared positions with the nearest chosen permutation
+    taken = np.zeros(m, dtype=np.int32)  # a penalty larger than any score on the chosen ones
+    chosen = [int(np.random.default_rng(seed).integers(m))]
+    for _ in range(size - 1):
+        last = chosen[-1]
+        taken[last] = np.iinfo(np.int32).max // 2
+        rows = holds[np.arange(n) * n + candidates[last]]
+        shared = rows[0].copy()
+        for row in rows[1:]:
+            shared += row  # uint8: at most n shared positions
+        shared_sum += shared
+        np.maximum(shared_max, shared, out=shared_max)
+        # Fewest shared positions = largest Hamming distance. max-min: to the nearest chosen permutation
+        # first, ties (there are many) by the sum.
+        cost = shared_sum if selection == "max-mean" else shared_max * (n * size + 1) + shared_sum
+        chosen.append(int((cost + taken).argmin()))  # first minimum: deterministic, like Matlab's max in the paper
+    return candidates[chosen].astype(np.int64)
+
+
+def hamming_permutation_set(size: int, n: int = TILES, seed: int = 0, selection: Selection = "max-mean") -> np.ndarray:
+    """The greedy maximal-Hamming-distance permutation set (Noroozi & Favaro 2016, Algorithm 1): [size, n].
+
+    Start from a seeded random permutation of range(n); then, `size - 1` times, add the not yet chosen
+    permutation with the largest score over all n! candidates:
+    - "max-mean": the sum (equivalently the average) of its Hamming distances to the chosen set, D-bar =
+      1^T D in the paper's Algorithm 1 and the PyTorch port's `select_permutations.py`;
+    - "max-min": its distance to the nearest chosen permutation, ties broken by the sum.
+    Ties go to the lexicographically first candidate, so the set is a pure function of its arguments.
+    Each step costs one pass over the n! candidates (vectorised; ~ms for n = 9).
+    """
+    if not 1 <= size <= math.factorial(n):
+        raise UserError(f"a permutation set of {n} elements holds 1..{math.factorial(n)} permutations, "
+                        f"asked for {size}")
+    return _cached_set(size, n, seed, selection).copy()
+
+
+def min_hamming_distance(perms: np.ndarray) -> int:
+    """Smallest Hamming distance between two different rows of perms [K, n] (n if K = 1)."""
+    distance = (perms[:, None, :] != perms[None, :, :]).sum(-1)  # [K, K]
+    np.fill_diagonal(distance, perms.shape[1])
+    return int(distance.min())
+
+
+# ---------------------------------------------------------------- cutting tiles
+
+
+def tile_corners(n: int, channels: int, height: int, width: int, cell: int, tile: int, random_offsets: bool,
+                 jitter: int, generator: torch.Generator) -> Tensor:
+    """Top-left corner (row, col) of every tile of every image, per channel: [N, 9, C, 2], cells row-major.
+
+    The 3x3 grid sits at a random position of the image; each tile at a random (or the centre) offset inside
+    its cell; with `jitter`, every channel moves by its own +-jitter px (kept inside the image).
+    """
+    crop = GRID * cell
+    if height < crop or width < crop:
+        raise UserError(
+            f"jigsaw: images are {height}x{width} px but 3 cells of {cell} px need {crop}x{crop}; "
+            f"raise data.image_size to >= {crop} or lower task.cell to <= {min(height, width) // GRID}"
+        )
+    origin = torch.stack([torch.randint(0, height - crop + 1, (n,), generator=generator),
+                          torch.randint(0, width - crop + 1, (n,), generator=generator)], -1)  # [N, 2]
+    grid = torch.stack(torch.meshgrid(torch.arange(GRID), torch.arange(GRID), indexing="ij"), -1).view(TILES, 2) * cell
+    if random_offsets:
+        offsets = torch.randint(0, cell - tile + 1, (n, TILES, 2), generator=generator)
+    else:
+        offsets = torch.full((n, TILES, 2), (cell - tile) // 2)
+    corners = (origin[:, None] + grid[None] + offsets)[:, :, None, :].expand(n, TILES, channels, 2)
+    if jitter:
+        shift = torch.randint(-jitter, jitter + 1, (n, TILES, channels, 2), generator=generator)
+        limit = torch.tensor([height - tile, width - tile])
+        corners = torch.minimum((corners + shift).clamp_min(0), limit)
+    return corners.contiguous()
+
+
+def cut_tiles(images: Tensor, corners: Tensor, tile: int) -> Tensor:
+    """images [N,C,H,W], corners [N,K,C,2] -> tiles [N,K,C,tile,tile].
+
+    One gather over the view of every tile-sized window (no copy): only N*K*C indices, each taking a
+    whole tile, instead of one index per pixel.
+    """
+    n, c = images.shape[:2]
+    windows = images.unfold(2, tile, 1).unfold(3, tile, 1)  # [N, C, H-t+1, W-t+1, t, t], a view
+    ni = torch.arange(n).view(n, 1, 1)
+    ci = torch.arange(c).view(1, 1, c)
+    return windows[ni, ci, corners[..., 0], corners[..., 1]]
+
+
+def standardize_(x: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """In place: zero mean, unit std over `dims` (a constant region stays at zero instead of dividing by zero).
+
+    In place because a batch of 64 px tiles is ~100 MB: a fresh tensor per step costs more than the math."""
+    x.sub_(x.mean(dims, keepdim=True))
+    count = math.prod(x.shape[d] for d in dims)
+    std = torch.linalg.vector_norm(x, dim=dims, keepdim=True) / math.sqrt(max(1, count - 1))
+    return x.div_(std.clamp_min_(1e-3))
+
+
+def grayscale_some_(tiles: Tensor, fraction: float, generator: torch.Generator) -> Tensor:
+    """In place: tiles [N,K,3,t,t] with a random `fraction` of the images (all their tiles) made gray."""
+    pick = torch.nonzero(torch.rand(tiles.shape[0], generator=generator) < fraction).flatten()
+    if len(pick):
+        gray = (tiles[pick] * GRAY.view(1, 1, 3, 1, 1)).sum(2, keepdim=True)  # [n,K,1,t,t]
+        tiles[pick] = gray.expand(-1, -1, 3, -1, -1)
+    return tiles
+
+
+def shuffle_tiles(tiles: Tensor, order: Tensor) -> Tensor:
+    """tiles [N,K,...] in cell order, order [N,K] -> slot s of image i holds the entry of cell order[i, s]."""
+    return tiles[torch.arange(tiles.shape[0])[:, None], order]
+
+
+# ---------------------------------------------------------------- the network
+
+
+def tower_features(backbone: Backbone, tiles: Tensor) -> Tensor:
+    """The weight-shared towers: tiles [N,K,C,t,t] -> fc6 of every tile, concatenated in slot order [N, K*D]."""
+    n, k = tiles.shape[:2]
+    fc6 = backbone(tiles.flatten(0, 1), taps=("fc6",))["fc6"]  # [N*K, D]
+    return fc6.reshape(n, k * fc6.shape[1])
+
+
+def fc_head(in_dim: int, hidden: int, classes: int, bn: bool, dropout: float) -> nn.Sequential:
+    """fc7 (+BN) + ReLU + dropout + fc8: the CFN's layers above the concatenated fc6 outputs."""
+    layers: list[nn.Module] = [nn.Linear(in_dim, hidden, bias=not bn)]
+    layers += [nn.BatchNorm1d(hidden)] if bn else []
+    return nn.Sequential(*layers, nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, classes))
+
+
+def require_tile_trunk(backbone: Backbone, tile: int, task: str) -> None:
+    """The towers see tiles, so the trunk must be built at the tile size and expose fc6."""
+    if "fc6" not in backbone.feature_info:
+        raise UserError(f"{task}: the context-free network reads fc6 of each tile; {type(backbone).__name__} "
+                        "has no fc6 tap; use backbone.name = 'alexnet'")
+    size = getattr(getattr(backbone, "cfg", None), "image_size", tile)
+    if size != tile:
+        raise UserError(f"{task}: backbone.image_size is {size} but the towers see {tile} px tiles; "
+                        f"set backbone.image_size={tile} (or task.tile={size})")
+
+
+@register_task("jigsaw", config=JigsawConfig)
+class Jigsaw(PretextTask):
+    """Jigsaw puzzles: classify which of a fixed set of permutations shuffled the 3x3 tiles (CFN)."""
+
+    def __init__(self, cfg: JigsawConfig, backbone: Backbone) -> None:
+        super().__init__(cfg, backbone)
+        require_tile_trunk(backbone, cfg.tile, "jigsaw")
+        perms = hamming_permutation_set(cfg.num_permutations, TILES, cfg.permutation_seed, cfg.selection)
+        self.register_buffer("permutations", torch.from_numpy(perms))  # [P, 9], saved in the state dict
+        self.head = fc_head(TILES * backbone.feature_info["fc6"].channels, cfg.fc7_dim, cfg.num_permutations,
+                            cfg.head_bn, cfg.dropout)
+
+    def make_batch(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        """uint8 [N,3,H,W] -> tiles [N,9,3,t,t] (slot order) and labels [N] (index into the permutation set)."""
+        cfg = self.cfg
+        n, c, h, w = images.shape
+        perms = self.permutations.cpu()
+        labels = torch.randint(0, len(perms), (n,), generator=generator)
+        corners = tile_corners(n, c, h, w, cfg.cell, cfg.tile, cfg.random_offsets, cfg.channel_jitter, generator)
+        # Cut straight into slot order (slot s shows cell perm[s]): the tiles are never copied to shuffle them.
+        tiles = cut_tiles(images, shuffle_tiles(corners, perms[labels]), cfg.tile).float()  # [N,9,3,t,t]
+        tiles.div_(255.0)
+        if cfg.gray_prob:
+            grayscale_some_(tiles, cfg.gray_prob, generator)
+        if cfg.tile_norm:
+            standardize_(tiles, (2, 3, 4))
+        else:
+            tiles.sub_(MEAN.view(1, 1, 3, 1, 1)).div_(STD.view(1, 1, 3, 1, 1))
+        return {"tiles": tiles, "labels": labels}
+
+    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        logits = self.head(tower_features(self.backbone, batch["tiles"]))  # [N, P]
+        return {"loss": F.cross_entropy(logits, batch["labels"]), "acc": accuracy(logits, batch["labels"])}
+
+    @staticmethod
+    def trunk_input(images: Tensor) -> Tensor:
+        """Transfer sees whole images normalised the way each tile was: by the image's own mean and std."""
+        return standardize_(images.float().div_(255.0), (1, 2, 3))

@@ -1,0 +1,125 @@
+"""CDJP: the missing tile is the one the label names and is absent from the input, the tiles are gray (L of
+Lab, checked against OpenCV), each loss term is finite and weighted as configured, and the loss goes down."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sslbench.backbones.base import build_backbone
+from sslbench.config import load_recipe
+from sslbench.data.synthetic import load_split
+from sslbench.engine import build_optimizer
+from sslbench.errors import UserError
+from sslbench.registry import TASKS
+from sslbench.tasks.damaged_jigsaw import AB_SCALE, rgb_to_lab
+
+TINY_NET = ["backbone.width=0.125", "backbone.fc_dim=32", "backbone.conv1_stride=1", "task.fc7_dim=32",
+            "backbone.image_size=24", "task.tile=24", "task.num_permutations=20", "task.decoder_channels=8"]
+EXACT = TINY_NET + ["task.cell=24", "task.random_offsets=false", "task.tile_norm=false"]  # tiles fill their cells
+
+
+def make_task(overrides: list[str]):
+    r = load_recipe("pretrain", "damaged-jigsaw", "mini", overrides)
+    return TASKS.get("damaged-jigsaw")(r.method.cfg, build_backbone(r.backbone.name, r.backbone.cfg))
+
+
+def cv2_lab(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [N,3,H,W] -> Lab [N,3,H,W] by OpenCV (float input: L 0..100, a/b unscaled)."""
+    cv2 = pytest.importorskip("cv2")
+    out = [cv2.cvtColor(img.permute(1, 2, 0).numpy().astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab) for img in images]
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
+
+
+def test_rgb_to_lab_matches_published_values_and_opencv() -> None:
+    primaries = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1], [0.5, 0.5, 0.5]]).T.reshape(1, 3, 5, 1)
+    published = torch.tensor([[53.2408, 80.0925, 67.2032], [87.7347, -86.1827, 83.1793], [32.2970, 79.1875, -107.8602],
+                              [100.0, 0.0, 0.0], [53.3890, 0.0, 0.0]])  # sRGB D65 (e.g. Lindbloom's calculator)
+    assert torch.allclose(rgb_to_lab(primaries)[0, :, :, 0].T, published, atol=0.01)
+    images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    # OpenCV's float path interpolates the sRGB curve from a table: agreement to a fraction of a Lab unit.
+    assert torch.allclose(rgb_to_lab(images.float() / 255.0), cv2_lab(images), atol=0.5)
+
+
+def test_missing_tile_is_the_labelled_one_and_absent_and_the_rest_is_gray_l() -> None:
+    task = make_task(EXACT)
+    images = torch.randint(0, 256, (6, 3, 72, 72), dtype=torch.uint8)
+    batch = task.make_batch(images, torch.Generator().manual_seed(0))
+    tiles = batch["tiles"]
+    assert tiles.shape == (6, 9, 1, 24, 24)  # one channel: no colour reaches the towers
+    lightness = cv2_lab(images)[:, :1] / 50.0 - 1.0
+    rgb = images.float() / 127.5 - 1.0
+    for i in range(6):
+        perm = task.permutations[batch["labels"][i]].tolist()
+        slot = int(batch["missing_slot"][i])
+        assert int(batch["missing"][i]) == perm[slot]  # the label names the cell that was removed
+        assert torch.count_nonzero(tiles[i, slot]) == 0  # and its slot is empty
+        r, c = divmod(perm[slot], 3)
+        region = (slice(None), slice(r * 24, r * 24 + 24), slice(c * 24, c * 24 + 24))
+        assert torch.allclose(batch["target_tile"][i], rgb[i][region], atol=1e-6)
+        for s, cell in enumerate(perm):
+            rr, cc = divmod(cell, 3)
+            expected = lightness[i, :, rr * 24 : rr * 24 + 24, cc * 24 : cc * 24 + 24]
+            if s == slot:
+                assert not torch.allclose(tiles[i, s], expected, atol=1e-2)  # its content appears nowhere
+            else:
+                assert torch.allclose(tiles[i, s], expected, atol=0.01)  # L / 50 - 1 within OpenCV's 0.5
+                ab = cv2_lab(images[i : i + 1])[0, 1:, rr * 24 : rr * 24 + 24, cc * 24 : cc * 24 + 24] / AB_SCALE
+                assert torch.allclose(batch["target_ab"][i, s], ab, atol=0.005)
+
+
+def test_loss_terms_are_finite_and_weighted_as_configured() -> None:
+    torch.manual_seed(0)
+    weights = {"perm": 0.5, "inpaint": 2.0, "color": 3.0}
+    task = make_task(TINY_NET + ["task.cell=28"] + [f"task.{k}_weight={v}" for k, v in weights.items()])
+    images = torch.randint(0, 256, (4, 3, 84, 84), dtype=torch.uint8)
+    batch = task.make_batch(images, torch.Generator().manual_seed(0))
+    task.eval()  # no dropout: the same terms on both calls
+    out = task(batch)
+    terms = {k: out[f"{k}_loss"] for k in weights}
+    assert all(torch.isfinite(v) and v > 0 for v in terms.values())
+    assert torch.allclose(out["loss"], sum(weights[k] * terms[k] for k in weights))
+    unweighted = make_task(TINY_NET + ["task.cell=28"] + [f"task.{k}_weight=1.0" for k in weights])
+    unweighted.load_state_dict(task.state_dict())
+    again = unweighted.eval()(batch)
+    for k in weights:
+        assert torch.allclose(again[f"{k}_loss"], terms[k])
+    assert torch.allclose(again["loss"], sum(terms.values()))
+
+
+def test_variant_names_a_switched_off_loss() -> None:
+    cfg = load_recipe("pretrain", "damaged-jigsaw", "mini", ["task.inpaint_weight=0"]).method.cfg
+    assert TASKS.get("damaged-jigsaw").variant(cfg) == "no-inpaint"
+
+
+def test_rgb_backbone_and_negative_weights_are_refused() -> None:
+    with pytest.raises(UserError, match="backbone.in_channels=1"):
+        make_task(TINY_NET + ["task.cell=28", "backbone.in_channels=3"])
+    with pytest.raises(UserError, match="weight"):
+        make_task(TINY_NET + ["task.cell=28", "task.color_weight=-1"])
+
+
+def test_trunk_input_is_one_normalised_lightness_channel() -> None:
+    images = torch.randint(0, 256, (3, 3, 20, 20), dtype=torch.uint8)
+    x = TASKS.get("damaged-jigsaw").trunk_input(images)
+    assert x.shape == (3, 1, 20, 20)
+    assert torch.allclose(x.mean((1, 2, 3)), torch.zeros(3), atol=1e-5)
+
+
+def test_damaged_jigsaw_loss_goes_down_on_embedded_images() -> None:
+    """One fixed batch of damaged puzzles: the network must learn to fit all three targets together."""
+    torch.manual_seed(0)
+    r = load_recipe("pretrain", "damaged-jigsaw", "mini", TINY_NET + ["task.cell=28", "optim.lr=0.05"])
+    task = TASKS.get("damaged-jigsaw")(r.method.cfg, build_backbone(r.backbone.name, r.backbone.cfg))
+    opt = build_optimizer(task.parameters(), r.optim)
+    images = torch.from_numpy(load_split("unlabeled", 84, 16, seed=0).images).permute(0, 3, 1, 2).contiguous()
+    batch = task.make_batch(images, torch.Generator().manual_seed(0))
+    losses = []
+    for _ in range(20):
+        out = task(batch)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(float(out["loss"].detach()))
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:3]), losses
