@@ -34,3 +34,15 @@ def tiny_pretrain(task: str, extra: list[str] | None = None, flavour: str = ""):
 
 def tiny_protocol(protocol: str, extra: list[str] | None = None):
     return load_recipe("protocol", protocol, "mini", TINY_PROTOCOL + (extra or []))
+
+
+def fit_losses(task, optimizer, batches, key: str = "loss") -> list[float]:  # noqa: ANN001
+    """Optimise `task` on each batch in turn and return `key` of every step (the loss-goes-down tests)."""
+    values = []
+    for batch in batches:
+        out = task(batch)
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        values.append(float(out[key].detach()))
+    return values

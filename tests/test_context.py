@@ -19,6 +19,7 @@ from sslbench.tasks.context import (
     NEIGHBOURS, ContextConfig, ContextPrediction, cut_patches, downsample, downsample_sides, drop_colors,
     grid_positions, neighbour_pairs, normalize_patches, project_out_green_magenta,
 )
+from tests.conftest import fit_losses
 
 PATCH = 21  # the smallest side a stride-1 AlexNet accepts: fast tests
 
@@ -174,13 +175,7 @@ def test_context_loss_goes_down_on_a_fixed_batch() -> None:
     task = tiny_task(gap=4, jitter=2)
     opt = torch.optim.SGD(task.parameters(), lr=0.05, momentum=0.9)
     batch = task.make_batch(torch.randint(0, 256, (4, 3, 80, 80), dtype=torch.uint8), torch.Generator().manual_seed(0))
-    losses = []
-    for _ in range(30):
-        out = task(batch)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        losses.append(float(out["loss"].detach()))
+    losses = fit_losses(task, opt, [batch] * 30)
     assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3]), losses
 
 

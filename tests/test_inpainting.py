@@ -20,7 +20,7 @@ from sslbench.tasks.inpainting import (
     ChannelwiseFC, Inpainting, InpaintingConfig, blob_holes, block_boxes, boxes_to_holes, central_holes, main,
     masked_l2, overlap_band, save_inpainting_grid, silhouette_holes,
 )
-from tests.conftest import tiny_alexnet, tiny_pretrain
+from tests.conftest import fit_losses, tiny_alexnet, tiny_pretrain
 
 TINY = AlexNetConfig(image_size=32, width=0.125, conv1_stride=1, fc_dim=32)
 
@@ -188,13 +188,7 @@ def test_reconstruction_loss_goes_down_on_embedded_images() -> None:
     opt = build_optimizer(task.parameters(), dataclasses.replace(tiny_pretrain("inpainting").optim, lr=2e-3))
     x = torch.from_numpy(load_split("unlabeled", 32, 16, seed=0).images).permute(0, 3, 1, 2)
     gen = torch.Generator().manual_seed(0)
-    rec = []
-    for _ in range(30):
-        out = task(task.make_batch(x, gen))
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        rec.append(float(out["rec"]))
+    rec = fit_losses(task, opt, (task.make_batch(x, gen) for _ in range(30)), key="rec")
     assert np.mean(rec[-5:]) < 0.6 * np.mean(rec[:3]), rec
 
 

@@ -21,6 +21,7 @@ from sslbench.tasks.jigsaw import (
 )
 
 from .conftest import tiny_pretrain
+from tests.conftest import fit_losses
 
 # Small puzzles for tests; the tiny AlexNet runs on 24 px tiles (its smallest size with conv1_stride 1).
 TINY_NET = ["backbone.width=0.125", "backbone.fc_dim=32", "backbone.conv1_stride=1", "task.fc7_dim=32",
@@ -210,11 +211,5 @@ def test_jigsaw_loss_goes_down_on_embedded_images() -> None:
     opt = build_optimizer(task.parameters(), r.optim)
     images = torch.from_numpy(load_split("unlabeled", 84, 16, seed=0).images).permute(0, 3, 1, 2).contiguous()
     batch = task.make_batch(images, torch.Generator().manual_seed(0))
-    losses = []
-    for _ in range(20):
-        out = task(batch)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        losses.append(float(out["loss"].detach()))
+    losses = fit_losses(task, opt, [batch] * 20)
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:3]), losses

@@ -11,6 +11,7 @@ from sslbench.data.synthetic import load_split
 from sslbench.engine import build_optimizer
 from sslbench.registry import TASKS
 from sslbench.tasks.rotation import rotate_all
+from tests.conftest import fit_losses
 
 
 def test_rotate_all_matches_numpy_rot90() -> None:
@@ -39,11 +40,5 @@ def test_rotation_loss_goes_down_on_embedded_images() -> None:
     opt = build_optimizer(task.parameters(), r.optim)
     images = torch.from_numpy(load_split("unlabeled", 32, 32, seed=0).images).permute(0, 3, 1, 2)
     gen = torch.Generator().manual_seed(0)
-    losses = []
-    for _ in range(50):
-        out = task(task.make_batch(images, gen))
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        losses.append(float(out["loss"].detach()))
+    losses = fit_losses(task, opt, (task.make_batch(images, gen) for _ in range(50)))
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:3]), losses
