@@ -21,10 +21,10 @@ from PIL import Image
 
 from sslbench.backbones.base import build_backbone
 from sslbench.config import load_recipe
-from sslbench.data.synthetic import load_split
-from sslbench.engine import build_optimizer
+from sslbench.data.synthetic import embedded_images
 from sslbench.registry import TASKS
 from sslbench.tasks.context import NEIGHBOURS, ContextPrediction
+from timing import pretrain_rate as training_rate
 
 
 def naive_batch(images: torch.Tensor, task: ContextPrediction, rng: random.Random) -> dict[str, torch.Tensor]:
@@ -68,7 +68,7 @@ def build(overrides: list[str], flavour: str = "") -> tuple[ContextPrediction, o
 
 def batch_construction(overrides: list[str], image_size: int, n: int, reps: int) -> tuple[float, float]:
     task, _ = build(overrides)
-    images = torch.from_numpy(load_split("unlabeled", image_size, n, 0).images).permute(0, 3, 1, 2).contiguous()
+    images = embedded_images("unlabeled", image_size, n, 0)
     gen, rng = torch.Generator().manual_seed(0), random.Random(0)
     t0 = time.perf_counter()
     for _ in range(reps):
@@ -82,18 +82,9 @@ def batch_construction(overrides: list[str], image_size: int, n: int, reps: int)
 
 def pretrain_rate(flavour: str, steps: int) -> tuple[float, int]:
     task, r = build([], flavour)
-    opt = build_optimizer(task.parameters(), r.optim)
     n = r.data.batch_size
-    images = torch.from_numpy(load_split("unlabeled", r.data.image_size, n, 0).images).permute(0, 3, 1, 2).contiguous()
-    gen = torch.Generator().manual_seed(0)
-    for i in range(steps + 1):
-        if i == 1:
-            start = time.perf_counter()
-        loss = task(task.make_batch(images, gen))["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return steps * n / (time.perf_counter() - start), n
+    images = embedded_images("unlabeled", r.data.image_size, n, 0)
+    return training_rate(task, r.optim, images, steps, warmup=1), n
 
 
 def main() -> None:

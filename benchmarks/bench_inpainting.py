@@ -24,11 +24,11 @@ from scipy.ndimage import binary_dilation
 
 from sslbench.backbones.base import build_backbone
 from sslbench.config import Recipe, load_recipe
-from sslbench.data.synthetic import load_split
-from sslbench.engine import build_optimizer
+from sslbench.data.synthetic import embedded_images
 from sslbench.registry import TASKS
 from sslbench.tasks.base import MEAN, STD
 from sslbench.tasks.inpainting import MAX_BLOCKS, Inpainting, silhouette_bank
+from timing import pretrain_rate
 
 MASKS = {"central": ["task.mask=central"], "random-blocks": ["task.mask=random-blocks"],
          "silhouettes": ["task.regions=silhouettes"], "blobs": ["task.regions=blobs"]}
@@ -133,16 +133,7 @@ def construction(mask: str, images: torch.Tensor, reps: int) -> tuple[float, flo
 
 def throughput(extra: list[str], images: torch.Tensor, steps: int) -> float:
     task, r = build(extra)
-    opt = build_optimizer(task.parameters(), r.optim)
-    gen = torch.Generator().manual_seed(0)
-    for i in range(steps + 2):
-        if i == 2:
-            start = time.perf_counter()
-        out = task(task.make_batch(images, gen))
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-    return steps * len(images) / (time.perf_counter() - start)
+    return pretrain_rate(task, r.optim, images, steps)
 
 
 def main() -> None:
@@ -153,7 +144,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    images = torch.from_numpy(load_split("unlabeled", 64, args.batch, 0).images).permute(0, 3, 1, 2).contiguous()
+    images = embedded_images("unlabeled", 64, args.batch, 0)
     construction("central", images, 3)  # warm-up: thread pool, allocator, caches
     for mask in MASKS:
         fast, slow = construction(mask, images, args.reps)

@@ -19,9 +19,10 @@ from PIL import Image
 
 from sslbench.backbones.base import build_backbone
 from sslbench.config import load_recipe
-from sslbench.engine import build_optimizer
 from sslbench.registry import TASKS
 from sslbench.tasks.jigsaw import GRID
+from sslbench.data.synthetic import embedded_images
+from timing import pretrain_rate
 
 GRAY_P = 0.3
 
@@ -54,17 +55,11 @@ def build(task: str, overrides: list[str]):
     return r, TASKS.get(task)(r.method.cfg, build_backbone(r.backbone.name, r.backbone.cfg))
 
 
-def images_at(size: int, n: int) -> torch.Tensor:
-    from sslbench.data.synthetic import load_split
-
-    return torch.from_numpy(load_split("unlabeled", size, n, 0).images).permute(0, 3, 1, 2).contiguous()
-
-
 def batch_construction(image_size: int, cell: int, tile: int, batch: int = 128, reps: int = 5) -> tuple[float, float]:
     geometry = [f"task.cell={cell}", f"task.tile={tile}", f"backbone.image_size={tile}", "task.channel_jitter=0",
                 "task.num_permutations=100", f"data.image_size={image_size}"]
     _, task = build("jigsaw", geometry)
-    images = images_at(image_size, batch)
+    images = embedded_images("unlabeled", image_size, batch)
     perms = task.permutations.numpy()
     gen, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
     task.make_batch(images, gen), naive_batch(images, perms, cell, tile, rng)  # warm-up
@@ -80,17 +75,8 @@ def batch_construction(image_size: int, cell: int, tile: int, batch: int = 128, 
 
 def pretrain_throughput(task_name: str, steps: int = 6) -> float:
     r, task = build(task_name, [])
-    opt = build_optimizer(task.parameters(), r.optim)
-    images = images_at(r.data.image_size, r.data.batch_size)
-    gen = torch.Generator().manual_seed(0)
-    for i in range(steps + 2):
-        if i == 2:
-            start = time.perf_counter()
-        loss = task(task.make_batch(images, gen))["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return steps * r.data.batch_size / (time.perf_counter() - start)
+    images = embedded_images("unlabeled", r.data.image_size, r.data.batch_size)
+    return pretrain_rate(task, r.optim, images, steps)
 
 
 def main() -> None:

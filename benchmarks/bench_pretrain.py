@@ -14,10 +14,10 @@ from PIL import Image
 
 from sslbench.backbones.base import build_backbone
 from sslbench.config import load_recipe
-from sslbench.data.synthetic import load_split
-from sslbench.engine import build_optimizer
+from sslbench.data.synthetic import embedded_images
 from sslbench.registry import TASKS
 from sslbench.tasks.base import normalize
+from timing import pretrain_rate
 
 PIL_ROT = [None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270]
 
@@ -36,24 +36,14 @@ def naive_batch(images: torch.Tensor) -> dict[str, torch.Tensor]:
 def throughput(width: float, steps: int, batch: int, naive: bool) -> float:
     r = load_recipe("pretrain", "rotation", "mini", [f"backbone.width={width}", f"data.batch_size={batch}"])
     task = TASKS.get("rotation")(r.method.cfg, build_backbone(r.backbone.name, r.backbone.cfg))
-    opt = build_optimizer(task.parameters(), r.optim)
-    images = torch.from_numpy(load_split("unlabeled", 32, batch, 0).images).permute(0, 3, 1, 2).contiguous()
-    gen = torch.Generator().manual_seed(0)
-    for i in range(steps + 2):
-        if i == 2:
-            start = time.perf_counter()
-        batch_ = naive_batch(images) if naive else task.make_batch(images, gen)
-        loss = task(batch_)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return steps * batch / (time.perf_counter() - start)
+    images = embedded_images("unlabeled", 32, batch, 0)
+    return pretrain_rate(task, r.optim, images, steps, make_batch=naive_batch if naive else None)
 
 
 def batch_construction(batch: int, reps: int = 20) -> tuple[float, float]:
     r = load_recipe("pretrain", "rotation", "mini", ["task.crop_pad=0", "task.flip=false"])
     task = TASKS.get("rotation")(r.method.cfg, build_backbone(r.backbone.name, r.backbone.cfg))
-    images = torch.from_numpy(load_split("unlabeled", 32, batch, 0).images).permute(0, 3, 1, 2).contiguous()
+    images = embedded_images("unlabeled", 32, batch, 0)
     gen = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
     for _ in range(reps):

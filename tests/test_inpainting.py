@@ -12,7 +12,7 @@ import torch
 
 from sslbench.backbones.alexnet import AlexNetConfig
 from sslbench.backbones.base import build_backbone
-from sslbench.data.synthetic import load_split
+from sslbench.data.synthetic import embedded_images
 from sslbench.engine import build_optimizer, pretrain
 from sslbench.errors import UserError
 from sslbench.tasks.base import MEAN, normalize
@@ -186,7 +186,7 @@ def test_reconstruction_loss_goes_down_on_embedded_images() -> None:
     torch.manual_seed(0)
     task = tiny_task(mask="central", adversarial=True)
     opt = build_optimizer(task.parameters(), dataclasses.replace(tiny_pretrain("inpainting").optim, lr=2e-3))
-    x = torch.from_numpy(load_split("unlabeled", 32, 16, seed=0).images).permute(0, 3, 1, 2)
+    x = embedded_images("unlabeled", 32, 16, 0)
     gen = torch.Generator().manual_seed(0)
     rec = fit_losses(task, opt, (task.make_batch(x, gen) for _ in range(30)), key="rec")
     assert np.mean(rec[-5:]) < 0.6 * np.mean(rec[:3]), rec

@@ -302,6 +302,13 @@ def load_split(split: str, size: int, num: int, seed: int, cache: bool = True) -
     return arrays
 
 
+def embedded_images(split: str, size: int, num: int, seed: int = 0) -> "torch.Tensor":
+    """`num` images of `split` as one uint8 tensor [N, 3, size, size], the layout make_batch takes."""
+    import torch
+
+    return torch.from_numpy(load_split(split, size, num, seed).images).permute(0, 3, 1, 2).contiguous()
+
+
 def _pack_objects(objects: list[list[Obj]]) -> np.ndarray:
     rows = [[i, o.cls, *o.box, float(o.difficult)] for i, objs in enumerate(objects) for o in objs]
     return np.array(rows, np.float32).reshape(-1, 7)
