@@ -27,6 +27,9 @@ SeedOpt = typer.Option(None, "--seed", help="Override the recipe's seed.")
 RunsOpt = typer.Option(Path("runs"), "--runs", help="Directory of run folders and results.sqlite.")
 
 
+AUXILIARY_DATASETS = ("sbd",)  # added to a protocol's main data set (voc-seg: VOC2012 train + SBD)
+
+
 def _data(items: Optional[list[str]]) -> dict[str, str] | None:
     if not items:
         return None
@@ -40,8 +43,9 @@ def _data(items: Optional[list[str]]) -> dict[str, str] | None:
         load_all()
         DATASETS.entry(name)  # unknown names fail here with the valid ones
         out[name] = path
-    if len(out) > 1:
-        raise UserError(f"--data takes one data set per run, found {', '.join(out)}")
+    main = [n for n in out if n not in AUXILIARY_DATASETS]
+    if len(main) > 1:
+        raise UserError(f"--data takes one data set per run (plus {', '.join(AUXILIARY_DATASETS)}), found {', '.join(main)}")
     return out
 
 
@@ -188,7 +192,7 @@ def list_(what: str = typer.Argument(..., help="tasks, protocols, tables, recipe
 
 @data_app.command("synth")
 def data_synth(
-    fmt: str = typer.Option(..., "--format", help="voc, voc2012, cifar10 or stl10."),
+    fmt: str = typer.Option(..., "--format", help="voc, voc2012, cifar10, stl10, imagenet or sbd."),
     out: Path = typer.Option(..., "--out", help="Directory to write into."),
     num: int = typer.Option(200, "--num", help="Images per split."),
     image_size: int = typer.Option(64, "--image-size", help="Side in pixels (CIFAR: 32, STL-10: 96 regardless)."),

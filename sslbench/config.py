@@ -286,12 +286,13 @@ def recipe_from_dict(
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise UserError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(allowed))}")
-    if data:
-        raw.setdefault("data", {})
-        for dataset, root in data.items():
-            raw["data"]["dataset"] = dataset
-            raw["data"]["root"] = root
     registry = TASKS if kind == "pretrain" else PROTOCOLS
+    extra_sets = {f.name for f in dataclasses.fields(registry.entry(name).config)}
+    for dataset, root in (data or {}).items():
+        if dataset in extra_sets:  # a data set the method adds to its main one (voc-seg's sbd) is its option
+            raw.setdefault(section, {})[dataset] = root
+        else:
+            raw.setdefault("data", {}).update(dataset=dataset, root=root)
     method_raw = dict(raw.get(section, {}))
     method_raw.pop("name", None)
     method = Named(name, build(registry.entry(name).config, method_raw, f"{where} [{section}]"))

@@ -86,3 +86,13 @@ def test_table_formats_from_the_command_line() -> None:
 def test_unknown_option_is_a_usage_error_not_a_traceback() -> None:
     p = run("pretrain", "rotation", "--flavour", "alexnet")
     assert p.returncode == 2 and "No such option" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_one_main_data_set_plus_sbd(tmp_path: Path) -> None:
+    line = _error_line(run("eval", "--protocol", "voc-seg", "--checkpoint", "random", "--data", "voc2012=a",
+                           "--data", "voc2007=b", "--runs", str(tmp_path)))
+    assert "one data set per run" in line and "voc2012, voc2007" in line
+    line = _error_line(run("eval", "--protocol", "voc-seg", "--checkpoint", "random", "--data", f"sbd={tmp_path / 'no'}",
+                           "--runs", str(tmp_path / "runs")))
+    assert "sbd:" in line and "not a directory" in line and "sslbench data synth --format sbd" in line
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -335,3 +335,103 @@ def test_writer_failure_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monke
     F.write_voc(tmp_path, 3, 32, SEED)  # rewriting replaces the folder
     assert len(load("voc2007", tmp_path, "trainval")) == 6
     assert [p.name for p in (tmp_path / "VOCdevkit").iterdir()] == ["VOC2007"]
+
+
+# ---------------------------------------------------------------- SBD
+
+
+@pytest.fixture(scope="module")
+def voc12_sbd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("voc12sbd")
+    F.write_voc(root, 6, 40, seed=5, year="2012")
+    F.write_sbd(root, 6, 40, seed=5)
+    return root
+
+
+def test_sbd_boundaries_match_a_pixel_loop() -> None:
+    rng = np.random.default_rng(0)
+    classes = rng.choice([0, 3, 7], size=(9, 11)).astype(np.uint8)
+    got = F.sbd_boundaries(classes)
+    for c in range(1, 21):
+        want = np.zeros_like(classes, bool)
+        for y in range(9):
+            for x in range(11):
+                if classes[y, x] != c:
+                    continue
+                for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+                    yy, xx = y + dy, x + dx
+                    if 0 <= yy < 9 and 0 <= xx < 11 and classes[yy, xx] != c:
+                        want[y, x] = True
+        np.testing.assert_array_equal(got[c - 1], want)
+
+
+def test_sbd_round_trip_through_torchvision(voc12_sbd: Path) -> None:
+    import torchvision
+
+    d = voc12_sbd / "benchmark_RELEASE" / "dataset"
+    train, val = (d / "train.txt").read_text().split(), (d / "val.txt").read_text().split()
+    assert len(train) + len(val) == 18 and not set(train) & set(val)
+    jobs = [("trainval", i) for i in range(12)] + [("test", j) for j in range(6)]
+    for split, mode in (("train", "segmentation"), ("val", "boundaries")):
+        tv = torchvision.datasets.SBDataset(str(d), image_set=split, mode=mode)
+        for k in (0, len(tv) - 1):
+            n = int(Path(tv.images[k]).stem) - 1
+            s = render_sample(5, *jobs[n], 40, full=True)
+            img, target = tv[k]
+            assert np.abs(np.asarray(img, np.int16) - s.image).mean() < 4  # JPEG q95 4:4:4
+            if mode == "segmentation":
+                np.testing.assert_array_equal(np.asarray(target), s.extras["classes"])
+                assert 255 not in np.asarray(target)  # SBD marks no outlines
+            else:
+                np.testing.assert_array_equal(target.astype(bool), np.stack(F.sbd_boundaries(s.extras["classes"])))
+
+
+def test_sbd_shares_the_voc2012_images_and_crosses_its_split(voc12_sbd: Path) -> None:
+    sbd_train = F.sbd_segmentation(str(voc12_sbd), "train", 0)
+    voc_val = F.voc_segmentation(str(voc12_sbd), "2012", "val", 0)
+    shared = set(sbd_train.ids) & set(voc_val.ids)
+    assert shared  # as in the real SBD: some of its train images are VOC2012 val images
+    i = sbd_train.ids.index(sorted(shared)[0])
+    j = voc_val.ids.index(sorted(shared)[0])
+    assert torch.equal(sbd_train[i][0], voc_val[j][0])
+    voc_mask, sbd_mask = voc_val[j][1], sbd_train[i][1]
+    keep = voc_mask != 255
+    assert torch.equal(voc_mask[keep], sbd_mask[keep])  # same scene; VOC adds 255 outlines
+
+
+def test_train_aug_is_the_union_minus_val(voc12_sbd: Path) -> None:
+    from sslbench.protocols.voc_seg import train_aug
+
+    voc_train = F.voc_segmentation(str(voc12_sbd), "2012", "train", 24)
+    val_ids = F.voc_segmentation(str(voc12_sbd), "2012", "val", 0).ids
+    aug = train_aug(voc_train, str(voc12_sbd), val_ids, 24)
+    ids = [i for part in aug.datasets for i in part.ids]
+    all_sbd = set(F.sbd_segmentation(str(voc12_sbd), "train", 0).ids) | set(F.sbd_segmentation(str(voc12_sbd), "val", 0).ids)
+    assert len(ids) == len(set(ids)) == len(aug)
+    assert set(ids) == (set(voc_train.ids) | all_sbd) - set(val_ids)
+    assert 255 in torch.cat([aug[k][1].flatten() for k in range(len(voc_train))])  # VOC's own masks come first
+    assert len(train_aug(voc_train, str(voc12_sbd), val_ids, 24, num=7)) == 7
+
+
+def test_sbd_bad_input(voc12_sbd: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="missing img, cls"):
+        F.sbd_segmentation(str(tmp_path), "train", 0)
+    d = tmp_path / "dataset"
+    for sub in ("img", "cls"):
+        (d / sub).mkdir(parents=True)
+    with pytest.raises(UserError, match="no val.txt"):
+        F.sbd_segmentation(str(tmp_path), "val", 0)
+    with pytest.raises(UserError, match="has no split 'test'"):
+        F.sbd_segmentation(str(tmp_path), "test", 0)
+    (d / "train.txt").write_text("x1\n")
+    Image.new("RGB", (8, 8)).save(d / "img" / "x1.jpg")
+    with pytest.raises(UserError, match=r"1 file\(s\) of train.txt missing"):
+        F.sbd_segmentation(str(tmp_path), "train", 0)
+    (d / "cls" / "x1.mat").write_bytes(b"not a mat file at all" * 10)
+    with pytest.raises(UserError, match=r"malformed SBD mask .*x1.mat"):
+        F.sbd_segmentation(str(tmp_path), "train", 0)[0]
+    from scipy.io import savemat
+
+    savemat(d / "cls" / "x1.mat", {"other": np.zeros((8, 8))})
+    with pytest.raises(UserError, match="GTcls struct.*found keys other"):
+        F.sbd_segmentation(str(tmp_path), "train", 0)[0]

@@ -149,3 +149,27 @@ def test_bad_input() -> None:
         check_masks(masks, 21, "train")
     masks[1, 0, 0] = 255
     check_masks(masks, 21, "train")
+
+
+def test_sbd_joins_the_training_set(tmp_path) -> None:
+    import json
+
+    recipe = tiny_protocol("voc-seg", tiny_alexnet(["data.num_images=0", "data.num_test=8", "data.batch_size=16",
+                                                    "protocol.pad=10", "schedule.epochs=1", "protocol.sbd=embedded"]))
+    out = evaluate(recipe, "random", tmp_path, device="cpu", progress=False, store=False)
+    sizes = [json.loads(line) for line in (out.run_dir / "metrics.jsonl").read_text().splitlines()]
+    sizes = next(s for s in sizes if "train_images" in s)
+    voc_train, _ = segmentation_data(recipe.data)
+    assert sizes["train_images"] > len(voc_train) and sizes["test_images"] == 8
+    assert 0.0 <= out.metrics["voc-seg/mIoU"] <= 100.0
+    with pytest.raises(UserError, match="pairs with the embedded VOC data"):
+        segmentation_data(replace(recipe.data, root=str(tmp_path)), "embedded")
+
+
+def test_data_sbd_sets_the_protocol_option() -> None:
+    from sslbench.config import load_recipe
+
+    r = load_recipe("protocol", "voc-seg", "mini", [], {"voc2012": "/data/VOCdevkit", "sbd": "/data/sbd"})
+    assert (r.data.dataset, r.data.root, r.method.cfg.sbd) == ("voc2012", "/data/VOCdevkit", "/data/sbd")
+    r = load_recipe("protocol", "voc-seg", "mini", [], None)
+    assert r.method.cfg.sbd == "" and r.data.root == ""

@@ -18,7 +18,8 @@ from sslbench.registry import DATASETS
 
 __all__ = ["build_dataset", "collate_skip_corrupt", "dataset_label", "embedded_root"]
 
-SYNTH_FORMAT = {"voc2007": "voc", "voc2012": "voc2012", "cifar10": "cifar10", "stl10": "stl10", "imagenet": "imagenet"}
+SYNTH_FORMAT = {"voc2007": "voc", "voc2012": "voc2012", "cifar10": "cifar10", "stl10": "stl10", "imagenet": "imagenet",
+                "sbd": "sbd"}
 
 
 def build_dataset(cfg: DataConfig, split: str, num: int = 0) -> Dataset:
@@ -35,12 +36,14 @@ def dataset_label(cfg: DataConfig) -> str:
     return f"embedded:{cfg.dataset}"
 
 
-def embedded_root(cfg: DataConfig) -> Path:
-    """The embedded data written (once, cached) in the layout of `cfg.dataset`, sized for the recipe."""
+def embedded_root(cfg: DataConfig, dataset: str = "") -> Path:
+    """The embedded data written (once, cached) in the layout of `dataset` (default `cfg.dataset`), sized for
+    the recipe. The VOC layouts and SBD are sized alike, so SBD's images are the VOC2012 root's and more."""
     from sslbench.data.formats import synth
 
-    fmt = SYNTH_FORMAT[cfg.dataset]
-    per_split = max(cfg.num_test, math.ceil(cfg.num_images / 2) if fmt.startswith("voc") else cfg.num_images, 16)
+    fmt = SYNTH_FORMAT[dataset or cfg.dataset]
+    paired = fmt.startswith("voc") or fmt == "sbd"  # trainval = 2 x per_split
+    per_split = max(cfg.num_test, math.ceil(cfg.num_images / 2) if paired else cfg.num_images, 16)
     path = cache_dir() / "formats" / f"{fmt}-v{GENERATOR_VERSION}-{cfg.image_size}px-{per_split}-s{cfg.synth_seed}"
     done = path / ".complete"
     if not done.is_file():

@@ -8,6 +8,7 @@ on the same code path for a synthetic sample as for the real download:
   cifar10        <out>/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}   (Python 2 pickles)
   stl10          <out>/stl10_binary/{train,test}_{X,y}.bin, unlabeled_X.bin, class_names.txt, fold_indices.txt
   imagenet       <out>/imagenet/{train,val}/<class>/<class>_<index>.JPEG                (ImageFolder)
+  sbd            <out>/benchmark_RELEASE/dataset/{img/<id>.jpg,cls/<id>.mat,train.txt,val.txt}   (MATLAB GTcls)
 
 Each writer renders into a temporary folder next to its target and renames it into place, so a failed
 or interrupted write leaves nothing half-written.
@@ -23,6 +24,7 @@ embedded "unlabeled" split unfiltered (as in the real set, they include other cl
 Loaders are registered data sets (`sslbench.registry.DATASETS`): cifar10, stl10, imagenet, voc2007,
 voc2012, each a factory (root, split, image_size, num, synth_seed) -> Dataset of items per the contract
 in sslbench.data.datasets; `voc_segmentation` gives (image, mask) pairs for the FCN protocol, and
+`sbd_segmentation` the same pairs from SBD's .mat files, and
 `check` summarises a data set on disk (`sslbench data check NAME=PATH`).
 """
 
@@ -56,7 +58,7 @@ from sslbench.registry import DATASETS, register_dataset
 
 __all__ = [
     "CIFAR10_CLASSES", "STL10_CLASSES", "SYNTH_FORMATS", "TEN_CLASSES", "check", "pick_ten_class_samples",
-    "synth", "voc_colormap", "voc_segmentation", "write_cifar10", "write_imagenet", "write_stl10", "write_voc",
+    "sbd_segmentation", "synth", "voc_colormap", "voc_segmentation", "write_sbd", "write_cifar10", "write_imagenet", "write_stl10", "write_voc",
 ]
 
 # Embedded classes standing for CIFAR-10's airplane, automobile, bird, cat, deer, dog, frog, horse, ship, truck.
@@ -65,7 +67,7 @@ CIFAR10_CLASSES = ("aeroplane", "car", "bird", "cat", "cow", "dog", "sheep", "ho
 STL10_CLASSES = ("aeroplane", "bird", "car", "cat", "cow", "dog", "horse", "sheep", "boat", "bus")
 TEN_CLASSES = frozenset(CIFAR10_CLASSES)
 
-SYNTH_FORMATS = ("voc", "voc2007", "voc2012", "cifar10", "stl10", "imagenet")
+SYNTH_FORMATS = ("voc", "voc2007", "voc2012", "cifar10", "stl10", "imagenet", "sbd")
 _CLASS_INDEX = {c: i for i, c in enumerate(CLASSES)}
 # Quality 95 without chroma subsampling: the scenes' pixel noise makes 4:2:0 JPEGs ~8 grey levels off on
 # average, 4:4:4 ~3, so a model sees nearly the generator's pixels through the JPEG round trip.
@@ -329,11 +331,69 @@ def write_imagenet(out: Path, num_train: int, num_val: int, image_size: int, see
     return target
 
 
+def sbd_boundaries(classes: np.ndarray) -> list[np.ndarray]:
+    """SBD's per-class boundary maps of a class map (0 background, 1..20): [H, W] bool for classes 1..20, true
+    on the pixels of that class with a 4-neighbour of another label."""
+    edge = np.zeros(classes.shape, bool)
+    for axis in (0, 1):
+        d = np.diff(classes.astype(np.int16), axis=axis) != 0
+        lo = [slice(None)] * 2
+        hi = [slice(None)] * 2
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        edge[tuple(lo)] |= d
+        edge[tuple(hi)] |= d
+    return [edge & (classes == c) for c in range(1, len(CLASSES) + 1)]
+
+
+def _sbd_mat(classes: np.ndarray) -> dict[str, Any]:
+    """The GTcls struct of one SBD cls/<id>.mat: Segmentation (uint8 class map), Boundaries (a 20x1 cell of
+    sparse maps), CategoriesPresent (the 1-based classes present, a column)."""
+    from scipy import sparse
+
+    bounds = np.empty((len(CLASSES), 1), dtype=object)
+    for c, b in enumerate(sbd_boundaries(classes)):
+        bounds[c, 0] = sparse.csc_matrix(b.astype(np.uint8))
+    present = np.array([c for c in np.unique(classes) if c > 0], np.uint8).reshape(-1, 1)
+    return {"GTcls": {"Segmentation": classes.astype(np.uint8), "Boundaries": bounds, "CategoriesPresent": present}}
+
+
+def write_sbd(out: Path, num: int, image_size: int, seed: int) -> Path:
+    """Write `out`/benchmark_RELEASE/dataset (SBD, Hariharan et al. 2011) and return that folder.
+
+    Its images are the 2*`num` images write_voc(out, num, ..., "2012") writes (same ids, same pixels: SBD
+    annotated VOC2011's images) plus `num` more (ids after them, from the embedded "test" split). Masks are
+    class maps without VOC's 255 outlines, as SBD's are. SBD's own split (every 4th image is val) cuts
+    across VOC2012's, as the real one does: some SBD train images are VOC2012 val images, which is why the
+    segmentation protocol removes VOC2012 val from its SBD training images.
+    """
+    from scipy.io import savemat
+
+    _check_counts(num=num)
+    if image_size < 8:
+        raise UserError(f"image size must be >= 8 pixels (got {image_size})")
+    target = Path(out) / "benchmark_RELEASE" / "dataset"
+    jobs = [("trainval", i) for i in range(2 * num)] + [("test", j) for j in range(num)]
+    with _atomic_dir(target) as d:
+        for sub in ("img", "cls"):
+            (d / sub).mkdir()
+        splits: dict[str, list[str]] = {"train": [], "val": []}
+        for n, (base, index) in enumerate(jobs):
+            image_id = f"{n + 1:06d}"
+            s = render_sample(seed, base, index, image_size, full=True)
+            Image.fromarray(s.image).save(d / "img" / f"{image_id}.jpg", **_JPEG)
+            savemat(d / "cls" / f"{image_id}.mat", _sbd_mat(s.extras["classes"]), do_compression=True)
+            splits["val" if n % 4 == 3 else "train"].append(image_id)
+        for name, ids in splits.items():
+            (d / f"{name}.txt").write_text("".join(f"{i}\n" for i in ids))
+    return target
+
+
 def synth(fmt: str, out: Path, num: int, image_size: int, seed: int) -> Path:
     """Write `num` images per split of the embedded data in format `fmt` under `out`; returns the folder written.
 
     voc / voc2007: VOC2007 train, val, test (trainval = 2*num); voc2012: train, val; cifar10: train, test
-    at 32 px; stl10: train, test, unlabeled at 96 px; imagenet: train, val. CIFAR-10 and STL-10 ignore
+    at 32 px; stl10: train, test, unlabeled at 96 px; imagenet: train, val; sbd: the voc2012 images of the
+    same `num` plus `num` more, split train / val its own way (see write_sbd). CIFAR-10 and STL-10 ignore
     `image_size` (their formats fix it).
     """
     out = Path(out)
@@ -346,6 +406,7 @@ def synth(fmt: str, out: Path, num: int, image_size: int, seed: int) -> Path:
         "cifar10": lambda: write_cifar10(out, num, num, seed),
         "stl10": lambda: write_stl10(out, num, num, num, seed),
         "imagenet": lambda: write_imagenet(out, num, num, image_size, seed),
+        "sbd": lambda: write_sbd(out, num, image_size, seed),
     }
     if fmt not in writers:
         raise UserError(f"unknown data format {fmt!r}; valid: {', '.join(SYNTH_FORMATS)}")
@@ -754,6 +815,7 @@ class VOCSegmentationItems(Dataset):
         tv = torchvision.datasets.VOCSegmentation(str(tv_root), year=year, image_set=split)
         n = len(tv.images) if num <= 0 else min(num, len(tv.images))
         self.images, self.masks, self.size = tv.images[:n], tv.masks[:n], image_size
+        self.ids = [Path(i).stem for i in self.images]
         missing = [p for p in (*self.images, *self.masks) if not os.path.isfile(p)]
         if missing:
             raise UserError(f"{name}: {len(missing)} file(s) of {split}.txt missing, e.g. {missing[0]}")
@@ -786,11 +848,122 @@ def voc_segmentation(root: str | None, year: str, split: str, image_size: int, n
     return VOCSegmentationItems(root, str(year), split, image_size, num)
 
 
+_SBD_LAYOUT = "<root>/{img/<id>.jpg,cls/<id>.mat,train.txt,val.txt} (benchmark_RELEASE/dataset of SBD's benchmark.tgz)"
+SBD_SPLITS = ("train", "val", "train_noval")
+
+
+def _sbd_dir(root: str | None) -> Path:
+    """SBD's dataset folder: `root` may be it, benchmark_RELEASE, or the folder holding benchmark_RELEASE."""
+    p = _need_root("sbd", root, _SBD_LAYOUT, "sbd")
+    for cand in (p, p / "dataset", p / "benchmark_RELEASE" / "dataset"):
+        if (cand / "img").is_dir() or (cand / "cls").is_dir():
+            p = cand
+            break
+    missing = [d for d in ("img", "cls") if not (p / d).is_dir()]
+    if missing:
+        raise UserError(f"sbd: expected {_SBD_LAYOUT}; missing {', '.join(missing)} in {p}; {_synth_hint('sbd')}")
+    return p
+
+
+def read_sbd_mask(path: str) -> np.ndarray:
+    """The [H, W] uint8 class map (GTcls.Segmentation) of one SBD cls/<id>.mat; a malformed file is a UserError."""
+    from scipy.io import loadmat
+
+    try:
+        mat = loadmat(path)
+    except (OSError, ValueError, TypeError) as exc:
+        raise UserError(f"malformed SBD mask {path}: not a readable MATLAB file ({exc})") from exc
+    try:
+        seg = np.asarray(mat["GTcls"][0]["Segmentation"][0])
+    except (KeyError, IndexError, ValueError) as exc:
+        raise UserError(f"malformed SBD mask {path}: expected a GTcls struct with a Segmentation field "
+                        f"(found keys {', '.join(k for k in mat if not k.startswith('__')) or 'none'})") from exc
+    if seg.ndim != 2 or not np.issubdtype(seg.dtype, np.integer):
+        raise UserError(f"malformed SBD mask {path}: GTcls.Segmentation is {seg.dtype} {seg.shape}, "
+                        "expected a 2-D integer class map")
+    return seg.astype(np.uint8)
+
+
+class SBDSegmentationItems(Dataset):
+    """(uint8 image [3,S,S], int64 mask [S,S]) pairs of SBD, as VOCSegmentationItems; `exclude` drops ids
+    (VOC2012 val, for the train_aug set). File lists come from torchvision's SBDataset."""
+
+    def __init__(self, root: str | None, split: str, image_size: int, num: int = 0,
+                 exclude: Iterable[str] = ()) -> None:
+        _check_split("sbd", split, SBD_SPLITS)
+        d = _sbd_dir(root)
+        if not (d / f"{split}.txt").is_file():
+            found = sorted(f.stem for f in d.glob("*.txt"))
+            raise _SplitMissing(f"sbd: no {split}.txt in {d} (found: {', '.join(found) or 'none'})")
+        tv = torchvision.datasets.SBDataset(str(d), image_set=split, mode="segmentation")
+        drop = set(exclude)
+        pairs = [(i, m) for i, m in zip(tv.images, tv.masks) if Path(i).stem not in drop]
+        pairs = pairs if num <= 0 else pairs[:num]
+        self.images, self.masks = [i for i, _ in pairs], [m for _, m in pairs]
+        self.ids, self.size, self.classes = [Path(i).stem for i in self.images], image_size, list(CLASSES)
+        missing = [p for p in (*self.images, *self.masks) if not os.path.isfile(p)]
+        if missing:
+            raise UserError(f"sbd: {len(missing)} file(s) of {split}.txt missing, e.g. {missing[0]}")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor] | None:
+        try:
+            img = _open_rgb(self.images[i])
+        except _UNREADABLE as exc:
+            warn_corrupt(self.images[i], exc)
+            return None
+        mask = Image.fromarray(read_sbd_mask(self.masks[i]))
+        if mask.size != img.size:
+            raise UserError(f"SBD mask {self.masks[i]} is {mask.size[0]}x{mask.size[1]}, its image "
+                            f"{img.size[0]}x{img.size[1]}")
+        if self.size > 0:
+            img, mask = _square(img, self.size), _square(mask, self.size, Image.Resampling.NEAREST)
+        return _to_tensor(img), torch.from_numpy(np.array(mask, np.int64))
+
+
+def sbd_segmentation(root: str | None, split: str, image_size: int, num: int = 0,
+                     exclude: Iterable[str] = ()) -> SBDSegmentationItems:
+    """SBD (benchmark_RELEASE/dataset) segmentation pairs of `split` (train, val, train_noval), minus `exclude` ids."""
+    return SBDSegmentationItems(root, split, image_size, num, exclude)
+
+
+class SBDItems(Dataset):
+    """SBD as a registered data set: items per sslbench.data.datasets, the label being the largest class by
+    pixels and labels the classes present (SBD has no boxes); `mask` [S,S] the class map."""
+
+    def __init__(self, seg: SBDSegmentationItems) -> None:
+        self.seg, self.classes = seg, list(CLASSES)
+
+    def __len__(self) -> int:
+        return len(self.seg)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, dict[str, Tensor]] | None:
+        item = self.seg[i]
+        if item is None:
+            return None
+        img, mask = item
+        counts = torch.bincount(mask.flatten(), minlength=len(CLASSES) + 1)[1:len(CLASSES) + 1]
+        labels = (counts > 0).float()
+        label = int(counts.argmax()) if counts.any() else -1
+        return img, {"label": torch.tensor(label), "labels": labels, "difficult": torch.zeros_like(labels), "mask": mask}
+
+
+@register_dataset("sbd")
+def sbd(root: str | None, split: str, image_size: int, num: int, synth_seed: int) -> Dataset:
+    """SBD (Hariharan et al. 2011) from disk (benchmark_RELEASE/dataset); splits train, val, train_noval
+    (unlabeled = train). voc-seg adds it to VOC2012 train: --data sbd=PATH."""
+    _check_split("sbd", split, (*SBD_SPLITS, "unlabeled"))
+    return SBDItems(sbd_segmentation(root, "train" if split == "unlabeled" else split, image_size, num))
+
+
 # ================================================================ check
 
 CHECK_SPLITS = {
     "cifar10": ("train", "test"), "stl10": ("train", "test", "unlabeled"), "imagenet": ("train", "val"),
     "voc2007": ("train", "val", "test"), "voc2012": ("train", "val"), "embedded": EMBEDDED_SPLITS,
+    "sbd": ("train", "val"),
 }
 
 

@@ -239,6 +239,7 @@ def _dense_targets(sample: Sample, placed: list[_Placed], ids: np.ndarray, backg
     for oid, obj in enumerate(placed):
         seg[ids == oid] = obj.cls + 1
         depth[ids == oid] = obj.depth
+    sample.extras["classes"] = seg.copy()  # the class map without outlines (SBD's masks)
     seg[_boundary(ids) & (ids >= 0)] = 255  # VOC marks object outlines as 'ignore'
     img2 = background.copy()
     ids2 = np.full((size, size), -1, np.int16)

@@ -15,6 +15,8 @@ VOC's object outlines, is ignored; Zhang et al.'s `normalize: true`). By default
 its pretrained running statistics while its affine trains (`bn_train = false`): the same function class
 as the BN-folded Caffe models the papers fine-tuned, and statistics not diluted by the padding.
 Caffe's doubled learning rate for biases is not reproduced (BN trunks have no conv biases).
+Training reads VOC2012 train, plus SBD's images when `sbd` is set (`--data sbd=PATH`): the union minus
+VOC2012 val, "train_aug", as the papers trained.
 Reports mIoU (%) over the 21 classes on the val split as 'voc-seg/mIoU' and per-class IoU (%) as
 'voc-seg/IoU/<class>' (a class absent from both ground truth and predictions has no IoU and no key).
 """
@@ -31,14 +33,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from sslbench.backbones.alexnet import AlexNet
 from sslbench.backbones.base import Backbone, conv_out
 from sslbench.checkpoint import Trunk
 from sslbench.config import DataConfig, Recipe
 from sslbench.data.build import embedded_root
-from sslbench.data.formats import voc_segmentation
+from sslbench.data.formats import sbd_segmentation, voc_segmentation
 from sslbench.data.synthetic import CLASSES
 from sslbench.engine import NonFiniteLoss, build_optimizer, lr_at, set_lr
 from sslbench.errors import UserError
@@ -61,6 +63,9 @@ class VocSegConfig:
     learn_upsampling: bool = False  # FCN-32s and Zhang et al. keep the bilinear deconvolution fixed (lr_mult 0)
     fc_dropout: float = 0.5  # dropout before the fc6 / fc7 convolutions (the trunk's layout, FCN's rate)
     score_dropout: float = 0.5  # dropout before the score layer (FCN's drop7)
+    # SBD (Hariharan et al. 2011) added to the training images, as in the papers: "" = VOC train alone, a path
+    # (SBD's benchmark_RELEASE/dataset; `--data sbd=PATH` sets it), or "embedded" (the embedded data in SBD layout)
+    sbd: str = ""
 
 
 # ---------------------------------------------------------------- pure functions
@@ -228,22 +233,46 @@ class FCN32s(nn.Module):
 # ---------------------------------------------------------------- data, training, test
 
 
-def segmentation_data(d: DataConfig) -> tuple[Dataset, Dataset]:
-    """(train, val) segmentation sets: data.root, or the embedded data written in VOC layout."""
+def segmentation_data(d: DataConfig, sbd: str = "") -> tuple[Dataset, Dataset]:
+    """(train, val) segmentation sets: data.root, or the embedded data written in VOC layout; with `sbd`
+    (a path or "embedded") the training set is train_aug (see `train_aug`)."""
     if d.dataset not in VOC_YEARS:
         raise UserError(
             f"voc-seg reads VOC SegmentationClass masks; data.dataset is {d.dataset!r}; "
             f"use one of {', '.join(VOC_YEARS)} (e.g. --data voc2012=/path/to/VOCdevkit)"
         )
+    if sbd == "embedded" and d.root:
+        raise UserError(f"voc-seg: protocol.sbd=embedded pairs with the embedded VOC data, not {d.root}; "
+                        "give the real SBD with --data sbd=PATH (its benchmark_RELEASE/dataset folder)")
     # embedded_root sizes a VOC layout for trainval = 2 x num_images; segmentation reads train alone.
-    root = d.root or str(embedded_root(replace(d, num_test=max(d.num_test, d.num_images))))
+    sized = replace(d, num_test=max(d.num_test, d.num_images))
+    root = d.root or str(embedded_root(sized))
     year = VOC_YEARS[d.dataset]
-    train = voc_segmentation(root, year, d.train_split, d.image_size, d.num_images)
+    train = voc_segmentation(root, year, d.train_split, d.image_size, 0 if sbd else d.num_images)
     val = voc_segmentation(root, year, d.test_split, d.image_size, d.num_test)
     for split, ds in ((d.train_split, train), (d.test_split, val)):
         if len(ds) == 0:
             raise UserError(f"voc-seg: the {d.dataset} {split} split under {root} lists no images")
+    if sbd:
+        sbd_root = str(embedded_root(sized, "sbd")) if sbd == "embedded" else sbd
+        held_out = voc_segmentation(root, year, d.test_split, 0).ids  # every val id, not just the num_test read
+        train = train_aug(train, sbd_root, held_out, d.image_size, d.num_images)
     return train, val
+
+
+def train_aug(voc_train: Dataset, sbd_root: str, held_out: Sequence[str], image_size: int, num: int = 0) -> Dataset:
+    """VOC train + SBD's train and val images, minus the VOC images tested on (`held_out`) and those VOC
+    train already labels: the 10,582-image "train_aug" set of VOC2012 train + SBD (Long et al. 2015 train
+    on SBD; Zhang et al. 2016 and the papers after them on VOC2012 train + SBD, testing on VOC2012 val).
+    VOC's own mask wins where both exist (it marks object outlines 255). `num` > 0 caps the union."""
+    skip = set(held_out) | set(getattr(voc_train, "ids", ()))
+    parts = [voc_train]
+    for split in ("train", "val"):
+        extra = sbd_segmentation(sbd_root, split, image_size, exclude=skip)
+        skip |= set(extra.ids)
+        parts.append(extra)
+    union = ConcatDataset(parts)
+    return Subset(union, range(min(num, len(union)))) if num > 0 else union
 
 
 def collate_pairs(batch: list[Any]) -> tuple[Tensor, Tensor]:
@@ -338,7 +367,8 @@ class VocSeg(Protocol):
         return ("conv5", "fc7")
 
     def run(self, trunk: Trunk, recipe: Recipe, ctx: EvalContext) -> dict[str, float]:
-        train, val = segmentation_data(recipe.data)
+        train, val = segmentation_data(recipe.data, self.cfg.sbd)
+        ctx.log.write(0, {"train_images": float(len(train)), "test_images": float(len(val))}, prefix="data")
         model = FCN32s(trunk.backbone, self.cfg, recipe.data.image_size).to(ctx.device)
         train_fcn(model, trunk, train, recipe, ctx)
         miou, iou = mean_iou(test_confusion(model, trunk, val, recipe, ctx))
