@@ -804,21 +804,19 @@ voc2007 = register_dataset("voc2007")(_voc_factory("2007"))
 voc2012 = register_dataset("voc2012")(_voc_factory("2012"))
 
 
-class VOCSegmentationItems(Dataset):
-    """(uint8 image [3,S,S], int64 mask [S,S]) pairs; mask values 0 background, 1..20 classes, 255 ignore."""
+class SegmentationPairs(Dataset):
+    """(uint8 image [3,S,S], int64 mask [S,S]) pairs from image and mask files; mask values 0 background,
+    1..20 classes, 255 ignore. Subclasses read their mask format (`_mask`); S = 0 keeps the stored size."""
 
-    def __init__(self, root: str | None, year: str, split: str, image_size: int, num: int = 0) -> None:
-        name = f"voc{year} segmentation"
-        _check_split(name, split, _VOC_SPLITS[str(year)])
-        tv_root, voc = _voc_dirs(name, root, year, ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"))
-        _voc_split_file(name, voc, "Segmentation", split, year)
-        tv = torchvision.datasets.VOCSegmentation(str(tv_root), year=year, image_set=split)
-        n = len(tv.images) if num <= 0 else min(num, len(tv.images))
-        self.images, self.masks, self.size = tv.images[:n], tv.masks[:n], image_size
-        self.ids = [Path(i).stem for i in self.images]
-        missing = [p for p in (*self.images, *self.masks) if not os.path.isfile(p)]
+    def __init__(self, name: str, split: str, images: list[str], masks: list[str], image_size: int) -> None:
+        self.images, self.masks, self.size = images, masks, image_size
+        self.ids, self.classes = [Path(i).stem for i in images], list(CLASSES)
+        missing = [p for p in (*images, *masks) if not os.path.isfile(p)]
         if missing:
             raise UserError(f"{name}: {len(missing)} file(s) of {split}.txt missing, e.g. {missing[0]}")
+
+    def _mask(self, i: int) -> Image.Image | None:
+        raise NotImplementedError
 
     def __len__(self) -> int:
         return len(self.images)
@@ -829,17 +827,39 @@ class VOCSegmentationItems(Dataset):
         except _UNREADABLE as exc:
             warn_corrupt(self.images[i], exc)
             return None
+        mask = self._mask(i)
+        if mask is None:
+            return None
+        if mask.size != img.size:
+            raise UserError(f"mask {self.masks[i]} is {mask.size[0]}x{mask.size[1]}, its image "
+                            f"{img.size[0]}x{img.size[1]}")
+        if self.size > 0:
+            img, mask = _square(img, self.size), _square(mask, self.size, Image.Resampling.NEAREST)
+        return _to_tensor(img), torch.from_numpy(np.array(mask, np.int64))
+
+
+class VOCSegmentationItems(SegmentationPairs):
+    """VOC SegmentationClass pairs; file lists from torchvision's VOCSegmentation."""
+
+    def __init__(self, root: str | None, year: str, split: str, image_size: int, num: int = 0) -> None:
+        name = f"voc{year} segmentation"
+        _check_split(name, split, _VOC_SPLITS[str(year)])
+        tv_root, voc = _voc_dirs(name, root, year, ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"))
+        _voc_split_file(name, voc, "Segmentation", split, year)
+        tv = torchvision.datasets.VOCSegmentation(str(tv_root), year=year, image_set=split)
+        n = len(tv.images) if num <= 0 else min(num, len(tv.images))
+        super().__init__(name, split, tv.images[:n], tv.masks[:n], image_size)
+
+    def _mask(self, i: int) -> Image.Image | None:
         try:
             with Image.open(self.masks[i]) as m:
                 if m.mode not in ("P", "L"):
                     raise ValueError(f"mask mode {m.mode}, expected a palette (P) or grey (L) PNG of class indices")
                 m.load()
-                mask = m.copy()
+                return m.copy()
         except _UNREADABLE as exc:
             warn_corrupt(self.masks[i], exc)
             return None
-        img, mask = _square(img, self.size), _square(mask, self.size, Image.Resampling.NEAREST)
-        return _to_tensor(img), torch.from_numpy(np.array(mask, np.int64))
 
 
 def voc_segmentation(root: str | None, year: str, split: str, image_size: int, num: int = 0) -> Dataset:
@@ -884,9 +904,9 @@ def read_sbd_mask(path: str) -> np.ndarray:
     return seg.astype(np.uint8)
 
 
-class SBDSegmentationItems(Dataset):
-    """(uint8 image [3,S,S], int64 mask [S,S]) pairs of SBD, as VOCSegmentationItems; `exclude` drops ids
-    (VOC2012 val, for the train_aug set). File lists come from torchvision's SBDataset."""
+class SBDSegmentationItems(SegmentationPairs):
+    """SBD pairs (cls/<id>.mat class maps); `exclude` drops ids (VOC2012 val, for the train_aug set). File
+    lists come from torchvision's SBDataset."""
 
     def __init__(self, root: str | None, split: str, image_size: int, num: int = 0,
                  exclude: Iterable[str] = ()) -> None:
@@ -899,28 +919,10 @@ class SBDSegmentationItems(Dataset):
         drop = set(exclude)
         pairs = [(i, m) for i, m in zip(tv.images, tv.masks) if Path(i).stem not in drop]
         pairs = pairs if num <= 0 else pairs[:num]
-        self.images, self.masks = [i for i, _ in pairs], [m for _, m in pairs]
-        self.ids, self.size, self.classes = [Path(i).stem for i in self.images], image_size, list(CLASSES)
-        missing = [p for p in (*self.images, *self.masks) if not os.path.isfile(p)]
-        if missing:
-            raise UserError(f"sbd: {len(missing)} file(s) of {split}.txt missing, e.g. {missing[0]}")
+        super().__init__("sbd", split, [i for i, _ in pairs], [m for _, m in pairs], image_size)
 
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor] | None:
-        try:
-            img = _open_rgb(self.images[i])
-        except _UNREADABLE as exc:
-            warn_corrupt(self.images[i], exc)
-            return None
-        mask = Image.fromarray(read_sbd_mask(self.masks[i]))
-        if mask.size != img.size:
-            raise UserError(f"SBD mask {self.masks[i]} is {mask.size[0]}x{mask.size[1]}, its image "
-                            f"{img.size[0]}x{img.size[1]}")
-        if self.size > 0:
-            img, mask = _square(img, self.size), _square(mask, self.size, Image.Resampling.NEAREST)
-        return _to_tensor(img), torch.from_numpy(np.array(mask, np.int64))
+    def _mask(self, i: int) -> Image.Image:
+        return Image.fromarray(read_sbd_mask(self.masks[i]))
 
 
 def sbd_segmentation(root: str | None, split: str, image_size: int, num: int = 0,
