@@ -2,8 +2,8 @@
 
 A table file (tables/<name>.toml) holds the paper's rows verbatim (cells as the seed's text, with bold /
 underline marks) and, per column, the sslbench metric key that fills it. sslbench rows are built from the
-store: one per (method + variant, backbone, data set, scale), latest value per column, "—" where nothing
-was measured. Renderers: rich, markdown, LaTeX, CSV, JSON, HTML.
+store: one per (method + variant, backbone, scale, embedded or real data; a method's VOC2007 and VOC2012 columns share
+a row), latest value per column, "—" where nothing was measured. Renderers: rich, markdown, LaTeX, CSV, JSON, HTML.
 """
 
 from __future__ import annotations
@@ -146,38 +146,49 @@ def sslbench_rows(table: Table, store: ResultStore | None) -> list[Row]:
     keys = {c.fills_from for c in table.columns if c.fills_from}
     if store is None or not keys - {"pretrain/time"}:
         return []
-    groups: dict[tuple[str, str, str, str, str], dict[str, ResultRow]] = {}
+    # one row per (method + variant, backbone, scale, embedded or real data): a method's VOC2007 columns and
+    # its VOC2012 segmentation column share a row; the label lists the data sets it was measured on
+    groups: dict[tuple[str, str, str, str, bool], dict[str, ResultRow]] = {}
     for r in store.results():
         if r.metric in keys:  # (pretrain/time is not a result row: it is added per group below)
-            key = (r.prov.method, r.prov.variant, r.prov.backbone, r.prov.dataset, r.prov.scale)
+            key = (r.prov.method, r.prov.variant, r.prov.backbone, r.prov.scale, r.prov.dataset.startswith("embedded"))
             groups.setdefault(key, {})[r.metric] = r  # rows come in id order: the latest wins
     pretrain_time = {r.run_id: r.wall_time for r in store.pretrain_runs()} if "pretrain/time" in keys else {}
     out = []
-    for (method, variant, backbone, dataset, scale), found in groups.items():
+    for (method, variant, backbone, scale, _), found in groups.items():
         run = next((r for r in found.values() if r.prov.pretrain_run in pretrain_time), None)
         if run is not None:  # the pretraining's wall time fills a "Pretraining time" column
             found["pretrain/time"] = ResultRow("pretrain", "pretrain/time", pretrain_time[run.prov.pretrain_run],
                                                0.0, run.created_at, run.prov)
         cells, marks = [], []
-        paper_row = _paper_row(table, method) if dataset == table.paper_dataset and dataset else None
+        paper_row = _paper_row(table, method) if table.paper_dataset else None
         for i, c in enumerate(table.columns):
             r = found.get(c.fills_from)
             if r is None:
                 cells.append(DASH)
             else:
                 text = fmt_value(r.value, c)
-                ref = number(paper_row.cells[i]) if paper_row else None
+                ref = number(paper_row.cells[i]) if paper_row and r.prov.dataset == table.paper_dataset else None
                 cells.append(text + (f" (Δ {r.value - ref:+.1f})" if ref is not None else ""))
             marks.append("")
         name = METHOD_NAMES.get(method, method) + (f" ({variant})" if variant else "")
         runs = sorted({(r.prov.run_id, r.created_at[:10]) for r in found.values()})
-        where = (f"the embedded synthetic data{' in ' + dataset.split(':')[1] + ' layout' if ':' in dataset else ''}"
+        dataset = _datasets_label(sorted({r.prov.dataset for r in found.values() if r.metric != "pretrain/time"}))
+        layouts = dataset.split(":")[1] if ":" in dataset else ""
+        where = (f"the embedded synthetic data{' in ' + layouts + ' layout' if layouts else ''}"
                  " (not the paper's data set)" if dataset.startswith("embedded") else dataset)
         note = (f"{name} [{backbone}, {dataset}, {scale}]: measured by sslbench on {where}, scale {scale}; "
                 f"runs {', '.join(f'{rid} ({day})' for rid, day in runs)}")
         out.append(Row(f"sslbench: {name} [{backbone}, {dataset}, {scale}]", tuple(cells), tuple(marks),
                        method=method, source="sslbench", note=note))
     return sorted(out, key=lambda r: (r.method == "random", r.label))
+
+
+def _datasets_label(datasets: list[str]) -> str:
+    """'embedded:voc2007' + 'embedded:voc2012' -> 'embedded:voc2007+voc2012'; real ones joined with '+'."""
+    if datasets and all(d.startswith("embedded:") for d in datasets):
+        return "embedded:" + "+".join(d.split(":", 1)[1] for d in datasets)
+    return "+".join(datasets)
 
 
 def _paper_row(table: Table, method: str) -> Row | None:

@@ -155,3 +155,19 @@ def test_pretraining_time_column_comes_from_the_pretrain_run(tmp_path: Path) -> 
     (row,) = report.sslbench_rows(t, store)
     flat = dict(zip([c.fills_from for c in t.columns], row.cells))
     assert flat["pretrain/time"] == "1.5 h" and flat["voc-det/mAP"] == "12.00" and flat["voc-seg/mIoU"] == report.DASH
+
+
+@pytest.mark.parametrize("where", ["embedded:", ""])
+def test_one_row_per_method_across_voc2007_and_voc2012(tmp_path: Path, where: str) -> None:
+    store = ResultStore(tmp_path / "results.sqlite")
+    for protocol, metric, value, dataset in (("voc-det", "voc-det/mAP", 40.0, "voc2007"),
+                                             ("voc-seg", "voc-seg/mIoU", 30.0, "voc2012")):
+        prov = Provenance(f"eval-{protocol}-1", "jigsaw", "", "alexnet", where + dataset, where + dataset, "mini",
+                          "checkpoint", 0, "v", "c.pt", "jigsaw-1", "{}")
+        store.add_results(protocol, {metric: value}, prov, 1.0)
+    t = report.load_table("jigsaw")  # paper_dataset voc2007: only the detection cell gets a Δ on real data
+    (row,) = report.sslbench_rows(t, store)
+    flat = dict(zip([c.fills_from for c in t.columns], row.cells))
+    assert f"{where}voc2007+voc2012" in row.label
+    assert flat["voc-seg/mIoU"] == "30.00"
+    assert flat["voc-det/mAP"] == ("40.00" if where else "40.00 (Δ -13.2)")  # paper Ours: 53.2
