@@ -30,7 +30,7 @@ from sslbench.errors import UserError
 from sslbench.progress import console, progress_bar
 from sslbench.registry import TASKS
 from sslbench.runtime import (
-    Dist, atomic_torch_save, code_version, init_distributed, resolve_device, rng_state, seed_everything,
+    Dist, atomic_torch_save, close_distributed, code_version, init_distributed, resolve_device, rng_state, seed_everything,
     set_rng_state, step_generator, write_json,
 )
 
@@ -309,6 +309,14 @@ def pretrain(
     """Pretrain `recipe` into runs/<task>-<timestamp>/ (or continue the latest unfinished run)."""
     dev_type = "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"
     ddp = init_distributed(dev_type)
+    try:
+        return _pretrain(recipe, runs, device, resume, progress, argv, stop_at, ddp)
+    finally:
+        close_distributed(ddp)
+
+
+def _pretrain(recipe: Recipe, runs: Path, device: str, resume: bool, progress: bool, argv: list[str] | None,
+              stop_at: int | None, ddp: Dist) -> PretrainOutcome:
     dev = resolve_device(device, ddp)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)

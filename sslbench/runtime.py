@@ -24,6 +24,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    owned: bool = False  # this process created the process group, so it tears it down (close_distributed)
 
     @property
     def is_main(self) -> bool:
@@ -39,9 +40,17 @@ def init_distributed(device_type: str) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist()
-    if not dist.is_initialized():
+    owned = not dist.is_initialized()
+    if owned:
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owned)
+
+
+def close_distributed(ddp: Dist) -> None:
+    """Destroy the process group init_distributed created. Left to interpreter exit, gloo's threads can be
+    torn down mid-use and abort the process ("terminate called without an active exception")."""
+    if ddp.owned and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def resolve_device(name: str, ddp: Dist | None = None) -> torch.device:
