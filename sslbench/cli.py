@@ -27,9 +27,6 @@ SeedOpt = typer.Option(None, "--seed", help="Override the recipe's seed.")
 RunsOpt = typer.Option(Path("runs"), "--runs", help="Directory of run folders and results.sqlite.")
 
 
-AUXILIARY_DATASETS = ("sbd",)  # added to a protocol's main data set (voc-seg: VOC2012 train + SBD)
-
-
 def _data(items: Optional[list[str]]) -> dict[str, str] | None:
     if not items:
         return None
@@ -43,10 +40,7 @@ def _data(items: Optional[list[str]]) -> dict[str, str] | None:
         load_all()
         DATASETS.entry(name)  # unknown names fail here with the valid ones
         out[name] = path
-    main = [n for n in out if n not in AUXILIARY_DATASETS]
-    if len(main) > 1:
-        raise UserError(f"--data takes one data set per run (plus {', '.join(AUXILIARY_DATASETS)}), found {', '.join(main)}")
-    return out
+    return out  # how many a run takes is the recipe's rule (config.load_recipe): one main set + its options
 
 
 @app.command()

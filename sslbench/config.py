@@ -24,7 +24,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from sslbench.errors import UserError
-from sslbench.registry import BACKBONES, PROTOCOLS, TASKS, unknown_name_message
+from sslbench.registry import BACKBONES, DATASETS, PROTOCOLS, TASKS, unknown_name_message
 
 SCALES = ("mini", "paper")
 
@@ -288,6 +288,11 @@ def recipe_from_dict(
         raise UserError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(allowed))}")
     registry = TASKS if kind == "pretrain" else PROTOCOLS
     extra_sets = {f.name for f in dataclasses.fields(registry.entry(name).config)}
+    main = [dataset for dataset in (data or {}) if dataset not in extra_sets]
+    if len(main) > 1:
+        options = sorted(extra_sets & set(DATASETS.names()))
+        plus = f" (plus {', '.join(options)}, which {name} adds to it)" if options else ""
+        raise UserError(f"--data takes one data set per run{plus}, found {', '.join(main)}; pass one of them")
     for dataset, root in (data or {}).items():
         if dataset in extra_sets:  # a data set the method adds to its main one (voc-seg's sbd) is its option
             raw.setdefault(section, {})[dataset] = root

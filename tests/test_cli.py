@@ -91,7 +91,7 @@ def test_unknown_option_is_a_usage_error_not_a_traceback() -> None:
 def test_one_main_data_set_plus_sbd(tmp_path: Path) -> None:
     line = _error_line(run("eval", "--protocol", "voc-seg", "--checkpoint", "random", "--data", "voc2012=a",
                            "--data", "voc2007=b", "--runs", str(tmp_path)))
-    assert "one data set per run" in line and "voc2012, voc2007" in line
+    assert "one data set per run (plus sbd, which voc-seg adds to it)" in line and "voc2012, voc2007" in line
     line = _error_line(run("eval", "--protocol", "voc-seg", "--checkpoint", "random", "--data", f"sbd={tmp_path / 'no'}",
                            "--runs", str(tmp_path / "runs")))
     assert "sbd:" in line and "not a directory" in line and "sslbench data synth --format sbd" in line

@@ -83,6 +83,9 @@ def test_cut_patches_matches_slicing() -> None:
         for k in range(9):
             y, x = int(ys[n, k]), int(xs[n, k])
             assert torch.equal(out[9 * n + k], images[n, :, y : y + 7, x : x + 7])
+    channel = torch.randint(0, 3, (27,))
+    one = cut_patches(images, ys, xs, 7, channel=channel)
+    assert one.shape == (27, 1, 7, 7) and torch.equal(one[:, 0], out[torch.arange(27), channel])
 
 
 @pytest.mark.parametrize("gap,jitter", [(48, 7), (4, 2), (2, 1), (0, 0)])
@@ -115,7 +118,9 @@ def test_projection_removes_the_green_magenta_component() -> None:
 def test_color_dropping_keeps_exactly_one_channel() -> None:
     x = torch.rand(6, 3, 8, 8)
     keep = torch.tensor([0, 1, 2, 2, 1, 0])
-    out = drop_colors(x, keep, 0.01, torch.Generator().manual_seed(0))
+    kept = cut_patches(x, torch.zeros(6, 1, dtype=torch.long), torch.zeros(6, 1, dtype=torch.long), 8, channel=keep)
+    assert kept.shape == (6, 1, 8, 8)
+    out = drop_colors(kept, keep, 0.01, torch.Generator().manual_seed(0))
     for i, c in enumerate(keep.tolist()):
         assert torch.equal(out[i, c], x[i, c])
         for other in {0, 1, 2} - {c}:

@@ -100,12 +100,17 @@ def grid_positions(
     return ys, xs
 
 
-def cut_patches(images: Tensor, ys: Tensor, xs: Tensor, patch: int) -> Tensor:
-    """images [N,C,H,W], corners [N,K] -> patches [N*K,C,P,P]; patch n*K + k is image n's k-th."""
+def cut_patches(images: Tensor, ys: Tensor, xs: Tensor, patch: int, channel: Tensor | None = None) -> Tensor:
+    """images [N,C,H,W], corners [N,K] -> patches [N*K,C,P,P]; patch n*K + k is image n's k-th.
+
+    With `channel` ([N*K] indices) only that channel of each patch is cut: [N*K,1,P,P].
+    """
     n, k = ys.shape
     windows = images.unfold(2, patch, 1).unfold(3, patch, 1)  # [N,C,H-P+1,W-P+1,P,P], a view: no copy
     image = torch.arange(n).repeat_interleave(k)
-    return windows[image, :, ys.flatten(), xs.flatten()]  # one gather of whole windows
+    if channel is None:
+        return windows[image, :, ys.flatten(), xs.flatten()]  # one gather of whole windows
+    return windows[image, channel, ys.flatten(), xs.flatten()][:, None]
 
 
 def downsample_sides(n: int, patch: int, smallest: int, prob: float, generator: torch.Generator) -> Tensor:
@@ -139,15 +144,15 @@ def project_out_green_magenta(patches: Tensor) -> Tensor:
     return (a @ patches.flatten(2)).view_as(patches)  # [3,3] @ [M,3,HW]: one batched matrix product
 
 
-def drop_colors(patches: Tensor, keep: Tensor, noise_ratio: float, generator: torch.Generator) -> Tensor:
-    """[M,3,H,W], keep [M] -> channel keep[i] kept, the others Gaussian noise of noise_ratio x its std."""
-    m, rows = patches.shape[0], torch.arange(patches.shape[0])
-    kept = patches[rows, keep]  # [M,H,W]
+def drop_colors(kept: Tensor, keep: Tensor, noise_ratio: float, generator: torch.Generator) -> Tensor:
+    """Kept channels [M,1,H,W], keep [M] -> [M,3,H,W]: channel keep[i] is kept[i], the two others Gaussian
+    noise of noise_ratio x its std. The dropped channels are never read, so they need not be cut."""
+    m, rows = kept.shape[0], torch.arange(kept.shape[0])
     std = kept.flatten(1).std(1).clamp_min(1e-6).view(m, 1, 1, 1)
     dropped = (keep[:, None] + torch.tensor([1, 2])) % 3  # [M,2]: the two other channels
-    out = torch.empty_like(patches)
-    out[rows, keep] = kept
-    out[rows[:, None], dropped] = torch.randn((m, 2, *patches.shape[2:]), generator=generator) * (noise_ratio * std)
+    out = torch.empty((m, 3, *kept.shape[2:]), dtype=kept.dtype)
+    out[rows, keep] = kept[:, 0]
+    out[rows[:, None], dropped] = torch.randn((m, 2, *kept.shape[2:]), generator=generator).mul_(noise_ratio * std)
     return out
 
 
@@ -195,14 +200,16 @@ class ContextPrediction(PretextTask):
         """uint8 [N,3,H,W] -> patches [9N,3,P,P], pair indices first/second [K*N] into them, labels [K*N]."""
         cfg, n = self.cfg, images.shape[0]
         ys, xs = grid_positions(n, images.shape[2], images.shape[3], self.patch, cfg.gap, cfg.jitter, generator)
-        patches = cut_patches(images, ys, xs, self.patch).float()  # [9N,3,P,P]; 0..255, every step below is scale-free
-        sides = downsample_sides(patches.shape[0], self.patch, cfg.downsample_min, cfg.downsample_prob, generator)
-        patches = downsample(patches, sides)
-        if cfg.aberration == "projection":
-            patches = project_out_green_magenta(patches)
-        elif cfg.aberration == "color-dropping":
-            keep = torch.randint(0, 3, (patches.shape[0],), generator=generator)
-            patches = drop_colors(patches, keep, cfg.noise_ratio, generator)
+        m = n * GRID * GRID
+        sides = downsample_sides(m, self.patch, cfg.downsample_min, cfg.downsample_prob, generator)
+        if cfg.aberration == "color-dropping":  # only the kept channel is cut and resized: a third of the work
+            keep = torch.randint(0, 3, (m,), generator=generator)
+            kept = downsample(cut_patches(images, ys, xs, self.patch, channel=keep).float(), sides)
+            patches = drop_colors(kept, keep, cfg.noise_ratio, generator)
+        else:  # float 0..255: every step below is scale-free
+            patches = downsample(cut_patches(images, ys, xs, self.patch).float(), sides)  # [9N,3,P,P]
+            if cfg.aberration == "projection":
+                patches = project_out_green_magenta(patches)
         first, second, labels = self.pairs
         base = (torch.arange(n) * GRID * GRID)[:, None]  # image i's cells start at row 9i
         return {
