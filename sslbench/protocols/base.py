@@ -116,11 +116,17 @@ RESCALE_IMAGES = 32  # images of the protocol's training split the rescaling sta
 
 def rescaled(trunk: Trunk, recipe: Recipe) -> Trunk:
     """The trunk after data-dependent rescaling on the protocol's own training images."""
+    import torchvision.transforms.v2.functional as TF
+
     from sslbench.data.build import build_dataset, collate_skip_corrupt
     from sslbench.rescale import rescale
 
     ds = build_dataset(recipe.data, recipe.data.train_split, RESCALE_IMAGES)
     images, _ = collate_skip_corrupt([ds[i] for i in range(min(len(ds), RESCALE_IMAGES))])
+    # The trunk runs up to fc6/fc7, whose input size is fixed by the backbone's side: the protocol's images
+    # (VOC at their loaded size, 128 px at mini) are resized and centre-cropped to it, as the paper fed crops.
+    side = trunk.backbone.cfg.image_size
+    images = TF.center_crop(TF.resize(images, [side], antialias=True), [side, side])
     rescale(trunk.backbone, trunk.prepare(images), tuple(trunk.backbone.feature_info))
     if trunk.method == "random":
         return dataclasses.replace(trunk, method="random-rescaled")
