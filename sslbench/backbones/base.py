@@ -55,9 +55,11 @@ def build_backbone(name: str, cfg: Any) -> Backbone:
 
 
 def backbone_label(name: str, cfg: Any) -> str:
-    """Short human label used in tables: e.g. 'alexnet-bn', 'nin-4blocks'."""
+    """Short human label used in tables: e.g. 'alexnet-bn', 'nin-4blocks', 'alexnet-bn-gray' (1-channel input:
+    a gray trunk and an RGB one of the same shape are different rows)."""
     cls = BACKBONES.get(name)
-    return cls.label(cfg) if hasattr(cls, "label") else name
+    label = cls.label(cfg) if hasattr(cls, "label") else name
+    return label + ("-gray" if getattr(cfg, "in_channels", 3) == 1 else "")
 
 
 def conv_out(size: int, kernel: int, stride: int, pad: int) -> int:
