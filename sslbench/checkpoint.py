@@ -29,41 +29,77 @@ class Trunk:
     reinitialised: tuple[str, ...] = ()  # weights re-initialised because the trunk was rebuilt at another size
 
 
+def at_protocol_size(trained: Named, protocol: Named) -> Named:
+    """The trained backbone's config at the input size the protocol's recipe declares for this backbone
+    (unchanged when the names differ or a size is missing)."""
+    size_old = getattr(trained.cfg, "image_size", None)
+    size_new = getattr(protocol.cfg, "image_size", None)
+    if trained.name != protocol.name or size_old is None or size_new is None or size_old == size_new:
+        return trained
+    return Named(trained.name, dataclasses.replace(trained.cfg, image_size=size_new))
+
+
 def resize_trunk(backbone: Backbone, trained: Named, protocol: Named) -> tuple[Backbone, tuple[str, ...]]:
     """A trunk pretrained at another input size (a Jigsaw tile tower, a Context patch net) rebuilt at the size
     the protocol's recipe declares for this backbone; convolutions carry over, a weight whose shape depends on
     the size (fc6, after pool5) is re-initialised, as the papers did when transferring such trunks."""
-    size_old = getattr(trained.cfg, "image_size", None)
-    size_new = getattr(protocol.cfg, "image_size", None)
-    if trained.name != protocol.name or size_old is None or size_new is None or size_old == size_new:
+    target = at_protocol_size(trained, protocol)
+    if target is trained:
         return backbone, ()
-    resized = build_backbone(trained.name, dataclasses.replace(trained.cfg, image_size=size_new))
+    resized = build_backbone(target.name, target.cfg)
     own, old = resized.state_dict(), backbone.state_dict()
     keep = {k: v for k, v in old.items() if k in own and own[k].shape == v.shape}
     resized.load_state_dict(keep, strict=False)
     return resized, tuple(sorted(set(own) - set(keep)))
 
 
+RANDOM_LIKE = "random:"  # --checkpoint random:CKPT = random init of CKPT's architecture
+
+
 def load_trunk(checkpoint: str, fallback: Named, taps: Sequence[str]) -> Trunk:
-    """'random' -> `fallback` freshly initialised; a path -> the backbone its checkpoint describes."""
+    """'random' -> `fallback` freshly initialised; 'random:CKPT' -> CKPT's architecture (as transferred: at
+    the protocol's size, with its input transform) freshly initialised, the like-for-like baseline of a trunk
+    whose shape differs from the protocol's; a path -> the backbone its checkpoint describes."""
     if checkpoint == "random":
         backbone = build_backbone(fallback.name, fallback.cfg)
         trunk = Trunk(backbone, "random", "", backbone_label(fallback.name, fallback.cfg), "", "", "random",
                       trunk_input(None, backbone))
+    elif checkpoint.startswith(RANDOM_LIKE):
+        trunk = _random_like(Path(checkpoint[len(RANDOM_LIKE):]), fallback, checkpoint)
     else:
         trunk = _from_file(Path(checkpoint), fallback)
     _require_taps(trunk, taps)
     return trunk
 
 
-def _from_file(path: Path, fallback: Named) -> Trunk:
+def _read(path: Path) -> Any:
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}; pass a runs/<task>-*/checkpoint.pt or 'random'")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises many types for a damaged file
         raise UserError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
-    if isinstance(state, dict) and state.get("format", "").startswith("sslbench-pretrain"):
+
+
+def _is_pretrain(state: Any) -> bool:
+    return isinstance(state, dict) and state.get("format", "").startswith("sslbench-pretrain")
+
+
+def _random_like(path: Path, fallback: Named, checkpoint: str) -> Trunk:
+    state = _read(path)
+    if not _is_pretrain(state):
+        raise UserError(f"{checkpoint}: {path} is not an sslbench pretraining checkpoint, so its architecture is "
+                        "unknown; use 'random' (the protocol recipe's backbone) or set --set backbone.*")
+    recipe = recipe_from_json(state["recipe"])
+    target = at_protocol_size(recipe.backbone, fallback)
+    backbone = build_backbone(target.name, target.cfg)
+    return Trunk(backbone, "random", f"{state['task']} trunk", backbone_label(target.name, target.cfg), "", "",
+                 checkpoint, trunk_input(state["task"], backbone))
+
+
+def _from_file(path: Path, fallback: Named) -> Trunk:
+    state = _read(path)
+    if _is_pretrain(state):
         recipe = recipe_from_json(state["recipe"])
         backbone = build_backbone(recipe.backbone.name, recipe.backbone.cfg)
         load_state_strict(backbone, state["backbone_state"], path)

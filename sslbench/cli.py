@@ -69,7 +69,7 @@ def pretrain(
 @app.command("eval")
 def eval_(
     protocol: str = typer.Option(..., "--protocol", help="Transfer protocol (sslbench list protocols)."),
-    checkpoint: str = typer.Option(..., "--checkpoint", help="runs/<task>-*/checkpoint.pt, a state dict, or 'random'."),
+    checkpoint: str = typer.Option(..., "--checkpoint", help="runs/<task>-*/checkpoint.pt, a state dict, 'random' (the recipe's backbone), or random:CKPT (CKPT's architecture, freshly initialised)."),
     scale: str = ScaleOpt, recipe: str = RecipeOpt, data: Optional[list[str]] = DataOpt,
     set_: Optional[list[str]] = SetOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
     runs: Path = RunsOpt, quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),

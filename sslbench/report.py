@@ -205,7 +205,9 @@ def missing_tasks(table: Table) -> list[str]:
     from sslbench.registry import TASKS, load_all
 
     load_all()
-    needed = dict.fromkeys(r["task"] for r in table.reproduce.get("runs", []) if r["task"] != "random")
+    runs = table.reproduce.get("runs", [])
+    needed = dict.fromkeys(r.get("like", "") if r["task"] == "random" else r["task"] for r in runs)
+    needed.pop("", None)
     return [f"pretext task {t!r} (not built yet)" for t in needed if t not in TASKS]
 
 

@@ -1,7 +1,9 @@
 """`sslbench reproduce TABLE`: every pretraining and evaluation a table's sslbench rows need, then the table.
 
 A table file's [reproduce] section lists runs: a pretext task (with its recipe flavour) or "random", and
-the protocols evaluated on it. Finished work is reused from the results store unless --force: a
+the protocols evaluated on it; `random` with `like = "TASK"` is random init of that task's trunk as it is
+transferred (`--checkpoint random:CKPT`), the like-for-like baseline of a trunk whose shape differs from
+the protocol recipe's backbone (a Context patch net at conv1 stride 1, a gray Damaged-Jigsaw tower). Finished work is reused from the results store unless --force: a
 pretraining by the key of its resolved recipe, an evaluation by its recipe key and the pretraining it
 read. A task or protocol that does not exist yet is reported and skipped, its columns stay "—".
 """
@@ -67,53 +69,50 @@ class RunSpec:
     overrides: tuple[str, ...]
     init: str  # "default" or "rescale" (Kraehenbuehl et al.), applied before every protocol
     evals: tuple[EvalSpec, ...]
+    like: str = ""  # random only: initialise this pretext task's trunk (its default recipe) instead
 
 
 def plan(names: list[str]) -> list[RunSpec]:
     """The union of the [reproduce] runs of the tables, in order, duplicates merged."""
-    merged: dict[tuple[str, str, tuple[str, ...], str], list[EvalSpec]] = {}
+    merged: dict[tuple[str, str, tuple[str, ...], str, str], list[EvalSpec]] = {}
     for name in names:
         for raw in load_table(name).reproduce.get("runs", []):
-            key = (raw["task"], raw.get("flavour", ""), tuple(raw.get("set", ())), raw.get("init", "default"))
+            key = (raw["task"], raw.get("flavour", ""), tuple(raw.get("set", ())), raw.get("init", "default"),
+                   raw.get("like", ""))
             evals = merged.setdefault(key, [])
             for e in raw.get("protocols", []):
                 spec = EvalSpec.parse(e)
                 if spec not in evals:
                     evals.append(spec)
-    return [RunSpec(t, f, o, i, tuple(e)) for (t, f, o, i), e in merged.items()]
+    return [RunSpec(t, f, o, i, tuple(e), like) for (t, f, o, i, like), e in merged.items()]
 
 
 def reproduce(name: str, opts: Options) -> tuple[list[str], Summary]:
-    from sslbench.engine import pretrain
+    from sslbench.checkpoint import RANDOM_LIKE
     from sslbench.protocols.base import evaluate
 
     load_all()
     names = resolve(name)
-    summary = Summary()
+    summary, fresh = Summary(), {}
     start = time.time()
     store = default_store(opts.runs)
     for spec in plan(names):
         checkpoint = "random"
-        if spec.task != "random":
-            if spec.task not in TASKS:
-                summary.missing.append(f"task {spec.task!r} (not built yet)")
+        if spec.task != "random" or spec.like:
+            task, flavour, overrides = (spec.like, "", ()) if spec.task == "random" else (spec.task, spec.flavour, spec.overrides)
+            if task not in TASKS:
+                summary.missing.append(f"task {task!r} (not built yet)")
                 continue
-            recipe = load_recipe("pretrain", spec.task, opts.scale, spec.overrides, opts.data, opts.seed, flavour=spec.flavour)
-            key = recipe_key(recipe)
-            done = [r for r in store.pretrain_runs(key) if Path(r.checkpoint).is_file()]
-            if done and not opts.force:
-                checkpoint = done[-1].checkpoint
-                summary.reused.append(f"pretrain {spec.task} ({done[-1].run_id})")
-            else:
-                outcome = pretrain(recipe, opts.runs, opts.device, progress=opts.progress, argv=opts.argv)
-                checkpoint = str(outcome.checkpoint)
-                summary.ran.append(f"pretrain {spec.task} ({outcome.run_dir.name}, {outcome.wall_time:.0f} s)")
+            checkpoint = _pretrained(task, flavour, overrides, opts, store, summary, fresh)
+            if spec.task == "random":
+                checkpoint = RANDOM_LIKE + checkpoint
+        subject = f"random ({spec.like} trunk)" if spec.like else spec.task
         for ev in spec.evals:
             if ev.protocol not in PROTOCOLS:
-                summary.missing.append(f"{ev.describe()} on {spec.task} (protocol {ev.protocol!r} not built yet)")
+                summary.missing.append(f"{ev.describe()} on {subject} (protocol {ev.protocol!r} not built yet)")
                 continue
             recipe = load_recipe("protocol", ev.protocol, opts.scale, ev.overrides, None, opts.seed, flavour=ev.flavour)
-            what = f"{ev.describe()} on {spec.task}" + (" (rescaled)" if spec.init == "rescale" else "")
+            what = f"{ev.describe()} on {subject}" + (" (rescaled)" if spec.init == "rescale" else "")
             if not opts.force and _evaluated(store, ev.protocol, recipe_key(recipe), checkpoint, spec.init):
                 summary.reused.append(what)
                 continue
@@ -121,6 +120,28 @@ def reproduce(name: str, opts: Options) -> tuple[list[str], Summary]:
             summary.ran.append(f"{what} ({outcome.run_dir.name}, {outcome.wall_time:.0f} s)")
     summary.seconds = time.time() - start
     return names, summary
+
+
+def _pretrained(
+    task: str, flavour: str, overrides: tuple[str, ...], opts: Options, store: Any, summary: Summary, fresh: dict[str, str]
+) -> str:
+    """The checkpoint of this pretraining: one this call already made (`fresh`, by recipe key), else the store's
+    latest with the same resolved recipe, else a new run."""
+    from sslbench.engine import pretrain
+
+    recipe = load_recipe("pretrain", task, opts.scale, list(overrides), opts.data, opts.seed, flavour=flavour)
+    key = recipe_key(recipe)
+    done = [r for r in store.pretrain_runs(key) if Path(r.checkpoint).is_file()]
+    if key in fresh:
+        summary.reused.append(f"pretrain {task} ({Path(fresh[key]).parent.name})")
+        return fresh[key]
+    if done and not opts.force:
+        summary.reused.append(f"pretrain {task} ({done[-1].run_id})")
+        return done[-1].checkpoint
+    outcome = pretrain(recipe, opts.runs, opts.device, progress=opts.progress, argv=opts.argv)
+    summary.ran.append(f"pretrain {task} ({outcome.run_dir.name}, {outcome.wall_time:.0f} s)")
+    fresh[key] = str(outcome.checkpoint)
+    return fresh[key]
 
 
 def _evaluated(store: Any, protocol: str, key: str, checkpoint: str, init: str) -> bool:

@@ -39,3 +39,37 @@ def test_reproduce_probe_tables_mini_rotnet_beats_random(tmp_path: Path) -> None
     assert "random-rescaled" in {r.method for r in report.sslbench_rows(report.load_table("rotations-linear"), store)}
     _, again = reproduce("rotations-linear", Options(runs=tmp_path, device="cpu", progress=False))
     assert again.ran == [] and len(again.reused) == 4
+
+
+def test_random_like_a_task_evaluates_that_tasks_trunk_freshly_initialised(tmp_path: Path, monkeypatch) -> None:
+    """`{task = "random", like = "context"}` reads the context run's checkpoint as `random:CKPT`, without
+    pretraining context a second time (also under --force, where nothing comes from the store)."""
+    import types
+
+    import sslbench.engine
+    import sslbench.protocols.base
+    import sslbench.reproduce as rp
+
+    runs = [{"task": "context", "protocols": ["voc-det"]}, {"task": "random", "protocols": ["voc-det"]},
+            {"task": "random", "like": "context", "protocols": ["voc-det"]}]
+    monkeypatch.setattr(rp, "resolve", lambda name: [name])
+    monkeypatch.setattr(rp, "load_table", lambda name: types.SimpleNamespace(reproduce={"runs": runs}))
+    trained, evaluated = [], []
+
+    def fake_pretrain(recipe, runs_dir, device, progress, argv):  # noqa: ANN001, ANN202
+        trained.append(recipe.name)
+        return types.SimpleNamespace(checkpoint=runs_dir / f"{recipe.name}-1" / "checkpoint.pt",
+                                     run_dir=runs_dir / f"{recipe.name}-1", wall_time=1.0)
+
+    def fake_evaluate(recipe, checkpoint, runs_dir, device, progress, argv, init):  # noqa: ANN001, ANN202
+        evaluated.append(checkpoint)
+        return types.SimpleNamespace(run_dir=runs_dir / "eval-1", wall_time=1.0)
+
+    monkeypatch.setattr(sslbench.engine, "pretrain", fake_pretrain)
+    monkeypatch.setattr(sslbench.protocols.base, "evaluate", fake_evaluate)
+    specs = plan(["fake"])
+    assert [(s.task, s.like) for s in specs] == [("context", ""), ("random", ""), ("random", "context")]
+    _, summary = reproduce("fake", Options(runs=tmp_path, device="cpu", progress=False, force=True))
+    ckpt = str(tmp_path / "context-1" / "checkpoint.pt")
+    assert trained == ["context"] and evaluated == [ckpt, "random", "random:" + ckpt]
+    assert any("voc-det on random (context trunk)" in line for line in summary.ran)
