@@ -17,7 +17,7 @@ from sslbench.config import build, load_recipe
 from sslbench.errors import UserError
 from sslbench.tasks.context import (
     NEIGHBOURS, ContextConfig, ContextPrediction, cut_patches, downsample, downsample_sides, drop_colors,
-    grid_positions, neighbour_pairs, normalize_patches, project_out_green_magenta,
+    grid_positions, neighbour_pairs, normalize_patches, project_out_green_magenta, row_std,
 )
 from tests.conftest import fit_losses
 
@@ -199,3 +199,8 @@ def test_every_trainable_parameter_gets_a_gradient() -> None:
     missing = [name for name, p in task.named_parameters() if p.requires_grad and p.grad is None]
     frozen = [name for name, p in task.named_parameters() if not p.requires_grad]
     assert not missing and frozen and all(name.startswith("backbone.fc7.") for name in frozen)
+
+
+def test_row_std_matches_torch_std() -> None:
+    x = torch.rand(7, 500, dtype=torch.float64) * 255
+    torch.testing.assert_close(row_std(x), x.std(1))
