@@ -129,11 +129,27 @@ def _print_tables(name: str, fmt: str, runs: Path, plot: Optional[Path]) -> None
             report.plot(t, store, plot)  # raises the one-line error for non-probe tables
 
 
+def _seeds(text: Optional[str], seed: Optional[int]) -> tuple[int, ...]:
+    if text is None:
+        return ()
+    if seed is not None:
+        raise UserError("--seed and --seeds both given; pass one (--seeds 0,1,2 runs each of them)")
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"--seeds expects comma-separated integers such as 0,1,2, found {text!r}") from None
+    if len(set(values)) != len(values):
+        raise UserError(f"--seeds lists a seed twice: {text!r}")
+    return values
+
+
 @app.command()
 def reproduce(
     name: str = typer.Argument(..., help="Table or group (sslbench list tables)."),
     scale: str = ScaleOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt, runs: Path = RunsOpt,
     data: Optional[list[str]] = DataOpt,
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds, e.g. 0,1,2: everything runs once "
+                                        "per seed and the tables print mean ± sd."),
     force: bool = typer.Option(False, "--force", help="Run everything again instead of reusing the store's results."),
     fmt: str = typer.Option("rich", "--format", help="Output format of the tables."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the probe tables to this PNG."),
@@ -145,7 +161,8 @@ def reproduce(
     """
     from sslbench.reproduce import Options, reproduce as run
 
-    names, summary = run(name, Options(scale, runs, device, seed, force, _data(data), not quiet, sys.argv))
+    seed_list = _seeds(seeds, seed)
+    names, summary = run(name, Options(scale, runs, device, seed, force, _data(data), not quiet, sys.argv, seed_list))
     _print_tables(name, fmt, runs, plot)
     for item in summary.ran:
         typer.echo(f"  ran     {item}", err=True)

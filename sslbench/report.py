@@ -13,6 +13,7 @@ import html
 import io
 import json
 import re
+import statistics
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,37 +149,47 @@ def sslbench_rows(table: Table, store: ResultStore | None) -> list[Row]:
         return []
     # one row per (method + variant, backbone, scale, embedded or real data): a method's VOC2007 columns and
     # its VOC2012 segmentation column share a row; the label lists the data sets it was measured on
-    groups: dict[tuple[str, str, str, str, bool], dict[str, ResultRow]] = {}
+    # Within a row, each metric keeps the latest result per seed; several seeds print as mean ± sd (n).
+    groups: dict[tuple[str, str, str, str, bool], dict[str, dict[int, ResultRow]]] = {}
     for r in store.results():
         if r.metric in keys:  # (pretrain/time is not a result row: it is added per group below)
             key = (r.prov.method, r.prov.variant, r.prov.backbone, r.prov.scale, r.prov.dataset.startswith("embedded"))
-            groups.setdefault(key, {})[r.metric] = r  # rows come in id order: the latest wins
+            groups.setdefault(key, {}).setdefault(r.metric, {})[r.prov.seed] = r  # id order: the latest wins
     pretrain_time = {r.run_id: r.wall_time for r in store.pretrain_runs()} if "pretrain/time" in keys else {}
     out = []
     for (method, variant, backbone, scale, _), found in groups.items():
-        run = next((r for r in found.values() if r.prov.pretrain_run in pretrain_time), None)
-        if run is not None:  # the pretraining's wall time fills a "Pretraining time" column
-            found["pretrain/time"] = ResultRow("pretrain", "pretrain/time", pretrain_time[run.prov.pretrain_run],
-                                               0.0, run.created_at, run.prov)
+        results = [r for per_seed in found.values() for r in per_seed.values()]
+        timed = {r.prov.pretrain_run: r for r in results if r.prov.pretrain_run in pretrain_time}
+        if timed:  # the pretraining's wall time fills a "Pretraining time" column (one per seed's pretraining)
+            found["pretrain/time"] = {i: ResultRow("pretrain", "pretrain/time", pretrain_time[run], 0.0, r.created_at, r.prov)
+                                      for i, (run, r) in enumerate(timed.items())}
         cells, marks = [], []
         paper_row = _paper_row(table, method) if table.paper_dataset else None
         for i, c in enumerate(table.columns):
-            r = found.get(c.fills_from)
-            if r is None:
+            per_seed = found.get(c.fills_from)
+            if not per_seed:
                 cells.append(DASH)
             else:
-                text = fmt_value(r.value, c)
-                ref = number(paper_row.cells[i]) if paper_row and r.prov.dataset == table.paper_dataset else None
-                cells.append(text + (f" (Δ {r.value - ref:+.1f})" if ref is not None else ""))
+                values = [r.value for r in per_seed.values()]
+                mean = statistics.fmean(values)
+                text = fmt_value(mean, c)
+                if len(values) > 1 and c.fills_from != "pretrain/time":
+                    text += f" ± {statistics.stdev(values):.2f} (n={len(values)})"
+                on_paper_data = all(r.prov.dataset == table.paper_dataset for r in per_seed.values())
+                ref = number(paper_row.cells[i]) if paper_row and on_paper_data else None
+                cells.append(text + (f" (Δ {mean - ref:+.1f})" if ref is not None else ""))
             marks.append("")
         name = METHOD_NAMES.get(method, method) + (f" ({variant})" if variant else "")
-        runs = sorted({(r.prov.run_id, r.created_at[:10]) for r in found.values()})
-        dataset = _datasets_label(sorted({r.prov.dataset for r in found.values() if r.metric != "pretrain/time"}))
+        runs = sorted({(r.prov.run_id, r.created_at[:10]) for r in results})
+        dataset = _datasets_label(sorted({r.prov.dataset for r in results}))
         layouts = dataset.split(":")[1] if ":" in dataset else ""
         where = (f"the embedded synthetic data{' in ' + layouts + ' layout' if layouts else ''}"
                  " (not the paper's data set)" if dataset.startswith("embedded") else dataset)
         note = (f"{name} [{backbone}, {dataset}, {scale}]: measured by sslbench on {where}, scale {scale}; "
                 f"runs {', '.join(f'{rid} ({day})' for rid, day in runs)}")
+        seeds = sorted({r.prov.seed for r in results})
+        if len(seeds) > 1:
+            note += f"; seeds {', '.join(map(str, seeds))} (cells: mean ± sample sd over the seeds measured)"
         out.append(Row(f"sslbench: {name} [{backbone}, {dataset}, {scale}]", tuple(cells), tuple(marks),
                        method=method, source="sslbench", note=note))
     return sorted(out, key=lambda r: (r.method == "random", r.label))

@@ -10,6 +10,7 @@ read. A task or protocol that does not exist yet is reported and skipped, its co
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ class Options:
     data: dict[str, str] | None = None  # --data for the pretraining runs
     progress: bool = True
     argv: list[str] | None = None
+    seeds: tuple[int, ...] = ()  # run the whole plan once per seed (overrides `seed`); tables print mean ± sd
 
 
 @dataclass
@@ -88,15 +90,23 @@ def plan(names: list[str]) -> list[RunSpec]:
 
 
 def reproduce(name: str, opts: Options) -> tuple[list[str], Summary]:
-    from sslbench.checkpoint import RANDOM_LIKE
-    from sslbench.protocols.base import evaluate
-
     load_all()
     names = resolve(name)
     summary, fresh = Summary(), {}
     start = time.time()
     store = default_store(opts.runs)
-    for spec in plan(names):
+    for seed in opts.seeds or (opts.seed,):
+        _run_plan(plan(names), dataclasses.replace(opts, seed=seed), store, summary, fresh)
+    summary.seconds = time.time() - start
+    return names, summary
+
+
+def _run_plan(specs: list[RunSpec], opts: Options, store: Any, summary: Summary, fresh: dict[str, str]) -> None:
+    from sslbench.checkpoint import RANDOM_LIKE
+    from sslbench.protocols.base import evaluate
+
+    seed = "" if opts.seed is None else f" [seed {opts.seed}]"
+    for spec in specs:
         checkpoint = "random"
         if spec.task != "random" or spec.like:
             task, flavour, overrides = (spec.like, "", ()) if spec.task == "random" else (spec.task, spec.flavour, spec.overrides)
@@ -112,14 +122,12 @@ def reproduce(name: str, opts: Options) -> tuple[list[str], Summary]:
                 summary.missing.append(f"{ev.describe()} on {subject} (protocol {ev.protocol!r} not built yet)")
                 continue
             recipe = load_recipe("protocol", ev.protocol, opts.scale, ev.overrides, None, opts.seed, flavour=ev.flavour)
-            what = f"{ev.describe()} on {subject}" + (" (rescaled)" if spec.init == "rescale" else "")
+            what = f"{ev.describe()} on {subject}" + (" (rescaled)" if spec.init == "rescale" else "") + seed
             if not opts.force and _evaluated(store, ev.protocol, recipe_key(recipe), checkpoint, spec.init):
                 summary.reused.append(what)
                 continue
             outcome = evaluate(recipe, checkpoint, opts.runs, opts.device, opts.progress, opts.argv, init=spec.init)
             summary.ran.append(f"{what} ({outcome.run_dir.name}, {outcome.wall_time:.0f} s)")
-    summary.seconds = time.time() - start
-    return names, summary
 
 
 def _pretrained(

@@ -96,3 +96,11 @@ def test_one_main_data_set_plus_sbd(tmp_path: Path) -> None:
                            "--runs", str(tmp_path / "runs")))
     assert "sbd:" in line and "not a directory" in line and "sslbench data synth --format sbd" in line
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_bad_seeds_are_one_line_errors(tmp_path: Path) -> None:
+    assert "comma-separated integers" in _error_line(run("reproduce", "jigsaw", "--seeds", "0,x", "--runs", str(tmp_path)))
+    assert "twice" in _error_line(run("reproduce", "jigsaw", "--seeds", "1,1", "--runs", str(tmp_path)))
+    assert "--seed and --seeds" in _error_line(run("reproduce", "jigsaw", "--seeds", "0,1", "--seed", "2",
+                                                   "--runs", str(tmp_path)))
+    assert not any(tmp_path.iterdir())

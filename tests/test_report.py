@@ -171,3 +171,17 @@ def test_one_row_per_method_across_voc2007_and_voc2012(tmp_path: Path, where: st
     assert f"{where}voc2007+voc2012" in row.label
     assert flat["voc-seg/mIoU"] == "30.00"
     assert flat["voc-det/mAP"] == ("40.00" if where else "40.00 (Δ -13.2)")  # paper Ours: 53.2
+
+
+def test_several_seeds_print_mean_and_sample_sd_and_the_latest_result_per_seed_wins(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path / "results.sqlite")
+    # seed 0 measured twice (the later 40.0 replaces 99.0), seeds 1 and 2 once: mean of 40, 44, 48
+    for run, seed, value in ((1, 0, 99.0), (2, 0, 40.0), (3, 1, 44.0), (4, 2, 48.0)):
+        prov = Provenance(f"eval-voc-det-{run}", "jigsaw", "", "alexnet", "voc2007", "imagenet", "mini", "checkpoint",
+                          seed, "v", "c.pt", f"jigsaw-{seed}", "{}")
+        store.add_results("voc-det", {"voc-det/mAP": value}, prov, 1.0)
+    t = report.load_table("jigsaw")
+    (row,) = report.sslbench_rows(t, store)
+    flat = dict(zip([c.fills_from for c in t.columns], row.cells))
+    assert flat["voc-det/mAP"] == "44.00 ± 4.00 (n=3) (Δ -9.2)"  # paper Ours: 53.2; the Δ is the mean's
+    assert "seeds 0, 1, 2" in row.note and "eval-voc-det-1 " not in row.note

@@ -41,35 +41,51 @@ def test_reproduce_probe_tables_mini_rotnet_beats_random(tmp_path: Path) -> None
     assert again.ran == [] and len(again.reused) == 4
 
 
-def test_random_like_a_task_evaluates_that_tasks_trunk_freshly_initialised(tmp_path: Path, monkeypatch) -> None:
-    """`{task = "random", like = "context"}` reads the context run's checkpoint as `random:CKPT`, without
-    pretraining context a second time (also under --force, where nothing comes from the store)."""
+def _fake_world(monkeypatch, runs: list[dict]) -> tuple[list, list]:  # noqa: ANN001
+    """reproduce over a made-up table, with pretrain / evaluate replaced by recorders (no training)."""
     import types
 
     import sslbench.engine
     import sslbench.protocols.base
     import sslbench.reproduce as rp
 
-    runs = [{"task": "context", "protocols": ["voc-det"]}, {"task": "random", "protocols": ["voc-det"]},
-            {"task": "random", "like": "context", "protocols": ["voc-det"]}]
     monkeypatch.setattr(rp, "resolve", lambda name: [name])
     monkeypatch.setattr(rp, "load_table", lambda name: types.SimpleNamespace(reproduce={"runs": runs}))
     trained, evaluated = [], []
 
     def fake_pretrain(recipe, runs_dir, device, progress, argv):  # noqa: ANN001, ANN202
-        trained.append(recipe.name)
-        return types.SimpleNamespace(checkpoint=runs_dir / f"{recipe.name}-1" / "checkpoint.pt",
-                                     run_dir=runs_dir / f"{recipe.name}-1", wall_time=1.0)
+        trained.append((recipe.name, recipe.seed))
+        run_dir = runs_dir / f"{recipe.name}-{recipe.seed}"
+        return types.SimpleNamespace(checkpoint=run_dir / "checkpoint.pt", run_dir=run_dir, wall_time=1.0)
 
     def fake_evaluate(recipe, checkpoint, runs_dir, device, progress, argv, init):  # noqa: ANN001, ANN202
-        evaluated.append(checkpoint)
+        evaluated.append((checkpoint, recipe.seed))
         return types.SimpleNamespace(run_dir=runs_dir / "eval-1", wall_time=1.0)
 
     monkeypatch.setattr(sslbench.engine, "pretrain", fake_pretrain)
     monkeypatch.setattr(sslbench.protocols.base, "evaluate", fake_evaluate)
-    specs = plan(["fake"])
-    assert [(s.task, s.like) for s in specs] == [("context", ""), ("random", ""), ("random", "context")]
+    return trained, evaluated
+
+
+LIKE_RUNS = [{"task": "context", "protocols": ["voc-det"]}, {"task": "random", "protocols": ["voc-det"]},
+             {"task": "random", "like": "context", "protocols": ["voc-det"]}]
+
+
+def test_random_like_a_task_evaluates_that_tasks_trunk_freshly_initialised(tmp_path: Path, monkeypatch) -> None:
+    """`{task = "random", like = "context"}` reads the context run's checkpoint as `random:CKPT`, without
+    pretraining context a second time (also under --force, where nothing comes from the store)."""
+    trained, evaluated = _fake_world(monkeypatch, LIKE_RUNS)
+    assert [(s.task, s.like) for s in plan(["fake"])] == [("context", ""), ("random", ""), ("random", "context")]
     _, summary = reproduce("fake", Options(runs=tmp_path, device="cpu", progress=False, force=True))
-    ckpt = str(tmp_path / "context-1" / "checkpoint.pt")
-    assert trained == ["context"] and evaluated == [ckpt, "random", "random:" + ckpt]
+    ckpt = str(tmp_path / "context-0" / "checkpoint.pt")
+    assert trained == [("context", 0)] and [c for c, _ in evaluated] == [ckpt, "random", "random:" + ckpt]
     assert any("voc-det on random (context trunk)" in line for line in summary.ran)
+
+
+def test_seeds_run_the_whole_plan_once_per_seed(tmp_path: Path, monkeypatch) -> None:
+    trained, evaluated = _fake_world(monkeypatch, LIKE_RUNS)
+    _, summary = reproduce("fake", Options(runs=tmp_path, device="cpu", progress=False, seeds=(0, 1)))
+    assert trained == [("context", 0), ("context", 1)]
+    like = [(c, s) for c, s in evaluated if c.startswith("random:")]
+    assert like == [("random:" + str(tmp_path / f"context-{s}" / "checkpoint.pt"), s) for s in (0, 1)]
+    assert len(evaluated) == 6 and any(line.startswith("voc-det on random [seed 1]") for line in summary.ran)
