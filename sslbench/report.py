@@ -149,20 +149,24 @@ def sslbench_rows(table: Table, store: ResultStore | None) -> list[Row]:
         return []
     # one row per (method + variant, backbone, scale, embedded or real data): a method's VOC2007 columns and
     # its VOC2012 segmentation column share a row; the label lists the data sets it was measured on
-    # Within a row, each metric keeps the latest result per seed; several seeds print as mean ± sd (n).
-    groups: dict[tuple[str, str, str, str, bool], dict[str, dict[int, ResultRow]]] = {}
+    # Within a row, each metric keeps the latest result per seed pair (the pretraining's seed, the evaluation's);
+    # every pair stored for the row counts, and several print as mean ± sample sd (n).
+    pretrains = store.pretrain_runs()
+    pretrain_seed = {r.run_id: r.seed for r in pretrains}
+    groups: dict[tuple[str, str, str, str, bool], dict[str, dict[tuple[int | None, int], ResultRow]]] = {}
     for r in store.results():
         if r.metric in keys:  # (pretrain/time is not a result row: it is added per group below)
             key = (r.prov.method, r.prov.variant, r.prov.backbone, r.prov.scale, r.prov.dataset.startswith("embedded"))
-            groups.setdefault(key, {}).setdefault(r.metric, {})[r.prov.seed] = r  # id order: the latest wins
-    pretrain_time = {r.run_id: r.wall_time for r in store.pretrain_runs()} if "pretrain/time" in keys else {}
+            seeds = (pretrain_seed.get(r.prov.pretrain_run), r.prov.seed)
+            groups.setdefault(key, {}).setdefault(r.metric, {})[seeds] = r  # id order: the latest wins
+    pretrain_time = {r.run_id: r.wall_time for r in pretrains} if "pretrain/time" in keys else {}
     out = []
     for (method, variant, backbone, scale, _), found in groups.items():
         results = [r for per_seed in found.values() for r in per_seed.values()]
         timed = {r.prov.pretrain_run: r for r in results if r.prov.pretrain_run in pretrain_time}
-        if timed:  # the pretraining's wall time fills a "Pretraining time" column (one per seed's pretraining)
-            found["pretrain/time"] = {i: ResultRow("pretrain", "pretrain/time", pretrain_time[run], 0.0, r.created_at, r.prov)
-                                      for i, (run, r) in enumerate(timed.items())}
+        if timed:  # the pretraining's wall time fills a "Pretraining time" column (mean over the pretrainings read)
+            found["pretrain/time"] = {(i, 0): ResultRow("pretrain", "pretrain/time", pretrain_time[run], 0.0, r.created_at,
+                                                        r.prov) for i, (run, r) in enumerate(timed.items())}
         cells, marks = [], []
         paper_row = _paper_row(table, method) if table.paper_dataset else None
         for i, c in enumerate(table.columns):
@@ -175,7 +179,8 @@ def sslbench_rows(table: Table, store: ResultStore | None) -> list[Row]:
                 text = fmt_value(mean, c)
                 if len(values) > 1 and c.fills_from != "pretrain/time":
                     text += f" ± {statistics.stdev(values):.2f} (n={len(values)})"
-                on_paper_data = all(r.prov.dataset == table.paper_dataset for r in per_seed.values())
+                on_paper_data = c.fills_from != "pretrain/time" and all(
+                    r.prov.dataset == table.paper_dataset for r in per_seed.values())
                 ref = number(paper_row.cells[i]) if paper_row and on_paper_data else None
                 cells.append(text + (f" (Δ {mean - ref:+.1f})" if ref is not None else ""))
             marks.append("")

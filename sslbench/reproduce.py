@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sslbench.config import load_recipe, recipe_key
+from sslbench.errors import UserError
 from sslbench.progress import console
 from sslbench.registry import PROTOCOLS, TASKS, load_all
 from sslbench.report import load_table, resolve
@@ -79,6 +80,9 @@ def plan(names: list[str]) -> list[RunSpec]:
     merged: dict[tuple[str, str, tuple[str, ...], str, str], list[EvalSpec]] = {}
     for name in names:
         for raw in load_table(name).reproduce.get("runs", []):
+            if raw.get("like") and (raw["task"] != "random" or raw.get("flavour") or raw.get("set")):
+                raise UserError(f"tables/{name}.toml [reproduce]: like = {raw['like']!r} belongs to a task = \"random\" "
+                                "run without flavour or set (it initialises that task's default recipe trunk)")
             key = (raw["task"], raw.get("flavour", ""), tuple(raw.get("set", ())), raw.get("init", "default"),
                    raw.get("like", ""))
             evals = merged.setdefault(key, [])
@@ -94,9 +98,13 @@ def reproduce(name: str, opts: Options) -> tuple[list[str], Summary]:
     names = resolve(name)
     summary, fresh = Summary(), {}
     start = time.time()
+    specs = plan(names)
+    for spec in specs:  # bad --data / recipes fail here, before any run
+        if spec.task in TASKS:
+            load_recipe("pretrain", spec.task, opts.scale, list(spec.overrides), opts.data, opts.seed, flavour=spec.flavour)
     store = default_store(opts.runs)
     for seed in opts.seeds or (opts.seed,):
-        _run_plan(plan(names), dataclasses.replace(opts, seed=seed), store, summary, fresh)
+        _run_plan(specs, dataclasses.replace(opts, seed=seed), store, summary, fresh)
     summary.seconds = time.time() - start
     return names, summary
 

@@ -45,3 +45,14 @@ def test_random_like_a_checkpoint_is_its_architecture_freshly_initialised(rotnet
         load_trunk(f"random:{tmp_path / 'plain.pt'}", protocol.backbone, ("conv5",))
     with pytest.raises(UserError, match="checkpoint not found"):
         load_trunk(f"random:{tmp_path / 'none.pt'}", protocol.backbone, ("conv5",))
+
+
+def test_evaluating_random_like_records_random_init(rotnet_tiny, tmp_path) -> None:
+    from sslbench.protocols.base import evaluate
+    from tests.conftest import tiny_alexnet, tiny_protocol
+
+    recipe = tiny_protocol("linear", tiny_alexnet(["protocol.taps=['conv1']"]))
+    for init, method, kind in (("default", "random", "random"), ("rescale", "random-rescaled", "random+rescale")):
+        out = evaluate(recipe, f"random:{rotnet_tiny.checkpoint}", tmp_path, "cpu", progress=False, init=init)
+        prov = out.provenance
+        assert (prov.method, prov.variant, prov.init) == (method, "rotation trunk", kind)

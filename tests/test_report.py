@@ -148,13 +148,14 @@ def test_pretraining_time_column_comes_from_the_pretrain_run(tmp_path: Path) -> 
     store = ResultStore(tmp_path / "results.sqlite")
     store.add_pretrain_run(PretrainRow("jigsaw-1", "jigsaw", "", "alexnet", "embedded", "mini", 0, "v", 5400.0,
                                        "c.pt", "k", "{}", {}, "2026-11-25T10:00:00"))
-    prov = Provenance("eval-voc-det-1", "jigsaw", "", "alexnet", "embedded", "embedded", "mini", "checkpoint", 0,
+    prov = Provenance("eval-voc-det-1", "jigsaw", "", "alexnet", "voc2007", "embedded", "mini", "checkpoint", 0,
                       "v", "c.pt", "jigsaw-1", "{}")
     store.add_results("voc-det", {"voc-det/mAP": 12.0}, prov, 1.0)
     t = report.load_table("jigsaw")
     (row,) = report.sslbench_rows(t, store)
     flat = dict(zip([c.fills_from for c in t.columns], row.cells))
-    assert flat["pretrain/time"] == "1.5 h" and flat["voc-det/mAP"] == "12.00" and flat["voc-seg/mIoU"] == report.DASH
+    # on the paper's data set the mAP gets its Δ, the time column none (the paper's "2.5 days" is no number to subtract)
+    assert flat["pretrain/time"] == "1.5 h" and flat["voc-det/mAP"] == "12.00 (Δ -41.2)" and flat["voc-seg/mIoU"] == report.DASH
 
 
 @pytest.mark.parametrize("where", ["embedded:", ""])
@@ -174,14 +175,20 @@ def test_one_row_per_method_across_voc2007_and_voc2012(tmp_path: Path, where: st
 
 
 def test_several_seeds_print_mean_and_sample_sd_and_the_latest_result_per_seed_wins(tmp_path: Path) -> None:
+    from sslbench.results import PretrainRow
+
     store = ResultStore(tmp_path / "results.sqlite")
-    # seed 0 measured twice (the later 40.0 replaces 99.0), seeds 1 and 2 once: mean of 40, 44, 48
-    for run, seed, value in ((1, 0, 99.0), (2, 0, 40.0), (3, 1, 44.0), (4, 2, 48.0)):
+    for seed in (0, 1):
+        store.add_pretrain_run(PretrainRow(f"jigsaw-{seed}", "jigsaw", "", "alexnet", "embedded", "mini", seed, "v",
+                                           60.0, "c.pt", f"k{seed}", "{}", {}, "2026-11-25T10:00:00"))
+    # (pretraining seed, evaluation seed): (0, 0) measured twice (the later 40.0 replaces 99.0); (1, 0) is
+    # another pretraining evaluated with the same evaluation seed, and counts; (1, 2) once: mean of 40, 44, 48
+    for run, pretrain_seed, seed, value in ((1, 0, 0, 99.0), (2, 0, 0, 40.0), (3, 1, 0, 44.0), (4, 1, 2, 48.0)):
         prov = Provenance(f"eval-voc-det-{run}", "jigsaw", "", "alexnet", "voc2007", "imagenet", "mini", "checkpoint",
-                          seed, "v", "c.pt", f"jigsaw-{seed}", "{}")
+                          seed, "v", "c.pt", f"jigsaw-{pretrain_seed}", "{}")
         store.add_results("voc-det", {"voc-det/mAP": value}, prov, 1.0)
     t = report.load_table("jigsaw")
     (row,) = report.sslbench_rows(t, store)
     flat = dict(zip([c.fills_from for c in t.columns], row.cells))
     assert flat["voc-det/mAP"] == "44.00 ± 4.00 (n=3) (Δ -9.2)"  # paper Ours: 53.2; the Δ is the mean's
-    assert "seeds 0, 1, 2" in row.note and "eval-voc-det-1 " not in row.note
+    assert "seeds 0, 2" in row.note and "eval-voc-det-1 " not in row.note

@@ -89,3 +89,13 @@ def test_seeds_run_the_whole_plan_once_per_seed(tmp_path: Path, monkeypatch) -> 
     like = [(c, s) for c, s in evaluated if c.startswith("random:")]
     assert like == [("random:" + str(tmp_path / f"context-{s}" / "checkpoint.pt"), s) for s in (0, 1)]
     assert len(evaluated) == 6 and any(line.startswith("voc-det on random [seed 1]") for line in summary.ran)
+
+
+@pytest.mark.parametrize("bad", [{"task": "jigsaw", "like": "context"},
+                                 {"task": "random", "like": "context", "flavour": "vgg"}])
+def test_like_belongs_to_a_plain_random_run(monkeypatch, bad: dict) -> None:
+    from sslbench.errors import UserError
+
+    _fake_world(monkeypatch, [{**bad, "protocols": ["voc-det"]}])
+    with pytest.raises(UserError, match="like = 'context' belongs to a task"):
+        plan(["fake"])

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from sslbench.checkpoint import Trunk, load_trunk
+from sslbench.checkpoint import RANDOM_LIKE, Trunk, load_trunk
 from sslbench.config import Recipe
 from sslbench.data.build import dataset_label
 from sslbench.engine import new_run_dir, record_run
@@ -97,7 +97,7 @@ def evaluate(
     prov = Provenance(
         run_id=run_dir.name, method=trunk.method, variant=trunk.variant, backbone=trunk.label,
         dataset=dataset_label(recipe.data), pretrain_dataset=trunk.pretrain_dataset, scale=recipe.scale,
-        init=("random" if checkpoint.split(":")[0] == "random" else "checkpoint") + ("+rescale" if init == "rescale" else ""),
+        init=("random" if checkpoint == "random" or checkpoint.startswith(RANDOM_LIKE) else "checkpoint") + ("+rescale" if init == "rescale" else ""),
         seed=recipe.seed, version=code_version(), checkpoint=trunk.checkpoint, pretrain_run=trunk.pretrain_run,
         recipe=recipe.to_json(),
     )
