@@ -5,17 +5,20 @@
    PyTorch port (per image: PIL crop of each tile, per-tile numpy normalisation, then shuffle and stack).
    Both use the jigsaw mini recipe's geometry (128 px images, 42 px cells, 36 px tiles) and the paper's
    (256 px images, 85 px cells, 64 px tiles), with channel jitter off (the PIL baseline has none).
+   Damaged Jigsaw's baseline does the same per tile plus PIL's LittleCMS sRGB -> Lab transform, the
+   per-tile normalised L as input, ab and the removed RGB tile as targets.
 2. Pretraining, images/s on the CPU (make_batch + forward + backward + SGD step) for both mini recipes.
-Run:  python benchmarks/bench_jigsaw.py
+Run:  python benchmarks/bench_jigsaw.py [threads]     (default 2)
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageCms
 
 from sslbench.backbones.base import build_backbone
 from sslbench.config import load_recipe
@@ -50,25 +53,72 @@ def naive_batch(images: torch.Tensor, perms: np.ndarray, cell: int, tile: int,
     return {"tiles": torch.stack(out), "labels": torch.tensor(labels)}
 
 
+_LAB = None
+
+
+def _to_lab(tile: Image.Image) -> np.ndarray:
+    """One RGB tile -> float Lab (L 0..100, a/b about -128..127) through PIL's LittleCMS sRGB -> LAB transform."""
+    global _LAB
+    if _LAB is None:
+        _LAB = ImageCms.buildTransformFromOpenProfiles(ImageCms.createProfile("sRGB"), ImageCms.createProfile("LAB"),
+                                                       "RGB", "LAB")
+    lab = np.asarray(ImageCms.applyTransform(tile, _LAB), dtype=np.float32)
+    return np.stack([lab[..., 0] * (100.0 / 255.0), lab[..., 1] - 128.0, lab[..., 2] - 128.0])
+
+
+def naive_damaged_batch(images: torch.Tensor, perms: np.ndarray, cell: int, tile: int,
+                        rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """Damaged Jigsaw, one tile at a time: PIL crop, PIL/LittleCMS Lab, per-tile normalised L as the input,
+    ab as the colour target, one slot emptied and its RGB tile kept as the inpainting target."""
+    crop = GRID * cell
+    gray_all, ab_all, targets, labels, missing = [], [], [], [], []
+    for img in images:
+        pil = Image.fromarray(img.permute(1, 2, 0).numpy())
+        y0, x0 = rng.integers(0, pil.height - crop + 1), rng.integers(0, pil.width - crop + 1)
+        label = int(rng.integers(len(perms)))
+        slot = int(rng.integers(GRID * GRID))
+        grays, abs_ = [], []
+        for s, k in enumerate(perms[label]):
+            oy, ox = rng.integers(0, cell - tile + 1, size=2)
+            top, left = y0 + (k // GRID) * cell + oy, x0 + (k % GRID) * cell + ox
+            t = pil.crop((left, top, left + tile, top + tile))
+            lab = _to_lab(t)
+            light = (lab[0] - lab[0].mean()) / max(float(lab[0].std()), 1e-3)
+            grays.append(np.zeros_like(light) if s == slot else light)
+            abs_.append(lab[1:] / 110.0)
+            if s == slot:
+                targets.append(torch.from_numpy(np.asarray(t, np.float32).transpose(2, 0, 1) / 127.5 - 1.0))
+        gray_all.append(torch.from_numpy(np.stack(grays))[:, None])
+        ab_all.append(torch.from_numpy(np.stack(abs_)))
+        labels.append(label)
+        missing.append(slot)
+    return {"tiles": torch.stack(gray_all), "labels": torch.tensor(labels), "missing_slot": torch.tensor(missing),
+            "target_tile": torch.stack(targets), "target_ab": torch.stack(ab_all)}
+
+
 def build(task: str, overrides: list[str]):
     r = load_recipe("pretrain", task, "mini", overrides)
     return r, TASKS.get(task)(r.method.cfg, build_backbone(r.backbone.name, r.backbone.cfg))
 
 
-def batch_construction(image_size: int, cell: int, tile: int, batch: int = 128, reps: int = 5) -> tuple[float, float]:
-    geometry = [f"task.cell={cell}", f"task.tile={tile}", f"backbone.image_size={tile}", "task.channel_jitter=0",
+def batch_construction(task_name: str, image_size: int, cell: int, tile: int, batch: int = 128,
+                       reps: int = 5) -> tuple[float, float]:
+    geometry = [f"task.cell={cell}", f"task.tile={tile}", f"backbone.image_size={tile}",
                 "task.num_permutations=100", f"data.image_size={image_size}"]
-    _, task = build("jigsaw", geometry)
+    if task_name == "jigsaw":
+        geometry.append("task.channel_jitter=0")  # the PIL baseline has none
+    _, task = build(task_name, geometry)
+    naive = naive_batch if task_name == "jigsaw" else naive_damaged_batch
     images = embedded_images("unlabeled", image_size, batch)
     perms = task.permutations.numpy()
     gen, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
-    task.make_batch(images, gen), naive_batch(images, perms, cell, tile, rng)  # warm-up
+    task.make_batch(images, gen), naive(images, perms, cell, tile, rng)  # warm-up
     t0 = time.perf_counter()
     for _ in range(reps):
         task.make_batch(images, gen)
     t1 = time.perf_counter()
     for _ in range(reps):
-        naive_batch(images, perms, cell, tile, rng)
+        naive(images, perms, cell, tile, rng)
     t2 = time.perf_counter()
     return reps * batch / (t1 - t0), reps * batch / (t2 - t1)
 
@@ -80,11 +130,12 @@ def pretrain_throughput(task_name: str, steps: int = 6) -> float:
 
 
 def main() -> None:
-    torch.set_num_threads(2)
-    for size, cell, tile in ((128, 42, 36), (256, 85, 64)):
-        fast, slow = batch_construction(size, cell, tile)
-        print(f"make_batch {size} px, {cell} px cells, {tile} px tiles: vectorised {fast:7.0f} img/s | "
-              f"per-tile PIL {slow:6.0f} img/s | {fast / slow:4.1f}x")
+    torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else 2)
+    for name in ("jigsaw", "damaged-jigsaw"):
+        for size, cell, tile in ((128, 42, 36), (256, 85, 64)):
+            fast, slow = batch_construction(name, size, cell, tile)
+            print(f"{name} make_batch {size} px, {cell} px cells, {tile} px tiles: vectorised {fast:7.0f} img/s | "
+                  f"per-tile PIL {slow:6.0f} img/s | {fast / slow:4.1f}x")
     for name in ("jigsaw", "damaged-jigsaw"):
         print(f"pretrain {name:15s} (mini recipe, CPU): {pretrain_throughput(name):6.1f} img/s")
 

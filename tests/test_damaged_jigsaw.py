@@ -13,7 +13,7 @@ from sslbench.data.synthetic import embedded_images
 from sslbench.engine import build_optimizer
 from sslbench.errors import UserError
 from sslbench.registry import TASKS
-from sslbench.tasks.damaged_jigsaw import AB_SCALE, rgb_to_lab
+from sslbench.tasks.damaged_jigsaw import AB_SCALE, rgb8_to_lab, rgb_to_lab
 from tests.conftest import fit_losses
 
 TINY_NET = ["backbone.width=0.125", "backbone.fc_dim=32", "backbone.conv1_stride=1", "task.fc7_dim=32",
@@ -118,3 +118,9 @@ def test_damaged_jigsaw_loss_goes_down_on_embedded_images() -> None:
     batch = task.make_batch(images, torch.Generator().manual_seed(0))
     losses = fit_losses(task, opt, [batch] * 20)
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:3]), losses
+
+
+def test_rgb8_to_lab_table_lookup_equals_the_formula() -> None:
+    images = torch.randint(0, 256, (4, 3, 9, 11), dtype=torch.uint8)
+    images[0, :, 0, :3] = torch.tensor([0, 10, 255], dtype=torch.uint8)[:, None]  # both branches of each curve
+    torch.testing.assert_close(rgb8_to_lab(images), rgb_to_lab(images.float() / 255.0), atol=2e-4, rtol=1e-5)

@@ -63,13 +63,40 @@ class DamagedJigsawConfig:
             raise UserError("task.perm_weight / inpaint_weight / color_weight must be >= 0 (0 turns a loss off)")
 
 
+def srgb_to_linear(rgb: Tensor) -> Tensor:
+    """sRGB in [0,1] -> linear RGB (the sRGB transfer curve undone)."""
+    return torch.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+
+
+SRGB8_TO_LINEAR = srgb_to_linear(torch.arange(256, dtype=torch.float64) / 255.0).float()  # one value per uint8 level
+XYZ_TO_WHITE = (RGB_TO_XYZ.double() / WHITE.double()[:, None]).float()  # RGB -> XYZ relative to the D65 white
+F_TO_LAB = torch.tensor([[0.0, 116.0, 0.0], [500.0, -500.0, 0.0], [0.0, 200.0, -200.0]])  # (fx, fy, fz) -> L+16, a, b
+
+
+def _channel_matmul(m: Tensor, x: Tensor) -> Tensor:
+    """[3,3] matrix applied to the channel dim (-3) of x [...,3,H,W]: one broadcast matmul, no permuted copies."""
+    flat = x.reshape(-1, 3, x.shape[-2] * x.shape[-1])
+    return (m.to(x.dtype) @ flat).view(x.shape)
+
+
+def _linear_to_lab(linear: Tensor) -> Tensor:
+    xyz = _channel_matmul(XYZ_TO_WHITE, linear)
+    f = torch.where(xyz > 0.008856, xyz.clamp_min(1e-12).pow_(1 / 3), xyz * 7.787 + 16 / 116)
+    lab = _channel_matmul(F_TO_LAB, f)
+    lab.select(-3, 0).sub_(16.0)
+    return lab
+
+
 def rgb_to_lab(rgb: Tensor) -> Tensor:
     """sRGB in [0,1], channels at dim -3 -> CIE Lab (D65): L in [0,100], a and b roughly in [-110,110]."""
-    linear = torch.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
-    xyz = torch.einsum("ij,...jhw->...ihw", RGB_TO_XYZ, linear) / WHITE.view(3, 1, 1)
-    f = torch.where(xyz > 0.008856, xyz.clamp_min(1e-12) ** (1 / 3), 7.787 * xyz + 16 / 116)
-    fx, fy, fz = f.unbind(-3)
-    return torch.stack([116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)], -3)
+    return _linear_to_lab(srgb_to_linear(rgb))
+
+
+def rgb8_to_lab(rgb8: Tensor) -> Tensor:
+    """uint8 sRGB -> Lab as `rgb_to_lab(rgb8 / 255)`; the transfer curve is a 256-entry table lookup (its
+    pow 2.4 was a third of a Damaged-Jigsaw batch)."""
+    linear = SRGB8_TO_LINEAR.index_select(0, rgb8.flatten().long()).view(rgb8.shape)  # index_select: ~2x [] here
+    return _linear_to_lab(linear)
 
 
 def inpaint_decoder(in_dim: int, tile: int, channels: int) -> nn.Sequential:
@@ -129,8 +156,8 @@ class DamagedJigsaw(PretextTask):
         labels = torch.randint(0, len(perms), (n,), generator=generator)
         order = perms[labels]  # [N,9]: slot s shows cell order[:, s]
         corners = tile_corners(n, c, h, w, cfg.cell, cfg.tile, cfg.random_offsets, 0, generator)
-        rgb = cut_tiles(images, shuffle_tiles(corners, order), cfg.tile).float().div_(255.0)  # [N,9,3,t,t], slot order
-        lab = rgb_to_lab(rgb)
+        rgb8 = cut_tiles(images, shuffle_tiles(corners, order), cfg.tile)  # uint8 [N,9,3,t,t], slot order
+        lab = rgb8_to_lab(rgb8)
         missing_slot = torch.randint(0, TILES, (n,), generator=generator)
         rows = torch.arange(n)
         gray = lab[:, :, :1].contiguous()
@@ -141,7 +168,7 @@ class DamagedJigsaw(PretextTask):
         gray[rows, missing_slot] = 0.0
         return {
             "tiles": gray, "labels": labels, "missing": order[rows, missing_slot], "missing_slot": missing_slot,
-            "target_tile": rgb[rows, missing_slot] * 2.0 - 1.0, "target_ab": lab[:, :, 1:] / AB_SCALE,
+            "target_tile": rgb8[rows, missing_slot].float() / 127.5 - 1.0, "target_ab": lab[:, :, 1:] / AB_SCALE,
         }
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -168,7 +195,8 @@ class DamagedJigsaw(PretextTask):
     @staticmethod
     def trunk_input(images: Tensor) -> Tensor:
         """Transfer sees what a tower saw: the L channel, normalised by the image's own mean and std."""
-        lightness = rgb_to_lab(images.float() / 255.0)[:, :1]
+        lab = rgb8_to_lab(images) if images.dtype == torch.uint8 else rgb_to_lab(images.float() / 255.0)
+        lightness = lab[:, :1]
         return standardize_(lightness.contiguous(), (1, 2, 3))
 
     @staticmethod
