@@ -13,6 +13,7 @@ Run:  python benchmarks/bench_jigsaw.py [threads]     (default 2)
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 
@@ -66,10 +67,25 @@ def _to_lab(tile: Image.Image) -> np.ndarray:
     return np.stack([lab[..., 0] * (100.0 / 255.0), lab[..., 1] - 128.0, lab[..., 2] - 128.0])
 
 
+_XYZ = np.array([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169],
+                 [0.019334, 0.119193, 0.950227]]) / np.array([0.950456, 1.0, 1.088754])[:, None]
+
+
+def _to_lab_formula(tile: Image.Image) -> np.ndarray:
+    """One RGB tile -> float Lab by the CIE formulas in numpy (what skimage's rgb2lab computes): the same
+    values as the task's own Lab, where LittleCMS returns 8-bit ones."""
+    rgb = np.asarray(tile, dtype=np.float64) / 255.0
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    xyz = linear @ _XYZ.T
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])]).astype(np.float32)
+
+
 def naive_damaged_batch(images: torch.Tensor, perms: np.ndarray, cell: int, tile: int,
-                        rng: np.random.Generator) -> dict[str, torch.Tensor]:
-    """Damaged Jigsaw, one tile at a time: PIL crop, PIL/LittleCMS Lab, per-tile normalised L as the input,
-    ab as the colour target, one slot emptied and its RGB tile kept as the inpainting target."""
+                        rng: np.random.Generator, to_lab=_to_lab) -> dict[str, torch.Tensor]:  # noqa: ANN001
+    """Damaged Jigsaw, one tile at a time: PIL crop, Lab (PIL/LittleCMS, or the formula in numpy), per-tile
+    normalised L as the input, ab as the colour target, one slot emptied and its RGB tile kept as the
+    inpainting target."""
     crop = GRID * cell
     gray_all, ab_all, targets, labels, missing = [], [], [], [], []
     for img in images:
@@ -82,7 +98,7 @@ def naive_damaged_batch(images: torch.Tensor, perms: np.ndarray, cell: int, tile
             oy, ox = rng.integers(0, cell - tile + 1, size=2)
             top, left = y0 + (k // GRID) * cell + oy, x0 + (k % GRID) * cell + ox
             t = pil.crop((left, top, left + tile, top + tile))
-            lab = _to_lab(t)
+            lab = to_lab(t)
             light = (lab[0] - lab[0].mean()) / max(float(lab[0].std()), 1e-3)
             grays.append(np.zeros_like(light) if s == slot else light)
             abs_.append(lab[1:] / 110.0)
@@ -102,25 +118,27 @@ def build(task: str, overrides: list[str]):
 
 
 def batch_construction(task_name: str, image_size: int, cell: int, tile: int, batch: int = 128,
-                       reps: int = 5) -> tuple[float, float]:
+                       reps: int = 5) -> tuple[float, ...]:
+    """Images/s of make_batch, then of each per-tile baseline (Damaged Jigsaw: LittleCMS Lab, formula Lab)."""
     geometry = [f"task.cell={cell}", f"task.tile={tile}", f"backbone.image_size={tile}",
                 "task.num_permutations=100", f"data.image_size={image_size}"]
     if task_name == "jigsaw":
         geometry.append("task.channel_jitter=0")  # the PIL baseline has none
     _, task = build(task_name, geometry)
-    naive = naive_batch if task_name == "jigsaw" else naive_damaged_batch
+    baselines = [naive_batch] if task_name == "jigsaw" else [
+        naive_damaged_batch, functools.partial(naive_damaged_batch, to_lab=_to_lab_formula)]
     images = embedded_images("unlabeled", image_size, batch)
     perms = task.permutations.numpy()
     gen, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
-    task.make_batch(images, gen), naive(images, perms, cell, tile, rng)  # warm-up
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        task.make_batch(images, gen)
-    t1 = time.perf_counter()
-    for _ in range(reps):
-        naive(images, perms, cell, tile, rng)
-    t2 = time.perf_counter()
-    return reps * batch / (t1 - t0), reps * batch / (t2 - t1)
+    rates = []
+    for make in [lambda: task.make_batch(images, gen)] + [functools.partial(b, images, perms, cell, tile, rng)
+                                                          for b in baselines]:
+        make()  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            make()
+        rates.append(reps * batch / (time.perf_counter() - t0))
+    return tuple(rates)
 
 
 def pretrain_throughput(task_name: str, steps: int = 6) -> float:
@@ -133,9 +151,10 @@ def main() -> None:
     torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else 2)
     for name in ("jigsaw", "damaged-jigsaw"):
         for size, cell, tile in ((128, 42, 36), (256, 85, 64)):
-            fast, slow = batch_construction(name, size, cell, tile)
-            print(f"{name} make_batch {size} px, {cell} px cells, {tile} px tiles: vectorised {fast:7.0f} img/s | "
-                  f"per-tile PIL {slow:6.0f} img/s | {fast / slow:4.1f}x")
+            fast, *slow = batch_construction(name, size, cell, tile)
+            kinds = ["per-tile PIL"] if name == "jigsaw" else ["per-tile PIL + LittleCMS Lab", "per-tile PIL + formula Lab"]
+            versus = " | ".join(f"{k} {r:6.0f} img/s ({fast / r:4.1f}x)" for k, r in zip(kinds, slow))
+            print(f"{name} make_batch {size} px, {cell} px cells, {tile} px tiles: vectorised {fast:7.0f} img/s | {versus}")
     for name in ("jigsaw", "damaged-jigsaw"):
         print(f"pretrain {name:15s} (mini recipe, CPU): {pretrain_throughput(name):6.1f} img/s")
 

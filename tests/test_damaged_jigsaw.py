@@ -120,7 +120,11 @@ def test_damaged_jigsaw_loss_goes_down_on_embedded_images() -> None:
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:3]), losses
 
 
-def test_rgb8_to_lab_table_lookup_equals_the_formula() -> None:
-    images = torch.randint(0, 256, (4, 3, 9, 11), dtype=torch.uint8)
-    images[0, :, 0, :3] = torch.tensor([0, 10, 255], dtype=torch.uint8)[:, None]  # both branches of each curve
+@pytest.mark.parametrize("chunk", [1 << 17, 300])  # one chunk; chunks of one 3x9x11 image (the last one short)
+def test_rgb8_to_lab_table_lookup_equals_the_formula(chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sslbench.tasks.damaged_jigsaw as dj
+
+    monkeypatch.setattr(dj, "LAB_CHUNK", chunk)
+    images = torch.randint(0, 256, (5, 2, 3, 9, 11), dtype=torch.uint8)
+    images[0, 0, :, 0, :3] = torch.tensor([0, 10, 255], dtype=torch.uint8)[:, None]  # both branches of each curve
     torch.testing.assert_close(rgb8_to_lab(images), rgb_to_lab(images.float() / 255.0), atol=2e-4, rtol=1e-5)
