@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from sslbench.backbones.base import build_backbone
-from sslbench.config import load_recipe
+from sslbench.recipes import load_recipe
 from sslbench.data.synthetic import embedded_images
 from sslbench.registry import TASKS
 from sslbench.tasks.context import NEIGHBOURS, ContextPrediction
@@ -63,17 +63,17 @@ def naive_batch(images: torch.Tensor, task: ContextPrediction, rng: random.Rando
 
 def build(overrides: list[str], flavour: str = "") -> tuple[ContextPrediction, object]:
     r = load_recipe("pretrain", "context", "mini", overrides, flavour=flavour)
-    return TASKS.get("context")(r.method.cfg, build_backbone(r.backbone.name, r.backbone.cfg)), r
+    return TASKS.get("context")(r.component.cfg, build_backbone(r.backbone.name, r.backbone.cfg)), r
 
 
 def batch_construction(overrides: list[str], image_size: int, n: int, reps: int) -> tuple[float, float]:
     task, _ = build(overrides)
     images = embedded_images("unlabeled", image_size, n, 0)
     gen, rng = torch.Generator().manual_seed(0), random.Random(0)
-    task.make_batch(images, gen), naive_batch(images, task, rng)  # warm-up: first-touch allocations, caches
+    task.make_batch(images, {}, gen), naive_batch(images, task, rng)  # warm-up: first-touch allocations, caches
     t0 = time.perf_counter()
     for _ in range(reps):
-        task.make_batch(images, gen)
+        task.make_batch(images, {}, gen)
     t1 = time.perf_counter()
     for _ in range(reps):
         naive_batch(images, task, rng)

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sslbench.checkpoint import load_trunk
-from sslbench.config import load_recipe
+from sslbench.checkpoint import TrunkSpec, load_trunk
+from sslbench.recipes import load_recipe
 from sslbench.data.build import build_dataset
-from sslbench.protocols import region_proposals as rp
+from sslbench.protocols import _proposals as rp
 from sslbench.protocols import voc_det as vd
 
 
@@ -63,7 +63,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     recipe = load_recipe("protocol", "voc-det", "mini")
-    cfg, d = recipe.method.cfg, recipe.data
+    cfg, d = recipe.component.cfg, recipe.data
     ds = build_dataset(d, d.test_split, args.images)
     images = [ds[i][0] for i in range(len(ds))]
     print(f"torch threads {args.threads}; mini recipe: {d.image_size} px images, max {cfg.max_proposals} proposals")
@@ -77,7 +77,7 @@ def main() -> None:
     print(f"selective search, 500 px (upscaled scenes): {wall:.3f} s wall / {cpu:.3f} s cpu per image, "
           f"{np.mean([len(rp.selective_search(im)) for im in big]):.0f} boxes")
 
-    trunk = load_trunk("random", recipe.backbone, ("conv5", "fc7"))
+    trunk = load_trunk(TrunkSpec("random"), recipe.backbone)
     model = vd.FastRCNN(trunk.backbone)
     props = [np.asarray(rp.selective_search(im)) for im in images]
     train_ds = build_dataset(d, d.train_split, 2 * args.images)

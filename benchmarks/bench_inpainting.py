@@ -23,10 +23,11 @@ from PIL import Image
 from scipy.ndimage import binary_dilation
 
 from sslbench.backbones.base import build_backbone
-from sslbench.config import Recipe, load_recipe
+from sslbench.config import Recipe
+from sslbench.recipes import load_recipe
 from sslbench.data.synthetic import embedded_images
 from sslbench.registry import TASKS
-from sslbench.tasks.base import MEAN, STD
+from sslbench.transforms import MEAN, STD
 from sslbench.tasks.inpainting import MAX_BLOCKS, Inpainting, silhouette_bank
 from timing import pretrain_rate
 
@@ -113,7 +114,7 @@ def naive_batch(images: torch.Tensor, task: Inpainting, rng: np.random.Generator
 
 def build(extra: list[str]) -> tuple[Inpainting, Recipe]:
     r = load_recipe("pretrain", "inpainting", "mini", extra)
-    return TASKS.get("inpainting")(r.method.cfg, build_backbone(r.backbone.name, r.backbone.cfg)), r
+    return TASKS.get("inpainting")(r.component.cfg, build_backbone(r.backbone.name, r.backbone.cfg)), r
 
 
 def construction(mask: str, images: torch.Tensor, reps: int) -> tuple[float, float]:
@@ -123,7 +124,7 @@ def construction(mask: str, images: torch.Tensor, reps: int) -> tuple[float, flo
     fast = slow = math.inf
     for _ in range(reps + 1):  # the first round warms up (the silhouette bank, the allocator)
         t0 = time.perf_counter()
-        task.make_batch(images, gen)
+        task.make_batch(images, {}, gen)
         t1 = time.perf_counter()
         naive_batch(images, task, rng)
         t2 = time.perf_counter()

@@ -22,9 +22,9 @@ import torch
 from PIL import Image, ImageCms
 
 from sslbench.backbones.base import build_backbone
-from sslbench.config import load_recipe
+from sslbench.recipes import load_recipe
 from sslbench.registry import TASKS
-from sslbench.tasks.jigsaw import GRID
+from sslbench.transforms import GRID
 from sslbench.data.synthetic import embedded_images
 from timing import pretrain_rate
 
@@ -114,7 +114,7 @@ def naive_damaged_batch(images: torch.Tensor, perms: np.ndarray, cell: int, tile
 
 def build(task: str, overrides: list[str]):
     r = load_recipe("pretrain", task, "mini", overrides)
-    return r, TASKS.get(task)(r.method.cfg, build_backbone(r.backbone.name, r.backbone.cfg))
+    return r, TASKS.get(task)(r.component.cfg, build_backbone(r.backbone.name, r.backbone.cfg))
 
 
 def batch_construction(task_name: str, image_size: int, cell: int, tile: int, batch: int = 128,
@@ -131,7 +131,7 @@ def batch_construction(task_name: str, image_size: int, cell: int, tile: int, ba
     perms = task.permutations.numpy()
     gen, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
     rates = []
-    for make in [lambda: task.make_batch(images, gen)] + [functools.partial(b, images, perms, cell, tile, rng)
+    for make in [lambda: task.make_batch(images, {}, gen)] + [functools.partial(b, images, perms, cell, tile, rng)
                                                           for b in baselines]:
         make()  # warm-up
         t0 = time.perf_counter()

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from sslbench.backbones.base import build_backbone
-from sslbench.config import load_recipe
+from sslbench.recipes import load_recipe
 from sslbench.data.synthetic import embedded_images
 from sslbench.registry import TASKS
-from sslbench.tasks.base import normalize
+from sslbench.transforms import normalize
 from timing import pretrain_rate
 
 PIL_ROT = [None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270]
@@ -35,19 +35,19 @@ def naive_batch(images: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def throughput(width: float, steps: int, batch: int, naive: bool) -> float:
     r = load_recipe("pretrain", "rotation", "mini", [f"backbone.width={width}", f"data.batch_size={batch}"])
-    task = TASKS.get("rotation")(r.method.cfg, build_backbone(r.backbone.name, r.backbone.cfg))
+    task = TASKS.get("rotation")(r.component.cfg, build_backbone(r.backbone.name, r.backbone.cfg))
     images = embedded_images("unlabeled", 32, batch, 0)
     return pretrain_rate(task, r.optim, images, steps, make_batch=naive_batch if naive else None)
 
 
 def batch_construction(batch: int, reps: int = 20) -> tuple[float, float]:
     r = load_recipe("pretrain", "rotation", "mini", ["task.crop_pad=0", "task.flip=false"])
-    task = TASKS.get("rotation")(r.method.cfg, build_backbone(r.backbone.name, r.backbone.cfg))
+    task = TASKS.get("rotation")(r.component.cfg, build_backbone(r.backbone.name, r.backbone.cfg))
     images = embedded_images("unlabeled", 32, batch, 0)
     gen = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
     for _ in range(reps):
-        task.make_batch(images, gen)
+        task.make_batch(images, {}, gen)
     t1 = time.perf_counter()
     for _ in range(reps):
         naive_batch(images)

@@ -18,19 +18,23 @@ from pathlib import Path
 
 import torch
 
-from sslbench.checkpoint import load_trunk
-from sslbench.config import load_recipe
-from sslbench.data.formats import write_imagenet
-from sslbench.protocols.probing import PoolSpec, linear_head, train_probes
+from sslbench.checkpoint import TrunkSpec, load_trunk
+from sslbench.data.layouts.imagenet import write_imagenet
+from sslbench.protocols._probing import PoolSpec, linear_head, train_probes
+from sslbench.protocols.base import EvalContext
+from sslbench.recipes import load_recipe
+from sslbench.runlog import MetricLogger
+from sslbench.runtime import Dist
 
 TAPS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
 
 def timed(recipe, taps, cache: bool) -> float:  # noqa: ANN001
-    trunk = load_trunk("random", recipe.backbone, taps)
-    pools = {t: recipe.method.cfg.pool.get(t, PoolSpec()) for t in taps}
+    trunk = load_trunk(TrunkSpec("random"), recipe.backbone)
+    pools = {t: recipe.component.cfg.pool.get(t, PoolSpec()) for t in taps}
+    ctx = EvalContext(torch.device("cpu"), Dist(), MetricLogger(Path("."), enabled=False), progress=False)
     start = time.perf_counter()
-    train_probes(trunk, recipe, taps, pools, linear_head, 20, cache, 4, torch.device("cpu"), False)
+    train_probes(trunk, recipe, taps, pools, linear_head, 20, cache, 4, ctx)
     return time.perf_counter() - start
 
 

@@ -21,11 +21,13 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from sslbench.checkpoint import load_trunk
-from sslbench.config import DataConfig, load_recipe
-from sslbench.data.build import build_dataset, collate_skip_corrupt
+from sslbench.checkpoint import TrunkSpec, load_trunk
+from sslbench.config import DataConfig
+from sslbench.recipes import load_recipe
+from sslbench.data.build import build_dataset
+from sslbench.data.datasets import collate_skip_corrupt
 from sslbench.metrics import multilabel_map
-from sslbench.protocols.probing import FrozenFeatures, PoolSpec
+from sslbench.protocols._probing import FrozenFeatures, PoolSpec
 from sslbench.protocols.voc_svm import GOYAL_COSTS, l2_normalise
 from sslbench.svm import fit_one_vs_rest
 
@@ -33,7 +35,7 @@ from sslbench.svm import fit_one_vs_rest
 def features(checkpoint: str, split: str, num: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """conv3 features, labels [N, 20], difficult [N, 20] of the embedded split at 64 px."""
     recipe = load_recipe("protocol", "voc07-svm", "mini")
-    trunk = load_trunk(checkpoint, recipe.backbone, ("conv3",))
+    trunk = load_trunk(TrunkSpec.parse(checkpoint), recipe.backbone)
     extract = FrozenFeatures(trunk, ("conv3",), {"conv3": PoolSpec("adaptive_avg", 6)}, torch.device("cpu"))
     ds = build_dataset(DataConfig(dataset="embedded", image_size=64), split, num)
     loader = torch.utils.data.DataLoader(ds, batch_size=250, collate_fn=collate_skip_corrupt)

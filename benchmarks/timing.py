@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from sslbench.engine import build_optimizer
+from sslbench.training import build_optimizer
 
 
 def pretrain_rate(task: torch.nn.Module, optim_cfg, images: torch.Tensor, steps: int, warmup: int = 2,  # noqa: ANN001
@@ -17,7 +17,7 @@ def pretrain_rate(task: torch.nn.Module, optim_cfg, images: torch.Tensor, steps:
     batch construction (the naive baselines)."""
     optimizer = build_optimizer(task.parameters(), optim_cfg)
     gen = torch.Generator().manual_seed(0)
-    build = make_batch or (lambda x: task.make_batch(x, gen))
+    build = make_batch or (lambda x: task.make_batch(x, {}, gen))
     for i in range(steps + warmup):
         if i == warmup:
             start = time.perf_counter()

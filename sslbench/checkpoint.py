@@ -1,11 +1,18 @@
-"""Loading a trunk for transfer: from an sslbench checkpoint, a plain state dict, or random init."""
+"""Loading a trunk for transfer: from an sslbench checkpoint, a plain state dict, or random init.
+
+What `--checkpoint` names is a `TrunkSpec`: a checkpoint file; `random`, the protocol recipe's backbone
+freshly initialised; or `random:CKPT`, CKPT's architecture as it transfers (at the protocol's size, with its
+task's input transform) freshly initialised, the like-for-like baseline of a trunk whose shape differs from
+the protocol recipe's. The input transform a trunk expects is the name its checkpoint records
+(sslbench.transforms.TRANSFER_INPUTS): loading a trunk imports no task.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal
 
 import torch
 from torch import Tensor
@@ -14,19 +21,60 @@ from sslbench.backbones.base import Backbone, backbone_label, build_backbone
 from sslbench.config import Named, recipe_from_json
 from sslbench.data.build import dataset_label
 from sslbench.errors import UserError
+from sslbench.transforms import TRANSFER_INPUTS, default_transfer_input
+
+FORMAT = "sslbench-pretrain-2"  # 2: records the transfer input and the task's setup state
+# Checkpoints of format 1 recorded no transfer input; theirs followed from the task (the only two that differed).
+FORMAT1_TRANSFER_INPUTS = {"jigsaw": "per-image-std", "damaged-jigsaw": "lab-l-std"}
+
+
+@dataclass(frozen=True)
+class TrunkSpec:
+    """A `--checkpoint` value: 'random', 'random:CKPT', or a checkpoint / state-dict file."""
+
+    kind: Literal["file", "random", "random-like"]
+    path: str = ""
+
+    RANDOM_LIKE = "random:"
+
+    @classmethod
+    def parse(cls, text: str) -> TrunkSpec:
+        if text == "random":
+            return cls("random")
+        if text.startswith(cls.RANDOM_LIKE):
+            if not text[len(cls.RANDOM_LIKE):]:
+                raise UserError("--checkpoint random: needs a checkpoint after the colon (random:runs/<task>-*/checkpoint.pt)")
+            return cls("random-like", text[len(cls.RANDOM_LIKE):])
+        return cls("file", text)
+
+    @classmethod
+    def like(cls, checkpoint: str | Path) -> TrunkSpec:
+        return cls("random-like", str(checkpoint))
+
+    @property
+    def is_random(self) -> bool:
+        return self.kind != "file"
+
+    def __str__(self) -> str:
+        return {"random": "random", "random-like": self.RANDOM_LIKE + self.path, "file": self.path}[self.kind]
 
 
 @dataclass(frozen=True)
 class Trunk:
     backbone: Backbone
     method: str  # pretext task that trained it, or 'random'
-    variant: str
     label: str  # backbone label for tables
-    pretrain_dataset: str
-    pretrain_run: str
-    checkpoint: str
-    prepare: Callable[[Tensor], Tensor]  # uint8 images -> the trunk's input (the pretext task's own transform)
+    checkpoint: str  # the TrunkSpec it was loaded from, as text
+    transfer_input: str  # name of the transform (TRANSFER_INPUTS) from uint8 images to the trunk's input
+    variant: str = ""
+    pretrain_dataset: str = ""
+    pretrain_run: str = ""
     reinitialised: tuple[str, ...] = ()  # weights re-initialised because the trunk was rebuilt at another size
+
+    @property
+    def prepare(self) -> Callable[[Tensor], Tensor]:
+        """uint8 images -> the trunk's input (the pretext task's own transform)."""
+        return TRANSFER_INPUTS.get(self.transfer_input)
 
 
 def at_protocol_size(trained: Named, protocol: Named) -> Named:
@@ -53,26 +101,19 @@ def resize_trunk(backbone: Backbone, trained: Named, protocol: Named) -> tuple[B
     return resized, tuple(sorted(set(own) - set(keep)))
 
 
-RANDOM_LIKE = "random:"  # --checkpoint random:CKPT = random init of CKPT's architecture
-
-
-def load_trunk(checkpoint: str, fallback: Named, taps: Sequence[str]) -> Trunk:
-    """'random' -> `fallback` freshly initialised; 'random:CKPT' -> CKPT's architecture (as transferred: at
-    the protocol's size, with its input transform) freshly initialised, the like-for-like baseline of a trunk
-    whose shape differs from the protocol's; a path -> the backbone its checkpoint describes."""
-    if checkpoint == "random":
+def load_trunk(spec: TrunkSpec, fallback: Named) -> Trunk:
+    """The trunk `spec` names; `fallback` is the protocol recipe's backbone (random init, plain state dicts,
+    and the size a pretrained trunk is rebuilt at)."""
+    if spec.kind == "random":
         backbone = build_backbone(fallback.name, fallback.cfg)
-        trunk = Trunk(backbone, "random", "", backbone_label(fallback.name, fallback.cfg), "", "", "random",
-                      trunk_input(None, backbone))
-    elif checkpoint.startswith(RANDOM_LIKE):
-        trunk = _random_like(Path(checkpoint[len(RANDOM_LIKE):]), fallback, checkpoint)
-    else:
-        trunk = _from_file(Path(checkpoint), fallback)
-    _require_taps(trunk, taps)
-    return trunk
+        return Trunk(backbone=backbone, method="random", label=backbone_label(fallback.name, fallback.cfg),
+                     checkpoint=str(spec), transfer_input=default_transfer_input(backbone.in_channels))
+    if spec.kind == "random-like":
+        return _random_like(spec, fallback)
+    return _from_file(Path(spec.path), fallback, spec)
 
 
-def _read(path: Path) -> Any:
+def read_checkpoint(path: Path) -> Any:
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}; pass a runs/<task>-*/checkpoint.pt or 'random'")
     try:
@@ -81,40 +122,47 @@ def _read(path: Path) -> Any:
         raise UserError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
 
 
-def _is_pretrain(state: Any) -> bool:
-    return isinstance(state, dict) and state.get("format", "").startswith("sslbench-pretrain")
+def is_pretrain(state: Any) -> bool:
+    return isinstance(state, dict) and str(state.get("format", "")).startswith("sslbench-pretrain")
 
 
-def _random_like(path: Path, fallback: Named, checkpoint: str) -> Trunk:
-    state = _read(path)
-    if not _is_pretrain(state):
-        raise UserError(f"{checkpoint}: {path} is not an sslbench pretraining checkpoint, so its architecture is "
+def recorded_transfer_input(state: dict[str, Any]) -> str:
+    """The transfer input a pretraining checkpoint records (format 1: derived from its task)."""
+    return state.get("transfer_input") or FORMAT1_TRANSFER_INPUTS.get(state["task"], "imagenet")
+
+
+def _random_like(spec: TrunkSpec, fallback: Named) -> Trunk:
+    path = Path(spec.path)
+    state = read_checkpoint(path)
+    if not is_pretrain(state):
+        raise UserError(f"{spec}: {path} is not an sslbench pretraining checkpoint, so its architecture is "
                         "unknown; use 'random' (the protocol recipe's backbone) or set --set backbone.*")
     recipe = recipe_from_json(state["recipe"])
     target = at_protocol_size(recipe.backbone, fallback)
-    backbone = build_backbone(target.name, target.cfg)
-    return Trunk(backbone, "random", f"{state['task']} trunk", backbone_label(target.name, target.cfg), "", "",
-                 checkpoint, trunk_input(state["task"], backbone))
+    return Trunk(backbone=build_backbone(target.name, target.cfg), method="random", variant=f"{state['task']} trunk",
+                 label=backbone_label(target.name, target.cfg), checkpoint=str(spec),
+                 transfer_input=recorded_transfer_input(state))
 
 
-def _from_file(path: Path, fallback: Named) -> Trunk:
-    state = _read(path)
-    if _is_pretrain(state):
+def _from_file(path: Path, fallback: Named, spec: TrunkSpec) -> Trunk:
+    state = read_checkpoint(path)
+    if is_pretrain(state):
         recipe = recipe_from_json(state["recipe"])
         backbone = build_backbone(recipe.backbone.name, recipe.backbone.cfg)
         load_state_strict(backbone, state["backbone_state"], path)
         backbone, reinit = resize_trunk(backbone, recipe.backbone, fallback)
-        return Trunk(backbone, state["task"], state.get("variant", ""), state["backbone"]["label"],
-                     dataset_label(recipe.data), path.parent.name, str(path), trunk_input(state["task"], backbone),
-                     reinit)
+        return Trunk(backbone=backbone, method=state["task"], variant=state.get("variant", ""),
+                     label=state["backbone"]["label"], checkpoint=str(spec),
+                     transfer_input=recorded_transfer_input(state), pretrain_dataset=dataset_label(recipe.data),
+                     pretrain_run=path.parent.name, reinitialised=reinit)
     # A plain state dict (e.g. weights converted from the authors' Caffe models): load into the recipe's backbone.
     weights = state.get("state_dict", state) if isinstance(state, dict) else None
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise UserError(f"{path}: expected an sslbench checkpoint or a state dict of tensors")
     backbone = build_backbone(fallback.name, fallback.cfg)
     load_state_strict(backbone, weights, path)
-    return Trunk(backbone, path.stem, "", backbone_label(fallback.name, fallback.cfg), "", "", str(path),
-                 trunk_input(None, backbone))
+    return Trunk(backbone=backbone, method=path.stem, label=backbone_label(fallback.name, fallback.cfg),
+                 checkpoint=str(spec), transfer_input=default_transfer_input(backbone.in_channels))
 
 
 def load_state_strict(module: torch.nn.Module, weights: dict[str, Any], source: Path) -> None:
@@ -135,17 +183,7 @@ def load_state_strict(module: torch.nn.Module, weights: dict[str, Any], source: 
     module.load_state_dict(weights)
 
 
-def trunk_input(task: str | None, backbone: Backbone) -> Callable[[Tensor], Tensor]:
-    """The input transform the trunk was trained with: its pretext task's, else by input channels."""
-    from sslbench.registry import TASKS
-    from sslbench.tasks.base import PretextTask
-
-    if task in TASKS:
-        return TASKS.get(task).trunk_input
-    return PretextTask.trunk_input if backbone.in_channels == 3 else PretextTask.gray_input
-
-
-def _require_taps(trunk: Trunk, taps: Sequence[str]) -> None:
+def require_taps(trunk: Trunk, taps: tuple[str, ...]) -> None:
     missing = [t for t in taps if t not in trunk.backbone.feature_info]
     if missing:
         raise UserError(

@@ -9,6 +9,8 @@ from typing import Optional
 import typer
 
 from sslbench.errors import UserError
+from sslbench.plugins import load_all
+from sslbench.registry import DATASETS
 
 app = typer.Typer(
     name="sslbench", no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
@@ -35,12 +37,9 @@ def _data(items: Optional[list[str]]) -> dict[str, str] | None:
         if "=" not in item:
             raise UserError(f"--data expects NAME=PATH (e.g. voc2007=/data/VOCdevkit), found {item!r}")
         name, path = item.split("=", 1)
-        from sslbench.registry import DATASETS, load_all
-
-        load_all()
         DATASETS.entry(name)  # unknown names fail here with the valid ones
         out[name] = path
-    return out  # how many a run takes is the recipe's rule (config.load_recipe): one main set + its options
+    return out  # how many a run takes is the recipe's rule (recipes.apply_data): one main set + its options
 
 
 @app.command()
@@ -56,8 +55,8 @@ def pretrain(
 
     Example: [bold]sslbench pretrain rotation --recipe alexnet --set schedule.epochs=5[/bold]
     """
-    from sslbench.config import load_recipe
     from sslbench.engine import pretrain as run_pretrain
+    from sslbench.recipes import load_recipe
 
     r = load_recipe("pretrain", task, scale, set_ or [], _data(data), seed, flavour=recipe)
     out = run_pretrain(r, runs, device, resume=resume, progress=not quiet, argv=sys.argv)
@@ -79,8 +78,8 @@ def eval_(
 
     Example: [bold]sslbench eval --protocol linear --checkpoint runs/rotation-20261125-101500/checkpoint.pt[/bold]
     """
-    from sslbench.config import load_recipe
     from sslbench.protocols.base import evaluate
+    from sslbench.recipes import load_recipe
 
     r = load_recipe("protocol", protocol, scale, set_ or [], _data(data), seed, flavour=recipe)
     out = evaluate(r, checkpoint, runs, device, progress=not quiet, argv=sys.argv, init=init)
@@ -105,14 +104,15 @@ def table(
 def _print_tables(name: str, fmt: str, runs: Path, plot: Optional[Path]) -> None:
     from sslbench import report
     from sslbench.results import ResultStore
+    from sslbench.tables import load_table, resolve
 
-    names = report.resolve(name)
+    names = resolve(name)
     if fmt not in report.FORMATS:
         raise UserError(f"unknown format {fmt!r}; valid: {', '.join(report.FORMATS)}")
     store_path = runs / "results.sqlite"
     store = ResultStore(store_path) if store_path.is_file() else None
     for i, n in enumerate(names):
-        t = report.load_table(n)
+        t = load_table(n)
         if fmt == "rich":
             from rich.console import Console
 
@@ -121,7 +121,7 @@ def _print_tables(name: str, fmt: str, runs: Path, plot: Optional[Path]) -> None
             console.print()
         else:
             sys.stdout.write(("\n" if i else "") + report.render(t, store, fmt))
-        if plot is not None and n in report.PLOTTABLE:
+        if plot is not None and t.plot:
             target = plot if len(names) == 1 else plot.with_name(f"{plot.stem}-{n}{plot.suffix}")
             report.plot(t, store, target)
             typer.echo(f"plot: {target}", err=True)
@@ -174,25 +174,25 @@ def reproduce(
 
 
 @app.command("list")
-def list_(what: str = typer.Argument(..., help="tasks, protocols, tables, recipes, backbones or datasets.")) -> None:
+def list_(what: str = typer.Argument(..., help="tasks, protocols, tables, recipes, backbones, datasets or layouts.")) -> None:
     """List what is registered.
 
     Example: [bold]sslbench list tasks[/bold]
     """
-    from sslbench import report
-    from sslbench.config import list_recipes
-    from sslbench.registry import BACKBONES, DATASETS, PROTOCOLS, TASKS, load_all, unknown_name_message
+    from sslbench.recipes import list_recipes
+    from sslbench.registry import BACKBONES, LAYOUTS, PROTOCOLS, TASKS, unknown_name_message
+    from sslbench.tables import groups, load_table, table_names
 
-    load_all()
-    registries = {"tasks": TASKS, "protocols": PROTOCOLS, "backbones": BACKBONES, "datasets": DATASETS}
+    registries = {"tasks": TASKS, "protocols": PROTOCOLS, "backbones": BACKBONES, "datasets": DATASETS,
+                  "layouts": LAYOUTS}
     if what in registries:
         reg = registries[what]
         for n in reg.names():
             typer.echo(f"{n:18s} {reg.entry(n).summary}")
     elif what == "tables":
-        for n in report.table_names():
-            typer.echo(f"{n:28s} {report.load_table(n).title}")
-        for g, members in report.groups().items():
+        for n in table_names():
+            typer.echo(f"{n:28s} {load_table(n).title}")
+        for g, members in groups().items():
             typer.echo(f"{g:28s} group: {', '.join(members)}")
     elif what == "recipes":
         for r in list_recipes():
@@ -201,9 +201,16 @@ def list_(what: str = typer.Argument(..., help="tasks, protocols, tables, recipe
         raise UserError(unknown_name_message("list", what, [*registries, "tables", "recipes"]))
 
 
+def _format_help() -> str:
+    from sslbench.data.layouts import format_names
+
+    load_all()
+    return "One of " + ", ".join(format_names()) + " (sslbench list layouts)."
+
+
 @data_app.command("synth")
 def data_synth(
-    fmt: str = typer.Option(..., "--format", help="voc, voc2012, cifar10, stl10, imagenet or sbd."),
+    fmt: str = typer.Option(..., "--format", help=_format_help()),
     out: Path = typer.Option(..., "--out", help="Directory to write into."),
     num: int = typer.Option(200, "--num", help="Images per split."),
     image_size: int = typer.Option(64, "--image-size", help="Side in pixels (CIFAR: 32, STL-10: 96 regardless)."),
@@ -213,7 +220,7 @@ def data_synth(
 
     Example: [bold]sslbench data synth --format voc --out synthvoc[/bold]
     """
-    from sslbench.data.formats import synth
+    from sslbench.data.layouts import synth
 
     path = synth(fmt, out, num, image_size, seed)
     typer.echo(f"wrote {fmt} ({num} images per split) to {path}")
@@ -225,14 +232,32 @@ def data_check(spec: str = typer.Argument(..., help="NAME=PATH, e.g. voc2007=syn
 
     Example: [bold]sslbench data check voc2007=synthvoc[/bold]
     """
-    from sslbench.data.formats import check
+    from sslbench.data.check import check
 
     ((name, path),) = (_data([spec]) or {}).items()
     typer.echo(check(name, path))
 
 
+@app.command()
+def show(
+    kind: str = typer.Argument(..., help="What to draw: a pretext task whose examples to show (inpainting)."),
+    checkpoint: Path = typer.Argument(..., help="runs/<task>-*/checkpoint.pt"),
+    out: Path = typer.Argument(..., help="The PNG to write."),
+    num: int = typer.Option(8, "--num", help="Images (rows) in the figure."),
+    split: str = typer.Option("", "--split", help="Data split (default: the embedded test split / the recipe's)."),
+) -> None:
+    """Draw a figure from a checkpoint: a pretext task's inputs, predictions and targets.
+
+    Example: [bold]sslbench show inpainting runs/inpainting-20261126-101500/checkpoint.pt grid.png[/bold]
+    """
+    from sslbench.show import show as draw
+
+    typer.echo(draw(kind, checkpoint, out, num, split))
+
+
 def main() -> None:
     try:
+        load_all()
         app(standalone_mode=False)
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)

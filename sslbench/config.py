@@ -1,9 +1,10 @@
-"""TOML recipes -> frozen dataclasses.
+"""Recipe schemas: frozen dataclasses and their validation.
 
-A recipe is one TOML file, ``recipes/<task>/<scale>.toml`` or
-``recipes/protocols/<protocol>/<scale>.toml``. Every section is validated against a typed
-dataclass: an unknown key or a wrong type is an error naming the key and the file. ``--set key=value``
-overrides go into the raw TOML before validation, so they pass through the same checks.
+A recipe (``recipes/<task>/<scale>.toml`` or ``recipes/protocols/<protocol>/<scale>.toml``, read by
+sslbench.recipes) is validated section by section against typed dataclasses: an unknown key or a wrong type
+is an error naming the key and the file. `build` is the validator every typed file of sslbench goes
+through (recipes, table files). Registry lookups (a task's or backbone's config class) need the plugins
+loaded (sslbench.plugins.load_all), which the entry points do.
 """
 
 from __future__ import annotations
@@ -11,30 +12,25 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import sys
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 from sslbench.errors import UserError
-from sslbench.registry import BACKBONES, DATASETS, PROTOCOLS, TASKS, unknown_name_message
+from sslbench.registry import BACKBONES, PROTOCOLS, TASKS, Registry
 
 SCALES = ("mini", "paper")
+Kind = Literal["pretrain", "protocol"]
 
 
-def repo_root() -> Path:
-    return Path(__file__).resolve().parent.parent
+def section_of(kind: str) -> str:
+    """The recipe section that configures the task (pretraining) or the protocol (evaluation)."""
+    return "task" if kind == "pretrain" else "protocol"
 
 
-def recipes_dir() -> Path:
-    return repo_root() / "recipes"
+def registry_of(kind: str) -> Registry[Any]:
+    return TASKS if kind == "pretrain" else PROTOCOLS
 
 
 @dataclass(frozen=True)
@@ -93,18 +89,22 @@ class Named:
 
 @dataclass(frozen=True)
 class Recipe:
-    kind: Literal["pretrain", "protocol"]
+    kind: Kind
     name: str  # task or protocol name
     source: str  # file the recipe came from
     scale: str
     seed: int
-    method: Named  # [task] or [protocol]
+    component: Named  # the [task] (pretraining) or [protocol] (evaluation) section: `name`'s validated config
     backbone: Named
     data: DataConfig
     optim: OptimConfig
     schedule: ScheduleConfig
     engine: EngineConfig
     overrides: tuple[str, ...] = field(default=())
+
+    @property
+    def section(self) -> str:
+        return section_of(self.kind)
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -115,8 +115,7 @@ class Recipe:
             "seed": self.seed,
             "overrides": list(self.overrides),
         }
-        section = "task" if self.kind == "pretrain" else "protocol"
-        out[section] = {"name": self.method.name, **_asdict(self.method.cfg)}
+        out[self.section] = {"name": self.component.name, **_asdict(self.component.cfg)}
         out["backbone"] = {"name": self.backbone.name, **_asdict(self.backbone.cfg)}
         for key in ("data", "optim", "schedule", "engine"):
             out[key] = _asdict(getattr(self, key))
@@ -197,110 +196,23 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     raise TypeError(f"{where}: unsupported config type {tp!r}")
 
 
-# ---------------------------------------------------------------- loading
+# ---------------------------------------------------------------- recipes from raw tables
 
 
-def recipe_path(kind: str, name: str, scale: str, flavour: str = "") -> Path:
-    """recipes/[protocols/]<name>/<scale>[-<flavour>].toml; a flavour is a variant such as 'alexnet'."""
-    if scale not in SCALES:
-        raise UserError(f"unknown scale {scale!r}; valid: {', '.join(SCALES)}")
-    base = recipes_dir() / ("protocols" if kind == "protocol" else "") / name
-    path = base / (f"{scale}-{flavour}.toml" if flavour else f"{scale}.toml")
-    if not path.is_file():
-        available = sorted(p.stem for p in base.glob("*.toml")) if base.is_dir() else []
-        raise UserError(
-            f"no recipe {path.stem!r} for {kind} {name!r}: expected {path}"
-            + (f"; available recipes: {', '.join(available)}" if available else "")
-        )
-    return path
-
-
-def list_recipes() -> list[str]:
-    root = recipes_dir()
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.toml"))
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """'optim.lr=0.005' -> (['optim', 'lr'], 0.005); values are TOML, bare words are strings."""
-    if "=" not in text:
-        raise UserError(f"--set expects key=value (e.g. optim.lr=0.005), found {text!r}")
-    key, value_text = text.split("=", 1)
-    try:
-        value = tomllib.loads(f"v = {value_text}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = value_text
-    return key.strip().split("."), value
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str], method_section: str) -> None:
-    for text in overrides:
-        keys, value = parse_override(text)
-        if len(keys) == 1:  # bare key: the task's / protocol's own option (e.g. layers=fc8)
-            keys = [method_section, *keys]
-        table = raw
-        for k in keys[:-1]:
-            table = table.setdefault(k, {})
-            if not isinstance(table, dict):
-                raise UserError(f"--set {text}: {k!r} is not a section")
-        table[keys[-1]] = value
-
-
-def load_recipe(
-    kind: Literal["pretrain", "protocol"],
-    name: str,
-    scale: str = "mini",
-    overrides: list[str] | tuple[str, ...] = (),
-    data: dict[str, str] | None = None,
-    seed: int | None = None,
-    path: Path | None = None,
-    flavour: str = "",
-) -> Recipe:
-    from sslbench.registry import load_all
-
-    load_all()
-    registry = TASKS if kind == "pretrain" else PROTOCOLS
-    if name not in registry:
-        raise UserError(unknown_name_message(registry.kind, name, registry.names()))
-    path = path or recipe_path(kind, name, scale, flavour)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{path}: not valid TOML ({exc})") from None
-    return recipe_from_dict(kind, name, raw, str(path), scale, list(overrides), data, seed)
-
-
-def recipe_from_dict(
-    kind: Literal["pretrain", "protocol"],
-    name: str,
-    raw: dict[str, Any],
-    source: str,
-    scale: str,
-    overrides: list[str],
-    data: dict[str, str] | None = None,
-    seed: int | None = None,
-) -> Recipe:
-    section = "task" if kind == "pretrain" else "protocol"
+def recipe_from_dict(kind: Kind, name: str, raw: dict[str, Any], source: str, scale: str,
+                     overrides: tuple[str, ...] = (), seed: int | None = None) -> Recipe:
+    """A raw recipe table (TOML or JSON, `overrides` already applied: they are recorded for provenance and
+    named in errors) -> a validated Recipe; `seed` replaces the recipe's."""
+    section = section_of(kind)
     where = source if not overrides else f"{source} (with --set {' '.join(overrides)})"
-    apply_overrides(raw, overrides, section)
     allowed = {"seed", section, "backbone", "data", "optim", "schedule", "engine"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise UserError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(allowed))}")
-    registry = TASKS if kind == "pretrain" else PROTOCOLS
-    extra_sets = {f.name for f in dataclasses.fields(registry.entry(name).config)}
-    main = [dataset for dataset in (data or {}) if dataset not in extra_sets]
-    if len(main) > 1:
-        options = sorted(extra_sets & set(DATASETS.names()))
-        plus = f" (plus {', '.join(options)}, which {name} adds to it)" if options else ""
-        raise UserError(f"--data takes one data set per run{plus}, found {', '.join(main)}; pass one of them")
-    for dataset, root in (data or {}).items():
-        if dataset in extra_sets:  # a data set the method adds to its main one (voc-seg's sbd) is its option
-            raw.setdefault(section, {})[dataset] = root
-        else:
-            raw.setdefault("data", {}).update(dataset=dataset, root=root)
-    method_raw = dict(raw.get(section, {}))
-    method_raw.pop("name", None)
-    method = Named(name, build(registry.entry(name).config, method_raw, f"{where} [{section}]"))
+    entry = registry_of(kind).entry(name)
+    component_raw = dict(raw.get(section, {}))
+    component_raw.pop("name", None)
+    component = Named(name, build(entry.config, component_raw, f"{where} [{section}]"))
     bb_raw = dict(raw.get("backbone", {}))
     bb_name = bb_raw.pop("name", None)
     if not isinstance(bb_name, str):
@@ -312,7 +224,7 @@ def recipe_from_dict(
         source=source,
         scale=scale,
         seed=seed if seed is not None else _coerce(int, raw.get("seed", 0), f"{where}.seed"),
-        method=method,
+        component=component,
         backbone=backbone,
         data=build(DataConfig, raw.get("data", {}), f"{where} [data]"),
         optim=build(OptimConfig, raw.get("optim", {}), f"{where} [optim]"),
@@ -339,6 +251,5 @@ def recipe_from_json(text: str) -> Recipe:
     kind, name = raw.pop("kind"), raw.pop("name")
     source, scale = raw.pop("source"), raw.pop("scale")
     raw.pop("overrides", None)
-    section = "task" if kind == "pretrain" else "protocol"
-    raw[section].pop("name", None)
-    return recipe_from_dict(kind, name, raw, source, scale, [])
+    raw[section_of(kind)].pop("name", None)
+    return recipe_from_dict(kind, name, raw, source, scale)

@@ -1,7 +1,8 @@
-"""Name -> class registries for tasks, backbones, protocols and data sets.
+"""Name -> class registries for backbones, tasks, protocols, data sets and data layouts.
 
 Each registry states the contract of what it holds; registering a name twice is an error,
-and asking for an unknown name lists the valid ones with the closest match.
+and asking for an unknown name lists the valid ones with the closest match. This module is a leaf: it
+imports no plugin; `sslbench.plugins.load_all` (the composition root) imports the modules that register.
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ class Registry(Generic[T]):
         self.contract = contract
         self._entries: dict[str, Entry[T]] = {}
 
-    def register(self, name: str, *, config: type | None = None) -> Callable[[T], T]:
+    def register(self, name: str, *, config: type | None = None, summary: str = "") -> Callable[[T], T]:
+        """Register `obj` under `name`; its summary (for `sslbench list`) is `summary` or its docstring's first line."""
         def deco(obj: T) -> T:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is already registered by {self._entries[name].obj!r}")
             doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
-            self._entries[name] = Entry(name, obj, config, doc[0] if doc else "")
+            self._entries[name] = Entry(name, obj, config, summary or (doc[0] if doc else ""))
             return obj
 
         return deco
@@ -62,23 +64,30 @@ def unknown_name_message(kind: str, name: str, valid: list[str]) -> str:
 
 BACKBONES: Registry[Any] = Registry(
     "backbone",
-    "nn.Module classes built as cls(cfg) whose forward(x, taps=(...)) returns {tap: feature map} "
-    "and whose feature_info maps every tap name to its (channels, stride).",
+    "Backbone subclasses built as cls(cfg): forward(x, taps=(...)) returns {tap: feature map} and stops at the "
+    "last tap asked for; feature_info gives each tap's channels, stride and size; roles (fuse_tap, head_tap, "
+    "region_head(), fcn_head(), fc_stages, freeze_after) say what heads may use, so that no consumer names a layer.",
 )
 TASKS: Registry[Any] = Registry(
     "task",
-    "PretextTask subclasses built as cls(cfg, backbone): make_batch(images, generator) is pure "
-    "(no model), loss(batch) returns a dict with a 'loss' entry; the engine never branches on names.",
+    "PretextTask subclasses built as cls(cfg, backbone): setup(dataset, generator) once before training (its "
+    "state saved with the checkpoint), make_batch(images, targets, generator) pure (no model), param_groups(), "
+    "loss(batch) -> dict with a 'loss' entry, transfer_input() naming a transform; the engine never branches on names.",
 )
 PROTOCOLS: Registry[Any] = Registry(
     "protocol",
-    "Protocol subclasses: run(backbone, data, recipe, ctx) -> Result with metrics keyed "
-    "'<protocol>/<column>' (e.g. 'linear/conv3').",
+    "Protocol subclasses built as cls(cfg): taps() lists the taps it reads, run(trunk, recipe, ctx) -> "
+    "{metric key: value}, keys '<protocol>/<column>' (e.g. 'linear/conv3'), trained on the one fit loop.",
 )
 DATASETS: Registry[Any] = Registry(
     "data set",
-    "Factories build(root, split, cfg) -> torch Dataset of (uint8 image [3,H,W], target dict); "
-    "root None means the embedded synthetic data.",
+    "Factories build(root, split, image_size, num, synth_seed) -> torch Dataset of (uint8 image [3,H,W], "
+    "target dict) items (None for an unreadable file); root None means the embedded synthetic data.",
+)
+LAYOUTS: Registry[Any] = Registry(
+    "data layout",
+    "Layout records of the real on-disk layouts (sslbench.data.layouts): writer of the embedded data, the data "
+    "set that reads it, the splits `data check` reads; one module per layout.",
 )
 
 
@@ -96,11 +105,3 @@ def register_protocol(name: str, *, config: type) -> Callable[[T], T]:
 
 def register_dataset(name: str) -> Callable[[T], T]:
     return DATASETS.register(name)
-
-
-def load_all() -> None:
-    """Import every module that registers something (registration happens at import)."""
-    import sslbench.backbones  # noqa: F401
-    import sslbench.data  # noqa: F401
-    import sslbench.protocols  # noqa: F401
-    import sslbench.tasks  # noqa: F401

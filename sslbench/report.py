@@ -1,9 +1,10 @@
 """tables/ data + the results store -> the deck's tables in the deck's layout, papers' rows and ours.
 
-A table file (tables/<name>.toml) holds the paper's rows verbatim (cells as the seed's text, with bold /
-underline marks) and, per column, the sslbench metric key that fills it. sslbench rows are built from the
-store: one per (method + variant, backbone, scale, embedded or real data; a method's VOC2007 and VOC2012 columns share
-a row), latest value per column, "—" where nothing was measured. Renderers: rich, markdown, LaTeX, CSV, JSON, HTML.
+sslbench rows are built from the store: one per (method + variant + initialisation, backbone, scale, embedded
+or real data; a method's VOC2007 and VOC2012 columns share a row), latest value per column and seed pair,
+"—" where nothing was measured, and a Δ against the paper row of the same method, variant, initialisation
+and backbone family, in the columns measured on the column's paper data set. Renderers: rich, markdown,
+LaTeX, CSV, JSON, HTML; `plot` draws the probe tables.
 """
 
 from __future__ import annotations
@@ -14,118 +15,27 @@ import io
 import json
 import re
 import statistics
-import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sslbench.config import repo_root
 from sslbench.errors import UserError
-from sslbench.registry import unknown_name_message
+from sslbench.plugins import load_all
+from sslbench.registry import PROTOCOLS, TASKS
 from sslbench.results import ResultRow, ResultStore
+from sslbench.runtime import atomic
+from sslbench.tables import PRETRAIN_TIME, Column, Row, Table, load_table, table_names
 
 DASH = "—"
 FORMATS = ("rich", "markdown", "latex", "csv", "json", "html")
-METHOD_NAMES = {
-    "rotation": "RotNet", "jigsaw": "Jigsaw", "context": "Context", "inpainting": "Context Encoders",
-    "colorization": "Colorization", "damaged-jigsaw": "CDJP", "exemplar": "Exemplar-CNN",
-    "multitask": "Task Ensemble", "random": "Random", "random-rescaled": "Random rescaled",
-}
+BASELINES = {"random": "Random", "supervised": "Supervised"}  # the rows that are no pretext task
 
 
-def tables_dir() -> Path:
-    return repo_root() / "tables"
-
-
-@dataclass(frozen=True)
-class Column:
-    header: tuple[str, ...]
-    metric: str
-    unit: str
-    fills_from: str
-
-    @property
-    def flat(self) -> str:
-        """'Group/Sub' with empty levels dropped and repeated levels merged (CSV / JSON field name)."""
-        parts = [h for h in self.header if h]
-        return "/".join(dict.fromkeys(parts)) if parts else ""
-
-
-@dataclass(frozen=True)
-class Row:
-    label: str
-    cells: tuple[str, ...]
-    marks: tuple[str, ...] = ()
-    label_mark: str = ""
-    method: str = ""
-    source: str = "paper"  # 'paper' or 'sslbench'
-    note: str = ""  # sslbench rows: the footnote with provenance
-
-
-@dataclass(frozen=True)
-class Table:
-    name: str
-    title: str
-    paper: str
-    venue: str
-    paper_table: str
-    caption: str
-    seed_heading: str
-    row_header: tuple[str, ...]
-    columns: tuple[Column, ...]
-    rows: tuple[Row, ...]
-    notes: tuple[str, ...] = ()
-    paper_dataset: str = ""
-    reproduce: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def levels(self) -> int:
-        return len(self.columns[0].header) if self.columns else 1
-
-
-# ---------------------------------------------------------------- loading
-
-
-def table_names() -> list[str]:
-    return sorted(p.stem for p in tables_dir().glob("*.toml") if p.stem != "groups")
-
-
-def groups() -> dict[str, list[str]]:
-    path = tables_dir() / "groups.toml"
-    found = tomllib.loads(path.read_text()) if path.is_file() else {}
-    return {**found, "all": table_names()}
-
-
-def resolve(name: str) -> list[str]:
-    """A table or group name -> the table names it stands for."""
-    g = groups()
-    if name in g:
-        return list(g[name])
-    if name in table_names():
-        return [name]
-    raise UserError(unknown_name_message("table", name, table_names() + sorted(g)))
-
-
-def load_table(name: str) -> Table:
-    path = tables_dir() / f"{name}.toml"
-    if not path.is_file():
-        raise UserError(unknown_name_message("table", name, table_names()))
-    raw = tomllib.loads(path.read_text())
-    columns = tuple(Column(tuple(c["header"]), c.get("metric", ""), c.get("unit", ""), c.get("fills_from", ""))
-                    for c in raw["columns"])
-    rows = tuple(
-        Row(r["label"], tuple(r["cells"]), tuple(r.get("marks", [""] * len(columns))), r.get("label_mark", ""),
-            r.get("method", ""))
-        for r in raw["rows"]
-    )
-    rh = raw.get("row_header", [""])
-    return Table(
-        name=raw["name"], title=raw.get("title", ""), paper=raw.get("paper", ""), venue=raw.get("venue", ""),
-        paper_table=raw.get("paper_table", ""), caption=raw.get("caption", ""),
-        seed_heading=raw.get("seed_heading", ""), row_header=tuple([rh] if isinstance(rh, str) else rh),
-        columns=columns, rows=rows, notes=tuple(raw.get("notes", [])), paper_dataset=raw.get("paper_dataset", ""),
-        reproduce=raw.get("reproduce", {}),
-    )
+def display_name(method: str) -> str:
+    """The method's name in tables: a task's display name, Random, or the name itself (a plain state dict)."""
+    if method in BASELINES:
+        return BASELINES[method]
+    return TASKS.get(method).display_name if method in TASKS else method
 
 
 # ---------------------------------------------------------------- sslbench rows from the store
@@ -138,66 +48,104 @@ def number(text: str) -> float | None:
 
 
 def fmt_value(value: float, column: Column) -> str:
-    if column.fills_from == "pretrain/time":
+    if column.fills_from == PRETRAIN_TIME:
         return f"{value / 60:.1f} min" if value < 3600 else f"{value / 3600:.1f} h"
     return f"{value:.2f}" if abs(value) < 100 else f"{value:.1f}"
 
 
+@dataclass(frozen=True)
+class RowKey:
+    """What makes an sslbench row: the rows of a table are the distinct keys of its results."""
+
+    method: str
+    variant: str
+    rescaled: bool
+    backbone: str
+    scale: str
+    embedded: bool
+
+    @classmethod
+    def of(cls, r: ResultRow) -> RowKey:
+        p = r.prov
+        return cls(p.method, p.variant, p.init.endswith("+rescale"), p.backbone, p.scale, p.dataset.startswith("embedded"))
+
+    @property
+    def name(self) -> str:
+        """'RotNet', 'Context (projection)', 'Jigsaw (rescale)', 'Random rescaled (jigsaw trunk)'."""
+        if self.method == "random":
+            return "Random" + (" rescaled" if self.rescaled else "") + (f" ({self.variant})" if self.variant else "")
+        variant = "+".join(v for v in (self.variant, "rescale" if self.rescaled else "") if v)
+        return display_name(self.method) + (f" ({variant})" if variant else "")
+
+
+def paper_row(table: Table, key: RowKey) -> Row | None:
+    """The paper's row an sslbench row is compared with: the same method and initialisation; among those, the
+    rows naming the sslbench row's variant (else those naming none), then its backbone family (else those naming
+    none). None unless exactly one row is left: no Δ rather than a Δ against another setting."""
+    rows = [r for r in table.rows if r.method == key.method and r.init == ("rescale" if key.rescaled else "")]
+    rows = [r for r in rows if r.variant == key.variant] or [r for r in rows if not r.variant]
+    rows = [r for r in rows if r.backbone and key.backbone.startswith(r.backbone)] or [r for r in rows if not r.backbone]
+    return rows[0] if len(rows) == 1 else None
+
+
+Found = dict[str, dict[tuple[Any, int], ResultRow]]  # metric -> (pretraining seed, evaluation seed) -> result
+
+
 def sslbench_rows(table: Table, store: ResultStore | None) -> list[Row]:
     keys = {c.fills_from for c in table.columns if c.fills_from}
-    if store is None or not keys - {"pretrain/time"}:
+    if store is None or not keys - {PRETRAIN_TIME}:
         return []
-    # one row per (method + variant, backbone, scale, embedded or real data): a method's VOC2007 columns and
-    # its VOC2012 segmentation column share a row; the label lists the data sets it was measured on
     # Within a row, each metric keeps the latest result per seed pair (the pretraining's seed, the evaluation's);
     # every pair stored for the row counts, and several print as mean ± sample sd (n).
     pretrains = store.pretrain_runs()
     pretrain_seed = {r.run_id: r.seed for r in pretrains}
-    groups: dict[tuple[str, str, str, str, bool], dict[str, dict[tuple[int | None, int], ResultRow]]] = {}
+    grouped: dict[RowKey, Found] = {}
     for r in store.results():
-        if r.metric in keys:  # (pretrain/time is not a result row: it is added per group below)
-            key = (r.prov.method, r.prov.variant, r.prov.backbone, r.prov.scale, r.prov.dataset.startswith("embedded"))
+        if r.metric in keys:
             seeds = (pretrain_seed.get(r.prov.pretrain_run), r.prov.seed)
-            groups.setdefault(key, {}).setdefault(r.metric, {})[seeds] = r  # id order: the latest wins
-    pretrain_time = {r.run_id: r.wall_time for r in pretrains} if "pretrain/time" in keys else {}
-    out = []
-    for (method, variant, backbone, scale, _), found in groups.items():
-        results = [r for per_seed in found.values() for r in per_seed.values()]
-        timed = {r.prov.pretrain_run: r for r in results if r.prov.pretrain_run in pretrain_time}
-        if timed:  # the pretraining's wall time fills a "Pretraining time" column (mean over the pretrainings read)
-            found["pretrain/time"] = {(i, 0): ResultRow("pretrain", "pretrain/time", pretrain_time[run], 0.0, r.created_at,
-                                                        r.prov) for i, (run, r) in enumerate(timed.items())}
-        cells, marks = [], []
-        paper_row = _paper_row(table, method) if table.paper_dataset else None
-        for i, c in enumerate(table.columns):
-            per_seed = found.get(c.fills_from)
-            if not per_seed:
-                cells.append(DASH)
-            else:
-                values = [r.value for r in per_seed.values()]
-                mean = statistics.fmean(values)
-                text = fmt_value(mean, c)
-                if len(values) > 1 and c.fills_from != "pretrain/time":
-                    text += f" ± {statistics.stdev(values):.2f} (n={len(values)})"
-                on_paper_data = c.fills_from != "pretrain/time" and all(
-                    r.prov.dataset == table.paper_dataset for r in per_seed.values())
-                ref = number(paper_row.cells[i]) if paper_row and on_paper_data else None
-                cells.append(text + (f" (Δ {mean - ref:+.1f})" if ref is not None else ""))
-            marks.append("")
-        name = METHOD_NAMES.get(method, method) + (f" ({variant})" if variant else "")
-        runs = sorted({(r.prov.run_id, r.created_at[:10]) for r in results})
-        dataset = _datasets_label(sorted({r.prov.dataset for r in results}))
-        layouts = dataset.split(":")[1] if ":" in dataset else ""
-        where = (f"the embedded synthetic data{' in ' + layouts + ' layout' if layouts else ''}"
-                 " (not the paper's data set)" if dataset.startswith("embedded") else dataset)
-        note = (f"{name} [{backbone}, {dataset}, {scale}]: measured by sslbench on {where}, scale {scale}; "
-                f"runs {', '.join(f'{rid} ({day})' for rid, day in runs)}")
-        seeds = sorted({r.prov.seed for r in results})
-        if len(seeds) > 1:
-            note += f"; seeds {', '.join(map(str, seeds))} (cells: mean ± sample sd over the seeds measured)"
-        out.append(Row(f"sslbench: {name} [{backbone}, {dataset}, {scale}]", tuple(cells), tuple(marks),
-                       method=method, source="sslbench", note=note))
-    return sorted(out, key=lambda r: (r.method == "random", r.label))
+            grouped.setdefault(RowKey.of(r), {}).setdefault(r.metric, {})[seeds] = r  # id order: the latest wins
+    pretrain_time = {r.run_id: r.wall_time for r in pretrains} if PRETRAIN_TIME in keys else {}
+    rows = [_sslbench_row(table, key, found, pretrain_time) for key, found in grouped.items()]
+    return sorted(rows, key=lambda r: (r.method == "random", r.label))
+
+
+def _sslbench_row(table: Table, key: RowKey, found: Found, pretrain_time: dict[str, float]) -> Row:
+    results = [r for per_seed in found.values() for r in per_seed.values()]
+    timed = {r.prov.pretrain_run: r for r in results if r.prov.pretrain_run in pretrain_time}
+    if timed:  # the pretraining's wall time fills a "Pretraining time" column (mean over the pretrainings read)
+        found[PRETRAIN_TIME] = {(i, 0): ResultRow("pretrain", PRETRAIN_TIME, pretrain_time[run], 0.0, r.created_at, r.prov)
+                                for i, (run, r) in enumerate(timed.items())}
+    paper = paper_row(table, key)
+    cells = tuple(_cell(table, c, found.get(c.fills_from), paper.cells[i] if paper else "")
+                  for i, c in enumerate(table.columns))
+    runs = sorted({(r.prov.run_id, r.created_at[:10]) for r in results})
+    dataset = _datasets_label(sorted({r.prov.dataset for r in results}))
+    layouts = dataset.split(":")[1] if ":" in dataset else ""
+    where = (f"the embedded synthetic data{' in ' + layouts + ' layout' if layouts else ''}"
+             " (not the paper's data set)" if dataset.startswith("embedded") else dataset)
+    label = f"{key.name} [{key.backbone}, {dataset}, {key.scale}]"
+    note = (f"{label}: measured by sslbench on {where}, scale {key.scale}; "
+            f"runs {', '.join(f'{rid} ({day})' for rid, day in runs)}")
+    seeds = sorted({r.prov.seed for r in results})
+    if len(seeds) > 1:
+        note += f"; seeds {', '.join(map(str, seeds))} (cells: mean ± sample sd over the seeds measured)"
+    return Row(f"sslbench: {label}", cells, ("",) * len(cells), method=key.method, source="sslbench", note=note)
+
+
+def _cell(table: Table, column: Column, per_seed: dict[Any, ResultRow] | None, paper_cell: str) -> str:
+    """mean (± sd (n) over seeds) (Δ against the paper cell, when measured on the column's paper data set)."""
+    if not per_seed:
+        return DASH
+    values = [r.value for r in per_seed.values()]
+    mean = statistics.fmean(values)
+    text = fmt_value(mean, column)
+    if column.fills_from == PRETRAIN_TIME:
+        return text
+    if len(values) > 1:
+        text += f" ± {statistics.stdev(values):.2f} (n={len(values)})"
+    on_paper_data = all(r.prov.dataset == table.column_dataset(column) for r in per_seed.values())
+    ref = number(paper_cell) if on_paper_data else None
+    return text + (f" (Δ {mean - ref:+.1f})" if ref is not None else "")
 
 
 def _datasets_label(datasets: list[str]) -> str:
@@ -207,35 +155,24 @@ def _datasets_label(datasets: list[str]) -> str:
     return "+".join(datasets)
 
 
-def _paper_row(table: Table, method: str) -> Row | None:
-    candidates = [r for r in table.rows if r.method == method]
-    return candidates[-1] if candidates else None
-
-
 def all_rows(table: Table, store: ResultStore | None) -> list[Row]:
     return list(table.rows) + sslbench_rows(table, store)
 
 
 def missing_tasks(table: Table) -> list[str]:
     """Pretext tasks the table's sslbench rows need that are not built yet."""
-    from sslbench.registry import TASKS, load_all
-
     load_all()
-    runs = table.reproduce.get("runs", [])
-    needed = dict.fromkeys(r.get("like", "") if r["task"] == "random" else r["task"] for r in runs)
-    needed.pop("", None)
+    needed = dict.fromkeys(run.pretrained for run in table.reproduce.runs if run.pretrained)
     return [f"pretext task {t!r} (not built yet)" for t in needed if t not in TASKS]
 
 
 def missing_columns(table: Table) -> list[str]:
     """Columns whose protocol is not built yet: they stay '—' for sslbench rows, and the footnote says so."""
-    from sslbench.registry import PROTOCOLS, load_all
-
     load_all()
     out = []
     for c in table.columns:
         protocol = c.fills_from.split("/")[0]
-        if c.fills_from and protocol not in ("pretrain",) and protocol not in PROTOCOLS:
+        if c.fills_from and c.fills_from != PRETRAIN_TIME and protocol not in PROTOCOLS:
             out.append(f"{c.flat or c.fills_from} (needs protocol {protocol!r})")
     return out
 
@@ -266,7 +203,7 @@ def _header_rows(table: Table) -> list[list[str]]:
     """One list per header level: the label-column header then each column's text at that level."""
     out = []
     for level in range(table.levels):
-        rh = table.row_header[level] if level < len(table.row_header) else ""
+        rh = table.headers[level] if level < len(table.headers) else ""
         out.append([rh] + [c.header[level] for c in table.columns])
     return out
 
@@ -295,6 +232,11 @@ def to_markdown(table: Table, rows: list[Row]) -> str:
 
 def _marks(r: Row) -> tuple[str, ...]:
     return r.marks if r.marks else ("",) * len(r.cells)
+
+
+def first_sslbench(rows: list[Row], row: Row) -> bool:
+    """Whether `row` opens the sslbench rows (renderers draw a rule above it)."""
+    return row.source == "sslbench" and next(r for r in rows if r.source == "sslbench") is row
 
 
 LATEX_ESCAPES = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
@@ -331,7 +273,7 @@ def to_latex(table: Table, rows: list[Row]) -> str:
             lines.append(" & ".join(latex_escape(h) for h in header) + r" \\")
     lines.append(r"\midrule")
     for r in rows:
-        if r.source == "sslbench" and not any(x.source == "sslbench" for x in rows[: rows.index(r)]):
+        if first_sslbench(rows, r):
             lines.append(r"\midrule")
         cells = [_tex_cell(r.label, r.label_mark)] + [_tex_cell(c, m) for c, m in zip(r.cells, _marks(r))]
         lines.append(" & ".join(cells) + r" \\")
@@ -343,7 +285,7 @@ def to_latex(table: Table, rows: list[Row]) -> str:
 
 def records(table: Table, rows: list[Row]) -> list[dict[str, str]]:
     """One record per row: table, source, row label, then each cell under its flattened header."""
-    label_key = "/".join(h for h in table.row_header if h) or "row"
+    label_key = "/".join(h for h in table.headers if h) or "row"
     out = []
     for r in rows:
         rec = {"table": table.name, "source": r.source, label_key: r.label}
@@ -426,7 +368,7 @@ def rich_table(table: Table, rows: list[Row]):  # noqa: ANN201 - rich.table.Tabl
         text = "\n".join(h[i] for h in headers)
         t.add_column(escape(text), justify="left" if i == 0 else "right", no_wrap=i > 0, min_width=24 if i == 0 else None)
     for r in rows:
-        if r.source == "sslbench" and not any(x.source == "sslbench" for x in rows[: rows.index(r)]):
+        if first_sslbench(rows, r):
             t.add_section()
         style = "cyan" if r.source == "sslbench" else None
         cells = [_rich_cell(r.label, r.label_mark)] + [_rich_cell(c, m) for c, m in zip(r.cells, _marks(r))]
@@ -446,13 +388,10 @@ def _rich_cell(text: str, mark: str) -> str:
 # ---------------------------------------------------------------- plots
 
 
-PLOTTABLE = ("rotations-cifar", "rotations-linear")
-
-
 def plot(table: Table, store: ResultStore | None, out: Path) -> Path:
     """Accuracy by layer, a line per method: paper rows dashed, sslbench rows solid."""
-    if table.name not in PLOTTABLE:
-        raise UserError(f"--plot draws the probe tables only ({', '.join(PLOTTABLE)}); {table.name!r} is not one")
+    if not table.plot:
+        raise UserError(f"--plot draws the probe tables only ({', '.join(plottable())}); {table.name!r} is not one")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -475,8 +414,12 @@ def plot(table: Table, store: ResultStore | None, out: Path) -> Path:
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    fig.savefig(tmp, dpi=120)
+    with atomic(out) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    tmp.replace(out)
     return out
+
+
+def plottable() -> list[str]:
+    """The tables `--plot` draws (their files say `plot = true`)."""
+    return [n for n in table_names() if load_table(n).plot]

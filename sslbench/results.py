@@ -11,7 +11,7 @@ import json
 import sqlite3
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterator
 
@@ -127,34 +127,28 @@ class ResultStore:
 
     def add_results(self, protocol: str, metrics: dict[str, float], prov: Provenance, wall_time: float) -> None:
         """All metrics of one protocol run in one transaction: a table never sees half a run."""
-        created = now_iso()
-        p = asdict(prov)
-        rows = [
-            (p["run_id"], protocol, metric, float(value), p["method"], p["variant"], p["backbone"],
-             p["dataset"], p["pretrain_dataset"], p["scale"], p["init"], p["seed"], p["version"],
-             float(wall_time), p["checkpoint"], p["pretrain_run"], p["recipe"], created)
-            for metric, value in sorted(metrics.items())
-        ]
+        record = {**asdict(prov), "protocol": protocol, "wall_time": float(wall_time), "created_at": now_iso()}
+        columns = [*record, "metric", "value"]
+        rows = [(*record.values(), metric, float(value)) for metric, value in sorted(metrics.items())]
         with self._connect() as con:
             con.execute("BEGIN IMMEDIATE")
             con.executemany(
-                "INSERT INTO results (run_id, protocol, metric, value, method, variant, backbone, dataset,"
-                " pretrain_dataset, scale, init, seed, version, wall_time, checkpoint, pretrain_run, recipe,"
-                " created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                rows,
+                f"INSERT INTO results ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})", rows,
             )
             con.execute("COMMIT")
 
     def results(self, metric_prefix: str = "") -> list[ResultRow]:
+        """Every result row whose metric starts with `metric_prefix`, in the order they were written."""
+        row_fields = [f.name for f in fields(ResultRow) if f.name != "prov"]
+        prov_fields = [f.name for f in fields(Provenance)]
         with self._connect() as con:
+            con.row_factory = sqlite3.Row  # columns by name: a new field cannot shift the others
             cur = con.execute(
-                "SELECT protocol, metric, value, wall_time, created_at, run_id, method, variant, backbone,"
-                " dataset, pretrain_dataset, scale, init, seed, version, checkpoint, pretrain_run, recipe"
-                " FROM results WHERE metric LIKE ? ORDER BY id",
+                f"SELECT {', '.join(row_fields + prov_fields)} FROM results WHERE metric LIKE ? ORDER BY id",
                 (metric_prefix + "%",),
             )
             return [
-                ResultRow(r[0], r[1], r[2], r[3], r[4], Provenance(*r[5:]))
+                ResultRow(**{k: r[k] for k in row_fields}, prov=Provenance(**{k: r[k] for k in prov_fields}))
                 for r in cur.fetchall()
             ]
 

@@ -1,4 +1,5 @@
-"""Process-level facts: device choice, torchrun / DDP detection, seeding, code version, atomic writes."""
+"""Process-level facts: device choice, torchrun / DDP detection, seeding, code version, the cache and
+repository folders, and the one atomic write."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import functools
 import json
 import os
 import random
+import secrets
+import shutil
 import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -89,6 +93,11 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1009 + rank)
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch `epoch`'s data order (and of its loader workers): a pure function of (seed, epoch)."""
+    return seed * 7919 + epoch
+
+
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """'0.1.0+g<commit>' (or '+unknown' outside a git checkout), recorded with every result."""
@@ -102,16 +111,54 @@ def code_version() -> str:
     return f"{sslbench.__version__}+g{commit}"
 
 
+def repo_root() -> Path:
+    """The checkout holding sslbench/, recipes/ and tables/ (an editable install)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def cache_dir() -> Path:
+    """Where rendered embedded data, written layouts and region proposals are cached (SSLBENCH_CACHE moves it)."""
+    return Path(os.environ.get("SSLBENCH_CACHE", Path.home() / ".cache" / "sslbench"))
+
+
+@contextmanager
+def atomic(target: Path) -> Iterator[Path]:
+    """The one atomic write: yields a temporary path next to `target` for the caller to write (a file, or a
+    folder it creates); on success it replaces `target`, on any failure it is removed. Readers see the old
+    `target` or the whole new one, never half of it. The temporary name keeps `target`'s suffix (np.savez
+    and matplotlib choose their format by it)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.stem}.{os.getpid()}-{secrets.token_hex(4)}.tmp{target.suffix}")
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    if tmp.is_dir() and target.exists():  # a folder cannot be renamed over another: move the old one aside
+        old = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.old")
+        os.replace(target, old)
+        os.replace(tmp, target)
+        _remove(old)
+    else:
+        os.replace(tmp, target)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic(path) as tmp:
+        tmp.write_text(text)
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sslbench.config import list_recipes, load_recipe, recipe_from_json, recipe_key, recipes_dir
+from sslbench.config import recipe_from_json, recipe_key
+from sslbench.recipes import list_recipes, load_recipe, recipes_dir
 from sslbench.errors import UserError
 
 
@@ -53,7 +54,7 @@ def test_unknown_top_level_section(tmp_path) -> None:
 
 def test_set_goes_through_the_same_validation() -> None:
     r = load_recipe("pretrain", "rotation", overrides=["optim.lr=0.5", "crop_pad=0", "backbone.blocks=3"])
-    assert r.optim.lr == 0.5 and r.method.cfg.crop_pad == 0 and r.backbone.cfg.blocks == 3
+    assert r.optim.lr == 0.5 and r.component.cfg.crop_pad == 0 and r.backbone.cfg.blocks == 3
     with pytest.raises(UserError, match="with --set optim.lr=fast"):
         load_recipe("pretrain", "rotation", overrides=["optim.lr=fast"])
     with pytest.raises(UserError, match="'nope'"):

@@ -13,10 +13,11 @@ import torch.nn.functional as F
 from sslbench.backbones.alexnet import AlexNet, AlexNetConfig
 from sslbench.backbones.nin import NIN, NINConfig
 from sslbench.backbones.base import build_backbone
-from sslbench.config import build, load_recipe
+from sslbench.config import build
+from sslbench.recipes import load_recipe
 from sslbench.errors import UserError
 from sslbench.tasks.context import (
-    NEIGHBOURS, ContextConfig, ContextPrediction, cut_patches, downsample, downsample_sides, drop_colors,
+    NEIGHBOURS, ContextConfig, ContextPrediction, downsample, downsample_sides, drop_colors,
     grid_positions, neighbour_pairs, normalize_patches, project_out_green_magenta, row_std,
 )
 from tests.conftest import fit_losses
@@ -53,7 +54,7 @@ def test_every_label_is_the_position_of_the_second_patch_found_in_the_image(pair
     gap = 4
     task = tiny_task(gap=gap, jitter=jitter, pairs=pairs, aberration="none", downsample_prob=0.0)
     images = torch.randint(0, 256, (2, 3, 3 * PATCH + 2 * gap + 2 * jitter + 3, 80), dtype=torch.uint8)
-    batch = task.make_batch(images, torch.Generator().manual_seed(3))
+    batch = task.make_batch(images, {}, torch.Generator().manual_seed(3))
     assert len(batch["labels"]) == (40 if pairs == "all" else 8) * 2
     crops = [normalised_crops(image, PATCH) for image in images]
     where = {k: locate(crops[k // 9], images.shape[3], patch) for k, patch in enumerate(batch["patches"])}
@@ -72,20 +73,6 @@ def test_neighbour_pairs_match_a_hand_written_3x3_table() -> None:
     assert len(labels) == 40  # 4 corners x 3 + 4 edges x 5 + centre x 8
     for a, b, label in zip(first.tolist(), second.tolist(), labels.tolist()):
         assert (b % 3 - a % 3, b // 3 - a // 3) == NEIGHBOURS[label]
-
-
-def test_cut_patches_matches_slicing() -> None:
-    images = torch.randint(0, 256, (3, 3, 40, 50), dtype=torch.uint8)
-    ys = torch.randint(0, 40 - 7, (3, 9))
-    xs = torch.randint(0, 50 - 7, (3, 9))
-    out = cut_patches(images, ys, xs, 7)
-    for n in range(3):
-        for k in range(9):
-            y, x = int(ys[n, k]), int(xs[n, k])
-            assert torch.equal(out[9 * n + k], images[n, :, y : y + 7, x : x + 7])
-    channel = torch.randint(0, 3, (27,))
-    one = cut_patches(images, ys, xs, 7, channel=channel)
-    assert one.shape == (27, 1, 7, 7) and torch.equal(one[:, 0], out[torch.arange(27), channel])
 
 
 @pytest.mark.parametrize("gap,jitter", [(48, 7), (4, 2), (2, 1), (0, 0)])
@@ -110,7 +97,7 @@ def test_projection_removes_the_green_magenta_component() -> None:
     out = project_out_green_magenta(x)
     assert np.allclose(out.numpy(), expected, atol=1e-6)
     task = tiny_task(gap=4, jitter=2, aberration="projection")
-    batch = task.make_batch(torch.randint(0, 256, (2, 3, 80, 80), dtype=torch.uint8), torch.Generator().manual_seed(0))
+    batch = task.make_batch(torch.randint(0, 256, (2, 3, 80, 80), dtype=torch.uint8), {}, torch.Generator().manual_seed(0))
     along = torch.einsum("c,nchw->nhw", torch.tensor(b, dtype=torch.float32) / math.sqrt(6), batch["patches"])
     assert along.abs().max() < 1e-4 and batch["patches"].abs().max() > 0.5
 
@@ -118,7 +105,7 @@ def test_projection_removes_the_green_magenta_component() -> None:
 def test_color_dropping_keeps_exactly_one_channel() -> None:
     x = torch.rand(6, 3, 8, 8)
     keep = torch.tensor([0, 1, 2, 2, 1, 0])
-    kept = cut_patches(x, torch.zeros(6, 1, dtype=torch.long), torch.zeros(6, 1, dtype=torch.long), 8, channel=keep)
+    kept = x[torch.arange(6), keep][:, None]
     assert kept.shape == (6, 1, 8, 8)
     out = drop_colors(kept, keep, 0.01, torch.Generator().manual_seed(0))
     for i, c in enumerate(keep.tolist()):
@@ -127,7 +114,7 @@ def test_color_dropping_keeps_exactly_one_channel() -> None:
             ratio = out[i, other].std() / x[i, c].std()
             assert 0.005 < ratio < 0.02  # Gaussian noise of ~1/100 the kept channel's std
     task = tiny_task(gap=4, jitter=2, aberration="color-dropping")
-    batch = task.make_batch(torch.randint(0, 256, (4, 3, 80, 80), dtype=torch.uint8), torch.Generator().manual_seed(0))
+    batch = task.make_batch(torch.randint(0, 256, (4, 3, 80, 80), dtype=torch.uint8), {}, torch.Generator().manual_seed(0))
     std = batch["patches"].std(dim=(2, 3))  # [M, 3]
     assert ((std > 0.5).sum(1) == 1).all() and ((std < 0.05).sum(1) == 2).all()
     kept = std.argmax(1)
@@ -159,19 +146,19 @@ def test_downsample_matches_one_patch_at_a_time_and_its_sides_follow_the_release
 def test_make_batch_is_pure_given_the_generator() -> None:
     task = tiny_task(gap=4, jitter=2)
     images = torch.randint(0, 256, (3, 3, 80, 80), dtype=torch.uint8)
-    a = task.make_batch(images, torch.Generator().manual_seed(1))
-    b = task.make_batch(images, torch.Generator().manual_seed(1))
-    c = task.make_batch(images, torch.Generator().manual_seed(2))
+    a = task.make_batch(images, {}, torch.Generator().manual_seed(1))
+    b = task.make_batch(images, {}, torch.Generator().manual_seed(1))
+    c = task.make_batch(images, {}, torch.Generator().manual_seed(2))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["patches"], c["patches"])
 
 
 def test_bad_settings_are_user_errors() -> None:
     with pytest.raises(UserError, match="needs images of at least"):
-        tiny_task(gap=4, jitter=2).make_batch(torch.zeros(1, 3, 40, 40, dtype=torch.uint8), torch.Generator())
+        tiny_task(gap=4, jitter=2).make_batch(torch.zeros(1, 3, 40, 40, dtype=torch.uint8), {}, torch.Generator())
     with pytest.raises(UserError, match="overlap"):
         tiny_task(gap=2, jitter=2)
-    with pytest.raises(UserError, match="no fc6 tap"):
+    with pytest.raises(UserError, match="needs a backbone with a fuse tap; nin has none"):
         ContextPrediction(ContextConfig(), NIN(NINConfig(blocks=3, width=0.1)))
 
 
@@ -179,7 +166,7 @@ def test_context_loss_goes_down_on_a_fixed_batch() -> None:
     torch.manual_seed(0)
     task = tiny_task(gap=4, jitter=2)
     opt = torch.optim.SGD(task.parameters(), lr=0.05, momentum=0.9)
-    batch = task.make_batch(torch.randint(0, 256, (4, 3, 80, 80), dtype=torch.uint8), torch.Generator().manual_seed(0))
+    batch = task.make_batch(torch.randint(0, 256, (4, 3, 80, 80), dtype=torch.uint8), {}, torch.Generator().manual_seed(0))
     losses = fit_losses(task, opt, [batch] * 30)
     assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3]), losses
 
@@ -187,15 +174,15 @@ def test_context_loss_goes_down_on_a_fixed_batch() -> None:
 def test_mini_recipes_build() -> None:
     for flavour in ("", "vgg"):
         r = load_recipe("pretrain", "context", "mini", flavour=flavour)
-        task = ContextPrediction(r.method.cfg, build_backbone(r.backbone.name, r.backbone.cfg))
-        extent = 3 * task.patch + 2 * r.method.cfg.gap + 2 * r.method.cfg.jitter
-        assert extent < r.data.image_size and task.variant(r.method.cfg) == "color-dropping"
+        task = ContextPrediction(r.component.cfg, build_backbone(r.backbone.name, r.backbone.cfg))
+        extent = 3 * task.patch + 2 * r.component.cfg.gap + 2 * r.component.cfg.jitter
+        assert extent < r.data.image_size and task.variant() == "color-dropping"
 
 
 def test_every_trainable_parameter_gets_a_gradient() -> None:
     """DDP needs it: the trunk's own fc7, which the fusion head replaces, is frozen instead of left unused."""
     task = tiny_task(gap=4, jitter=2)
-    task(task.make_batch(torch.randint(0, 256, (2, 3, 80, 80), dtype=torch.uint8), torch.Generator()))["loss"].backward()
+    task(task.make_batch(torch.randint(0, 256, (2, 3, 80, 80), dtype=torch.uint8), {}, torch.Generator()))["loss"].backward()
     missing = [name for name, p in task.named_parameters() if p.requires_grad and p.grad is None]
     frozen = [name for name, p in task.named_parameters() if not p.requires_grad]
     assert not missing and frozen and all(name.startswith("backbone.fc7.") for name in frozen)

@@ -8,12 +8,14 @@ import pytest
 import torch
 
 from sslbench.backbones.base import build_backbone
-from sslbench.config import load_recipe
+from sslbench.recipes import load_recipe
 from sslbench.data.synthetic import embedded_images
-from sslbench.engine import build_optimizer
+from sslbench.training import build_optimizer
 from sslbench.errors import UserError
 from sslbench.registry import TASKS
-from sslbench.tasks.damaged_jigsaw import AB_SCALE, rgb8_to_lab, rgb_to_lab
+from sslbench.tasks.damaged_jigsaw import AB_SCALE
+from sslbench.transforms import TRANSFER_INPUTS
+from tests.test_transforms import cv2_lab
 from tests.conftest import fit_losses
 
 TINY_NET = ["backbone.width=0.125", "backbone.fc_dim=32", "backbone.conv1_stride=1", "task.fc7_dim=32",
@@ -23,30 +25,13 @@ EXACT = TINY_NET + ["task.cell=24", "task.random_offsets=false", "task.tile_norm
 
 def make_task(overrides: list[str]):
     r = load_recipe("pretrain", "damaged-jigsaw", "mini", overrides)
-    return TASKS.get("damaged-jigsaw")(r.method.cfg, build_backbone(r.backbone.name, r.backbone.cfg))
-
-
-def cv2_lab(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [N,3,H,W] -> Lab [N,3,H,W] by OpenCV (float input: L 0..100, a/b unscaled)."""
-    cv2 = pytest.importorskip("cv2")
-    out = [cv2.cvtColor(img.permute(1, 2, 0).numpy().astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab) for img in images]
-    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
-
-
-def test_rgb_to_lab_matches_published_values_and_opencv() -> None:
-    primaries = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1], [0.5, 0.5, 0.5]]).T.reshape(1, 3, 5, 1)
-    published = torch.tensor([[53.2408, 80.0925, 67.2032], [87.7347, -86.1827, 83.1793], [32.2970, 79.1875, -107.8602],
-                              [100.0, 0.0, 0.0], [53.3890, 0.0, 0.0]])  # sRGB D65 (e.g. Lindbloom's calculator)
-    assert torch.allclose(rgb_to_lab(primaries)[0, :, :, 0].T, published, atol=0.01)
-    images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
-    # OpenCV's float path interpolates the sRGB curve from a table: agreement to a fraction of a Lab unit.
-    assert torch.allclose(rgb_to_lab(images.float() / 255.0), cv2_lab(images), atol=0.5)
+    return TASKS.get("damaged-jigsaw")(r.component.cfg, build_backbone(r.backbone.name, r.backbone.cfg))
 
 
 def test_missing_tile_is_the_labelled_one_and_absent_and_the_rest_is_gray_l() -> None:
     task = make_task(EXACT)
     images = torch.randint(0, 256, (6, 3, 72, 72), dtype=torch.uint8)
-    batch = task.make_batch(images, torch.Generator().manual_seed(0))
+    batch = task.make_batch(images, {}, torch.Generator().manual_seed(0))
     tiles = batch["tiles"]
     assert tiles.shape == (6, 9, 1, 24, 24)  # one channel: no colour reaches the towers
     lightness = cv2_lab(images)[:, :1] / 50.0 - 1.0
@@ -75,7 +60,7 @@ def test_loss_terms_are_finite_and_weighted_as_configured() -> None:
     weights = {"perm": 0.5, "inpaint": 2.0, "color": 3.0}
     task = make_task(TINY_NET + ["task.cell=28"] + [f"task.{k}_weight={v}" for k, v in weights.items()])
     images = torch.randint(0, 256, (4, 3, 84, 84), dtype=torch.uint8)
-    batch = task.make_batch(images, torch.Generator().manual_seed(0))
+    batch = task.make_batch(images, {}, torch.Generator().manual_seed(0))
     task.eval()  # no dropout: the same terms on both calls
     out = task(batch)
     terms = {k: out[f"{k}_loss"] for k in weights}
@@ -90,8 +75,7 @@ def test_loss_terms_are_finite_and_weighted_as_configured() -> None:
 
 
 def test_variant_names_a_switched_off_loss() -> None:
-    cfg = load_recipe("pretrain", "damaged-jigsaw", "mini", ["task.inpaint_weight=0"]).method.cfg
-    assert TASKS.get("damaged-jigsaw").variant(cfg) == "no-inpaint"
+    assert make_task(TINY_NET + ["task.cell=28", "task.inpaint_weight=0"]).variant() == "no-inpaint"
 
 
 def test_rgb_backbone_and_negative_weights_are_refused() -> None:
@@ -103,7 +87,7 @@ def test_rgb_backbone_and_negative_weights_are_refused() -> None:
 
 def test_trunk_input_is_one_normalised_lightness_channel() -> None:
     images = torch.randint(0, 256, (3, 3, 20, 20), dtype=torch.uint8)
-    x = TASKS.get("damaged-jigsaw").trunk_input(images)
+    x = TRANSFER_INPUTS.get(make_task(TINY_NET + ["task.cell=28"]).transfer_input())(images)
     assert x.shape == (3, 1, 20, 20)
     assert torch.allclose(x.mean((1, 2, 3)), torch.zeros(3), atol=1e-5)
 
@@ -112,19 +96,9 @@ def test_damaged_jigsaw_loss_goes_down_on_embedded_images() -> None:
     """One fixed batch of damaged puzzles: the network must learn to fit all three targets together."""
     torch.manual_seed(0)
     r = load_recipe("pretrain", "damaged-jigsaw", "mini", TINY_NET + ["task.cell=28", "optim.lr=0.05"])
-    task = TASKS.get("damaged-jigsaw")(r.method.cfg, build_backbone(r.backbone.name, r.backbone.cfg))
+    task = TASKS.get("damaged-jigsaw")(r.component.cfg, build_backbone(r.backbone.name, r.backbone.cfg))
     opt = build_optimizer(task.parameters(), r.optim)
     images = embedded_images("unlabeled", 84, 16, 0)
-    batch = task.make_batch(images, torch.Generator().manual_seed(0))
+    batch = task.make_batch(images, {}, torch.Generator().manual_seed(0))
     losses = fit_losses(task, opt, [batch] * 20)
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:3]), losses
-
-
-@pytest.mark.parametrize("chunk", [1 << 17, 300])  # one chunk; chunks of one 3x9x11 image (the last one short)
-def test_rgb8_to_lab_table_lookup_equals_the_formula(chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    import sslbench.tasks.damaged_jigsaw as dj
-
-    monkeypatch.setattr(dj, "LAB_CHUNK", chunk)
-    images = torch.randint(0, 256, (5, 2, 3, 9, 11), dtype=torch.uint8)
-    images[0, 0, :, 0, :3] = torch.tensor([0, 10, 255], dtype=torch.uint8)[:, None]  # both branches of each curve
-    torch.testing.assert_close(rgb8_to_lab(images), rgb_to_lab(images.float() / 255.0), atol=2e-4, rtol=1e-5)

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sslbench.engine import EpochBatches, lr_at, pretrain
+from sslbench.engine import pretrain
+from sslbench.training import EpochBatches, lr_at
 from sslbench.config import ScheduleConfig
 from sslbench.errors import UserError
 from sslbench.runtime import Dist
@@ -28,14 +29,28 @@ def _resume_recipe():
                                                    "backbone.dropout=0.5", "task.crop_pad=2"]), flavour="alexnet")
 
 
-def test_interrupted_then_resumed_run_is_bit_identical(tmp_path: Path) -> None:
+def test_interrupted_then_resumed_run_is_bit_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sslbench.tasks.rotation import Rotation
+
     recipe = _resume_recipe()
     full = pretrain(recipe, tmp_path / "a", "cpu", progress=False)
     assert full.steps == 6
-    crashed = pretrain(recipe, tmp_path / "b", "cpu", progress=False, stop_at=5)  # last checkpoint: step 4
-    assert json.loads((crashed.run_dir / "status.json").read_text())["step"] == 4
+    calls, real = {"n": 0}, Rotation.loss
+
+    def crash_at_step_5(self, batch):  # noqa: ANN001, ANN202 - a kill after the checkpoint of step 4
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(self, batch)
+
+    with monkeypatch.context() as m:
+        m.setattr(Rotation, "loss", crash_at_step_5)
+        with pytest.raises(KeyboardInterrupt):
+            pretrain(recipe, tmp_path / "b", "cpu", progress=False)
+    (crashed,) = (tmp_path / "b").glob("rotation-*")
+    assert json.loads((crashed / "status.json").read_text())["step"] == 4
     resumed = pretrain(recipe, tmp_path / "b", "cpu", progress=False, resume=True)
-    assert resumed.run_dir == crashed.run_dir and resumed.steps == 6
+    assert resumed.run_dir == crashed and resumed.steps == 6
     a, b = _weights(full.checkpoint), _weights(resumed.checkpoint)
     assert a.keys() == b.keys()
     for k in a:
@@ -81,7 +96,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, mo
         pretrain(recipe, tmp_path, "cpu", progress=False)
     (run,) = tmp_path.glob("rotation-*")
     state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
-    assert state["step"] == 4
+    assert state["fit"]["step"] == 4
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 

@@ -13,12 +13,13 @@ import torch
 from sslbench.backbones.alexnet import AlexNetConfig
 from sslbench.backbones.base import build_backbone
 from sslbench.data.synthetic import embedded_images
-from sslbench.engine import build_optimizer, pretrain
+from sslbench.engine import pretrain
+from sslbench.training import build_optimizer
 from sslbench.errors import UserError
-from sslbench.tasks.base import MEAN, normalize
+from sslbench.transforms import MEAN, normalize
 from sslbench.tasks.inpainting import (
-    ChannelwiseFC, Inpainting, InpaintingConfig, blob_holes, block_boxes, boxes_to_holes, central_holes, main,
-    masked_l2, overlap_band, save_inpainting_grid, silhouette_holes,
+    ChannelwiseFC, Inpainting, InpaintingConfig, blob_holes, block_boxes, boxes_to_holes, central_holes,
+    masked_l2, overlap_band, silhouette_holes,
 )
 from tests.conftest import fit_losses, tiny_alexnet, tiny_pretrain
 
@@ -51,7 +52,7 @@ def test_central_hole_is_the_centre_quarter_less_its_band(size: int, overlap: in
 def test_central_batch_targets_the_centre_square() -> None:
     task = tiny_task(mask="central", overlap=2)
     x = images()
-    batch = task.make_batch(x, torch.Generator().manual_seed(0))
+    batch = task.make_batch(x, {}, torch.Generator().manual_seed(0))
     assert batch["target"].shape == (6, 3, 16, 16) and batch["weights"].shape == (6, 1, 16, 16)
     assert torch.allclose(batch["target"], x[:, :, 8:24, 8:24].float() / 127.5 - 1)
     assert (batch["weights"] > 0).all()  # every predicted pixel is hole or band
@@ -105,7 +106,7 @@ def reference_band(hole: np.ndarray, overlap: int) -> np.ndarray:
 def test_band_weights_are_ten_times_the_hole_and_the_hole_holds_the_mean(mask: str) -> None:
     task = tiny_task(mask=mask, overlap=2)
     x = images()
-    batch = task.make_batch(x, torch.Generator().manual_seed(1))
+    batch = task.make_batch(x, {}, torch.Generator().manual_seed(1))
     holes = batch["holes"]
     full = torch.zeros(6, 1, 32, 32)
     task.region(full).copy_(batch["weights"])
@@ -122,8 +123,8 @@ def test_band_weights_are_ten_times_the_hole_and_the_hole_holds_the_mean(mask: s
 
 def test_make_batch_is_pure_given_the_generator() -> None:
     task = tiny_task(mask="random-regions", flip=True)
-    a = task.make_batch(images(), torch.Generator().manual_seed(5))
-    b = task.make_batch(images(), torch.Generator().manual_seed(5))
+    a = task.make_batch(images(), {}, torch.Generator().manual_seed(5))
+    b = task.make_batch(images(), {}, torch.Generator().manual_seed(5))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -157,7 +158,7 @@ def test_masked_l2_matches_a_pixel_loop() -> None:
 def test_discriminator_learns_from_l_d_only_and_the_encoder_from_l_g_only() -> None:
     torch.manual_seed(0)
     task = tiny_task(mask="central", adversarial=True)
-    out = task(task.make_batch(images(), torch.Generator().manual_seed(0)))
+    out = task(task.make_batch(images(), {}, torch.Generator().manual_seed(0)))
     assert torch.allclose(out["loss"], out["gen"] + out["disc"])
     disc = [p for p in task.disc.parameters()]
     encoder = [p for p in task.backbone.parameters() if p.requires_grad] + list(task.decoder.parameters())
@@ -176,10 +177,10 @@ def test_discriminator_learns_from_l_d_only_and_the_encoder_from_l_g_only() -> N
 
 def test_reconstruction_only_has_no_discriminator() -> None:
     task = tiny_task(adversarial=False)
-    out = task(task.make_batch(images(), torch.Generator().manual_seed(0)))
+    out = task(task.make_batch(images(), {}, torch.Generator().manual_seed(0)))
     assert task.disc is None and torch.equal(out["loss"], out["rec"]) and "disc" not in out
-    assert Inpainting.variant(task.cfg) == "rec, random-regions-silhouettes"
-    assert Inpainting.variant(dataclasses.replace(task.cfg, adversarial=True, mask="central")) == "rec+adv, central"
+    assert task.variant() == "rec, random-regions-silhouettes"
+    assert tiny_task(adversarial=True, mask="central").variant() == "rec+adv, central"
 
 
 def test_reconstruction_loss_goes_down_on_embedded_images() -> None:
@@ -188,15 +189,15 @@ def test_reconstruction_loss_goes_down_on_embedded_images() -> None:
     opt = build_optimizer(task.parameters(), dataclasses.replace(tiny_pretrain("inpainting").optim, lr=2e-3))
     x = embedded_images("unlabeled", 32, 16, 0)
     gen = torch.Generator().manual_seed(0)
-    rec = fit_losses(task, opt, (task.make_batch(x, gen) for _ in range(30)), key="rec")
+    rec = fit_losses(task, opt, (task.make_batch(x, {}, gen) for _ in range(30)), key="rec")
     assert np.mean(rec[-5:]) < 0.6 * np.mean(rec[:3]), rec
 
 
 def test_bad_setups_say_what_to_change() -> None:
-    with pytest.raises(UserError, match="pool5"):
-        Inpainting(InpaintingConfig(), build_backbone("nin", tiny_pretrain("rotation").backbone.cfg))
+    with pytest.raises(UserError, match="overlap"):
+        tiny_task(mask="central", overlap=20)
     with pytest.raises(UserError, match="data.image_size"):
-        tiny_task().make_batch(images(size=40), torch.Generator())
+        tiny_task().make_batch(images(size=40), {}, torch.Generator())
     with pytest.raises(UserError, match="coverage"):
         tiny_task(coverage=1.5)
 
@@ -205,15 +206,25 @@ def test_bad_setups_say_what_to_change() -> None:
 
 
 def test_a_pretrained_checkpoint_gives_a_png_grid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+
+    from sslbench.cli import main as cli
+    from sslbench.show import show
+
     recipe = tiny_pretrain("inpainting", tiny_alexnet(["task.decoder_width=8", "task.mask=central",
                                                        "task.adversarial=true", "task.disc_width=8"]))
     outcome = pretrain(recipe, tmp_path / "runs", device="cpu", progress=False, argv=[])
-    out = save_inpainting_grid(outcome.checkpoint, tmp_path / "grid.png", num=3)
-    from PIL import Image
-
-    with Image.open(out) as png:
-        assert png.format == "PNG" and png.size == (3 * 32 + 4, 3 * (32 + 2))
-    assert main([str(outcome.checkpoint), str(tmp_path / "cli.png"), "--num", "2"]) == 0
+    out = show("inpainting", outcome.checkpoint, tmp_path / "grid.png", num=3)
+    with Image.open(out) as png:  # three labelled 32 px columns, three rows, 2 px gaps
+        assert png.format == "PNG" and png.size == (3 * 32 + 4, 12 + 3 * (32 + 2) - 2)
+    argv = ["sslbench", "show", "inpainting", str(outcome.checkpoint), str(tmp_path / "cli.png"), "--num", "2"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("sys.argv", argv)
+        cli()
     assert (tmp_path / "cli.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert main([str(tmp_path / "missing.pt"), str(tmp_path / "x.png")]) == 1
-    assert "checkpoint not found" in capsys.readouterr().err
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(SystemExit) as exit_:
+        mp.setattr("sys.argv", ["sslbench", "show", "inpainting", str(tmp_path / "missing.pt"), str(tmp_path / "x.png")])
+        cli()
+    assert exit_.value.code == 1 and "checkpoint not found" in capsys.readouterr().err
+    with pytest.raises(UserError, match="unknown figure 'rotation'"):
+        show("rotation", outcome.checkpoint, tmp_path / "y.png")

@@ -8,23 +8,8 @@ import torch
 from sslbench.backbones.base import build_backbone
 from sslbench.config import build
 from sslbench.errors import UserError
-from sslbench.registry import BACKBONES, DATASETS, PROTOCOLS, TASKS, Registry
-
-TINY_BACKBONE = {
-    "alexnet": {"image_size": 64, "width": 0.125, "conv1_stride": 2, "fc_dim": 32},
-    "nin": {"blocks": 3, "width": 0.1, "image_size": 32},
-    "vgg16": {"image_size": 32, "width": 0.125, "fc_dim": 32},
-}
-_ALEX = {"width": 0.125, "fc_dim": 32}
-# task -> (backbone, backbone config, image side, task config): the smallest geometry each task accepts
-TASK_SETUP = {
-    "rotation": ("nin", TINY_BACKBONE["nin"], 32, {}),
-    "context": ("alexnet", {**_ALEX, "image_size": 32, "conv1_stride": 1}, 112, {"gap": 4, "jitter": 1, "head_dim": 32}),
-    "jigsaw": ("alexnet", {**_ALEX, "image_size": 36, "conv1_stride": 2}, 120, {"num_permutations": 10, "cell": 40, "tile": 36, "fc7_dim": 32}),
-    "damaged-jigsaw": ("alexnet", {**_ALEX, "image_size": 36, "conv1_stride": 2, "in_channels": 1}, 120,
-                       {"num_permutations": 10, "cell": 40, "tile": 36, "fc7_dim": 32, "decoder_channels": 8}),
-    "inpainting": ("alexnet", TINY_BACKBONE["alexnet"], 64, {"decoder_width": 8, "disc_width": 8, "adversarial": True}),
-}
+from sslbench.registry import BACKBONES, DATASETS, LAYOUTS, PROTOCOLS, TASKS, Registry
+from sslbench.transforms import TRANSFER_INPUTS
 
 
 def test_duplicate_names_are_refused() -> None:
@@ -39,16 +24,15 @@ def test_unknown_name_lists_valid_names_and_closest() -> None:
         TASKS.get("rotatoin")
 
 
-def test_every_registry_member_is_tested_here() -> None:
-    assert set(BACKBONES.names()) <= set(TINY_BACKBONE)
-    assert set(TASKS.names()) <= set(TASK_SETUP)
+def tiny_backbone(name: str):  # noqa: ANN201
+    cls = BACKBONES.get(name)
+    return build_backbone(name, build(BACKBONES.entry(name).config, cls.tiny(), "test"))
 
 
 @pytest.mark.parametrize("name", BACKBONES.names())
 def test_backbone_taps_match_feature_info(name: str) -> None:
-    cfg = build(BACKBONES.entry(name).config, dict(TINY_BACKBONE[name]), "test")
-    net = build_backbone(name, cfg).eval()
-    size = TINY_BACKBONE[name]["image_size"]
+    net = tiny_backbone(name).eval()
+    size = net.image_size
     out = net(torch.randn(2, 3, size, size), taps=tuple(net.feature_info))
     assert list(out) == list(net.feature_info)
     for tap, info in net.feature_info.items():
@@ -59,22 +43,42 @@ def test_backbone_taps_match_feature_info(name: str) -> None:
 
 @pytest.mark.parametrize("name", BACKBONES.names())
 def test_backbone_stops_at_the_last_tap(name: str) -> None:
-    cfg = build(BACKBONES.entry(name).config, dict(TINY_BACKBONE[name]), "test")
-    net = build_backbone(name, cfg)
+    net = tiny_backbone(name)
     first = next(iter(net.feature_info))
-    assert list(net(torch.randn(1, 3, cfg.image_size, cfg.image_size), taps=(first,))) == [first]
+    assert list(net(torch.randn(1, 3, net.image_size, net.image_size), taps=(first,))) == [first]
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_backbone_roles_name_its_taps(name: str) -> None:
+    """Every role a backbone declares is one of its taps; the ones it lacks are a one-line error naming who has them."""
+    net = tiny_backbone(name).eval()
+    for role in ("head_tap", "fuse_tap", "spatial_tap", "dense_tap", "region_tap", "fcn_tap"):
+        tap = getattr(net, role)
+        if tap is None:
+            with pytest.raises(UserError, match=f"needs a backbone with a {role.replace('_', ' ')}; {name} has none"):
+                net.role(role, "a test")
+        else:
+            assert net.role(role, "a test") == tap and tap in net.feature_info, role
+    assert set(net.fc_stages) <= {stage for stage, _ in net.stages()}
+    assert net.label(net.cfg).startswith(name[:3]) and BACKBONES.entry(name).summary
 
 
 @pytest.mark.parametrize("name", TASKS.names())
 def test_task_batch_and_loss_at_tiny_size(name: str) -> None:
-    bb_name, bb_cfg, size, task_cfg = TASK_SETUP[name]
-    cfg = build(BACKBONES.entry(bb_name).config, dict(bb_cfg), "test")
-    task = TASKS.get(name)(build(TASKS.entry(name).config, dict(task_cfg), "test"), build_backbone(bb_name, cfg))
-    images = torch.randint(0, 256, (4, 3, size, size), dtype=torch.uint8)
-    batch = task.make_batch(images, torch.Generator().manual_seed(0))
+    cls = TASKS.get(name)
+    setup = cls.tiny()
+    cfg = build(BACKBONES.entry(setup.backbone).config, dict(setup.backbone_cfg), "test")
+    task = cls(build(TASKS.entry(name).config, dict(setup.cfg), "test"), build_backbone(setup.backbone, cfg))
+    images = torch.randint(0, 256, (4, 3, setup.image_size, setup.image_size), dtype=torch.uint8)
+    task.restore(task.setup(torch.utils.data.TensorDataset(images), torch.Generator().manual_seed(0)))
+    batch = task.make_batch(images, {"index": torch.arange(4)}, torch.Generator().manual_seed(0))
     out = task(batch)
     assert out["loss"].ndim == 0 and torch.isfinite(out["loss"])
     out["loss"].backward()
+    grouped = [p for group in task.param_groups() for p in group["params"]]
+    assert len(grouped) == len({id(p) for p in grouped}) and all(p.requires_grad for p in grouped)
+    assert {id(p) for p in task.parameters() if p.grad is not None} <= {id(p) for p in grouped}
+    assert cls.display_name and task.transfer_input() in TRANSFER_INPUTS
 
 
 @pytest.mark.parametrize("name", PROTOCOLS.names())
@@ -84,7 +88,7 @@ def test_protocol_runs_on_random_init_at_tiny_size(name: str, tmp_path) -> None:
 
     recipe = tiny_protocol(name)
     out = evaluate(recipe, "random", tmp_path, "cpu", progress=False, argv=["test"])
-    assert out.metrics and all(k.startswith(name + "/") for k in out.metrics)
+    assert out.metrics and all(PROTOCOLS.get(name).fills(k) for k in out.metrics), sorted(out.metrics)
     assert all(0.0 <= v <= 100.0 for v in out.metrics.values())
     assert (out.run_dir / "result.json").is_file() and (out.run_dir / "recipe.json").is_file()
 
@@ -93,3 +97,9 @@ def test_protocol_runs_on_random_init_at_tiny_size(name: str, tmp_path) -> None:
 def test_every_dataset_has_a_factory_and_summary(name: str) -> None:
     entry = DATASETS.entry(name)
     assert callable(entry.obj) and entry.summary
+
+
+@pytest.mark.parametrize("name", LAYOUTS.names())
+def test_every_layout_is_read_by_the_data_set_of_its_name(name: str) -> None:
+    layout = LAYOUTS.get(name)
+    assert name in DATASETS and layout.check_splits and layout.tree.startswith("<root>")

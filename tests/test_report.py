@@ -10,20 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from sslbench import report
+from sslbench import report, tables
 from sslbench.errors import UserError
 from sslbench.results import Provenance, ResultStore
 
-NAMES = report.table_names()
+NAMES = tables.table_names()
 
 
 def test_all_eleven_tables_and_groups_exist() -> None:
     assert len(NAMES) == 11
-    g = report.groups()
+    g = tables.groups()
     assert g["rotations"] == ["rotations-cifar", "rotations-linear", "rotations-pascal"]
-    assert report.resolve("all") == NAMES
+    assert tables.resolve("all") == NAMES
     with pytest.raises(UserError, match="Did you mean 'jigsaw'"):
-        report.resolve("jigsow")
+        tables.resolve("jigsow")
 
 
 def _store(tmp_path: Path, dataset: str = "embedded") -> ResultStore:
@@ -36,7 +36,7 @@ def _store(tmp_path: Path, dataset: str = "embedded") -> ResultStore:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_markdown_is_a_pipe_table_with_the_right_column_count(name: str, tmp_path: Path) -> None:
-    t = report.load_table(name)
+    t = tables.load_table(name)
     text = report.render(t, _store(tmp_path), "markdown")
     rows = [l for l in text.splitlines() if l.startswith("|")]
     n = len(t.columns) + 1
@@ -49,7 +49,7 @@ def test_markdown_is_a_pipe_table_with_the_right_column_count(name: str, tmp_pat
 
 @pytest.mark.parametrize("name", NAMES)
 def test_latex_tabular_is_balanced(name: str, tmp_path: Path) -> None:
-    t = report.load_table(name)
+    t = tables.load_table(name)
     text = report.render(t, _store(tmp_path), "latex")
     assert text.count(r"\begin{tabular}") == text.count(r"\end{tabular}") == 1
     n = len(t.columns) + 1
@@ -83,7 +83,7 @@ class _Collector(HTMLParser):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_html_parses_with_balanced_tags(name: str, tmp_path: Path) -> None:
-    t = report.load_table(name)
+    t = tables.load_table(name)
     parser = _Collector()
     parser.feed(report.render(t, _store(tmp_path), "html"))
     assert parser.errors == 0 and not parser.stack
@@ -91,7 +91,7 @@ def test_html_parses_with_balanced_tags(name: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_csv_and_json_round_trip_the_paper_cells(name: str) -> None:
-    t = report.load_table(name)
+    t = tables.load_table(name)
     recs = list(csv.DictReader(io.StringIO(report.render(t, None, "csv"))))
     data = json.loads(report.render(t, None, "json"))["rows"]
     assert len(recs) == len(data) == len(t.rows)
@@ -104,12 +104,12 @@ def test_csv_and_json_round_trip_the_paper_cells(name: str) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_rich_rendering(name: str) -> None:
-    text = report.render(report.load_table(name), None, "rich")
-    assert report.load_table(name).rows[0].label.split()[0] in text
+    text = report.render(tables.load_table(name), None, "rich")
+    assert tables.load_table(name).rows[0].label.split()[0] in text
 
 
 def test_sslbench_rows_fill_columns_and_say_where_they_were_measured(tmp_path: Path) -> None:
-    t = report.load_table("rotations-linear")
+    t = tables.load_table("rotations-linear")
     rows = report.sslbench_rows(t, _store(tmp_path))
     (row,) = rows
     assert row.cells == ("10.00", "20.00", "30.00", "40.00", report.DASH)
@@ -118,23 +118,23 @@ def test_sslbench_rows_fill_columns_and_say_where_they_were_measured(tmp_path: P
 
 
 def test_delta_against_the_paper_row_on_the_paper_dataset(tmp_path: Path) -> None:
-    t = report.load_table("rotations-linear")
+    t = tables.load_table("rotations-linear")
     (row,) = report.sslbench_rows(t, _store(tmp_path, dataset="imagenet"))
     assert row.cells[0] == "10.00 (Δ -8.8)"  # paper RotNet conv1: 18.8
 
 
 def test_bold_marks_survive_in_markdown_latex_html() -> None:
-    t = report.load_table("rotations-cifar")
+    t = tables.load_table("rotations-cifar")
     assert "**89.76**" in report.render(t, None, "markdown")
     assert r"\textbf{89.76}" in report.render(t, None, "latex")
     assert "<b>89.76</b>" in report.render(t, None, "html")
 
 
 def test_plot_probe_tables(tmp_path: Path) -> None:
-    out = report.plot(report.load_table("rotations-linear"), _store(tmp_path), tmp_path / "p.png")
+    out = report.plot(tables.load_table("rotations-linear"), _store(tmp_path), tmp_path / "p.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(UserError, match="probe tables only"):
-        report.plot(report.load_table("jigsaw"), None, tmp_path / "q.png")
+        report.plot(tables.load_table("jigsaw"), None, tmp_path / "q.png")
 
 
 def test_number_parsing() -> None:
@@ -151,7 +151,7 @@ def test_pretraining_time_column_comes_from_the_pretrain_run(tmp_path: Path) -> 
     prov = Provenance("eval-voc-det-1", "jigsaw", "", "alexnet", "voc2007", "embedded", "mini", "checkpoint", 0,
                       "v", "c.pt", "jigsaw-1", "{}")
     store.add_results("voc-det", {"voc-det/mAP": 12.0}, prov, 1.0)
-    t = report.load_table("jigsaw")
+    t = tables.load_table("jigsaw")
     (row,) = report.sslbench_rows(t, store)
     flat = dict(zip([c.fills_from for c in t.columns], row.cells))
     # on the paper's data set the mAP gets its Δ, the time column none (the paper's "2.5 days" is no number to subtract)
@@ -166,7 +166,7 @@ def test_one_row_per_method_across_voc2007_and_voc2012(tmp_path: Path, where: st
         prov = Provenance(f"eval-{protocol}-1", "jigsaw", "", "alexnet", where + dataset, where + dataset, "mini",
                           "checkpoint", 0, "v", "c.pt", "jigsaw-1", "{}")
         store.add_results(protocol, {metric: value}, prov, 1.0)
-    t = report.load_table("jigsaw")  # paper_dataset voc2007: only the detection cell gets a Δ on real data
+    t = tables.load_table("jigsaw")  # paper_dataset voc2007: only the detection cell gets a Δ on real data
     (row,) = report.sslbench_rows(t, store)
     flat = dict(zip([c.fills_from for c in t.columns], row.cells))
     assert f"{where}voc2007+voc2012" in row.label
@@ -187,7 +187,7 @@ def test_several_seeds_print_mean_and_sample_sd_and_the_latest_result_per_seed_w
         prov = Provenance(f"eval-voc-det-{run}", "jigsaw", "", "alexnet", "voc2007", "imagenet", "mini", "checkpoint",
                           seed, "v", "c.pt", f"jigsaw-{pretrain_seed}", "{}")
         store.add_results("voc-det", {"voc-det/mAP": value}, prov, 1.0)
-    t = report.load_table("jigsaw")
+    t = tables.load_table("jigsaw")
     (row,) = report.sslbench_rows(t, store)
     flat = dict(zip([c.fills_from for c in t.columns], row.cells))
     assert flat["voc-det/mAP"] == "44.00 ± 4.00 (n=3) (Δ -9.2)"  # paper Ours: 53.2; the Δ is the mean's

@@ -3,17 +3,18 @@ and a second call reuses every result from the store."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from sslbench import report
+from sslbench import report, tables
 from sslbench.reproduce import Options, plan, reproduce
 from sslbench.results import ResultStore
 
 
 def test_plan_merges_runs_of_a_group() -> None:
-    specs = plan(report.resolve("rotations"))
+    specs = plan(tables.resolve("rotations"))
     random = [s for s in specs if s.task == "random" and s.init == "default"]
     assert len(random) == 1 and {e.protocol for e in random[0].evals} >= {"rotnet-blocks", "linear"}
     assert {(s.task, s.flavour, s.init) for s in specs} == {
@@ -30,13 +31,14 @@ def test_reproduce_probe_tables_mini_rotnet_beats_random(tmp_path: Path) -> None
     assert ran == 7  # two pretrainings, rotnet-blocks x2, linear x3 (rotation, random, random rescaled)
     store = ResultStore(tmp_path / "results.sqlite")
     for name in ("rotations-cifar", "rotations-linear"):
-        table = report.load_table(name)
+        table = tables.load_table(name)
         rows = {r.method: r for r in report.sslbench_rows(table, store)}
         for i, col in enumerate(table.columns):
             ours, rand = rows["rotation"].cells[i], rows["random"].cells[i]
             if ours != report.DASH:
                 assert float(ours) > float(rand), (name, col.flat, ours, rand)
-    assert "random-rescaled" in {r.method for r in report.sslbench_rows(report.load_table("rotations-linear"), store)}
+    labels = {r.label.split(" [")[0] for r in report.sslbench_rows(tables.load_table("rotations-linear"), store)}
+    assert "sslbench: Random rescaled" in labels
     _, again = reproduce("rotations-linear", Options(runs=tmp_path, device="cpu", progress=False))
     assert again.ran == [] and len(again.reused) == 4
 
@@ -49,8 +51,13 @@ def _fake_world(monkeypatch, runs: list[dict]) -> tuple[list, list]:  # noqa: AN
     import sslbench.protocols.base
     import sslbench.reproduce as rp
 
+    from sslbench.config import build
+    from sslbench.tables import Reproduce, check_table
+
+    plan = build(Reproduce, {"runs": runs}, "tables/fake.toml [reproduce]")
+    table = types.SimpleNamespace(reproduce=plan)
     monkeypatch.setattr(rp, "resolve", lambda name: [name])
-    monkeypatch.setattr(rp, "load_table", lambda name: types.SimpleNamespace(reproduce={"runs": runs}))
+    monkeypatch.setattr(rp, "load_table", lambda name: table)
     trained, evaluated = [], []
 
     def fake_pretrain(recipe, runs_dir, device, progress, argv):  # noqa: ANN001, ANN202
@@ -59,11 +66,11 @@ def _fake_world(monkeypatch, runs: list[dict]) -> tuple[list, list]:  # noqa: AN
         return types.SimpleNamespace(checkpoint=run_dir / "checkpoint.pt", run_dir=run_dir, wall_time=1.0)
 
     def fake_evaluate(recipe, checkpoint, runs_dir, device, progress, argv, init):  # noqa: ANN001, ANN202
-        evaluated.append((checkpoint, recipe.seed))
+        evaluated.append((str(checkpoint), recipe.seed))
         return types.SimpleNamespace(run_dir=runs_dir / "eval-1", wall_time=1.0)
 
-    monkeypatch.setattr(sslbench.engine, "pretrain", fake_pretrain)
-    monkeypatch.setattr(sslbench.protocols.base, "evaluate", fake_evaluate)
+    monkeypatch.setattr(rp, "pretrain", fake_pretrain)
+    monkeypatch.setattr(rp, "evaluate", fake_evaluate)
     return trained, evaluated
 
 
@@ -93,9 +100,11 @@ def test_seeds_run_the_whole_plan_once_per_seed(tmp_path: Path, monkeypatch) -> 
 
 @pytest.mark.parametrize("bad", [{"task": "jigsaw", "like": "context"},
                                  {"task": "random", "like": "context", "flavour": "vgg"}])
-def test_like_belongs_to_a_plain_random_run(monkeypatch, bad: dict) -> None:
+def test_like_belongs_to_a_plain_random_run(bad: dict) -> None:
+    from sslbench.config import build
     from sslbench.errors import UserError
+    from sslbench.tables import Reproduce, check_table, load_table
 
-    _fake_world(monkeypatch, [{**bad, "protocols": ["voc-det"]}])
+    table = dataclasses.replace(load_table("jigsaw"), reproduce=build(Reproduce, {"runs": [{**bad, "protocols": ["voc-det"]}]}, "x"))
     with pytest.raises(UserError, match="like = 'context' belongs to a task"):
-        plan(["fake"])
+        check_table(table, "tables/jigsaw.toml", "jigsaw")

@@ -57,19 +57,22 @@ def test_evaluate_with_rescale_labels_the_random_rescaled_row(tmp_path) -> None:
 
     out = evaluate(tiny_protocol("linear", ["protocol.taps=['conv1','conv2']"]), "random", tmp_path, "cpu",
                    progress=False, init="rescale")
-    assert out.provenance.method == "random-rescaled" and out.provenance.init == "random+rescale"
+    assert out.provenance.method == "random" and out.provenance.init == "random+rescale"
+    from sslbench.report import RowKey
+
+    assert RowKey("random", "", True, "alexnet", "mini", True).name == "Random rescaled"
 
 
 def test_rescaled_feeds_the_trunk_at_its_own_side_whatever_the_protocol_loads() -> None:
     """voc-det loads VOC images larger than the trunk's input (its fc6 reads a fixed pool5 grid): the
     rescaling statistics are taken on images resized to the trunk's side, so fc6 is rescaled too."""
-    from sslbench.checkpoint import load_trunk
+    from sslbench.checkpoint import TrunkSpec, load_trunk
     from sslbench.protocols.base import rescaled
     from tests.conftest import tiny_alexnet, tiny_protocol
 
     recipe = tiny_protocol("voc-det", tiny_alexnet(["data.image_size=48", "data.num_images=8"]))
     assert recipe.data.image_size != recipe.backbone.cfg.image_size
-    trunk = load_trunk("random", recipe.backbone, ("conv5",))
+    trunk = load_trunk(TrunkSpec("random"), recipe.backbone)
     before = trunk.backbone.fc6[2].weight.clone()
-    out = rescaled(trunk, recipe)
-    assert out.method == "random-rescaled" and not torch.equal(out.backbone.fc6[2].weight, before)
+    rescaled(trunk, recipe)
+    assert not torch.equal(trunk.backbone.fc6[2].weight, before)

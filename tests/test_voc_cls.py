@@ -92,10 +92,10 @@ def test_rescale_crop_flip_crops_pads_and_mirrors() -> None:
     assert (small == MEAN_PIXEL.view(3, 1, 1)).all(1).sum() == 6 * (64 * 64 - 40 * 40)
 
 
-def test_a_trunk_without_fc7_is_refused(tmp_path) -> None:
+def test_a_trunk_whose_classifier_tap_is_a_map_is_refused(tmp_path) -> None:
     recipe = tiny_protocol("voc-cls", tiny_alexnet())
     nin = dataclasses.replace(recipe, backbone=Named("nin", NINConfig(blocks=3, width=0.1, image_size=32)))
-    with pytest.raises(UserError, match="no tap 'fc7'"):
+    with pytest.raises(UserError, match="voc-cls puts fc8 on a vector; nin's classifier tap 'block3' is a feature map"):
         evaluate(nin, "random", tmp_path, "cpu", progress=False, argv=["test"])
     assert not list(tmp_path.glob("eval-*"))
 

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from sslbench.config import load_recipe
+from sslbench.recipes import load_recipe
 from sslbench.data.build import build_dataset
 from sslbench.data.synthetic import CLASSES
 from sslbench.errors import UserError
-from sslbench.protocols import evaluate
-from sslbench.protocols import region_proposals as rp
+from sslbench.protocols.base import evaluate
+from sslbench.protocols import _proposals as rp
 from sslbench.protocols import voc_det as vd
 from tests.conftest import tiny_alexnet, tiny_protocol
 
@@ -181,10 +181,10 @@ def test_smoke_evaluate_with_precomputed_proposals(tmp_path: Path) -> None:
 
 
 def test_head_pools_conv5_to_the_trunk_pool5_grid() -> None:
-    from sslbench.checkpoint import load_trunk
+    from sslbench.checkpoint import TrunkSpec, load_trunk
 
     recipe = tiny_det()
-    trunk = load_trunk("random", recipe.backbone, ("conv5", "fc7"))
+    trunk = load_trunk(TrunkSpec("random"), recipe.backbone)
     model = vd.FastRCNN(trunk.backbone).eval()
     assert model.grid == trunk.backbone.pool5_size
     assert model.spatial_scale == 1.0 / trunk.backbone.feature_info["conv5"].stride

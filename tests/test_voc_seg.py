@@ -84,11 +84,11 @@ def test_convolutionalised_fc_equals_linear(bn: bool) -> None:
     k, c5 = trunk.pool5_size, trunk.feature_info["pool5"].channels
     pool5 = torch.randn(4, c5, k, k)
     linear = trunk.fc7(trunk.fc6(pool5))  # [4, D]
-    conv = fcn.fc7(fcn.fc6(pool5))  # [4, D, 1, 1]
+    conv = fcn.head(pool5)  # [4, D, 1, 1]: fc6, fc7 as convolutions
     torch.testing.assert_close(conv[..., 0, 0], linear, atol=1e-5, rtol=1e-5)
     # On a larger map every output position is the Linear layers on its pool5 window.
     big = torch.randn(2, c5, k + 2, k + 1)
-    conv = fcn.fc7(fcn.fc6(big))  # [2, D, 3, 2]
+    conv = fcn.head(big)  # [2, D, 3, 2]
     for i in range(3):
         for j in range(2):
             ref = trunk.fc7(trunk.fc6(big[..., i : i + k, j : j + k]))
@@ -116,7 +116,7 @@ def test_pixel_loss_ignores_255() -> None:
 
 def test_batchnorm_frozen_while_training() -> None:
     fcn = FCN32s(AlexNet(TINY), VocSegConfig(pad=20, bn_train=False), 32).train()
-    assert fcn.training and fcn.fc6[0].training  # dropout trains
+    assert fcn.training and fcn.head[0][0].training  # dropout trains
     assert all(not m.training for m in fcn.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
     live = FCN32s(AlexNet(TINY), VocSegConfig(pad=20, bn_train=True), 32).train()
     assert all(m.training for m in live.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
@@ -139,7 +139,7 @@ def test_bad_input() -> None:
     with pytest.raises(UserError, match="not a directory"):
         segmentation_data(DataConfig(dataset="voc2012", root="/nonexistent/voc", train_split="train", test_split="val"))
     nin = build_backbone("nin", NINConfig())
-    with pytest.raises(UserError, match="AlexNet"):
+    with pytest.raises(UserError, match="nin has no fully convolutional head"):
         FCN32s(nin, VocSegConfig(), 32)
     with pytest.raises(UserError, match=r"protocol\.pad=7"):
         FCN32s(AlexNet(TINY), VocSegConfig(pad=0), 32)
@@ -167,9 +167,9 @@ def test_sbd_joins_the_training_set(tmp_path) -> None:
 
 
 def test_data_sbd_sets_the_protocol_option() -> None:
-    from sslbench.config import load_recipe
+    from sslbench.recipes import load_recipe
 
     r = load_recipe("protocol", "voc-seg", "mini", [], {"voc2012": "/data/VOCdevkit", "sbd": "/data/sbd"})
-    assert (r.data.dataset, r.data.root, r.method.cfg.sbd) == ("voc2012", "/data/VOCdevkit", "/data/sbd")
+    assert (r.data.dataset, r.data.root, r.component.cfg.sbd) == ("voc2012", "/data/VOCdevkit", "/data/sbd")
     r = load_recipe("protocol", "voc-seg", "mini", [], None)
-    assert r.method.cfg.sbd == "" and r.data.root == ""
+    assert r.component.cfg.sbd == "" and r.data.root == ""

@@ -140,12 +140,12 @@ def test_voc07_svm_protocol_end_to_end_on_random_init(tmp_path) -> None:
 
 
 def test_voc07_svm_recipes_load_and_refuse_bad_options() -> None:
-    from sslbench.config import load_recipe
+    from sslbench.recipes import load_recipe
     from sslbench.protocols.voc_svm import GOYAL_COSTS
 
     paper = load_recipe("protocol", "voc07-svm", "paper")
-    assert paper.method.cfg.costs == GOYAL_COSTS and paper.method.cfg.folds == 3
-    assert paper.method.cfg.positive_weight == 2.0 and paper.data.dataset == "voc2007"
+    assert paper.component.cfg.costs == GOYAL_COSTS and paper.component.cfg.folds == 3
+    assert paper.component.cfg.positive_weight == 2.0 and paper.data.dataset == "voc2007"
     with pytest.raises(UserError, match="train_difficult"):
         load_recipe("protocol", "voc07-svm", "mini", ["train_difficult=drop"])
 

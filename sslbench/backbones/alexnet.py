@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from sslbench.backbones.base import Backbone, TapInfo, conv_out, init_weights
+from sslbench.backbones.base import FcTrunk, TapInfo, conv_out, init_weights, too_small
 from sslbench.registry import register_backbone
 
 
@@ -34,16 +34,16 @@ def _channels(width: float) -> tuple[int, int, int, int, int]:
 
 
 @register_backbone("alexnet", config=AlexNetConfig)
-class AlexNet(Backbone):
+class AlexNet(FcTrunk):
     """AlexNet (Caffe layout, optional BatchNorm); taps conv1..conv5 (after ReLU), pool5, fc6, fc7."""
 
+    name = "alexnet"
     default_taps = ("conv1", "conv2", "conv3", "conv4", "conv5")
-    head_tap = "fc7"
 
     def __init__(self, cfg: AlexNetConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.in_channels = cfg.in_channels
+        self.in_channels, self.image_size = cfg.in_channels, cfg.image_size
         c1, c2, c3, c4, c5 = _channels(cfg.width)
         g = cfg.groups
 
@@ -70,11 +70,11 @@ class AlexNet(Backbone):
         s3 = conv_out(s2, 3, 2, 0)
         s5 = conv_out(s3, 3, 2, 0)
         if s5 < 1:
-            raise ValueError(f"alexnet: image_size {cfg.image_size} is too small for conv1_stride {cfg.conv1_stride}")
+            raise too_small("alexnet", cfg.image_size, f"no pool5 output at conv1_stride {cfg.conv1_stride}")
         self.pool5_size = s5
         st = cfg.conv1_stride
-        self.fc6 = self._fc(c5 * s5 * s5, cfg.fc_dim)
-        self.fc7 = self._fc(cfg.fc_dim, cfg.fc_dim)
+        self.fc6 = self.fc_stage(c5 * s5 * s5, cfg.fc_dim, cfg.dropout, cfg.bn)
+        self.fc7 = self.fc_stage(cfg.fc_dim, cfg.fc_dim, cfg.dropout, cfg.bn)
         self.feature_info = {
             "conv1": TapInfo(c1, st, s1),
             "conv2": TapInfo(c2, st * 2, s2),
@@ -87,11 +87,6 @@ class AlexNet(Backbone):
         }
         init_weights(self)
 
-    def _fc(self, cin: int, cout: int) -> nn.Sequential:
-        layers: list[nn.Module] = [nn.Flatten(1), nn.Dropout(self.cfg.dropout), nn.Linear(cin, cout, bias=not self.cfg.bn)]
-        layers += [nn.BatchNorm1d(cout)] if self.cfg.bn else []
-        return nn.Sequential(*layers, nn.ReLU(inplace=True))
-
     def stages(self) -> list[tuple[str, nn.Module]]:
         return [
             ("conv1", self.conv1), ("pool1", self.pool1), ("conv2", self.conv2), ("pool2", self.pool2),
@@ -99,6 +94,6 @@ class AlexNet(Backbone):
             ("fc6", self.fc6), ("fc7", self.fc7),
         ]
 
-    @staticmethod
-    def label(cfg: AlexNetConfig) -> str:
-        return "alexnet" + ("-bn" if cfg.bn else "") + (f"-w{cfg.width:g}" if cfg.width != 1.0 else "")
+    @classmethod
+    def tiny(cls) -> dict[str, object]:
+        return {"image_size": 64, "width": 0.125, "conv1_stride": 2, "fc_dim": 32}

@@ -1,14 +1,33 @@
-"""The backbone contract: forward(x, taps) -> {tap: feature map}; feature_info names every tap."""
+"""The backbone contract: forward(x, taps) -> {tap: feature map}; feature_info names every tap; roles say what
+heads may use.
+
+No task or protocol names a layer of a particular network. A backbone declares its roles instead:
+- `head_tap`: the vector a classifier sits on (AlexNet/VGG fc7, ResNet's pooled res5, NIN's last block);
+- `fuse_tap`: the per-input vector a late-fusion pretext head concatenates (AlexNet/VGG fc6, ResNet pool);
+- `spatial_tap`: the last spatial map, an encoder's output (AlexNet/VGG pool5, ResNet res5, NIN's last block);
+- `dense_tap`: the last convolutional map before any pooling, what per-pixel heads read (AlexNet/VGG conv5,
+  ResNet res5, NIN's last block);
+- `fc_stages`: the fully connected stages above the last spatial map (AlexNet/VGG fc6, fc7; none for ResNet);
+- `region_tap` / `region_head()`: what a Fast R-CNN head pools RoIs from and runs on them (AlexNet/VGG: conv5
+  RoIs to the pool5 grid, then fc6, fc7; ResNet: res4 RoIs, then res5 and the global pool);
+- `fcn_tap` / `fcn_head()`: the fully convolutional continuation for dense prediction (AlexNet/VGG: fc6/fc7 as
+  convolutions on pool5; ResNet: res5 as it is);
+- `freeze_after(tap)`: stages after a tap that a head does not use, frozen.
+A role a backbone lacks is a one-line UserError naming the backbones that have it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from sslbench.errors import UserError
 from sslbench.registry import BACKBONES
+
+Geometry = tuple[int, int, int]  # (kernel, stride, padding) of one conv / pool layer
 
 
 @dataclass(frozen=True)
@@ -16,6 +35,28 @@ class TapInfo:
     channels: int  # channels of the tap's output (features for fc taps)
     stride: int  # input pixels per output pixel (0 for fc taps, which have no spatial layout)
     size: int  # spatial side of the tap at the configured image size (1 for fc taps)
+
+
+@dataclass(frozen=True)
+class RegionHead:
+    """A region head: RoIs pooled from `tap` (`stride` input pixels per cell) to `grid` x `grid`, then `head`
+    -> one `dim` vector per RoI. `align`: RoIAlign (ResNet C4, Detectron) instead of RoI max pooling."""
+
+    tap: str
+    stride: int
+    grid: int
+    head: nn.Module
+    dim: int
+    align: bool = False
+
+
+@dataclass(frozen=True)
+class FcnHead:
+    """The fully convolutional continuation of a trunk: `tap`'s map through `head` -> `dim` channels."""
+
+    tap: str
+    head: nn.Module
+    dim: int
 
 
 class Backbone(nn.Module):
@@ -27,8 +68,16 @@ class Backbone(nn.Module):
 
     feature_info: dict[str, TapInfo]
     default_taps: tuple[str, ...]  # the taps a linear probe reads by default
-    head_tap: str  # the tap a pretext head sits on (alexnet: fc7, nin: its last block)
+    head_tap: str
+    fuse_tap: str | None = None
+    spatial_tap: str | None = None
+    dense_tap: str | None = None
+    region_tap: str | None = None
+    fcn_tap: str | None = None
+    fc_stages: tuple[str, ...] = ()
     in_channels: int  # 3 for RGB, 1 for L-channel / grayscale trunks
+    image_size: int  # the input side the trunk is built for (fc layers, feature_info sizes)
+    name: ClassVar[str] = "backbone"  # the registered name (set by each subclass), for messages
 
     def stages(self) -> list[tuple[str, nn.Module]]:
         raise NotImplementedError
@@ -49,6 +98,130 @@ class Backbone(nn.Module):
                     break
         return out
 
+    # ---- roles
+
+    def role(self, role: str, user: str) -> str:
+        """The tap of `role` ("fuse_tap", "spatial_tap", "dense_tap", "region_tap", "fcn_tap"), or a UserError
+        saying that `user` needs it."""
+        tap = getattr(self, role)
+        if tap is None:
+            have = [n for n in BACKBONES.names() if getattr(BACKBONES.get(n), role, None) is not None]
+            raise UserError(f"{user} needs a backbone with a {role.replace('_', ' ')}; {self.name} has none; "
+                            f"use one of {', '.join(have)}")
+        return tap
+
+    def region_head(self) -> RegionHead:
+        """The region head on `region_tap` (backbones that have one override this)."""
+        raise UserError(f"{self.name} has no region head for detection; use alexnet, vgg16 or resnet")
+
+    def fcn_head(self, dropout: float | None = None) -> FcnHead:
+        """The fully convolutional head on `fcn_tap` (backbones that have one override this)."""
+        raise UserError(f"{self.name} has no fully convolutional head for segmentation; use alexnet, vgg16 or resnet")
+
+    def freeze_after(self, tap: str) -> None:
+        """Stages after `tap` are not part of the network that trains (a head replaces them): frozen, so that no
+        optimizer moves them and DistributedDataParallel does not wait for gradients they never get."""
+        names = [name for name, _ in self.stages()]
+        for _, module in self.stages()[names.index(tap) + 1 :]:
+            module.requires_grad_(False)
+
+    def tap_geometry(self, tap: str) -> list[Geometry]:
+        """(kernel, stride, padding) of every conv / pool on the path from the input to `tap`, in order."""
+        out: list[Geometry] = []
+        for name, module in self.stages():
+            out += layer_geometry(module)
+            if name == tap:
+                return out
+        raise UserError(f"{self.name} has no tap {tap!r}")
+
+    # ---- labels and presets
+
+    @classmethod
+    def label(cls, cfg: Any) -> str:
+        """Short label used in tables (e.g. 'alexnet-bn-w0.25')."""
+        return cls.name
+
+    @classmethod
+    def tiny(cls) -> dict[str, Any]:
+        """The smallest config that builds (tests exercise every registered backbone with it)."""
+        raise NotImplementedError
+
+
+class FcTrunk(Backbone):
+    """A conv trunk with Caffe-style fully connected fc6, fc7 on its pool5 grid (AlexNet, VGG-16): the roles
+    the classic papers' heads use."""
+
+    head_tap = "fc7"
+    fuse_tap = "fc6"
+    spatial_tap = "pool5"
+    dense_tap = "conv5"
+    region_tap = "conv5"
+    fcn_tap = "pool5"
+    fc_stages = ("fc6", "fc7")
+    fc6: nn.Sequential
+    fc7: nn.Sequential
+    pool5_size: int
+
+    def fc_stage(self, cin: int, cout: int, dropout: float, bn: bool) -> nn.Sequential:
+        """Flatten, Dropout, Linear, [BatchNorm1d], ReLU: one fully connected stage."""
+        layers: list[nn.Module] = [nn.Flatten(1), nn.Dropout(dropout), nn.Linear(cin, cout, bias=not bn)]
+        layers += [nn.BatchNorm1d(cout)] if bn else []
+        return nn.Sequential(*layers, nn.ReLU(inplace=True))
+
+    def region_head(self) -> RegionHead:
+        conv5 = self.feature_info[self.region_tap]
+        return RegionHead(self.region_tap, conv5.stride, self.pool5_size, nn.Sequential(self.fc6, self.fc7),
+                          self.feature_info["fc7"].channels)
+
+    def fcn_head(self, dropout: float | None = None) -> FcnHead:
+        head = nn.Sequential(convolutionalise(self.fc6, self.pool5_size, dropout), convolutionalise(self.fc7, 1, dropout))
+        return FcnHead(self.fcn_tap, head, self.feature_info["fc7"].channels)
+
+    @classmethod
+    def label(cls, cfg: Any) -> str:
+        return cls.name + ("-bn" if cfg.bn else "") + (f"-w{cfg.width:g}" if cfg.width != 1.0 else "")
+
+
+def convolutionalise(fc: nn.Sequential, kernel: int, dropout: float | None = None) -> nn.Sequential:
+    """A fully connected stage (Flatten, Dropout, Linear, [BatchNorm1d], ReLU) as the equivalent conv stage on a
+    `kernel` x `kernel` map: the Linear becomes a conv with its weights reshaped (Flatten's order is C, H, W), a
+    BatchNorm1d a BatchNorm2d with the same affine and statistics (in eval mode both apply the same per-channel
+    affine); `dropout` replaces the stage's dropout rate (None keeps it). A copy: the fc stage is unchanged."""
+    layers: list[nn.Module] = []
+    for m in fc:
+        if isinstance(m, nn.Flatten):
+            continue
+        if isinstance(m, nn.Linear):
+            conv = nn.Conv2d(m.in_features // kernel**2, m.out_features, kernel, bias=m.bias is not None)
+            with torch.no_grad():
+                conv.weight.copy_(m.weight.view_as(conv.weight))
+                if m.bias is not None:
+                    conv.bias.copy_(m.bias)
+            layers.append(conv)
+        elif isinstance(m, nn.BatchNorm1d):
+            bn = nn.BatchNorm2d(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
+            bn.load_state_dict(m.state_dict())
+            layers.append(bn)
+        elif isinstance(m, nn.Dropout):
+            layers.append(nn.Dropout(m.p if dropout is None else dropout))
+        elif isinstance(m, nn.ReLU):
+            layers.append(nn.ReLU(inplace=True))
+        else:
+            raise UserError(f"cannot convolutionalise {type(m).__name__} in a fully connected stage")
+    return nn.Sequential(*layers)
+
+
+def layer_geometry(module: nn.Module) -> list[Geometry]:
+    """(kernel, stride, padding) of every conv / pool inside a sequential `module`, in order (square, undilated)."""
+    out = []
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+            k, s, p = (v if isinstance(v, int) else v[0] for v in (m.kernel_size, m.stride, m.padding))
+            if getattr(m, "dilation", 1) not in (1, (1, 1)):
+                raise UserError(f"dilated layer {m} is not supported by the crop geometry")
+            out.append((k, s, p))
+    return out
+
 
 def build_backbone(name: str, cfg: Any) -> Backbone:
     return BACKBONES.get(name)(cfg)
@@ -57,13 +230,17 @@ def build_backbone(name: str, cfg: Any) -> Backbone:
 def backbone_label(name: str, cfg: Any) -> str:
     """Short human label used in tables: e.g. 'alexnet-bn', 'nin-4blocks', 'alexnet-bn-gray' (1-channel input:
     a gray trunk and an RGB one of the same shape are different rows)."""
-    cls = BACKBONES.get(name)
-    label = cls.label(cfg) if hasattr(cls, "label") else name
+    label = BACKBONES.get(name).label(cfg)
     return label + ("-gray" if getattr(cfg, "in_channels", 3) == 1 else "")
 
 
 def conv_out(size: int, kernel: int, stride: int, pad: int) -> int:
     return (size + 2 * pad - kernel) // stride + 1
+
+
+def too_small(name: str, image_size: int, detail: str) -> UserError:
+    """The one error of every backbone for an input too small for its layers."""
+    return UserError(f"{name}: image_size {image_size} is too small ({detail}); raise backbone.image_size")
 
 
 def init_weights(module: nn.Module) -> None:

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from sslbench.backbones.base import Backbone, TapInfo, init_weights
+from sslbench.backbones.base import Backbone, TapInfo, init_weights, too_small
+from sslbench.errors import UserError
 from sslbench.registry import register_backbone
 
 
@@ -31,14 +32,17 @@ def _layer(cin: int, cout: int, k: int) -> nn.Sequential:
 class NIN(Backbone):
     """RotNet's CIFAR Network-in-Network with 3-5 blocks; taps block1..blockN."""
 
+    name = "nin"
+
     def __init__(self, cfg: NINConfig) -> None:
         super().__init__()
         if not 3 <= cfg.blocks <= 5:
-            raise ValueError(f"nin: blocks must be 3, 4 or 5, found {cfg.blocks}")
+            raise UserError(f"nin: backbone.blocks must be 3, 4 or 5, found {cfg.blocks}")
+        if cfg.image_size < 4:
+            raise too_small("nin", cfg.image_size, "two stride-2 pools")
         self.cfg = cfg
-        self.in_channels = cfg.in_channels
-        w = lambda c: max(8, int(round(c * cfg.width)))  # noqa: E731
-        c192, c160, c96 = w(192), w(160), w(96)
+        self.in_channels, self.image_size = cfg.in_channels, cfg.image_size
+        c192, c160, c96 = (max(8, int(round(c * cfg.width))) for c in (192, 160, 96))
         self.block1 = nn.Sequential(
             _layer(cfg.in_channels, c192, 5), _layer(c192, c160, 1), _layer(c160, c96, 1), nn.MaxPool2d(3, 2, 1)
         )
@@ -55,14 +59,29 @@ class NIN(Backbone):
         for i in range(3, cfg.blocks + 1):
             self.feature_info[f"block{i}"] = TapInfo(c192, 4, s2)
         self.default_taps = tuple(self.feature_info)
-        self.head_tap = f"block{cfg.blocks}"
         init_weights(self)
+
+    @property
+    def head_tap(self) -> str:  # type: ignore[override]
+        return f"block{self.cfg.blocks}"
+
+    @property
+    def spatial_tap(self) -> str:  # type: ignore[override]
+        return self.head_tap
+
+    @property
+    def dense_tap(self) -> str:  # type: ignore[override]
+        return self.head_tap
 
     def stages(self) -> list[tuple[str, nn.Module]]:
         return [("block1", self.block1), ("block2", self.block2)] + [
             (f"block{i + 3}", m) for i, m in enumerate(self.extra)
         ]
 
-    @staticmethod
-    def label(cfg: NINConfig) -> str:
+    @classmethod
+    def label(cls, cfg: NINConfig) -> str:
         return f"nin-{cfg.blocks}blocks" + (f"-w{cfg.width:g}" if cfg.width != 1.0 else "")
+
+    @classmethod
+    def tiny(cls) -> dict[str, object]:
+        return {"blocks": 3, "width": 0.1, "image_size": 32}

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from sslbench.backbones.base import Backbone, TapInfo, init_weights
-from sslbench.errors import UserError
+from sslbench.backbones.base import FcTrunk, TapInfo, init_weights, too_small
 from sslbench.registry import register_backbone
 
 BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))  # (channels, convs) of VGG-16, configuration D
@@ -35,22 +34,19 @@ def _channels(width: float) -> tuple[int, ...]:
 
 
 @register_backbone("vgg16", config=VGGConfig)
-class VGG16(Backbone):
+class VGG16(FcTrunk):
     """VGG-16 (optional BatchNorm); taps conv1..conv5 (last conv of each block, after ReLU), pool5, fc6, fc7."""
 
+    name = "vgg16"
     default_taps = ("conv1", "conv2", "conv3", "conv4", "conv5")
-    head_tap = "fc7"
 
     def __init__(self, cfg: VGGConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.in_channels = cfg.in_channels
+        self.in_channels, self.image_size = cfg.in_channels, cfg.image_size
         pool5_size = cfg.image_size // 32
         if pool5_size < 1:
-            raise UserError(
-                f"vgg16: image_size {cfg.image_size} leaves no pool5 output (five 2x2 pools); "
-                "set backbone.image_size to 32 or more"
-            )
+            raise too_small("vgg16", cfg.image_size, "five 2x2 pools leave no pool5 output below 32 px")
         widths = _channels(cfg.width)
         cin = cfg.in_channels
         self.blocks = nn.ModuleList()
@@ -60,8 +56,8 @@ class VGG16(Backbone):
             self.pools.append(nn.MaxPool2d(2, 2))
             cin = cout
         self.pool5_size = pool5_size
-        self.fc6 = self._fc(widths[-1] * pool5_size * pool5_size, cfg.fc_dim)
-        self.fc7 = self._fc(cfg.fc_dim, cfg.fc_dim)
+        self.fc6 = self.fc_stage(widths[-1] * pool5_size * pool5_size, cfg.fc_dim, cfg.dropout, cfg.bn)
+        self.fc7 = self.fc_stage(cfg.fc_dim, cfg.fc_dim, cfg.dropout, cfg.bn)
         self.feature_info = {
             f"conv{i + 1}": TapInfo(c, 2**i, cfg.image_size // 2**i) for i, c in enumerate(widths)
         }
@@ -75,17 +71,12 @@ class VGG16(Backbone):
         layers += [nn.BatchNorm2d(cout)] if self.cfg.bn else []
         return nn.Sequential(*layers, nn.ReLU(inplace=True))
 
-    def _fc(self, cin: int, cout: int) -> nn.Sequential:
-        layers: list[nn.Module] = [nn.Flatten(1), nn.Dropout(self.cfg.dropout), nn.Linear(cin, cout, bias=not self.cfg.bn)]
-        layers += [nn.BatchNorm1d(cout)] if self.cfg.bn else []
-        return nn.Sequential(*layers, nn.ReLU(inplace=True))
-
     def stages(self) -> list[tuple[str, nn.Module]]:
         out: list[tuple[str, nn.Module]] = []
         for i, (block, pool) in enumerate(zip(self.blocks, self.pools)):
             out += [(f"conv{i + 1}", block), (f"pool{i + 1}", pool)]
         return out + [("fc6", self.fc6), ("fc7", self.fc7)]
 
-    @staticmethod
-    def label(cfg: VGGConfig) -> str:
-        return "vgg16" + ("-bn" if cfg.bn else "") + (f"-w{cfg.width:g}" if cfg.width != 1.0 else "")
+    @classmethod
+    def tiny(cls) -> dict[str, object]:
+        return {"image_size": 32, "width": 0.125, "fc_dim": 32}

@@ -12,26 +12,23 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from sslbench.config import DataConfig
-from sslbench.data.datasets import collate_skip_corrupt
-from sslbench.data.synthetic import GENERATOR_VERSION, cache_dir
-from sslbench.registry import DATASETS
+from sslbench.data.synthetic import GENERATOR_VERSION
+from sslbench.registry import DATASETS, LAYOUTS
+from sslbench.runtime import cache_dir
 
-__all__ = ["build_dataset", "collate_skip_corrupt", "dataset_label", "embedded_root"]
-
-SYNTH_FORMAT = {"voc2007": "voc", "voc2012": "voc2012", "cifar10": "cifar10", "stl10": "stl10", "imagenet": "imagenet",
-                "sbd": "sbd"}
+__all__ = ["build_dataset", "dataset_label", "embedded_root"]
 
 
 def build_dataset(cfg: DataConfig, split: str, num: int = 0) -> Dataset:
     """The registered data set `cfg.dataset` at `cfg.image_size`; no root means the embedded data."""
     factory = DATASETS.get(cfg.dataset)
-    root = cfg.root or (str(embedded_root(cfg)) if cfg.dataset in SYNTH_FORMAT else None)
+    root = cfg.root or (str(embedded_root(cfg)) if cfg.dataset in LAYOUTS else None)
     return factory(root, split, cfg.image_size, num, cfg.synth_seed)
 
 
 def dataset_label(cfg: DataConfig) -> str:
     """What a result was measured on, for the store and the tables: 'voc2007', or 'embedded:voc2007'."""
-    if cfg.root or cfg.dataset not in SYNTH_FORMAT:
+    if cfg.root or cfg.dataset not in LAYOUTS:
         return cfg.dataset
     return f"embedded:{cfg.dataset}"
 
@@ -39,14 +36,12 @@ def dataset_label(cfg: DataConfig) -> str:
 def embedded_root(cfg: DataConfig, dataset: str = "") -> Path:
     """The embedded data written (once, cached) in the layout of `dataset` (default `cfg.dataset`), sized for
     the recipe. The VOC layouts and SBD are sized alike, so SBD's images are the VOC2012 root's and more."""
-    from sslbench.data.formats import synth
-
-    fmt = SYNTH_FORMAT[dataset or cfg.dataset]
-    paired = fmt.startswith("voc") or fmt == "sbd"  # trainval = 2 x per_split
-    per_split = max(cfg.num_test, math.ceil(cfg.num_images / 2) if paired else cfg.num_images, 16)
-    path = cache_dir() / "formats" / f"{fmt}-v{GENERATOR_VERSION}-{cfg.image_size}px-{per_split}-s{cfg.synth_seed}"
+    layout = LAYOUTS.get(dataset or cfg.dataset)
+    half = math.ceil(cfg.num_images / 2) if layout.paired_trainval else cfg.num_images  # trainval = 2 x per split
+    per_split = max(cfg.num_test, half, 16)
+    path = cache_dir() / "formats" / f"{layout.name}-v{GENERATOR_VERSION}-{cfg.image_size}px-{per_split}-s{cfg.synth_seed}"
     done = path / ".complete"
     if not done.is_file():
-        synth(fmt, path, per_split, cfg.image_size, cfg.synth_seed)
+        layout.write(path, per_split, cfg.image_size, cfg.synth_seed)
         done.write_text("written by sslbench.data.build.embedded_root\n")
     return path

@@ -5,6 +5,9 @@ Target keys (present where the data set has them):
   labels     float32 [20]  multi-hot image labels from the non-difficult objects (embedded, VOC)
   difficult  float32 [20]  1 where a class occurs only as difficult objects (VOC07 scoring ignores these)
   boxes      float32 [K,4] x0,y0,x1,y1 in pixels of the returned image; box_labels int64 [K]; box_difficult bool [K]
+  mask       int64 [S,S]   a class map (SBD)
+The training loaders (sslbench.training) also hand every batch's item indices to the consumer: a pretext
+task's make_batch sees them as targets["index"].
 `collate_skip_corrupt` drops None items (they are counted by the caller), stacks same-shape tensors and
 keeps a list where shapes differ (boxes).
 """
@@ -19,11 +22,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from sslbench.data.synthetic import CLASSES, SPLITS, load_split, render_sample
+from sslbench.data.classes import VOC_CLASSES
+from sslbench.data.synthetic import SPLITS, Sample, load_split, render_sample
 from sslbench.errors import UserError
 from sslbench.registry import register_dataset
 
-NUM_CLASSES = len(CLASSES)
+NUM_CLASSES = len(VOC_CLASSES)
 EMBEDDED_SPLITS = (*SPLITS, "train", "val")
 PER_OBJECT = ("boxes", "box_labels", "box_difficult")  # one entry per object: always collated as lists
 
@@ -71,7 +75,7 @@ class Embedded(Dataset):
         )
         return torch.from_numpy(a.images[i]).permute(2, 0, 1).contiguous(), target
 
-    def dense(self, i: int):  # noqa: ANN201 - returns synthetic.Sample
+    def dense(self, i: int) -> Sample:
         """The full sample (segmentation, depth, second frame) of item i, re-rendered from its seed."""
         return render_sample(self.seed, self.arrays.base, int(self.arrays.indices[i]), self.size, full=True)
 

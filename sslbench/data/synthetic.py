@@ -16,18 +16,16 @@ targets are re-rendered on demand from the same seed.
 from __future__ import annotations
 
 import hashlib
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from sslbench.data.classes import VOC_CLASSES as CLASSES
+from sslbench.runtime import atomic, cache_dir
+
 GENERATOR_VERSION = 3  # bump when rendering changes: the cache key includes it
 
-CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)
 SPLITS = {"unlabeled": 0, "trainval": 1, "test": 2}  # train / val are the two halves of trainval
 
 # Shape parts in the object frame: u to the right, v downwards, both in [-1, 1]; the last field is the
@@ -84,14 +82,14 @@ class Sample:
     depth: np.ndarray | None = None  # [H, W] float32 metres-like, larger is farther
     frame2: np.ndarray | None = None  # [H, W, 3] uint8: the scene a moment later
     motion: np.ndarray | None = None  # [H, W] bool: pixels of objects that moved
-    extras: dict = field(default_factory=dict)
+    classes: np.ndarray | None = None  # [H, W] uint8: the class map without outlines (SBD's masks)
 
 
 def _rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLITS[split], index, GENERATOR_VERSION])
 
 
-def _part_mask(part: tuple, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+def part_mask(part: tuple, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     kind = part[0]
     if kind in (E, G):
         _, cx, cy, rx, ry, _ = part
@@ -183,13 +181,14 @@ def _paint(img: np.ndarray, ids: np.ndarray, obj: _Placed, oid: int, shift: tupl
     v = (-s * dx + c * dy) / (obj.scale * obj.aspect)
     light = (1.08 - 0.16 * (v + 1) / 2)[..., None]  # lit from above, as outdoors
     for part in SHAPES[CLASSES[obj.cls]]:
-        m = _part_mask(part, u, v)
+        m = part_mask(part, u, v)
         if m.any():
             img[y0:y1, x0:x1][m] = (obj.colours[part[-1]] * light)[m]
             ids[y0:y1, x0:x1][m] = oid
 
 
-def _boundary(ids: np.ndarray) -> np.ndarray:
+def label_edges(ids: np.ndarray) -> np.ndarray:
+    """[H, W] bool: pixels with a 4-neighbour of another value (object outlines, SBD's boundaries)."""
     edge = np.zeros(ids.shape, bool)
     edge[:-1] |= ids[:-1] != ids[1:]
     edge[1:] |= ids[:-1] != ids[1:]
@@ -239,8 +238,8 @@ def _dense_targets(sample: Sample, placed: list[_Placed], ids: np.ndarray, backg
     for oid, obj in enumerate(placed):
         seg[ids == oid] = obj.cls + 1
         depth[ids == oid] = obj.depth
-    sample.extras["classes"] = seg.copy()  # the class map without outlines (SBD's masks)
-    seg[_boundary(ids) & (ids >= 0)] = 255  # VOC marks object outlines as 'ignore'
+    sample.classes = seg.copy()
+    seg[label_edges(ids) & (ids >= 0)] = 255  # VOC marks object outlines as 'ignore'
     img2 = background.copy()
     ids2 = np.full((size, size), -1, np.int16)
     for oid, obj in enumerate(placed):
@@ -275,10 +274,6 @@ def split_indices(split: str, num: int) -> tuple[str, np.ndarray]:
     if split not in SPLITS:
         raise KeyError(split)
     return split, np.arange(num)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("SSLBENCH_CACHE", Path.home() / ".cache" / "sslbench"))
 
 
 def load_split(split: str, size: int, num: int, seed: int, cache: bool = True) -> SplitArrays:
@@ -323,7 +318,5 @@ def _unpack_objects(packed: np.ndarray, num: int) -> list[list[Obj]]:
 
 
 def _save_cache(path: Path, arrays: SplitArrays) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, images=arrays.images, labels=arrays.labels, obj=_pack_objects(arrays.objects))
-    os.replace(tmp, path)
+    with atomic(path) as tmp:
+        np.savez(tmp, images=arrays.images, labels=arrays.labels, obj=_pack_objects(arrays.objects))

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sslbench.backbones.base import Backbone
 from sslbench.checkpoint import Trunk
 from sslbench.config import Recipe
+from sslbench.protocols._probing import PoolSpec, linear_head, train_probes
 from sslbench.protocols.base import EvalContext, Protocol
-from sslbench.protocols.probing import PoolSpec, linear_head, train_probes
 from sslbench.registry import register_protocol
 
 
@@ -29,15 +30,17 @@ class LinearProbeConfig:
 class LinearProbe(Protocol):
     """Linear probes on conv1..conv5 of a frozen trunk, trained together in one pass."""
 
-    def taps(self) -> tuple[str, ...]:
+    name = "linear"
+    metric_keys = r"[\w-]+"  # one key per tap, and top5-best
+
+    def taps(self, backbone: Backbone) -> tuple[str, ...]:
         return self.cfg.taps
 
     def run(self, trunk: Trunk, recipe: Recipe, ctx: EvalContext) -> dict[str, float]:
-        report = train_probes(
-            trunk, recipe, self.cfg.taps, self.cfg.pool, linear_head, self.cfg.num_classes,
-            self.cfg.cache_features, self.cfg.crop_pad, ctx.device, ctx.progress, ctx.log.write,
-        )
-        metrics = {f"linear/{t}": v for t, v in report.top1.items()}
+        cfg = self.cfg
+        report = train_probes(trunk, recipe, cfg.taps, cfg.pool, linear_head, cfg.num_classes, cfg.cache_features,
+                              cfg.crop_pad, ctx)
+        metrics = {self.key(t): v for t, v in report.top1.items()}
         best = max(report.top1, key=report.top1.__getitem__)
-        metrics["linear/top5-best"] = report.top5[best]
+        metrics[self.key("top5-best")] = report.top5[best]
         return metrics

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sslbench.backbones.base import Backbone
 from sslbench.checkpoint import Trunk
 from sslbench.config import Recipe
+from sslbench.protocols._probing import PoolSpec, mlp_head, train_probes
 from sslbench.protocols.base import EvalContext, Protocol
-from sslbench.protocols.probing import PoolSpec, mlp_head, train_probes
 from sslbench.registry import register_protocol
 
 
@@ -30,14 +31,15 @@ class RotNetBlocksConfig:
 class RotNetBlocks(Protocol):
     """RotNet CIFAR protocol: a 3-layer non-linear classifier on every frozen NIN block."""
 
-    def taps(self) -> tuple[str, ...]:
-        return tuple(f"block{b}" for b in self.cfg.blocks) or ("block1",)
+    name = "rotnet-blocks"
+    metric_keys = r"block\d+"
+
+    def taps(self, backbone: Backbone) -> tuple[str, ...]:
+        return tuple(f"block{b}" for b in self.cfg.blocks) or tuple(backbone.feature_info)
 
     def run(self, trunk: Trunk, recipe: Recipe, ctx: EvalContext) -> dict[str, float]:
-        taps = tuple(f"block{b}" for b in self.cfg.blocks) or tuple(trunk.backbone.feature_info)
+        taps = self.taps(trunk.backbone)
         pools = {t: self.cfg.pool.get(t, PoolSpec("none", 0)) for t in taps}
-        report = train_probes(
-            trunk, recipe, taps, pools, mlp_head(self.cfg.hidden), self.cfg.num_classes,
-            self.cfg.cache_features, self.cfg.crop_pad, ctx.device, ctx.progress, ctx.log.write,
-        )
-        return {f"rotnet-blocks/{t}": v for t, v in report.top1.items()}
+        report = train_probes(trunk, recipe, taps, pools, mlp_head(self.cfg.hidden), self.cfg.num_classes,
+                              self.cfg.cache_features, self.cfg.crop_pad, ctx)
+        return {self.key(t): v for t, v in report.top1.items()}

@@ -16,33 +16,29 @@ import copy
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from sslbench.backbones.base import Backbone
 from sslbench.checkpoint import Trunk
 from sslbench.config import Recipe
-from sslbench.data.build import build_dataset, collate_skip_corrupt
-from sslbench.data.synthetic import CLASSES
-from sslbench.engine import NonFiniteLoss, build_optimizer, lr_at, set_lr
+from sslbench.data.build import build_dataset
+from sslbench.data.classes import VOC_CLASSES
+from sslbench.data.datasets import collate_skip_corrupt
 from sslbench.errors import UserError
 from sslbench.metrics import multilabel_map
 from sslbench.progress import progress_bar
+from sslbench.protocols._probing import sanity_check
 from sslbench.protocols.base import EvalContext, Protocol
-from sslbench.protocols.probing import sanity_check
 from sslbench.registry import register_protocol
 from sslbench.runtime import step_generator
-from sslbench.tasks.base import MEAN
-
-# First stage that trains for each `layers` setting (the released code's --train-from); None = all of them.
-TRAIN_FROM: dict[str, str | None] = {"fc8": "fc8", "fc6-8": "fc6", "all": None}
-FC_LAYERS = ("fc6", "fc7")  # trunk stages that take fc_lr_mult, as fc8 does
-MEAN_PIXEL = (MEAN.view(3) * 255.0).round().to(torch.uint8)  # padding colour: 0 after mean subtraction
+from sslbench.training import Fit, epoch_loader, gather_rows, shard_loader, steps_per_epoch
+from sslbench.transforms import MEAN_PIXEL
 
 
 @dataclass(frozen=True)
@@ -106,16 +102,20 @@ def rescale_crop_flip(
 
 
 class FineTuneNet(nn.Module):
-    """Trunk stages up to fc7, split at the first trained stage, plus a new fc8 (dropout + Linear)."""
+    """Trunk stages up to its classifier tap (AlexNet / VGG: fc7), split at the first trained stage, plus a new
+    fc8 (dropout + Linear). `layers`: fc8 alone, the trunk's fully connected stages and fc8 ("fc6-8", from
+    pool5 up; the released code's --train-from), or every layer."""
 
     def __init__(self, backbone: Backbone, layers: str, num_classes: int, dropout: float, init_std: float) -> None:
         super().__init__()
-        stages = _stages_to_fc7(backbone)
-        first = TRAIN_FROM[layers]
-        cut = 0 if first is None else [*(name for name, _ in stages), "fc8"].index(first)
+        stages = _stages_to_head(backbone)
+        names = [name for name, _ in stages]
+        cut = {"fc8": len(stages), "fc6-8": names.index(backbone.fc_stages[0]) if backbone.fc_stages else 0, "all": 0}[layers]
+        self.fc_names = backbone.fc_stages
         self.frozen = nn.Sequential(OrderedDict(stages[:cut]))
         self.trained = nn.Sequential(OrderedDict(stages[cut:]))
-        self.fc8 = nn.Sequential(nn.Dropout(dropout), nn.Linear(backbone.feature_info["fc7"].channels, num_classes))
+        dim = backbone.feature_info[backbone.head_tap].channels
+        self.fc8 = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, num_classes))
         nn.init.normal_(self.fc8[1].weight, 0.0, init_std)
         nn.init.zeros_(self.fc8[1].bias)
         self.frozen.requires_grad_(False)
@@ -131,7 +131,7 @@ class FineTuneNet(nn.Module):
         return self.fc8(self.trained(x))  # [N, 20]
 
     def param_groups(self, fc_lr_mult: float) -> list[dict]:
-        fast = [p for name, m in self.trained.named_children() if name in FC_LAYERS for p in m.parameters()]
+        fast = [p for name, m in self.trained.named_children() if name in self.fc_names for p in m.parameters()]
         fast += list(self.fc8.parameters())
         fast_ids = {id(p) for p in fast}
         slow = [p for p in self.trained.parameters() if id(p) not in fast_ids]
@@ -139,13 +139,10 @@ class FineTuneNet(nn.Module):
         return groups + ([{"params": slow, "lr_scale": 1.0}] if slow else [])
 
 
-def _stages_to_fc7(backbone: Backbone) -> list[tuple[str, nn.Module]]:
+def _stages_to_head(backbone: Backbone) -> list[tuple[str, nn.Module]]:
     stages = backbone.stages()
     names = [name for name, _ in stages]
-    if "fc6" not in names or "fc7" not in names:
-        raise UserError(f"voc-cls fine-tunes fc6..fc8; {type(backbone).__name__} has stages {', '.join(names)}; "
-                        "use an AlexNet trunk")
-    return stages[: names.index("fc7") + 1]
+    return stages[: names.index(backbone.head_tap) + 1]
 
 
 # ---------------------------------------------------------------- the protocol
@@ -155,8 +152,17 @@ def _stages_to_fc7(backbone: Backbone) -> list[tuple[str, nn.Module]]:
 class VocCls(Protocol):
     """VOC07 multi-label classification by fine-tuning fc8, fc6..fc8 or all layers (Krähenbühl et al.)."""
 
-    def taps(self) -> tuple[str, ...]:
-        return ("fc7",)
+    name = "voc-cls"
+    metric_keys = r"(fc8|fc6-8|all)/(mAP|AP/\w+)"
+
+    def taps(self, backbone: Backbone) -> tuple[str, ...]:
+        if backbone.feature_info[backbone.head_tap].stride:
+            raise UserError(f"voc-cls puts fc8 on a vector; {backbone.name}'s classifier tap {backbone.head_tap!r} is "
+                            "a feature map; use alexnet, vgg16 or resnet")
+        if self.cfg.layers == "fc6-8" and not backbone.fc_stages:
+            raise UserError(f"voc-cls layers=fc6-8 trains the trunk's fully connected layers; {backbone.name} has "
+                            "none; use layers=fc8 or layers=all")
+        return (backbone.head_tap,)
 
     def run(self, trunk: Trunk, recipe: Recipe, ctx: EvalContext) -> dict[str, float]:
         cfg, d = self.cfg, recipe.data
@@ -166,13 +172,11 @@ class VocCls(Protocol):
             raise UserError(f"voc-cls: test_crops must be >= 1, found {cfg.test_crops}")
         train_ds = build_dataset(d, d.train_split, d.num_images)
         test_ds = build_dataset(d, d.test_split, d.num_test)
-        if len(train_ds) < d.batch_size:
-            raise UserError(f"voc-cls: {len(train_ds)} training images is less than one batch of {d.batch_size}; "
-                            "lower data.batch_size or raise data.num_images")
-        net = FineTuneNet(trunk.backbone, cfg.layers, len(CLASSES), cfg.head_dropout, cfg.head_init_std).to(ctx.device)
+        per_epoch = steps_per_epoch(len(train_ds), d.batch_size, "voc-cls")
+        net = FineTuneNet(trunk.backbone, cfg.layers, len(VOC_CLASSES), cfg.head_dropout, cfg.head_init_std).to(ctx.device)
         before = copy.deepcopy(net.frozen.state_dict())
-        crop = trunk.backbone.cfg.image_size  # fc6 is sized for this input
-        steps = _fine_tune(net, train_ds, recipe, cfg, crop, trunk, ctx)
+        crop = trunk.backbone.image_size  # the fc layers are sized for this input
+        steps = _fine_tune(net, train_ds, recipe, crop, trunk, ctx, per_epoch)
         sanity_check(net.frozen, before)
         scores, labels, difficult = _test_scores(net, test_ds, recipe, cfg, crop, trunk, ctx)
         mean_ap, per_class = multilabel_map(scores, labels, difficult, use_07_metric=cfg.voc07_ap)
@@ -180,77 +184,56 @@ class VocCls(Protocol):
             raise UserError(f"voc-cls: the {d.test_split} split has no positive label for any class; "
                             "raise data.num_test or check the annotations")
         ctx.log.write(steps, {"mAP": 100.0 * mean_ap}, prefix="test")
-        key = f"voc-cls/{cfg.layers}"
-        metrics = {f"{key}/mAP": 100.0 * mean_ap}
+        metrics = {self.key(cfg.layers, "mAP"): 100.0 * mean_ap}
         # A class with no positive test image has no AP (NaN): it gets no entry rather than a made-up 0.
-        metrics.update({f"{key}/AP/{name}": 100.0 * float(ap) for name, ap in zip(CLASSES, per_class) if np.isfinite(ap)})
+        metrics.update({self.key(cfg.layers, "AP", name): 100.0 * float(ap)
+                        for name, ap in zip(VOC_CLASSES, per_class) if np.isfinite(ap)})
         return metrics
 
 
-def _loader(ds: Dataset, batch: int, workers: int, shuffle_seed: int | None, drop_last: bool) -> DataLoader:
-    gen = torch.Generator().manual_seed(shuffle_seed) if shuffle_seed is not None else None
-    return DataLoader(ds, batch_size=batch, shuffle=gen is not None, generator=gen, num_workers=workers,
-                      collate_fn=collate_skip_corrupt, drop_last=drop_last)
+def _fine_tune(net: FineTuneNet, ds: Dataset, recipe: Recipe, crop: int, trunk: Trunk, ctx: EvalContext,
+               per_epoch: int) -> int:
+    """Fine-tune the trained part of `net` on the fit loop; returns the number of optimizer steps."""
+    cfg, d = recipe.component.cfg, recipe.data
+    fit = Fit(f"voc-cls fine-tune ({cfg.layers})", net, net.param_groups(cfg.fc_lr_mult), recipe, per_epoch, ctx)
 
+    def loss(model: nn.Module, batch: Any, step: int) -> dict[str, Tensor] | None:
+        _, (images, target) = batch
+        if images.shape[0] < 2:  # corrupt files dropped the batch below what BatchNorm can train on
+            return None
+        views = rescale_crop_flip(images, crop, cfg.min_scale, cfg.max_scale, cfg.mirror,
+                                  step_generator(recipe.seed, step, ctx.ddp.rank))
+        logits = model(trunk.prepare(views).to(ctx.device))
+        return {"loss": masked_bce(logits, target["labels"].to(ctx.device), target["difficult"].to(ctx.device))}
 
-def _fine_tune(net: FineTuneNet, ds: Dataset, recipe: Recipe, cfg: VocClsConfig, crop: int, trunk: Trunk,
-               ctx: EvalContext) -> int:
-    """Fine-tune the trained part of `net`; returns the number of optimizer steps."""
-    d, sched = recipe.data, recipe.schedule
-    optimizer = build_optimizer(net.param_groups(cfg.fc_lr_mult), recipe.optim)
-    trainable = [p for group in optimizer.param_groups for p in group["params"]]
-    steps_per_epoch = len(ds) // d.batch_size
-    total = steps_per_epoch * sched.epochs
-    total = min(total, sched.max_steps) if sched.max_steps else total
-    step, epoch = 0, 0
     net.train()
-    with progress_bar(f"voc-cls fine-tune ({cfg.layers})", total, ctx.progress) as advance:
-        while step < total:
-            for images, target in _loader(ds, d.batch_size, d.workers, recipe.seed * 7919 + epoch, True):
-                if step >= total:
-                    break
-                if images.shape[0] < 2:  # corrupt files dropped the batch below what BatchNorm can train on
-                    continue
-                lr = lr_at(step, steps_per_epoch, recipe.optim.lr, sched)
-                set_lr(optimizer, lr)
-                views = rescale_crop_flip(images, crop, cfg.min_scale, cfg.max_scale, cfg.mirror,
-                                          step_generator(recipe.seed, step, 0))
-                logits = net(trunk.prepare(views).to(ctx.device))
-                loss = masked_bce(logits, target["labels"].to(ctx.device), target["difficult"].to(ctx.device))
-                if not torch.isfinite(loss):
-                    raise NonFiniteLoss(f"voc-cls: the loss became {float(loss)} at step {step}; lower optim.lr "
-                                        f"(now {recipe.optim.lr}) or set optim.grad_clip")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if recipe.optim.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(trainable, recipe.optim.grad_clip)
-                optimizer.step()
-                step += 1
-                if step % recipe.engine.log_every == 0 or step == total:
-                    ctx.log.write(step, {"loss": float(loss.detach()), "lr": lr})
-                advance(info=f"loss {float(loss.detach()):.3f}")
-            epoch += 1
-    return step
+    fit.run(lambda epoch, start: epoch_loader(ds, d.batch_size, recipe.seed, epoch, ctx.ddp, collate_skip_corrupt,
+                                              d.workers, start), loss)
+    return fit.step
 
 
 @torch.no_grad()
 def _test_scores(net: FineTuneNet, ds: Dataset, recipe: Recipe, cfg: VocClsConfig, crop: int, trunk: Trunk,
                  ctx: EvalContext) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(scores [N,20] = mean fc8 output over the random test crops, labels [N,20], difficult [N,20])."""
+    """(scores [N,20] = mean fc8 output over the random test crops, labels [N,20], difficult [N,20]), in data set
+    order; each rank scores its shard."""
     net.eval()
-    scores, labels, difficult = [], [], []
-    loader = _loader(ds, recipe.data.batch_size, recipe.data.workers, None, False)
-    with progress_bar(f"voc-cls test ({cfg.test_crops} crops)", len(loader), ctx.progress) as advance:
-        for b, (images, target) in enumerate(loader):
+    scores, labels, difficult, indices = [], [], [], []
+    loader = shard_loader(ds, recipe.data.batch_size, ctx.ddp, collate_skip_corrupt, recipe.data.workers)
+    with progress_bar(f"voc-cls test ({cfg.test_crops} crops)", len(loader), ctx.show) as advance:
+        for b, (index, (images, target)) in enumerate(loader):
             if images.shape[0] == 0:
                 continue
-            total = torch.zeros(images.shape[0], len(CLASSES))
+            total = torch.zeros(images.shape[0], len(VOC_CLASSES))
             for k in range(cfg.test_crops):
                 views = rescale_crop_flip(images, crop, cfg.min_scale, cfg.max_scale, cfg.mirror,
-                                          step_generator(recipe.seed + 1, b, k))
+                                          step_generator(recipe.seed + 1, b, k * ctx.ddp.world + ctx.ddp.rank))
                 total += net(trunk.prepare(views).to(ctx.device)).float().cpu()
             scores.append(total / cfg.test_crops)
             labels.append(target["labels"])
             difficult.append(target["difficult"])
+            indices.append(index)
             advance()
-    return torch.cat(scores).numpy(), torch.cat(labels).numpy(), torch.cat(difficult).numpy() > 0
+    index = torch.cat(indices)
+    rows = [gather_rows(index, torch.cat(part), ctx.ddp).numpy() for part in (scores, labels, difficult)]
+    return rows[0], rows[1], rows[2] > 0

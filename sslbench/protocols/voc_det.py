@@ -1,7 +1,8 @@
 """VOC07 detection transfer: Fast R-CNN (Girshick 2015) on the trunk, the protocol the papers used.
 
-Selective-search proposals (region_proposals.py) are RoI-max-pooled from conv5 to the trunk's own pool5
-grid (6x6 for a 224 px AlexNet) and fed through the trunk's fc6 and fc7, then a 21-way classifier
+Selective-search proposals (_proposals.py) are pooled from the trunk's region head (AlexNet / VGG: RoI max
+pooling of conv5 to the trunk's own pool5 grid, 6x6 for a 224 px AlexNet, then the trunk's fc6 and fc7;
+ResNet: RoIAlign of res4 to 14x14, then res5 and the global pool, Detectron's C4 head), then a 21-way classifier
 (background + 20) and class-specific box regression (84 outputs). Training: `data.batch_size` images per
 step, `rois_per_image` RoIs each (25% foreground at IoU >= 0.5, background at IoU in [0.1, 0.5)), the
 ground-truth boxes added to the proposals, difficult objects left out, random horizontal flip, each image's
@@ -15,29 +16,30 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
-from torchvision.ops import batched_nms, box_iou, roi_pool
+from torch.utils.data import Dataset
+from torchvision.ops import batched_nms, box_iou, roi_align, roi_pool
 
+from sslbench.backbones.base import Backbone
 from sslbench.checkpoint import Trunk
 from sslbench.config import Recipe
 from sslbench.data.build import build_dataset
-from sslbench.data.synthetic import CLASSES
-from sslbench.engine import NonFiniteLoss, build_optimizer, lr_at, set_lr
+from sslbench.data.classes import VOC_CLASSES
 from sslbench.errors import UserError
 from sslbench.metrics import mean_ap, voc_eval
 from sslbench.progress import progress_bar
+from sslbench.protocols._proposals import as_tensor, clean_proposals, proposals_for
 from sslbench.protocols.base import EvalContext, Protocol
-from sslbench.protocols.region_proposals import as_tensor, clean_proposals, proposals_for
 from sslbench.registry import register_protocol
 from sslbench.runtime import step_generator
+from sslbench.training import Fit, epoch_loader, gather, shard_loader, steps_per_epoch
 
-NUM_CLASSES = len(CLASSES)  # 20 VOC classes; the classifier adds background as class 0
+NUM_CLASSES = len(VOC_CLASSES)  # 20 VOC classes; the classifier adds background as class 0
 _PLUS_ONE = (0.0, 0.0, 1.0, 1.0)  # inclusive pixel corners -> exclusive: VOC's "+1" widths in torchvision's ops
 _MAX_LOG_SCALE = math.log(1000.0 / 16.0)  # Detectron's clamp on dw, dh before exp
 
@@ -48,7 +50,7 @@ class VOCDetConfig:
     test_scale: int = 600  # shorter side at test (single scale)
     max_size_train: int = 2000  # cap on the longer side in training (Fast R-CNN's multi-scale cap)
     max_size_test: int = 1000  # cap on the longer side at test
-    proposals: str = ""  # precomputed proposals .npz (format: region_proposals.py); "" = cached selective search
+    proposals: str = ""  # precomputed proposals .npz (format: _proposals.py); "" = cached selective search
     max_proposals: int = 2000  # proposals kept per image, best-ranked first
     min_proposal_size: int = 2  # drop proposals with a side under this many pixels (py-faster-rcnn: 2)
     rois_per_image: int = 64  # RoIs sampled per training image (Fast R-CNN: R = 128 over N = 2 images)
@@ -177,18 +179,16 @@ def postprocess(
 
 
 class FastRCNN(nn.Module):
-    """Trunk conv1..conv5 -> RoI max pooling to the pool5 grid -> trunk fc6, fc7 -> class scores, box deltas."""
+    """Trunk up to its region tap -> RoI pooling to the region grid -> the region head (AlexNet: trunk fc6, fc7)
+    -> class scores, box deltas."""
 
-    def __init__(self, trunk: nn.Module) -> None:
+    def __init__(self, trunk: Backbone) -> None:
         super().__init__()
-        info = trunk.feature_info
-        if "pool5" not in info or not info["conv5"].stride:
-            raise UserError(f"voc-det needs a trunk with conv5, pool5, fc6 and fc7 taps (AlexNet); "
-                            f"{type(trunk).__name__} has {', '.join(info)}")
-        self.trunk = trunk
-        self.grid = info["pool5"].size  # fc6 reads this grid: 6x6 at 224 px, 2x2 for the 64 px mini AlexNet
-        self.spatial_scale = 1.0 / info["conv5"].stride
-        dim = info["fc7"].channels
+        region = trunk.region_head()
+        self.trunk, self.tap, self.grid, self.align = trunk, region.tap, region.grid, region.align
+        self.head = region.head  # the trunk's own stages: fine-tuning them fine-tunes the trunk
+        self.spatial_scale = 1.0 / region.stride
+        dim = region.dim
         self.cls_score = nn.Linear(dim, NUM_CLASSES + 1)
         self.bbox_pred = nn.Linear(dim, 4 * (NUM_CLASSES + 1))
         nn.init.normal_(self.cls_score.weight, std=0.01)  # Fast R-CNN's initialisation of the new layers
@@ -198,10 +198,11 @@ class FastRCNN(nn.Module):
 
     def forward(self, images: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
         """images [N,3,H,W], rois [R,5] (image index, x0, y0, x1, y1 in pixels of `images`) -> [R,21], [R,84]."""
-        conv5 = self.trunk(images, taps=("conv5",))["conv5"]
-        pooled = roi_pool(conv5, rois, self.grid, self.spatial_scale)  # [R, C5, grid, grid]
-        fc7 = self.trunk.fc7(self.trunk.fc6(pooled))
-        return self.cls_score(fc7), self.bbox_pred(fc7)
+        maps = self.trunk(images, taps=(self.tap,))[self.tap]
+        pool = roi_align if self.align else roi_pool
+        pooled = pool(maps, rois, self.grid, self.spatial_scale)  # [R, C, grid, grid]
+        features = self.head(pooled)  # [R, D]
+        return self.cls_score(features), self.bbox_pred(features)
 
 
 def resize_image(image: Tensor, scale: float) -> Tensor:
@@ -228,29 +229,6 @@ def image_blob(images: list[Tensor], prepare: Callable[[Tensor], Tensor]) -> Ten
 # ---------------------------------------------------------------- data
 
 
-class _Indexed(Dataset):
-    """(index, item) pairs, so a batch can find each image's proposals; unreadable items are None."""
-
-    def __init__(self, ds: Dataset) -> None:
-        self.ds = ds
-
-    def __len__(self) -> int:
-        return len(self.ds)  # type: ignore[arg-type]
-
-    def __getitem__(self, i: int) -> tuple[int, Any]:
-        return i, self.ds[i]
-
-
-def _as_list(batch: list[Any]) -> list[Any]:
-    return [b for b in batch if b[1] is not None]
-
-
-def _batches(ds: Dataset, size: int, workers: int, seed: int | None) -> DataLoader:
-    gen = torch.Generator().manual_seed(seed) if seed is not None else None
-    return DataLoader(_Indexed(ds), batch_size=size, shuffle=gen is not None, generator=gen, num_workers=workers,
-                      collate_fn=_as_list)
-
-
 @dataclass
 class TrainBatch:
     images: Tensor  # [N,3,H,W] trunk inputs
@@ -261,7 +239,8 @@ class TrainBatch:
 
 def training_batch(items: list[tuple[int, Any]], proposals: list[np.ndarray], cfg: VOCDetConfig,
                    prepare: Callable[[Tensor], Tensor], generator: torch.Generator) -> TrainBatch:
-    """A Fast R-CNN mini-batch: per image a flip, a scale and a RoI sample, then one zero-padded blob."""
+    """A Fast R-CNN mini-batch of (data set index, item)s: per image a flip, a scale and a RoI sample, then one
+    zero-padded blob."""
     images, rois, labels, targets = [], [], [], []
     for k, (i, (image, target)) in enumerate(items):
         easy = ~target["box_difficult"]  # py-faster-rcnn trains without the difficult objects (use_diff = False)
@@ -279,10 +258,19 @@ def training_batch(items: list[tuple[int, Any]], proposals: list[np.ndarray], cf
     return TrainBatch(image_blob(images, prepare), torch.cat(rois), torch.cat(labels), torch.cat(targets))
 
 
-def _proposals(ds: Dataset, cfg: VOCDetConfig, recipe: Recipe, split: str, show: bool) -> list[np.ndarray]:
+def _proposals(ds: Dataset, cfg: VOCDetConfig, recipe: Recipe, split: str, ctx: EvalContext) -> list[np.ndarray]:
+    """Every image's raw proposals; under torchrun rank 0 searches (and caches) first, the others read its cache."""
     d = recipe.data
-    return proposals_for(ds, cfg.proposals, f"{d.dataset}-{split}", d.image_size, f"synth_seed={d.synth_seed}",
-                         d.workers, show)
+
+    def find() -> list[np.ndarray]:
+        return proposals_for(ds, cfg.proposals, f"{d.dataset}-{split}", d.image_size, f"synth_seed={d.synth_seed}",
+                             d.workers, ctx.show)
+
+    if not ctx.ddp.enabled:
+        return find()
+    found = find() if ctx.ddp.is_main else []
+    torch.distributed.barrier()
+    return found if ctx.ddp.is_main else find()
 
 
 def image_proposals(raw: np.ndarray, image: Tensor, cfg: VOCDetConfig) -> Tensor:
@@ -310,56 +298,31 @@ def _set_trainable(model: FastRCNN, cfg: VOCDetConfig) -> None:
                 m.eval()
 
 
+def _as_list(items: list[Any]) -> list[Any]:
+    return items  # Fast R-CNN batches are lists of differently sized images
+
+
 def train(model: FastRCNN, ds: Dataset, proposals: list[np.ndarray], recipe: Recipe, cfg: VOCDetConfig,
           ctx: EvalContext, prepare: Callable[[Tensor], Tensor]) -> int:
-    """Fine-tune on the training split for the recipe's schedule; returns the number of optimizer steps."""
-    d, sched = recipe.data, recipe.schedule
-    steps_per_epoch = math.ceil(len(ds) / d.batch_size)  # type: ignore[arg-type]
-    total = steps_per_epoch * sched.epochs
-    total = min(total, sched.max_steps) if sched.max_steps else total
+    """Fine-tune on the training split on the fit loop; returns the number of optimizer steps."""
+    d = recipe.data
+    per_epoch = steps_per_epoch(len(ds), d.batch_size, "voc-det")  # type: ignore[arg-type]
     _set_trainable(model, cfg)
-    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], recipe.optim)
-    step = 0
-    with progress_bar("fast r-cnn train", total, ctx.progress) as advance:
-        for items in _epochs(ds, d.batch_size, d.workers, recipe.seed, total, steps_per_epoch):
-            gen = step_generator(recipe.seed, step, 0)
-            batch = training_batch(items, proposals, cfg, prepare, gen) if items else None
-            if batch is not None and len(batch.labels) > 1:  # BatchNorm1d in fc6/fc7 needs two RoIs
-                out = _step(model, optimizer, batch, recipe, cfg, step, steps_per_epoch, ctx.device)
-                if (step + 1) % recipe.engine.log_every == 0 or step + 1 == total:
-                    ctx.log.write(step + 1, {**out, "lr": optimizer.param_groups[0]["lr"]})
-                advance(1, f"loss {out['loss']:.3f}")
-            else:
-                advance(1)
-            step += 1
-    return step
+    fit = Fit("fast r-cnn train", model, [{"params": [p for p in model.parameters() if p.requires_grad]}], recipe,
+              per_epoch, ctx)
 
+    def loss(net: nn.Module, batch: Any, step: int) -> dict[str, Tensor] | None:
+        indices, items = batch
+        gen = step_generator(recipe.seed, step, ctx.ddp.rank)
+        b = training_batch(list(zip(indices.tolist(), items)), proposals, cfg, prepare, gen) if items else None
+        if b is None or len(b.labels) < 2:  # BatchNorm1d in fc6/fc7 needs two RoIs
+            return None
+        scores, deltas = net(b.images.to(ctx.device), b.rois.to(ctx.device))
+        return fast_rcnn_loss(scores, deltas, b.labels.to(ctx.device), b.targets.to(ctx.device), cfg.box_loss_weight)
 
-def _epochs(ds: Dataset, batch: int, workers: int, seed: int, total: int, per_epoch: int) -> Iterator[list[Any]]:
-    """`total` batches of (index, item), reshuffled every epoch from (seed, epoch)."""
-    done = 0
-    for epoch in range(math.ceil(total / per_epoch)):
-        for items in _batches(ds, batch, workers, seed * 7919 + epoch):
-            if done == total:
-                return
-            yield items
-            done += 1
-
-
-def _step(model: FastRCNN, optimizer: torch.optim.Optimizer, batch: TrainBatch, recipe: Recipe, cfg: VOCDetConfig,
-          step: int, steps_per_epoch: int, device: torch.device) -> dict[str, float]:
-    set_lr(optimizer, lr_at(step, steps_per_epoch, recipe.optim.lr, recipe.schedule))
-    scores, deltas = model(batch.images.to(device), batch.rois.to(device))
-    out = fast_rcnn_loss(scores, deltas, batch.labels.to(device), batch.targets.to(device), cfg.box_loss_weight)
-    if not torch.isfinite(out["loss"].detach()):
-        raise NonFiniteLoss(f"voc-det: loss became {float(out['loss'])} at step {step + 1}; try a lower optim.lr "
-                            "or set optim.grad_clip")
-    optimizer.zero_grad(set_to_none=True)
-    out["loss"].backward()
-    if recipe.optim.grad_clip:
-        nn.utils.clip_grad_norm_(model.parameters(), recipe.optim.grad_clip)
-    optimizer.step()
-    return {k: float(v.detach()) for k, v in out.items()}
+    fit.run(lambda epoch, start: epoch_loader(ds, d.batch_size, recipe.seed, epoch, ctx.ddp, _as_list, d.workers,
+                                              start), loss)
+    return fit.step
 
 
 @torch.no_grad()
@@ -379,18 +342,22 @@ def detect_image(model: FastRCNN, image: Tensor, raw_proposals: np.ndarray, cfg:
 
 
 def detect(model: FastRCNN, ds: Dataset, proposals: list[np.ndarray], cfg: VOCDetConfig, workers: int,
-           prepare: Callable[[Tensor], Tensor], device: torch.device, show: bool) -> tuple[list[Any], list[Any]]:
-    """Detections and ground truth of every readable test image, in voc_eval's format."""
+           prepare: Callable[[Tensor], Tensor], ctx: EvalContext) -> tuple[list[Any], list[Any]]:
+    """Detections and ground truth of every readable test image, in voc_eval's format and data set order (each
+    rank detects its shard)."""
     model.eval()
-    detections, annotations = [], []
-    loader = _batches(ds, 1, workers, None)
-    with progress_bar("fast r-cnn test", len(loader), show) as advance:
-        for items in loader:
-            for i, (image, target) in items:
-                detections.append(detect_image(model, image, proposals[i], cfg, prepare, device))
-                annotations.append((target["boxes"].numpy(), target["box_labels"].numpy(), target["box_difficult"].numpy()))
+    found, indices = [], []
+    loader = shard_loader(ds, 1, ctx.ddp, _as_list, workers)
+    with progress_bar("fast r-cnn test", len(loader), ctx.show) as advance:
+        for index, items in loader:
+            for i, (image, target) in zip(index.tolist(), items):
+                detections = detect_image(model, image, proposals[i], cfg, prepare, ctx.device)
+                truth = (target["boxes"].numpy(), target["box_labels"].numpy(), target["box_difficult"].numpy())
+                found.append((detections, truth))
+                indices.append(i)
             advance()
-    return detections, annotations
+    pairs = gather(indices, found, ctx.ddp)
+    return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 def detection_metrics(detections: list[Any], annotations: list[Any]) -> dict[str, float]:
@@ -402,7 +369,7 @@ def detection_metrics(detections: list[Any], annotations: list[Any]) -> dict[str
         raise UserError("voc-det: the test split has no non-difficult object, so there is no AP to measure; "
                         "raise data.num_test or check the annotations")
     metrics = {"voc-det/mAP": 100.0 * mean_ap(aps)}
-    metrics.update({f"voc-det/AP/{CLASSES[c]}": 100.0 * v for c, v in aps.items() if np.isfinite(v)})
+    metrics.update({f"voc-det/AP/{VOC_CLASSES[c]}": 100.0 * v for c, v in aps.items() if np.isfinite(v)})
     return metrics
 
 
@@ -424,10 +391,13 @@ def check_config(cfg: VOCDetConfig) -> None:
 
 @register_protocol("voc-det", config=VOCDetConfig)
 class VOCDetection(Protocol):
-    """VOC07 detection with Fast R-CNN (selective search, RoI pooling on conv5, the trunk's fc6/fc7)."""
+    """VOC07 detection with Fast R-CNN (selective search, RoI pooling, the trunk's region head)."""
 
-    def taps(self) -> tuple[str, ...]:
-        return ("conv5", "fc7")
+    name = "voc-det"
+    metric_keys = r"mAP|AP/\w+"
+
+    def taps(self, backbone: Backbone) -> tuple[str, ...]:
+        return (backbone.role("region_tap", "voc-det"),)
 
     def run(self, trunk: Trunk, recipe: Recipe, ctx: EvalContext) -> dict[str, float]:
         d, cfg = recipe.data, self.cfg
@@ -437,12 +407,11 @@ class VOCDetection(Protocol):
                             f"pass --data {d.dataset}=/path/holding/VOCdevkit, or use the mini recipe")
         train_ds = build_dataset(d, d.train_split, d.num_images)
         test_ds = build_dataset(d, d.test_split, d.num_test)
-        train_props = _proposals(train_ds, cfg, recipe, d.train_split, ctx.progress)
-        test_props = _proposals(test_ds, cfg, recipe, d.test_split, ctx.progress)
+        train_props = _proposals(train_ds, cfg, recipe, d.train_split, ctx)
+        test_props = _proposals(test_ds, cfg, recipe, d.test_split, ctx)
         model = FastRCNN(trunk.backbone).to(ctx.device)
         steps = train(model, train_ds, train_props, recipe, cfg, ctx, trunk.prepare)
-        detections, annotations = detect(model, test_ds, test_props, cfg, d.workers, trunk.prepare, ctx.device,
-                                         ctx.progress)
+        detections, annotations = detect(model, test_ds, test_props, cfg, d.workers, trunk.prepare, ctx)
         metrics = detection_metrics(detections, annotations)
         ctx.log.write(steps, {"mAP": metrics["voc-det/mAP"], "test_images": len(detections)}, prefix="test")
         return metrics

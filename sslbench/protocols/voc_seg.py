@@ -1,11 +1,11 @@
-"""VOC2012 semantic segmentation with FCN-32s on a fine-tuned AlexNet trunk (Long et al. 2015; the protocol
-of Zhang et al. 2016, Pathak et al. 2016, Noroozi & Favaro 2016, Gidaris et al. 2018).
+"""VOC2012 semantic segmentation with FCN-32s on a fine-tuned trunk (Long et al. 2015; the protocol of Zhang
+et al. 2016, Pathak et al. 2016, Noroozi & Favaro 2016, Gidaris et al. 2018).
 
-The trunk is convolutionalised: fc6 becomes a convolution whose kernel is the pool5 grid (its weights are
-fc6's Linear weights reshaped), fc7 a 1x1 convolution from fc7's Linear. A BatchNorm1d of an fc layer
-becomes a BatchNorm2d with the same affine and running statistics: in eval mode both apply the same
-per-channel affine, so the conv layers compute what the Linear layers computed on every pool5 window.
-A zero-initialised 1x1 score layer gives 21 class maps, upsampled by the trunk's total stride with a
+The trunk continues with its fully convolutional head (Backbone.fcn_head): for AlexNet and VGG-16, fc6
+becomes a convolution whose kernel is the pool5 grid (its weights are fc6's Linear weights reshaped), fc7 a
+1x1 convolution from fc7's Linear, and a BatchNorm1d of an fc layer a BatchNorm2d with the same affine and
+running statistics (in eval mode both apply the same per-channel affine, so the conv layers compute what the
+Linear layers computed on every pool5 window); a ResNet's res5 is its own head. A zero-initialised 1x1 score layer gives 21 class maps, upsampled by the trunk's total stride with a
 transposed convolution initialised as bilinear interpolation (kept fixed, as in the released FCN and
 colorization code: lr_mult 0), then cropped to the input. The input is zero-padded (after mean
 subtraction: the mean colour) so that the coarse score map covers the image: FCN's conv1 pad 100.
@@ -24,36 +24,30 @@ Reports mIoU (%) over the 21 classes on the val split as 'voc-seg/mIoU' and per-
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
-from typing import Any, ContextManager, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+from torch.utils.data import ConcatDataset, Dataset, Subset
 
-from sslbench.backbones.alexnet import AlexNet
-from sslbench.backbones.base import Backbone, conv_out
+from sslbench.backbones.base import Backbone, Geometry, conv_out, layer_geometry
 from sslbench.checkpoint import Trunk
 from sslbench.config import DataConfig, Recipe
 from sslbench.data.build import embedded_root
-from sslbench.data.formats import sbd_segmentation, voc_segmentation
-from sslbench.data.synthetic import CLASSES
-from sslbench.engine import NonFiniteLoss, build_optimizer, lr_at, set_lr
+from sslbench.data.classes import VOC_SEG_CLASSES
 from sslbench.errors import UserError
 from sslbench.metrics import confusion_matrix, mean_iou
 from sslbench.progress import progress_bar
 from sslbench.protocols.base import EvalContext, Protocol
-from sslbench.registry import register_protocol
+from sslbench.registry import LAYOUTS, register_protocol
+from sslbench.training import Fit, all_sum, autocast, epoch_loader, shard_loader, steps_per_epoch
 
-SEG_CLASSES = ("background", *CLASSES)  # VOC's label order: 0 background, 1..20 the classes
+SEG_CLASSES = VOC_SEG_CLASSES  # VOC's label order: 0 background, 1..20 the classes
 IGNORE = 255  # VOC's label for object outlines and unlabelled pixels
-VOC_YEARS = {"voc2012": "2012", "voc2007": "2007"}  # data sets with SegmentationClass masks
-
-Geometry = tuple[int, int, int]  # (kernel, stride, padding) of one conv / pool layer
 
 
 @dataclass(frozen=True)
@@ -69,18 +63,6 @@ class VocSegConfig:
 
 
 # ---------------------------------------------------------------- pure functions
-
-
-def layer_geometry(module: nn.Module) -> list[Geometry]:
-    """(kernel, stride, padding) of every conv / pool inside `module`, in order (square, undilated)."""
-    out = []
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
-            k, s, p = (v if isinstance(v, int) else v[0] for v in (m.kernel_size, m.stride, m.padding))
-            if getattr(m, "dilation", 1) not in (1, (1, 1)):
-                raise UserError(f"voc-seg: dilated layer {m} is not supported by the crop geometry")
-            out.append((k, s, p))
-    return out
 
 
 def score_grid(layers: Sequence[Geometry]) -> tuple[int, float]:
@@ -151,50 +133,16 @@ def pixel_loss(logits: Tensor, target: Tensor, ignore_index: int = IGNORE) -> Te
 # ---------------------------------------------------------------- the network
 
 
-def convolutionalise(fc: nn.Sequential, kernel: int, dropout: float | None = None) -> nn.Sequential:
-    """An AlexNet fc stage (Flatten, Dropout, Linear, [BatchNorm1d], ReLU) as the equivalent conv stage;
-    `dropout` replaces the stage's dropout rate (None keeps it)."""
-    layers: list[nn.Module] = []
-    for m in fc:
-        if isinstance(m, nn.Flatten):
-            continue
-        if isinstance(m, nn.Linear):
-            conv = nn.Conv2d(m.in_features // kernel**2, m.out_features, kernel, bias=m.bias is not None)
-            with torch.no_grad():
-                conv.weight.copy_(m.weight.view_as(conv.weight))  # Flatten's order is (C, H, W)
-                if m.bias is not None:
-                    conv.bias.copy_(m.bias)
-            layers.append(conv)
-        elif isinstance(m, nn.BatchNorm1d):
-            bn = nn.BatchNorm2d(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
-            bn.load_state_dict(m.state_dict())
-            layers.append(bn)
-        elif isinstance(m, nn.Dropout):
-            layers.append(nn.Dropout(m.p if dropout is None else dropout))
-        elif isinstance(m, nn.ReLU):
-            layers.append(nn.ReLU(inplace=True))
-        else:
-            raise UserError(f"voc-seg: cannot convolutionalise {type(m).__name__} in an fc stage")
-    return nn.Sequential(*layers)
-
-
 class FCN32s(nn.Module):
-    """AlexNet up to pool5, convolutionalised fc6/fc7, 1x1 scores, fixed bilinear x stride, crop."""
+    """The trunk up to its FCN tap, its fully convolutional head, 1x1 scores, fixed bilinear x stride, crop."""
 
     def __init__(self, backbone: Backbone, cfg: VocSegConfig, image_size: int, num_classes: int = len(SEG_CLASSES)) -> None:
         super().__init__()
-        if not isinstance(backbone, AlexNet):
-            raise UserError(
-                f"voc-seg convolutionalises AlexNet's fc6/fc7; this trunk is a {type(backbone).__name__}; "
-                "evaluate an AlexNet checkpoint (backbone.name = 'alexnet')"
-            )
-        self.trunk, self.pad = backbone, cfg.pad
-        k = backbone.pool5_size
-        self.fc6 = convolutionalise(backbone.fc6, k, cfg.fc_dropout)
-        self.fc7 = convolutionalise(backbone.fc7, 1, cfg.fc_dropout)
-        backbone.fc6.requires_grad_(False)  # their weights now live in the conv copies
-        backbone.fc7.requires_grad_(False)
-        self.score = nn.Sequential(nn.Dropout(cfg.score_dropout), nn.Conv2d(backbone.cfg.fc_dim, num_classes, 1))
+        head = backbone.fcn_head(cfg.fc_dropout)
+        self.trunk, self.pad, self.tap = backbone, cfg.pad, head.tap
+        self.head = head.head
+        backbone.freeze_after(head.tap)  # AlexNet's fc6 / fc7: their weights now live in the conv copies
+        self.score = nn.Sequential(nn.Dropout(cfg.score_dropout), nn.Conv2d(head.dim, num_classes, 1))
         nn.init.zeros_(self.score[1].weight)  # FCN: zero-initialised class scores, no worse than random
         nn.init.zeros_(self.score[1].bias)
         self.layers = self.geometry()
@@ -204,12 +152,7 @@ class FCN32s(nn.Module):
         self.bn_train = cfg.bn_train
 
     def geometry(self) -> list[Geometry]:
-        out: list[Geometry] = []
-        for name, module in self.trunk.stages():
-            if name == "fc6":
-                break
-            out += layer_geometry(module)
-        return out + layer_geometry(self.fc6) + layer_geometry(self.fc7) + layer_geometry(self.score)
+        return self.trunk.tap_geometry(self.tap) + layer_geometry(self.head) + layer_geometry(self.score)
 
     def forward(self, x: Tensor) -> Tensor:
         """Normalised images [N,C,H,W] -> class scores [N,K,H,W]."""
@@ -217,8 +160,8 @@ class FCN32s(nn.Module):
         top, extra_h = fcn_placement(self.layers, h, self.pad)
         left, extra_w = fcn_placement(self.layers, w, self.pad)
         x = F.pad(x, (self.pad, self.pad + extra_w, self.pad, self.pad + extra_h))  # zeros = the mean colour
-        pool5 = self.trunk(x, taps=("pool5",))["pool5"]
-        scores = self.upsample(self.score(self.fc7(self.fc6(pool5))))  # [N, K, ~(H+2pad), ~(W+2pad)]
+        maps = self.trunk(x, taps=(self.tap,))[self.tap]
+        scores = self.upsample(self.score(self.head(maps)))  # [N, K, ~(H+2pad), ~(W+2pad)]
         return scores[..., top : top + h, left : left + w]
 
     def train(self, mode: bool = True) -> FCN32s:
@@ -233,13 +176,19 @@ class FCN32s(nn.Module):
 # ---------------------------------------------------------------- data, training, test
 
 
+def segmentation_layouts() -> list[str]:
+    """The data layouts with segmentation masks (sslbench.data.layouts)."""
+    return [n for n in LAYOUTS.names() if LAYOUTS.get(n).segmentation is not None]
+
+
 def segmentation_data(d: DataConfig, sbd: str = "") -> tuple[Dataset, Dataset]:
-    """(train, val) segmentation sets: data.root, or the embedded data written in VOC layout; with `sbd`
-    (a path or "embedded") the training set is train_aug (see `train_aug`)."""
-    if d.dataset not in VOC_YEARS:
+    """(train, val) segmentation sets: data.root, or the embedded data written in the data set's layout; with
+    `sbd` (a path or "embedded") the training set is train_aug (see `train_aug`)."""
+    if d.dataset not in segmentation_layouts() or d.dataset == "sbd":
         raise UserError(
-            f"voc-seg reads VOC SegmentationClass masks; data.dataset is {d.dataset!r}; "
-            f"use one of {', '.join(VOC_YEARS)} (e.g. --data voc2012=/path/to/VOCdevkit)"
+            f"voc-seg trains and tests on VOC segmentation masks; data.dataset is {d.dataset!r}; "
+            f"use one of {', '.join(n for n in segmentation_layouts() if n != 'sbd')} "
+            "(e.g. --data voc2012=/path/to/VOCdevkit; SBD joins with --data sbd=PATH)"
         )
     if sbd == "embedded" and d.root:
         raise UserError(f"voc-seg: protocol.sbd=embedded pairs with the embedded VOC data, not {d.root}; "
@@ -247,15 +196,15 @@ def segmentation_data(d: DataConfig, sbd: str = "") -> tuple[Dataset, Dataset]:
     # embedded_root sizes a VOC layout for trainval = 2 x num_images; segmentation reads train alone.
     sized = replace(d, num_test=max(d.num_test, d.num_images))
     root = d.root or str(embedded_root(sized))
-    year = VOC_YEARS[d.dataset]
-    train = voc_segmentation(root, year, d.train_split, d.image_size, 0 if sbd else d.num_images)
-    val = voc_segmentation(root, year, d.test_split, d.image_size, d.num_test)
+    pairs = LAYOUTS.get(d.dataset).segmentation
+    train = pairs(root, d.train_split, d.image_size, 0 if sbd else d.num_images)
+    val = pairs(root, d.test_split, d.image_size, d.num_test)
     for split, ds in ((d.train_split, train), (d.test_split, val)):
         if len(ds) == 0:
             raise UserError(f"voc-seg: the {d.dataset} {split} split under {root} lists no images")
     if sbd:
         sbd_root = str(embedded_root(sized, "sbd")) if sbd == "embedded" else sbd
-        held_out = voc_segmentation(root, year, d.test_split, 0).ids  # every val id, not just the num_test read
+        held_out = pairs(root, d.test_split, 0).ids  # every val id, not just the num_test read
         train = train_aug(train, sbd_root, held_out, d.image_size, d.num_images)
     return train, val
 
@@ -268,7 +217,7 @@ def train_aug(voc_train: Dataset, sbd_root: str, held_out: Sequence[str], image_
     skip = set(held_out) | set(getattr(voc_train, "ids", ()))
     parts = [voc_train]
     for split in ("train", "val"):
-        extra = sbd_segmentation(sbd_root, split, image_size, exclude=skip)
+        extra = LAYOUTS.get("sbd").segmentation(sbd_root, split, image_size, exclude=skip)
         skip |= set(extra.ids)
         parts.append(extra)
     union = ConcatDataset(parts)
@@ -293,52 +242,23 @@ def check_masks(masks: Tensor, num_classes: int, split: str) -> None:
         )
 
 
-def _loader(ds: Dataset, batch: int, workers: int, seed: int | None) -> DataLoader:
-    gen = torch.Generator().manual_seed(seed) if seed is not None else None
-    return DataLoader(ds, batch_size=batch, shuffle=gen is not None, generator=gen, num_workers=workers,
-                      collate_fn=collate_pairs)
-
-
-def _autocast(device: torch.device, amp: str) -> ContextManager[Any]:
-    """bf16 / fp16 autocast on CUDA as the engine does; nothing on the CPU."""
-    if device.type != "cuda" or amp == "off":
-        return nullcontext()
-    return torch.autocast("cuda", dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
-
-
 def train_fcn(model: FCN32s, trunk: Trunk, ds: Dataset, recipe: Recipe, ctx: EvalContext) -> None:
     d, num_classes = recipe.data, model.upsample.out_channels
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(params, recipe.optim)
-    steps_per_epoch = max(1, math.ceil(len(ds) / d.batch_size))
-    total = recipe.schedule.epochs * steps_per_epoch
-    total = min(total, recipe.schedule.max_steps) if recipe.schedule.max_steps else total
+    per_epoch = steps_per_epoch(len(ds), d.batch_size, "voc-seg")  # type: ignore[arg-type]
+    fit = Fit("fcn-32s fine-tune", model, [{"params": [p for p in model.parameters() if p.requires_grad]}], recipe,
+              per_epoch, ctx)
+
+    def loss(net: nn.Module, batch: Any, step: int) -> dict[str, Tensor] | None:
+        _, (images, masks) = batch
+        if images.numel() == 0:
+            return None
+        check_masks(masks, num_classes, d.train_split)
+        logits = net(trunk.prepare(images).to(ctx.device))  # [N, K, H, W]
+        return {"loss": pixel_loss(logits.float(), masks.to(ctx.device))}
+
     model.train()
-    step = 0
-    with progress_bar("fcn-32s fine-tune", total, ctx.progress) as advance:
-        for epoch in range(recipe.schedule.epochs):
-            for images, masks in _loader(ds, d.batch_size, d.workers, recipe.seed * 7919 + epoch):
-                if step >= total:
-                    return
-                if images.numel() == 0:
-                    continue
-                check_masks(masks, num_classes, d.train_split)
-                set_lr(optimizer, lr_at(step, steps_per_epoch, recipe.optim.lr, recipe.schedule))
-                x, y = trunk.prepare(images).to(ctx.device), masks.to(ctx.device)
-                with _autocast(ctx.device, recipe.engine.amp):
-                    logits = model(x)  # [N, K, H, W]
-                loss = pixel_loss(logits.float(), y)
-                if not torch.isfinite(loss.detach()):
-                    raise NonFiniteLoss(f"voc-seg: loss became {loss.item()} at step {step + 1}; try a lower optim.lr")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if recipe.optim.grad_clip:
-                    nn.utils.clip_grad_norm_(params, recipe.optim.grad_clip)
-                optimizer.step()
-                step += 1
-                if step % recipe.engine.log_every == 0:
-                    ctx.log.write(step, {"loss": float(loss.detach())})
-                advance()
+    fit.run(lambda epoch, start: epoch_loader(ds, d.batch_size, recipe.seed, epoch, ctx.ddp, collate_pairs, d.workers,
+                                              start), loss)
 
 
 @torch.no_grad()
@@ -347,24 +267,27 @@ def test_confusion(model: FCN32s, trunk: Trunk, ds: Dataset, recipe: Recipe, ctx
     model.eval()
     k = model.upsample.out_channels
     total = np.zeros((k, k), np.int64)
-    loader = _loader(ds, recipe.data.batch_size, recipe.data.workers, None)
-    with progress_bar("fcn-32s test", len(loader), ctx.progress) as advance:
-        for images, masks in loader:
+    loader = shard_loader(ds, recipe.data.batch_size, ctx.ddp, collate_pairs, recipe.data.workers)
+    with progress_bar("fcn-32s test", len(loader), ctx.show) as advance:
+        for _, (images, masks) in loader:
             if images.numel():
                 check_masks(masks, k, recipe.data.test_split)
-                with _autocast(ctx.device, recipe.engine.amp):
+                with autocast(ctx.device, recipe.engine.amp):
                     pred = model(trunk.prepare(images).to(ctx.device)).argmax(1)  # [N, H, W]
                 total += confusion_matrix(pred.cpu(), masks, k, IGNORE)
             advance()
-    return total
+    return all_sum(torch.from_numpy(total), ctx.ddp).numpy()
 
 
 @register_protocol("voc-seg", config=VocSegConfig)
 class VocSeg(Protocol):
     """FCN-32s fine-tuning on VOC segmentation; mIoU over background + 20 classes."""
 
-    def taps(self) -> tuple[str, ...]:
-        return ("conv5", "fc7")
+    name = "voc-seg"
+    metric_keys = r"mIoU|IoU/\w+"
+
+    def taps(self, backbone: Backbone) -> tuple[str, ...]:
+        return (backbone.role("fcn_tap", "voc-seg"),)
 
     def run(self, trunk: Trunk, recipe: Recipe, ctx: EvalContext) -> dict[str, float]:
         train, val = segmentation_data(recipe.data, self.cfg.sbd)
@@ -372,6 +295,6 @@ class VocSeg(Protocol):
         model = FCN32s(trunk.backbone, self.cfg, recipe.data.image_size).to(ctx.device)
         train_fcn(model, trunk, train, recipe, ctx)
         miou, iou = mean_iou(test_confusion(model, trunk, val, recipe, ctx))
-        metrics = {"voc-seg/mIoU": 100.0 * miou}
-        metrics.update({f"voc-seg/IoU/{c}": 100.0 * float(v) for c, v in zip(SEG_CLASSES, iou) if np.isfinite(v)})
+        metrics = {self.key("mIoU"): 100.0 * miou}
+        metrics.update({self.key("IoU", c): 100.0 * float(v) for c, v in zip(SEG_CLASSES, iou) if np.isfinite(v)})
         return metrics

@@ -13,22 +13,22 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
 
+from sslbench.backbones.base import Backbone
 from sslbench.checkpoint import Trunk
 from sslbench.config import Recipe
-from sslbench.data.build import build_dataset, collate_skip_corrupt
-from sslbench.data.synthetic import CLASSES
+from sslbench.data.build import build_dataset
+from sslbench.data.classes import VOC_CLASSES
 from sslbench.errors import UserError
 from sslbench.metrics import multilabel_map
-from sslbench.progress import console, progress_bar
+from sslbench.progress import console
+from sslbench.protocols._probing import FrozenFeatures, PoolSpec, extract, sanity_check
 from sslbench.protocols.base import EvalContext, Protocol
-from sslbench.protocols.probing import FrozenFeatures, PoolSpec, sanity_check
 from sslbench.registry import register_protocol
 from sslbench.runtime import write_json
 from sslbench.svm import fit_one_vs_rest
@@ -56,7 +56,10 @@ class VocSvmConfig:
 class VocSvm(Protocol):
     """One-vs-rest linear SVMs per tap on VOC2007 (Goyal et al. 2019), C by 3-fold CV; test AP and mAP."""
 
-    def taps(self) -> tuple[str, ...]:
+    name = "voc07-svm"
+    metric_keys = r"[\w-]+/(mAP|AP/\w+)"
+
+    def taps(self, backbone: Backbone) -> tuple[str, ...]:
         return self.cfg.taps
 
     def run(self, trunk: Trunk, recipe: Recipe, ctx: EvalContext) -> dict[str, float]:
@@ -65,10 +68,8 @@ class VocSvm(Protocol):
             raise UserError("voc07-svm: no taps to evaluate; set protocol.taps (e.g. [\"conv1\", \"conv5\"])")
         features = FrozenFeatures(trunk, cfg.taps, cfg.pool, ctx.device)
         before = copy.deepcopy(trunk.backbone.state_dict())
-        train = extract(features, build_dataset(d, d.train_split, d.num_images), d.batch_size, d.workers,
-                        d.train_split, ctx.progress)
-        test = extract(features, build_dataset(d, d.test_split, d.num_test), d.batch_size, d.workers,
-                       d.test_split, ctx.progress)
+        train = _split(features, build_dataset(d, d.train_split, d.num_images), recipe, ctx, d.train_split)
+        test = _split(features, build_dataset(d, d.test_split, d.num_test), recipe, ctx, d.test_split)
         sanity_check(trunk.backbone, before)
         positive = train.labels > 0
         ignore = (train.difficult > 0) & ~positive if cfg.train_difficult == "ignore" else torch.zeros_like(positive)
@@ -90,15 +91,16 @@ class VocSvm(Protocol):
                                             test.difficult[:, classes].numpy() > 0, use_07_metric=cfg.voc07_ap)
         if np.isnan(mean_ap):
             raise UserError("voc07-svm: the test split has no positive image of any trained class; raise data.num_test")
-        names = [CLASSES[c] for c in classes.tolist()]
-        write_json(ctx.run_dir / f"svm-{tap}.json", {  # NaN (nothing to measure) as null: strict JSON
-            "classes": names, "costs": list(cfg.costs), "chosen_cost": fit.cost.tolist(),
-            "cv_ap": [[_number(a) for a in row] for row in fit.cv_ap.tolist()], "test_ap": [_number(a) for a in per_class]})
+        names = [VOC_CLASSES[c] for c in classes.tolist()]
+        if ctx.ddp.is_main:
+            write_json(ctx.run_dir / f"svm-{tap}.json", {  # NaN (nothing to measure) as null: strict JSON
+                "classes": names, "costs": list(cfg.costs), "chosen_cost": fit.cost.tolist(),
+                "cv_ap": [[_number(a) for a in row] for row in fit.cv_ap.tolist()],
+                "test_ap": [_number(a) for a in per_class]})
         ctx.log.write(step, {f"{tap}/mAP": 100.0 * mean_ap}, prefix="test")
-        key = f"voc07-svm/{tap}"
-        out = {f"{key}/mAP": 100.0 * mean_ap}
+        out = {self.key(tap, "mAP"): 100.0 * mean_ap}
         # A class with no positive test image has no AP (NaN): no entry rather than a made-up 0.
-        out.update({f"{key}/AP/{n}": 100.0 * float(a) for n, a in zip(names, per_class) if np.isfinite(a)})
+        out.update({self.key(tap, "AP", n): 100.0 * float(a) for n, a in zip(names, per_class) if np.isfinite(a)})
         return out
 
 
@@ -109,22 +111,12 @@ class Split:
     difficult: Tensor  # [N, 20] 1 = the class appears only as difficult objects
 
 
-def extract(features: FrozenFeatures, ds: Dataset, batch: int, workers: int, what: str, show: bool) -> Split:
+def _split(features: FrozenFeatures, ds: Any, recipe: Recipe, ctx: EvalContext, what: str) -> Split:
     """Pooled features of every readable image of ds, with its image-level labels."""
-    loader = DataLoader(ds, batch_size=batch, shuffle=False, num_workers=workers, collate_fn=collate_skip_corrupt)
-    chunks: dict[str, list[Tensor]] = {t: [] for t in features.taps}
-    labels, difficult = [], []
-    with progress_bar(f"features ({what})", len(loader), show) as advance:
-        for images, target in loader:
-            if images.numel():
-                for t, v in features(images).items():
-                    chunks[t].append(v.cpu())
-                labels.append(target["labels"])
-                difficult.append(target["difficult"])
-            advance()
-    if not labels:
+    x, target = extract(features, ds, recipe, ctx, what, "labels,difficult")
+    if not len(target["labels"]):
         raise UserError(f"voc07-svm: no readable image in the {what} split; check the data set (sslbench data check)")
-    return Split({t: torch.cat(v) for t, v in chunks.items()}, torch.cat(labels), torch.cat(difficult))
+    return Split(x, target["labels"], target["difficult"])
 
 
 def _number(value: float) -> float | None:
@@ -144,7 +136,7 @@ def trainable_classes(positive: Tensor, ignore: Tensor, split: str) -> Tensor:
     if not ok.any():
         raise UserError(f"voc07-svm: no class has both positive and negative images in the {split} split "
                         f"({positive.shape[0]} images); raise data.num_images")
-    missing = [CLASSES[c] for c in torch.nonzero(~ok).flatten().tolist()]
+    missing = [VOC_CLASSES[c] for c in torch.nonzero(~ok).flatten().tolist()]
     if missing:
         console.print(f"[yellow]voc07-svm: no SVM for {', '.join(missing)}: the {split} split "
                       f"({positive.shape[0]} images) lacks positives or negatives; they are left out of the mAP[/yellow]")

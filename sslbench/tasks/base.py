@@ -1,33 +1,59 @@
 """The pretext-task contract.
 
-A PretextTask owns its config dataclass, its batch construction (pure: images + generator in, tensors
-out, no model), its heads and its loss. The engine calls `make_batch` then `forward` (= `loss`) and
-never branches on a task's name; a new task is one file in tasks/ plus its recipes.
+A PretextTask owns its config dataclass, an optional data-dependent `setup` (run once before training, its
+state saved with the checkpoint and restored on resume), its batch construction (`make_batch`: pure, images
++ targets + generator in, tensors out, no model), its heads, its parameter groups and its loss. Its trunk's
+input at transfer time is a *named* transform (sslbench.transforms.TRANSFER_INPUTS) recorded in the
+checkpoint. The engine calls `setup` once, then `make_batch` and `forward` (= `loss`) per step, and never
+branches on a task's name; a new task is one file in tasks/ plus its recipes.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from sslbench.backbones.base import Backbone
 
-# ImageNet statistics: the papers' trunks were all trained on ImageNet-normalised inputs.
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+SetupState = dict[str, Tensor]
+ParamGroups = list[dict[str, Any]]  # [{"params": [...], "lr_scale": x (default 1)}, ...], as sslbench.training takes
+
+
+@dataclass(frozen=True)
+class TinySetup:
+    """The smallest geometry a task accepts, for the tests that exercise every registered task."""
+
+    backbone: str
+    backbone_cfg: dict[str, Any]
+    image_size: int  # side of the uint8 images make_batch is given
+    cfg: dict[str, Any] = field(default_factory=dict)
 
 
 class PretextTask(nn.Module):
+    display_name: ClassVar[str] = ""  # the method's name in tables ("RotNet", "Context Encoders")
+
     def __init__(self, cfg: Any, backbone: Backbone) -> None:
         super().__init__()
         self.cfg = cfg
         self.backbone = backbone
 
-    def make_batch(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
-        """uint8 images [N,3,H,W] -> the pretext inputs and labels (pure; runs on the CPU)."""
+    def setup(self, dataset: Dataset, generator: torch.Generator) -> SetupState:
+        """Statistics of the training set the task needs before its first batch (an ab prior, seed patches),
+        computed once; the engine saves the returned state with the checkpoint and passes it to `restore`."""
+        return {}
+
+    def restore(self, state: SetupState) -> None:
+        """Install the state `setup` returned (fresh run) or the checkpoint holds (resume, transfer)."""
+        if state:
+            raise ValueError(f"{type(self).__name__} has no setup state, found {sorted(state)}")
+
+    def make_batch(self, images: Tensor, targets: dict[str, Any], generator: torch.Generator) -> dict[str, Tensor]:
+        """uint8 images [N,3,H,W] and their targets (sslbench.data.datasets: labels, boxes, masks, ... and
+        `index`, each item's place in the data set) -> the pretext inputs and labels (pure; runs on the CPU)."""
         raise NotImplementedError
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -37,40 +63,27 @@ class PretextTask(nn.Module):
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return self.loss(batch)
 
-    @staticmethod
-    def trunk_input(images: Tensor) -> Tensor:
-        """uint8 images -> what the trunk saw in pretraining; transfer protocols feed it the same way."""
-        return normalize(images)
+    def param_groups(self) -> ParamGroups:
+        """The optimizer's parameter groups, each {"params": [...], "lr_scale": x} (default: one group of
+        every trainable parameter at the recipe's rate)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
-    @staticmethod
-    def gray_input(images: Tensor) -> Tensor:
-        """uint8 RGB -> one normalised luminance channel, for 1-channel trunks of unknown origin."""
-        gray = (images.float() / 255.0 * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-        return (gray - 0.45) / 0.25
+    def transfer_input(self) -> str:
+        """Name of the transform (TRANSFER_INPUTS) that gives the trunk what it saw in pretraining."""
+        return "imagenet"
 
-    @staticmethod
-    def variant(cfg: Any) -> str:
+    def variant(self) -> str:
         """Label distinguishing recipe variants in tables (e.g. 'color-dropping'); '' if none."""
         return ""
 
+    def examples(self, images: Tensor, generator: torch.Generator) -> list[tuple[str, Tensor]]:
+        """What the pretext task does to uint8 images [N,3,H,W], as named panels of uint8 images [N,3,h,w] for
+        `sslbench show <task>` (e.g. masked input / completion / original); tasks with a picture override it."""
+        raise NotImplementedError
 
-def normalize(images: Tensor) -> Tensor:
-    """uint8 [N,3,H,W] -> float, ImageNet mean/std normalised."""
-    return (images.float() / 255.0 - MEAN) / STD
-
-
-def random_crop_flip(images: Tensor, pad: int, flip: bool, generator: torch.Generator) -> Tensor:
-    """Per-image random crop after zero-padding by `pad`, and a random horizontal flip (CIFAR style)."""
-    n, _, h, w = images.shape
-    padded = F.pad(images, (pad, pad, pad, pad)) if pad else images
-    ys = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    xs = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    flips = (torch.rand(n, generator=generator) < 0.5) & flip
-    out = torch.empty_like(images)
-    for i in range(n):
-        crop = padded[i, :, ys[i] : ys[i] + h, xs[i] : xs[i] + w]
-        out[i] = crop.flip(-1) if flips[i] else crop
-    return out
+    @classmethod
+    def tiny(cls) -> TinySetup:
+        raise NotImplementedError
 
 
 class TapHead(nn.Module):

@@ -17,12 +17,12 @@ by A = I - B^T B / (B B^T), B = [-1, 2, -1], the green-magenta axis) or "color-d
 kept, the two others replaced by Gaussian noise of ~1/100 its standard deviation); then each patch is
 normalised to zero mean per channel and unit variance ("so that gradients are a less useful cue").
 
-Network: late fusion. The backbone runs once over all patches up to fc6; the two fc6 vectors of a pair
-are concatenated and go through the task's own fc7 -> fc8 -> 8-way classifier (released code: fc7 4096
-with BatchNorm, fc8 4096, fc9 8). The backbone's own fc7 is not used (and frozen, so that DDP sees no
-unused trainable parameter).
+Network: late fusion. The backbone runs once over all patches up to its fuse tap (AlexNet / VGG: fc6); the
+two vectors of a pair are concatenated and go through the task's own fc7 -> fc8 -> 8-way classifier
+(released code: fc7 4096 with BatchNorm, fc8 4096, fc9 8). The backbone's stages after the fuse tap are not
+used (and frozen, so that DDP sees no unused trainable parameter).
 
-Transfer (`trunk_input`): the plain ImageNet normalisation; like the per-patch normalisation it feeds
+Transfer input ("imagenet"): the plain ImageNet normalisation; like the per-patch normalisation it feeds
 zero-mean, unit-scale inputs, without per-image statistics the protocols do not compute.
 """
 
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -39,11 +39,11 @@ from torch import Tensor, nn
 from sslbench.backbones.base import Backbone
 from sslbench.errors import UserError
 from sslbench.registry import register_task
-from sslbench.tasks.base import PretextTask, accuracy
+from sslbench.tasks.base import PretextTask, TinySetup, accuracy
+from sslbench.transforms import GRID, cut_windows
 
 # (dx, dy) of the second patch relative to the first for labels 0..7 (x right, y down): reading order.
 NEIGHBOURS = ((-1, -1), (0, -1), (1, -1), (-1, 0), (1, 0), (-1, 1), (0, 1), (1, 1))
-GRID = 3  # cells per side; cell c sits at row c // 3, column c % 3
 GREEN_MAGENTA = torch.tensor([-1.0, 2.0, -1.0]) / math.sqrt(6.0)  # the paper's B, unit length
 
 
@@ -56,7 +56,7 @@ class ContextConfig:
     noise_ratio: float = 0.01  # dropped channels: Gaussian noise std / kept channel's std (paper: ~1/100)
     downsample_prob: float = 1 / 3  # share of patches downsampled and upsampled back (released code: 0.33)
     downsample_min: int = 10  # smallest side they are downsampled to (released code: 10..95 px at 96 px patches)
-    head_dim: int = 0  # width of the fusion layers fc7 and fc8; 0 = the trunk's fc6 width (released code: 4096 both)
+    head_dim: int = 0  # width of the fusion layers fc7 and fc8; 0 = the fused vector's width (AlexNet: fc6's) (released code: 4096 both)
 
 
 def neighbour_pairs(mode: str) -> tuple[Tensor, Tensor, Tensor]:
@@ -98,19 +98,6 @@ def grid_positions(
     ys = oy + (cells // GRID) * step + torch.randint(-jitter, jitter + 1, (n, GRID * GRID), generator=generator)
     xs = ox + (cells % GRID) * step + torch.randint(-jitter, jitter + 1, (n, GRID * GRID), generator=generator)
     return ys, xs
-
-
-def cut_patches(images: Tensor, ys: Tensor, xs: Tensor, patch: int, channel: Tensor | None = None) -> Tensor:
-    """images [N,C,H,W], corners [N,K] -> patches [N*K,C,P,P]; patch n*K + k is image n's k-th.
-
-    With `channel` ([N*K] indices) only that channel of each patch is cut: [N*K,1,P,P].
-    """
-    n, k = ys.shape
-    windows = images.unfold(2, patch, 1).unfold(3, patch, 1)  # [N,C,H-P+1,W-P+1,P,P], a view: no copy
-    image = torch.arange(n).repeat_interleave(k)
-    if channel is None:
-        return windows[image, :, ys.flatten(), xs.flatten()]  # one gather of whole windows
-    return windows[image, channel, ys.flatten(), xs.flatten()][:, None]
 
 
 def downsample_sides(n: int, patch: int, smallest: int, prob: float, generator: torch.Generator) -> Tensor:
@@ -179,36 +166,32 @@ def normalize_patches_(patches: Tensor, eps: float = 1e-6) -> Tensor:
 class ContextPrediction(PretextTask):
     """Context Prediction: 8-way relative position of two patches, late-fusion siamese network."""
 
+    display_name = "Context"
+
     def __init__(self, cfg: ContextConfig, backbone: Backbone) -> None:
         super().__init__(cfg, backbone)
-        if "fc6" not in backbone.feature_info:
-            raise UserError(
-                f"context fuses the two patches at fc6, and {type(backbone).__name__} has no fc6 tap; "
-                "use backbone.name = \"alexnet\" or \"vgg16\""
-            )
+        self.fuse = backbone.role("fuse_tap", "context (the two patches fuse there)")
         if cfg.gap < 2 * cfg.jitter:
             raise UserError(
                 f"context: gap {cfg.gap} < 2 x jitter {cfg.jitter} would let neighbouring patches overlap; "
                 "raise task.gap or lower task.jitter"
             )
-        self.patch = backbone.cfg.image_size  # the network sees patches at its own input size
+        self.patch = backbone.image_size  # the network sees patches at its own input size
         if not 0 < cfg.downsample_min < self.patch:
             raise UserError(
                 f"context: downsample_min {cfg.downsample_min} must be in 1..{self.patch - 1} (below the patch side)"
             )
-        stages = [name for name, _ in backbone.stages()]
-        for _, module in backbone.stages()[stages.index("fc6") + 1 :]:  # the trunk's fc7: the head replaces it
-            module.requires_grad_(False)
-        fc6 = backbone.feature_info["fc6"].channels
-        hidden = cfg.head_dim or fc6
+        backbone.freeze_after(self.fuse)  # the trunk's fc7: the head replaces it
+        dim = backbone.feature_info[self.fuse].channels
+        hidden = cfg.head_dim or dim
         self.head = nn.Sequential(
-            nn.Linear(2 * fc6, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),  # fc7
+            nn.Linear(2 * dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),  # fc7
             nn.Linear(hidden, hidden), nn.ReLU(inplace=True),  # fc8
             nn.Linear(hidden, len(NEIGHBOURS)),  # fc9: the 8-way classifier
         )
         self.pairs = neighbour_pairs(cfg.pairs)  # plain tensors, not buffers: make_batch runs on the CPU
 
-    def make_batch(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+    def make_batch(self, images: Tensor, targets: dict[str, Any], generator: torch.Generator) -> dict[str, Tensor]:
         """uint8 [N,3,H,W] -> patches [9N,3,P,P], pair indices first/second [K*N] into them, labels [K*N]."""
         cfg, n = self.cfg, images.shape[0]
         ys, xs = grid_positions(n, images.shape[2], images.shape[3], self.patch, cfg.gap, cfg.jitter, generator)
@@ -216,10 +199,10 @@ class ContextPrediction(PretextTask):
         sides = downsample_sides(m, self.patch, cfg.downsample_min, cfg.downsample_prob, generator)
         if cfg.aberration == "color-dropping":  # only the kept channel is cut and resized: a third of the work
             keep = torch.randint(0, 3, (m,), generator=generator)
-            kept = downsample(cut_patches(images, ys, xs, self.patch, channel=keep).float(), sides)
+            kept = downsample(cut_windows(images, ys, xs, self.patch, keep.view(n, -1)).flatten(0, 1).float(), sides)
             patches = drop_colors(kept, keep, cfg.noise_ratio, generator)
         else:  # float 0..255: every step below is scale-free
-            patches = downsample(cut_patches(images, ys, xs, self.patch).float(), sides)  # [9N,3,P,P]
+            patches = downsample(cut_windows(images, ys, xs, self.patch).flatten(0, 1).float(), sides)  # [9N,3,P,P]
             if cfg.aberration == "projection":
                 patches = project_out_green_magenta(patches)
         first, second, labels = self.pairs
@@ -232,14 +215,18 @@ class ContextPrediction(PretextTask):
         }
 
     def logits(self, batch: dict[str, Tensor]) -> Tensor:
-        fc6 = self.backbone(batch["patches"], taps=("fc6",))["fc6"]  # [9N, D]: each patch once
-        pairs = torch.cat([fc6[batch["first"]], fc6[batch["second"]]], dim=1)  # [K*N, 2D]
+        fused = self.backbone(batch["patches"], taps=(self.fuse,))[self.fuse]  # [9N, D]: each patch once
+        pairs = torch.cat([fused[batch["first"]], fused[batch["second"]]], dim=1)  # [K*N, 2D]
         return self.head(pairs)
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         logits = self.logits(batch)
         return {"loss": F.cross_entropy(logits, batch["labels"]), "acc": accuracy(logits, batch["labels"])}
 
-    @staticmethod
-    def variant(cfg: ContextConfig) -> str:
-        return cfg.aberration
+    def variant(self) -> str:
+        return self.cfg.aberration
+
+    @classmethod
+    def tiny(cls) -> TinySetup:
+        return TinySetup("alexnet", {"width": 0.125, "fc_dim": 32, "image_size": 32, "conv1_stride": 1}, 112,
+                         {"gap": 4, "jitter": 1, "head_dim": 32})

@@ -18,28 +18,26 @@ of the hole (the released train_random.lua weights all of the context 10x instea
 Loss: L = lambda_rec * L_rec + lambda_adv * L_adv, L_rec = the L2 error over the hole (weight 1) and the band
 (weight `overlap_weight` = 10, the released code's overlapL2Weight), normalised by the total weight.
 
-One loss, one optimizer, two players (the engine calls loss(batch) and steps one optimizer over
-task.parameters()): with `adversarial`, the returned loss is L_G + L_D where
+One loss, one optimizer, two players (the engine calls loss(batch) and steps one optimizer): with
+`adversarial`, the returned loss is L_G + L_D where
 - L_D = BCE(D(real), 1) + BCE(D(pred.detach()), 0): the prediction is detached, so L_D reaches only D;
 - L_G's adversarial term BCE(D'(pred), 1) runs through D' = D with detached parameters
   (torch.func.functional_call), so it reaches only the generator.
-Each player's gradient is thus exactly its own loss's, and both take a simultaneous Adam step on the same batch.
-The released code alternates a D step and a G step and gives G a 10x learning rate; one optimizer over one
-parameter group cannot (Adam's per-parameter normalisation makes the scale of L_D irrelevant to D's step).
+Each player's gradient is thus exactly its own loss's, and both take a simultaneous Adam step on the same
+batch, in two parameter groups: the generator (encoder + decoder) at `generator_lr_mult` = 10 times the
+recipe's rate, D at the rate itself, as the released train.lua sets optimStateG's learning rate to 10 x
+opt.lr whenever the joint loss is used (0 < wtl2 < 1). The released code alternates a D step and a G step;
+here they are simultaneous (Adam's per-parameter normalisation makes the scale of L_D irrelevant to D's step).
 
-A PNG of masked inputs, completions and originals from a checkpoint:
-    python -m sslbench.tasks.inpainting runs/inpainting-.../checkpoint.pt grid.png [--num 8]
+A PNG of masked inputs, completions and originals from a checkpoint: `sslbench show inpainting CKPT OUT.png`.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import math
-import sys
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -48,17 +46,13 @@ from scipy.spatial import ConvexHull
 from torch import Tensor, nn
 from torch.func import functional_call
 
-if __name__ == "__main__":  # `python -m`: the package import already registered this module; run that copy
-    from sslbench.tasks.inpainting import main
-
-    raise SystemExit(main())
-
-from sslbench.backbones.base import Backbone, build_backbone
-from sslbench.config import DataConfig, Recipe, recipe_from_json
-from sslbench.data.synthetic import CLASSES, SHAPES, _part_mask
+from sslbench.backbones.base import Backbone
+from sslbench.data.classes import VOC_CLASSES
+from sslbench.data.synthetic import SHAPES, part_mask
 from sslbench.errors import UserError
 from sslbench.registry import register_task
-from sslbench.tasks.base import MEAN, STD, PretextTask
+from sslbench.tasks.base import ParamGroups, PretextTask, TinySetup
+from sslbench.transforms import MEAN, MEAN_PIXEL, STD
 
 MAX_BLOCKS = 16  # candidate rectangles per image: enough that the union nearly always reaches `coverage`
 
@@ -73,6 +67,7 @@ class InpaintingConfig:
     adversarial: bool = False  # add the adversarial loss; False = L_rec only (the released feature-learning weights)
     lambda_rec: float = 0.999  # paper: lambda_rec = 0.999
     lambda_adv: float = 0.001  # paper: lambda_adv = 0.001
+    generator_lr_mult: float = 10.0  # with `adversarial`: G's rate / D's (released train.lua: opt.lr*10 for G)
     decoder_width: int = 64  # channels of the last hidden up-conv, doubled per earlier layer (released ngf: 64)
     disc_width: int = 64  # channels of the discriminator's first conv, doubled per layer up to 8x (released ndf: 64)
     flip: bool = True  # random horizontal flip (the released data loader flips)
@@ -130,7 +125,7 @@ def silhouette_bank(res: int = 128) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     (convex hull vertices relative to the centroid, padded by repetition): what a warp needs to keep a shape inside."""
     c = (np.arange(res, dtype=np.float32) + 0.5) / res * 3.4 - 1.7
     v, u = np.meshgrid(c, c, indexing="ij")
-    masks = np.stack([np.any([_part_mask(p, u, v) for p in SHAPES[name]], axis=0) for name in CLASSES])
+    masks = np.stack([np.any([part_mask(p, u, v) for p in SHAPES[name]], axis=0) for name in VOC_CLASSES])
     grid = (np.arange(res, dtype=np.float32) + 0.5) / res * 2 - 1
     ys, xs = np.meshgrid(grid, grid, indexing="ij")
     centroids = np.stack([(masks * xs).sum((1, 2)), (masks * ys).sum((1, 2))], 1) / masks.sum((1, 2))[:, None]
@@ -304,30 +299,30 @@ class Discriminator(nn.Module):
 class Inpainting(PretextTask):
     """Context Encoders: reconstruct a removed region (L2 with an overlap band, optionally + adversarial)."""
 
+    display_name = "Context Encoders"
+
     def __init__(self, cfg: InpaintingConfig, backbone: Backbone) -> None:
         super().__init__(cfg, backbone)
         if not 0 < cfg.coverage < 1:
             raise UserError(f"inpainting: task.coverage is the fraction of the image removed, in (0, 1); "
                             f"found {cfg.coverage}")
-        if "pool5" not in backbone.feature_info or not hasattr(backbone.cfg, "image_size"):
-            raise UserError(f"inpainting: the encoder is AlexNet up to pool5; backbone {type(backbone).__name__} has no "
-                            "pool5 tap. Set backbone.name = \"alexnet\"")
-        self.size = backbone.cfg.image_size
+        self.code = backbone.role("spatial_tap", "inpainting (the encoder ends at the trunk's last map)")
+        self.size = backbone.image_size
         top, side = central_square(self.size, cfg.coverage) if cfg.mask == "central" else (0, self.size)
         if cfg.mask == "central" and side <= 2 * cfg.overlap:
             raise UserError(f"inpainting: the central square ({side} px) leaves no hole inside an overlap band of "
                             f"{cfg.overlap} px; lower task.overlap or raise task.coverage")
         self.top, self.side = top, side
-        pool5 = backbone.feature_info["pool5"]
-        self.decoder = Decoder(pool5.channels, pool5.size, side, cfg.decoder_width)
+        code = backbone.feature_info[self.code]
+        self.decoder = Decoder(code.channels, code.size, side, cfg.decoder_width)
         self.disc = Discriminator(side, cfg.disc_width) if cfg.adversarial else None
-        freeze_after(backbone, "pool5")
+        backbone.freeze_after(self.code)
 
     def region(self, x: Tensor) -> Tensor:
         """The part of an image [..., S, S] the network predicts: the central square, or all of it."""
         return x[..., self.top : self.top + self.side, self.top : self.top + self.side]
 
-    def make_batch(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+    def make_batch(self, images: Tensor, targets: dict[str, Any], generator: torch.Generator) -> dict[str, Tensor]:
         """uint8 [N,3,S,S] -> inputs [N,3,S,S] (normalised, hole = 0 = mean pixel), target [N,3,s,s] in [-1,1],
         weights [N,1,s,s] (hole 1, band overlap_weight), holes [N,S,S]; s = the predicted region's side."""
         n, _, h, w = images.shape
@@ -350,7 +345,7 @@ class Inpainting(PretextTask):
 
     def generate(self, inputs: Tensor) -> Tensor:
         """Normalised masked images [N,3,S,S] -> the predicted region [N,3,s,s] in [-1, 1]."""
-        return self.decoder(self.backbone(inputs, taps=("pool5",))["pool5"])
+        return self.decoder(self.backbone(inputs, taps=(self.code,))[self.code])
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         pred = self.generate(batch["inputs"])
@@ -365,93 +360,36 @@ class Inpainting(PretextTask):
         gen = self.cfg.lambda_rec * rec + self.cfg.lambda_adv * adv
         return {"loss": gen + disc, "gen": gen, "disc": disc, "adv": adv.detach(), **logs}
 
-    @staticmethod
-    def variant(cfg: InpaintingConfig) -> str:
+    @torch.no_grad()
+    def examples(self, images: Tensor, generator: torch.Generator) -> list[tuple[str, Tensor]]:
+        """Masked input (the hole in the mean colour), the completion (prediction pasted into the hole), the original."""
+        batch = self.make_batch(images, {}, generator)
+        pred = self.generate(batch["inputs"])  # [N,3,s,s] in [-1, 1]
+        holes = batch["holes"][:, None]
+        masked = torch.where(holes, MEAN_PIXEL.view(1, 3, 1, 1), images)
+        filled = ((pred + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        completed = images.clone()
+        self.region(completed).copy_(torch.where(self.region(holes), filled, self.region(images)))
+        return [("masked input", masked), ("completion", completed), ("original", images)]
+
+    def param_groups(self) -> ParamGroups:
+        """One group, or with the adversarial loss the generator at generator_lr_mult x D's rate (released code)."""
+        if self.disc is None:
+            return super().param_groups()
+        disc = {id(p) for p in self.disc.parameters()}
+        generator = [p for p in self.parameters() if p.requires_grad and id(p) not in disc]
+        return [{"params": generator, "lr_scale": self.cfg.generator_lr_mult}, {"params": list(self.disc.parameters())}]
+
+    def variant(self) -> str:
+        cfg = self.cfg
         mask = f"random-regions-{cfg.regions}" if cfg.mask == "random-regions" else cfg.mask
         return f"{'rec+adv' if cfg.adversarial else 'rec'}, {mask}"
+
+    @classmethod
+    def tiny(cls) -> TinySetup:
+        return TinySetup("alexnet", {"image_size": 64, "width": 0.125, "conv1_stride": 2, "fc_dim": 32}, 64,
+                         {"decoder_width": 8, "disc_width": 8, "adversarial": True})
 
 
 def bce(logits: Tensor, label: float) -> Tensor:
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, label))
-
-
-def freeze_after(backbone: Backbone, tap: str) -> None:
-    """Stages after `tap` (AlexNet's fc6, fc7) are not part of a Context Encoder: frozen, so that no optimizer
-    moves them and DistributedDataParallel does not wait for gradients they never get."""
-    names = [name for name, _ in backbone.stages()]
-    for _, module in backbone.stages()[names.index(tap) + 1 :]:
-        module.requires_grad_(False)
-
-
-# ---------------------------------------------------------------- a picture from a checkpoint
-
-
-def save_inpainting_grid(checkpoint: str | Path, out_png: str | Path, num: int = 8, split: str = "") -> Path:
-    """Rows of (masked input, completion, original) for `num` images of the checkpoint's data set -> a PNG; returns
-    its path. `split` defaults to the embedded data's test split, else the recipe's test (or training) split."""
-    from PIL import Image
-
-    task, recipe = _load_task(Path(checkpoint))
-    images = _grid_images(recipe.data, split, num)
-    batch = task.make_batch(images, torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        pred = task.generate(batch["inputs"])  # [N,3,s,s] in [-1, 1]
-    holes = batch["holes"][:, None]
-    mean_pixel = (MEAN * 255).round().to(torch.uint8)
-    masked = torch.where(holes, mean_pixel, images)
-    filled = ((pred + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    completed = images.clone()
-    task.region(completed).copy_(torch.where(task.region(holes), filled, task.region(images)))
-    rows = [torch.cat([m, _gap(m), c, _gap(m), o], dim=2) for m, c, o in zip(masked, completed, images)]
-    grid = torch.cat([torch.cat([r, _gap(r, horizontal=True)], dim=1) for r in rows], dim=1)
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(out, format="PNG")
-    return out
-
-
-def _gap(image: Tensor, horizontal: bool = False) -> Tensor:
-    """A 2 px white separator beside (or below) an image [3,H,W]."""
-    shape = (3, 2, image.shape[2]) if horizontal else (3, image.shape[1], 2)
-    return torch.full(shape, 255, dtype=torch.uint8)
-
-
-def _load_task(path: Path) -> tuple[Inpainting, Recipe]:
-    from sslbench.registry import load_all
-
-    load_all()
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}; pass a runs/inpainting-*/checkpoint.pt")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or state.get("task") != "inpainting":
-        found = state.get("task") if isinstance(state, dict) else type(state).__name__
-        raise UserError(f"{path}: expected an sslbench inpainting checkpoint, found task {found!r}; "
-                        "pass a checkpoint written by `sslbench pretrain inpainting`")
-    recipe = recipe_from_json(state["recipe"])
-    task = Inpainting(recipe.method.cfg, build_backbone(recipe.backbone.name, recipe.backbone.cfg))
-    task.load_state_dict(state["model"])
-    return task.eval(), recipe
-
-
-def _grid_images(data: DataConfig, split: str, num: int) -> Tensor:
-    from sslbench.data.build import build_dataset
-
-    split = split or ("test" if data.dataset == "embedded" else data.test_split or data.train_split)
-    dataset = build_dataset(data, split, num)
-    return torch.stack([dataset[i][0] for i in range(min(num, len(dataset)))])
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sslbench.tasks.inpainting",
-                                description="Save a PNG grid (masked input | completion | original) from an inpainting checkpoint.")
-    p.add_argument("checkpoint", help="runs/inpainting-*/checkpoint.pt")
-    p.add_argument("out_png", help="where to write the PNG")
-    p.add_argument("--num", type=int, default=8, help="images (rows) in the grid")
-    p.add_argument("--split", default="", help="data split (default: the embedded test split / the recipe's)")
-    args = p.parse_args(argv)
-    try:
-        print(save_inpainting_grid(args.checkpoint, args.out_png, args.num, args.split))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0

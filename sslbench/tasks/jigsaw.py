@@ -3,9 +3,9 @@
 A crop of 3x3 cells is cut from the image; one tile per cell, at a random offset inside the cell (the gap
 stops the network from matching tile edges); the 9 tiles are shuffled by a permutation drawn from a fixed
 set chosen for large Hamming distances, and the network predicts the permutation's index in the set. The
-context-free network (CFN) runs the backbone on every tile with shared weights up to fc6, concatenates the
-9 fc6 outputs in the shuffled order, then fc7 and fc8 (both in this task's head) over the permutation
-classes. Guards against shortcuts, as in the paper: each tile normalised by its own mean and std, a
+context-free network (CFN) runs the backbone on every tile with shared weights up to its fuse tap (AlexNet:
+fc6), concatenates the 9 outputs in the shuffled order, then fc7 and fc8 (both in this task's head) over the
+permutation classes. Guards against shortcuts, as in the paper: each tile normalised by its own mean and std, a
 fraction of the images made grayscale, and optionally the colour channels jittered apart (chromatic
 aberration). The permutation set is a registered buffer, so it travels with the checkpoint.
 """
@@ -16,7 +16,7 @@ import functools
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -26,28 +26,36 @@ from torch import Tensor, nn
 from sslbench.backbones.base import Backbone
 from sslbench.errors import UserError
 from sslbench.registry import register_task
-from sslbench.tasks.base import MEAN, STD, PretextTask, accuracy
+from sslbench.tasks.base import PretextTask, TinySetup, accuracy
+from sslbench.transforms import GRID, MEAN, STD, cut_windows, luma, standardize_
 
-GRID = 3  # the paper's 3x3 puzzle: 9 tiles, 9! = 362880 candidate permutations
-TILES = GRID * GRID
-GRAY = torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601 luma, what PIL's convert('L') uses
+TILES = GRID * GRID  # the paper's 3x3 puzzle: 9 tiles, 9! = 362880 candidate permutations
 Selection = Literal["max-mean", "max-min"]
 
 
 @dataclass(frozen=True)
-class JigsawConfig:
+class PuzzleConfig:
+    """What Jigsaw and Damaged Jigsaw share: the permutation set, the tiles, the CFN head."""
+
     num_permutations: int = 1000  # permutation classes (paper default and best of its Table 3: 1000)
     selection: Selection = "max-mean"  # greedy rule of the set (Algorithm 1: maximal average Hamming distance)
     permutation_seed: int = 0  # draws the set's first permutation; the rest follows deterministically
     cell: int = 75  # side of each of the 3x3 cells (paper Fig. 3: a 225 px crop in 75 px cells; 85 = a 255 px crop)
     tile: int = 64  # side of the tile cut inside each cell (paper: 64 px); cell - tile is the gap
     random_offsets: bool = True  # tile at a random offset inside its cell (paper); false = centred
-    channel_jitter: int = 0  # shift each colour channel of a tile independently by up to this many px
-    gray_prob: float = 0.3  # fraction of images made grayscale against colour / chromatic-aberration cues
     tile_norm: bool = True  # normalise each tile by its own mean and std (paper: no low-level statistics cue)
     fc7_dim: int = 4096  # width of fc7 over the 9 concatenated fc6 outputs (paper: 4096)
     head_bn: bool = True  # BatchNorm in fc7 (the PyTorch ports needed BatchNorm to train)
     dropout: float = 0.5  # dropout before fc8 (paper: 0.5, as in AlexNet)
+
+    def __post_init__(self) -> None:
+        check_puzzle(self.cell, self.tile, self.num_permutations)
+
+
+@dataclass(frozen=True)
+class JigsawConfig(PuzzleConfig):
+    channel_jitter: int = 0  # shift each colour channel of a tile independently by up to this many px
+    gray_prob: float = 0.3  # fraction of images made grayscale against colour / chromatic-aberration cues
 
     def __post_init__(self) -> None:
         check_puzzle(self.cell, self.tile, self.num_permutations, self.gray_prob, self.channel_jitter)
@@ -160,34 +168,11 @@ def tile_corners(n: int, channels: int, height: int, width: int, cell: int, tile
     return corners.contiguous()
 
 
-def cut_tiles(images: Tensor, corners: Tensor, tile: int) -> Tensor:
-    """images [N,C,H,W], corners [N,K,C,2] -> tiles [N,K,C,tile,tile].
-
-    One gather over the view of every tile-sized window (no copy): only N*K*C indices, each taking a
-    whole tile, instead of one index per pixel.
-    """
-    n, c = images.shape[:2]
-    windows = images.unfold(2, tile, 1).unfold(3, tile, 1)  # [N, C, H-t+1, W-t+1, t, t], a view
-    ni = torch.arange(n).view(n, 1, 1)
-    ci = torch.arange(c).view(1, 1, c)
-    return windows[ni, ci, corners[..., 0], corners[..., 1]]
-
-
-def standardize_(x: Tensor, dims: tuple[int, ...]) -> Tensor:
-    """In place: zero mean, unit std over `dims` (a constant region stays at zero instead of dividing by zero).
-
-    In place because a batch of 64 px tiles is ~100 MB: a fresh tensor per step costs more than the math."""
-    x.sub_(x.mean(dims, keepdim=True))
-    count = math.prod(x.shape[d] for d in dims)
-    std = torch.linalg.vector_norm(x, dim=dims, keepdim=True) / math.sqrt(max(1, count - 1))
-    return x.div_(std.clamp_min_(1e-3))
-
-
 def grayscale_some_(tiles: Tensor, fraction: float, generator: torch.Generator) -> Tensor:
     """In place: tiles [N,K,3,t,t] with a random `fraction` of the images (all their tiles) made gray."""
     pick = torch.nonzero(torch.rand(tiles.shape[0], generator=generator) < fraction).flatten()
     if len(pick):
-        gray = (tiles[pick] * GRAY.view(1, 1, 3, 1, 1)).sum(2, keepdim=True)  # [n,K,1,t,t]
+        gray = luma(tiles[pick])  # [n,K,1,t,t]
         tiles[pick] = gray.expand(-1, -1, 3, -1, -1)
     return tiles
 
@@ -201,10 +186,12 @@ def shuffle_tiles(tiles: Tensor, order: Tensor) -> Tensor:
 
 
 def tower_features(backbone: Backbone, tiles: Tensor) -> Tensor:
-    """The weight-shared towers: tiles [N,K,C,t,t] -> fc6 of every tile, concatenated in slot order [N, K*D]."""
+    """The weight-shared towers: tiles [N,K,C,t,t] -> each tile's fuse-tap vector (AlexNet: fc6), concatenated in
+    slot order [N, K*D]."""
     n, k = tiles.shape[:2]
-    fc6 = backbone(tiles.flatten(0, 1), taps=("fc6",))["fc6"]  # [N*K, D]
-    return fc6.reshape(n, k * fc6.shape[1])
+    tap = backbone.fuse_tap
+    features = backbone(tiles.flatten(0, 1), taps=(tap,))[tap]  # [N*K, D]
+    return features.reshape(n, k * features.shape[1])
 
 
 def fc_head(in_dim: int, hidden: int, classes: int, bn: bool, dropout: float) -> nn.Sequential:
@@ -214,30 +201,31 @@ def fc_head(in_dim: int, hidden: int, classes: int, bn: bool, dropout: float) ->
     return nn.Sequential(*layers, nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, classes))
 
 
-def require_tile_trunk(backbone: Backbone, tile: int, task: str) -> None:
-    """The towers see tiles, so the trunk must be built at the tile size and expose fc6."""
-    if "fc6" not in backbone.feature_info:
-        raise UserError(f"{task}: the context-free network reads fc6 of each tile; {type(backbone).__name__} "
-                        "has no fc6 tap; use backbone.name = 'alexnet'")
-    size = getattr(getattr(backbone, "cfg", None), "image_size", tile)
-    if size != tile:
-        raise UserError(f"{task}: backbone.image_size is {size} but the towers see {tile} px tiles; "
-                        f"set backbone.image_size={tile} (or task.tile={size})")
+def tile_towers(backbone: Backbone, tile: int, task: str) -> int:
+    """The towers see tiles, so the trunk must be built at the tile size and have a fuse tap; the stages after
+    it are frozen (the CFN head replaces them). Returns the width of the concatenated tile vectors."""
+    tap = backbone.role("fuse_tap", f"{task} (the context-free network concatenates each tile's vector)")
+    if backbone.image_size != tile:
+        raise UserError(f"{task}: backbone.image_size is {backbone.image_size} but the towers see {tile} px tiles; "
+                        f"set backbone.image_size={tile} (or task.tile={backbone.image_size})")
+    backbone.freeze_after(tap)
+    return TILES * backbone.feature_info[tap].channels
 
 
 @register_task("jigsaw", config=JigsawConfig)
 class Jigsaw(PretextTask):
     """Jigsaw puzzles: classify which of a fixed set of permutations shuffled the 3x3 tiles (CFN)."""
 
+    display_name = "Jigsaw"
+
     def __init__(self, cfg: JigsawConfig, backbone: Backbone) -> None:
         super().__init__(cfg, backbone)
-        require_tile_trunk(backbone, cfg.tile, "jigsaw")
+        concat = tile_towers(backbone, cfg.tile, "jigsaw")
         perms = hamming_permutation_set(cfg.num_permutations, TILES, cfg.permutation_seed, cfg.selection)
         self.register_buffer("permutations", torch.from_numpy(perms))  # [P, 9], saved in the state dict
-        self.head = fc_head(TILES * backbone.feature_info["fc6"].channels, cfg.fc7_dim, cfg.num_permutations,
-                            cfg.head_bn, cfg.dropout)
+        self.head = fc_head(concat, cfg.fc7_dim, cfg.num_permutations, cfg.head_bn, cfg.dropout)
 
-    def make_batch(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+    def make_batch(self, images: Tensor, targets: dict[str, Any], generator: torch.Generator) -> dict[str, Tensor]:
         """uint8 [N,3,H,W] -> tiles [N,9,3,t,t] (slot order) and labels [N] (index into the permutation set)."""
         cfg = self.cfg
         n, c, h, w = images.shape
@@ -245,7 +233,8 @@ class Jigsaw(PretextTask):
         labels = torch.randint(0, len(perms), (n,), generator=generator)
         corners = tile_corners(n, c, h, w, cfg.cell, cfg.tile, cfg.random_offsets, cfg.channel_jitter, generator)
         # Cut straight into slot order (slot s shows cell perm[s]): the tiles are never copied to shuffle them.
-        tiles = cut_tiles(images, shuffle_tiles(corners, perms[labels]), cfg.tile).float()  # [N,9,3,t,t]
+        corners = shuffle_tiles(corners, perms[labels])
+        tiles = cut_windows(images, corners[..., 0], corners[..., 1], cfg.tile).float()  # [N,9,3,t,t]
         tiles.div_(255.0)
         if cfg.gray_prob:
             grayscale_some_(tiles, cfg.gray_prob, generator)
@@ -259,7 +248,11 @@ class Jigsaw(PretextTask):
         logits = self.head(tower_features(self.backbone, batch["tiles"]))  # [N, P]
         return {"loss": F.cross_entropy(logits, batch["labels"]), "acc": accuracy(logits, batch["labels"])}
 
-    @staticmethod
-    def trunk_input(images: Tensor) -> Tensor:
+    def transfer_input(self) -> str:
         """Transfer sees whole images normalised the way each tile was: by the image's own mean and std."""
-        return standardize_(images.float().div_(255.0), (1, 2, 3))
+        return "per-image-std"
+
+    @classmethod
+    def tiny(cls) -> TinySetup:
+        return TinySetup("alexnet", {"width": 0.125, "fc_dim": 32, "image_size": 36, "conv1_stride": 2}, 120,
+                         {"num_permutations": 10, "cell": 40, "tile": 36, "fc7_dim": 32})

@@ -6,6 +6,7 @@ As in the released code, every image enters the batch in all four rotations, one
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +14,8 @@ from torch import Tensor
 
 from sslbench.backbones.base import Backbone
 from sslbench.registry import register_task
-from sslbench.tasks.base import PretextTask, TapHead, accuracy, normalize, random_crop_flip
+from sslbench.tasks.base import PretextTask, TapHead, TinySetup, accuracy
+from sslbench.transforms import normalize, random_crop_flip
 
 
 @dataclass(frozen=True)
@@ -33,11 +35,13 @@ def rotate_all(images: Tensor) -> tuple[Tensor, Tensor]:
 class Rotation(PretextTask):
     """RotNet: 4-way rotation classification with all four rotations of every image in the batch."""
 
+    display_name = "RotNet"
+
     def __init__(self, cfg: RotationConfig, backbone: Backbone) -> None:
         super().__init__(cfg, backbone)
         self.head = TapHead(backbone, backbone.head_tap, 4)
 
-    def make_batch(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+    def make_batch(self, images: Tensor, targets: dict[str, Any], generator: torch.Generator) -> dict[str, Tensor]:
         """uint8 [N,3,H,W] -> inputs [4N,3,H,W] (normalised), labels [4N]."""
         if self.cfg.crop_pad or self.cfg.flip:
             images = random_crop_flip(images, self.cfg.crop_pad, self.cfg.flip, generator)
@@ -48,3 +52,7 @@ class Rotation(PretextTask):
         features = self.backbone(batch["inputs"], taps=(self.head.tap,))[self.head.tap]
         logits = self.head(features)  # [4N, 4]
         return {"loss": F.cross_entropy(logits, batch["labels"]), "acc": accuracy(logits, batch["labels"])}
+
+    @classmethod
+    def tiny(cls) -> TinySetup:
+        return TinySetup("nin", {"blocks": 3, "width": 0.1, "image_size": 32}, 32)

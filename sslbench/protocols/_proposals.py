@@ -26,9 +26,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from sslbench.data.synthetic import cache_dir
 from sslbench.errors import UserError
 from sslbench.progress import progress_bar
+from sslbench.runtime import atomic, cache_dir
 
 # OpenCV's fast-mode defaults (base_k, inc_k, sigma of the graph segmentation); part of the cache key.
 SEARCH_VERSION = "opencv-selective-search-fast-k150-150-s0.8-v1"
@@ -81,7 +81,7 @@ def cache_path(name: str, image_size: int, identity: list[str]) -> Path:
 
 def load_proposals(path: Path, ids: list[str]) -> dict[str, np.ndarray]:
     """Read a proposals .npz (format in the module docstring); UserError naming the file if it is malformed."""
-    fix = "expected an .npz with one [K,4] array (x0, y0, x1, y1 pixels) per image id; see sslbench/protocols/region_proposals.py"
+    fix = "expected an .npz with one [K,4] array (x0, y0, x1, y1 pixels) per image id; see sslbench/protocols/_proposals.py"
     if not path.is_file():
         raise UserError(f"proposals file not found: {path}; {fix}")
     try:
@@ -101,14 +101,6 @@ def load_proposals(path: Path, ids: list[str]) -> dict[str, np.ndarray]:
         if not np.isfinite(boxes).all():
             raise UserError(f"proposals file {path}: image {i!r} has non-finite coordinates; {fix}")
     return out
-
-
-def _write_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as f:  # a file object: np.savez would otherwise append ".npz" to the temporary name
-        np.savez(f, **arrays)
-    os.replace(tmp, path)  # readers see the old file or the whole new one, never half of it
 
 
 class _Searched(Dataset):
@@ -138,7 +130,8 @@ def cached_selective_search(ds: Dataset, ids: list[str], path: Path, workers: in
         for i, boxes in loader:
             found[ids[i]] = np.zeros((0, 4), np.float32) if boxes is None else boxes  # unreadable image: none
             advance()
-    _write_atomic(path, found)
+    with atomic(path) as tmp:  # readers see the old file or the whole new one, never half of it
+        np.savez(tmp, **found)
     return found
 
 

@@ -1,4 +1,5 @@
-"""Writers of the embedded data to the real on-disk layouts, and the loaders that read them back."""
+"""The real on-disk layouts: every registered layout round-trips the embedded data (one test over the registry),
+then each layout's own details (annotations, pickles, folds, masks) and bad input."""
 
 from __future__ import annotations
 
@@ -11,11 +12,19 @@ import pytest
 import torch
 from PIL import Image
 
-import sslbench.data.formats as F
+import sslbench.data.layouts.voc as voc
+from sslbench.data.check import check
+from sslbench.data.classes import CIFAR10_CLASSES, STL10_CLASSES
 from sslbench.data.datasets import Embedded, collate_skip_corrupt
+from sslbench.data.layouts import format_names, synth
+from sslbench.data.layouts.cifar10 import write_cifar10
+from sslbench.data.layouts.imagenet import write_imagenet
+from sslbench.data.layouts.sbd import sbd_boundaries, sbd_segmentation, write_sbd
+from sslbench.data.layouts.stl10 import write_stl10
+from sslbench.data.layouts.voc import voc_colormap, voc_segmentation, write_voc
 from sslbench.data.synthetic import CLASSES, render_sample
 from sslbench.errors import UserError
-from sslbench.registry import DATASETS
+from sslbench.registry import DATASETS, LAYOUTS
 
 SEED = 5
 SIZE = 48
@@ -29,7 +38,7 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
 @pytest.fixture(scope="module")
 def voc07(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("voc07")
-    assert F.write_voc(out, 6, SIZE, SEED, "2007") == out / "VOCdevkit" / "VOC2007"
+    assert write_voc(out, 6, SIZE, SEED, "2007") == out / "VOCdevkit" / "VOC2007"
     return out
 
 
@@ -41,6 +50,35 @@ def expected_main_label(objects) -> int:
     """The VOC loader's rule: class of the largest non-difficult box."""
     easy = [o for o in objects if not o.difficult] or objects
     return max(easy, key=lambda o: (o.box[2] - o.box[0] + 1) * (o.box[3] - o.box[1] + 1)).cls
+
+
+# ---------------------------------------------------------------- every layout
+
+
+@pytest.mark.parametrize("name", LAYOUTS.names())
+def test_every_layout_round_trips_the_embedded_data(name: str, tmp_path: Path) -> None:
+    """Written by `synth`, read back by the registered loader: every split `data check` reads holds the embedded
+    samples the layout says it wrote, in reading order, at the format's size."""
+    layout, num, size = LAYOUTS.get(name), 6, 40
+    folder = synth(name, tmp_path, num, size, SEED)
+    assert folder.is_dir() and not list(tmp_path.glob(".*")), "temporary folders left behind"
+    side = layout.fixed_size or size
+    for split in layout.check_splits:
+        ds = load(name, tmp_path, split)
+        sources = layout.sources(split, num, size, SEED)
+        assert len(ds) == len(sources) > 0, split
+        for i, (base, index) in enumerate(sources):
+            img, target = ds[i]
+            want = render_sample(SEED, base, index, side).image
+            assert img.dtype == torch.uint8 and img.shape == (3, side, side), (split, i)
+            assert np.abs(img.permute(1, 2, 0).numpy().astype(float) - want).mean() < 4.0, (split, i)  # JPEG q95 4:4:4
+            assert -1 <= int(target["label"]) < len(ds.classes)
+    summary = check(name, str(tmp_path))
+    assert summary.startswith(f"{name} at {tmp_path}") and "0 unreadable" in summary and "\n" not in summary
+
+
+def test_format_names_come_from_the_registry() -> None:
+    assert set(format_names()) == set(LAYOUTS.names()) | {"voc"}
 
 
 # ---------------------------------------------------------------- VOC
@@ -118,7 +156,7 @@ def test_voc_image_sets(voc07: Path) -> None:
 
 
 def test_voc_segmentation_round_trip(voc07: Path) -> None:
-    seg = F.voc_segmentation(str(voc07), "2007", "val", 0)
+    seg = voc_segmentation(str(voc07), "2007", "val", 0)
     assert len(seg) == 6
     for i, index in enumerate(range(1, 12, 2)):
         s = render_sample(SEED, "trainval", index, SIZE, full=True)
@@ -129,15 +167,15 @@ def test_voc_segmentation_round_trip(voc07: Path) -> None:
     png = Image.open(voc07 / "VOCdevkit" / "VOC2007" / "SegmentationClass" / "000002.png")
     assert png.mode == "P"
     palette = np.array(png.getpalette()[:768], np.uint8).reshape(-1, 3)
-    assert np.array_equal(palette, F.voc_colormap())
+    assert np.array_equal(palette, voc_colormap())
     assert palette[255].tolist() == [224, 224, 192] and palette[1].tolist() == [128, 0, 0]
-    small_img, small_mask = F.voc_segmentation(str(voc07), "2007", "val", 24)[0]
+    small_img, small_mask = voc_segmentation(str(voc07), "2007", "val", 24)[0]
     assert small_img.shape == (3, 24, 24) and small_mask.shape == (24, 24)
     assert set(small_mask.unique().tolist()) <= set(mask.unique().tolist()) | set(seg[0][1].unique().tolist())
 
 
 def test_voc2012_splits(tmp_path: Path) -> None:
-    F.synth("voc2012", tmp_path, 3, 32, SEED)
+    synth("voc2012", tmp_path, 3, 32, SEED)
     assert [len(load("voc2012", tmp_path, s)) for s in ("train", "val", "trainval")] == [3, 3, 6]
     with pytest.raises(UserError, match="no split 'test'"):
         load("voc2012", tmp_path, "test")
@@ -146,7 +184,7 @@ def test_voc2012_splits(tmp_path: Path) -> None:
 
 
 def test_corrupt_jpeg_is_skipped(tmp_path: Path) -> None:
-    F.write_voc(tmp_path, 3, 32, SEED, "2012")
+    write_voc(tmp_path, 3, 32, SEED, "2012")
     jpg = tmp_path / "VOCdevkit" / "VOC2012" / "JPEGImages"
     (jpg / "000001.jpg").write_bytes(b"this is not a jpeg")
     data = (jpg / "000003.jpg").read_bytes()
@@ -160,8 +198,8 @@ def test_corrupt_jpeg_is_skipped(tmp_path: Path) -> None:
         images, target = collate_skip_corrupt([ds[i] for i in range(len(ds))])
     assert images.shape == (1, 3, 32, 32) and target["label"].shape == (1,) and len(target["boxes"]) == 1
     with pytest.warns(UserWarning):
-        assert F.voc_segmentation(str(tmp_path), "2012", "train", 0)[0] is None
-    summary = F.check("voc2012", str(tmp_path))
+        assert voc_segmentation(str(tmp_path), "2012", "train", 0)[0] is None
+    summary = check("voc2012", str(tmp_path))
     assert "2 unreadable file(s) skipped" in summary and "000001.jpg" in summary
 
 
@@ -170,7 +208,7 @@ def test_missing_layout_is_a_user_error(tmp_path: Path) -> None:
         load("voc2007", tmp_path / "nope", "train")
     with pytest.raises(UserError, match=r"voc2007=PATH"):
         DATASETS.get("voc2007")(None, "train", 0, 0, 0)
-    F.write_voc(tmp_path, 2, 32, SEED)
+    write_voc(tmp_path, 2, 32, SEED)
     voc = tmp_path / "VOCdevkit" / "VOC2007"
     (voc / "Annotations").rename(voc / "Annotations.moved")
     with pytest.raises(UserError) as err:
@@ -185,11 +223,11 @@ def test_missing_layout_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"no split 'validation'; valid: train, test"):
         load("cifar10", tmp_path, "validation")
     with pytest.raises(UserError, match="not a directory"):
-        F.check("imagenet", str(tmp_path / "nope"))
+        check("imagenet", str(tmp_path / "nope"))
 
 
 def test_malformed_xml_is_a_user_error(tmp_path: Path) -> None:
-    F.write_voc(tmp_path, 2, 32, SEED, "2012")
+    write_voc(tmp_path, 2, 32, SEED, "2012")
     ann = tmp_path / "VOCdevkit" / "VOC2012" / "Annotations"
     (ann / "000003.xml").write_text("<annotation><object><name>dog</name></annotation>")
     with pytest.raises(UserError, match=r"malformed VOC annotation .*000003\.xml: mismatched tag: line 1"):
@@ -219,12 +257,12 @@ def ten_class_selection(split: str, num: int, size: int, classes: tuple[str, ...
 
 
 def test_cifar10_round_trip(tmp_path: Path) -> None:
-    folder = F.write_cifar10(tmp_path, 23, 7, SEED)
+    folder = write_cifar10(tmp_path, 23, 7, SEED)
     assert folder == tmp_path / "cifar-10-batches-py"
     for split, base, num in (("train", "trainval", 23), ("test", "test", 7)):
         ds = load("cifar10", tmp_path, split)
-        want = ten_class_selection(base, num, 32, F.CIFAR10_CLASSES)
-        assert len(ds) == num and ds.classes == list(F.CIFAR10_CLASSES)
+        want = ten_class_selection(base, num, 32, CIFAR10_CLASSES)
+        assert len(ds) == num and ds.classes == list(CIFAR10_CLASSES)
         for i, (index, label) in enumerate(want):
             img, t = ds[i]
             assert torch.equal(img, torch.from_numpy(render_sample(SEED, base, index, 32).image).permute(2, 0, 1))
@@ -240,20 +278,20 @@ def test_cifar10_round_trip(tmp_path: Path) -> None:
         sizes.append(len(d[b"labels"]))
     assert sum(sizes) == 23 and max(sizes) - min(sizes) <= 1
     with open(folder / "batches.meta", "rb") as f:
-        assert pickle.load(f, encoding="bytes")[b"label_names"] == [c.encode() for c in F.CIFAR10_CLASSES]
+        assert pickle.load(f, encoding="bytes")[b"label_names"] == [c.encode() for c in CIFAR10_CLASSES]
     assert len(load("cifar10", folder, "unlabeled", num=5)) == 5  # root may be the batches folder itself
     img, _ = load("cifar10", tmp_path, "test", image_size=16)[0]
     assert img.shape == (3, 16, 16) and img.dtype == torch.uint8
 
 
 def test_stl10_round_trip(tmp_path: Path) -> None:
-    folder = F.write_stl10(tmp_path, 10, 6, 4, SEED)
+    folder = write_stl10(tmp_path, 10, 6, 4, SEED)
     assert (folder / "train_X.bin").stat().st_size == 10 * 3 * 96 * 96
     assert sorted(np.fromfile(folder / "train_y.bin", np.uint8).tolist())[0] >= 1
     for split, base, num in (("train", "trainval", 10), ("test", "test", 6)):
         ds = load("stl10", tmp_path, split)
-        assert len(ds) == num and ds.classes == list(F.STL10_CLASSES)
-        for i, (index, label) in enumerate(ten_class_selection(base, num, 96, F.STL10_CLASSES)):
+        assert len(ds) == num and ds.classes == list(STL10_CLASSES)
+        for i, (index, label) in enumerate(ten_class_selection(base, num, 96, STL10_CLASSES)):
             img, t = ds[i]
             assert torch.equal(img, torch.from_numpy(render_sample(SEED, base, index, 96).image).permute(2, 0, 1))
             assert int(t["label"]) == label
@@ -272,7 +310,7 @@ def test_stl10_round_trip(tmp_path: Path) -> None:
 
 
 def test_imagenet_round_trip(tmp_path: Path) -> None:
-    F.write_imagenet(tmp_path, 10, 4, 40, SEED)
+    write_imagenet(tmp_path, 10, 4, 40, SEED)
     train = load("imagenet", tmp_path, "train")
     assert len(train) == 10 and train.classes == list(CLASSES)
     for i, (path, _) in enumerate(train.samples):
@@ -292,34 +330,34 @@ def test_imagenet_round_trip(tmp_path: Path) -> None:
 
 
 def test_synth_dispatch_and_unknown_format(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match=r"unknown data format 'coco'; valid: voc, voc2007, voc2012, cifar10, stl10"):
-        F.synth("coco", tmp_path, 4, 32, 0)
+    with pytest.raises(UserError, match=r"unknown data format 'coco'; valid: cifar10, imagenet, sbd, stl10, voc, voc2007"):
+        synth("coco", tmp_path, 4, 32, 0)
     with pytest.raises(UserError, match="--num must be >= 1"):
-        F.synth("voc", tmp_path, 0, 32, 0)
-    assert F.synth("cifar10", tmp_path, 4, 64, 0) == tmp_path / "cifar-10-batches-py"
+        synth("voc", tmp_path, 0, 32, 0)
+    assert synth("cifar10", tmp_path, 4, 64, 0) == tmp_path / "cifar-10-batches-py"
     assert len(load("cifar10", tmp_path, "test")) == 4
     assert not list(tmp_path.glob(".*"))  # no temporary folders left behind
 
 
 def test_check_summaries(voc07: Path, tmp_path: Path) -> None:
-    text = F.check("voc2007", str(voc07))
+    text = check("voc2007", str(voc07))
     assert text.startswith(f"voc2007 at {voc07}: train 6, val 6, test 6 images")
     assert "images 48x48" in text and "20 classes" in text and "0 unreadable" in text and "\n" not in text
-    F.write_cifar10(tmp_path, 5, 0, SEED)
+    write_cifar10(tmp_path, 5, 0, SEED)
     (tmp_path / "cifar-10-batches-py" / "test_batch").unlink()
-    text = F.check("cifar10", str(tmp_path))
+    text = check("cifar10", str(tmp_path))
     assert "train 5 images (test absent)" in text and "images 32x32" in text and "10 classes" in text
     with pytest.raises(UserError, match="takes no path"):
-        F.check("embedded", str(tmp_path))
+        check("embedded", str(tmp_path))
     with pytest.raises(UserError, match="unknown data set 'cifar11'"):
-        F.check("cifar11", str(tmp_path))
+        check("cifar11", str(tmp_path))
 
 
 def test_writer_failure_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    F.write_voc(tmp_path, 2, 32, SEED)
+    write_voc(tmp_path, 2, 32, SEED)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     calls = {"n": 0}
-    real = F.render_sample
+    real = voc.render_sample
 
     def failing(*args, **kwargs):
         calls["n"] += 1
@@ -327,12 +365,12 @@ def test_writer_failure_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monke
             raise RuntimeError("disk on fire")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(F, "render_sample", failing)
+    monkeypatch.setattr(voc, "render_sample", failing)
     with pytest.raises(RuntimeError, match="disk on fire"):
-        F.write_voc(tmp_path, 4, 32, SEED + 1)
+        write_voc(tmp_path, 4, 32, SEED + 1)
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # old copy intact, no temp dir
-    monkeypatch.setattr(F, "render_sample", real)
-    F.write_voc(tmp_path, 3, 32, SEED)  # rewriting replaces the folder
+    monkeypatch.setattr(voc, "render_sample", real)
+    write_voc(tmp_path, 3, 32, SEED)  # rewriting replaces the folder
     assert len(load("voc2007", tmp_path, "trainval")) == 6
     assert [p.name for p in (tmp_path / "VOCdevkit").iterdir()] == ["VOC2007"]
 
@@ -343,15 +381,15 @@ def test_writer_failure_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monke
 @pytest.fixture(scope="module")
 def voc12_sbd(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("voc12sbd")
-    F.write_voc(root, 6, 40, seed=5, year="2012")
-    F.write_sbd(root, 6, 40, seed=5)
+    write_voc(root, 6, 40, seed=5, year="2012")
+    write_sbd(root, 6, 40, seed=5)
     return root
 
 
 def test_sbd_boundaries_match_a_pixel_loop() -> None:
     rng = np.random.default_rng(0)
     classes = rng.choice([0, 3, 7], size=(9, 11)).astype(np.uint8)
-    got = F.sbd_boundaries(classes)
+    got = sbd_boundaries(classes)
     for c in range(1, 21):
         want = np.zeros_like(classes, bool)
         for y in range(9):
@@ -380,15 +418,15 @@ def test_sbd_round_trip_through_torchvision(voc12_sbd: Path) -> None:
             img, target = tv[k]
             assert np.abs(np.asarray(img, np.int16) - s.image).mean() < 4  # JPEG q95 4:4:4
             if mode == "segmentation":
-                np.testing.assert_array_equal(np.asarray(target), s.extras["classes"])
+                np.testing.assert_array_equal(np.asarray(target), s.classes)
                 assert 255 not in np.asarray(target)  # SBD marks no outlines
             else:
-                np.testing.assert_array_equal(target.astype(bool), np.stack(F.sbd_boundaries(s.extras["classes"])))
+                np.testing.assert_array_equal(target.astype(bool), np.stack(sbd_boundaries(s.classes)))
 
 
 def test_sbd_shares_the_voc2012_images_and_crosses_its_split(voc12_sbd: Path) -> None:
-    sbd_train = F.sbd_segmentation(str(voc12_sbd), "train", 0)
-    voc_val = F.voc_segmentation(str(voc12_sbd), "2012", "val", 0)
+    sbd_train = sbd_segmentation(str(voc12_sbd), "train", 0)
+    voc_val = voc_segmentation(str(voc12_sbd), "2012", "val", 0)
     shared = set(sbd_train.ids) & set(voc_val.ids)
     assert shared  # as in the real SBD: some of its train images are VOC2012 val images
     i = sbd_train.ids.index(sorted(shared)[0])
@@ -402,11 +440,11 @@ def test_sbd_shares_the_voc2012_images_and_crosses_its_split(voc12_sbd: Path) ->
 def test_train_aug_is_the_union_minus_val(voc12_sbd: Path) -> None:
     from sslbench.protocols.voc_seg import train_aug
 
-    voc_train = F.voc_segmentation(str(voc12_sbd), "2012", "train", 24)
-    val_ids = F.voc_segmentation(str(voc12_sbd), "2012", "val", 0).ids
+    voc_train = voc_segmentation(str(voc12_sbd), "2012", "train", 24)
+    val_ids = voc_segmentation(str(voc12_sbd), "2012", "val", 0).ids
     aug = train_aug(voc_train, str(voc12_sbd), val_ids, 24)
     ids = [i for part in aug.datasets for i in part.ids]
-    all_sbd = set(F.sbd_segmentation(str(voc12_sbd), "train", 0).ids) | set(F.sbd_segmentation(str(voc12_sbd), "val", 0).ids)
+    all_sbd = set(sbd_segmentation(str(voc12_sbd), "train", 0).ids) | set(sbd_segmentation(str(voc12_sbd), "val", 0).ids)
     assert len(ids) == len(set(ids)) == len(aug)
     assert set(ids) == (set(voc_train.ids) | all_sbd) - set(val_ids)
     assert 255 in torch.cat([aug[k][1].flatten() for k in range(len(voc_train))])  # VOC's own masks come first
@@ -415,23 +453,23 @@ def test_train_aug_is_the_union_minus_val(voc12_sbd: Path) -> None:
 
 def test_sbd_bad_input(voc12_sbd: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="missing img, cls"):
-        F.sbd_segmentation(str(tmp_path), "train", 0)
+        sbd_segmentation(str(tmp_path), "train", 0)
     d = tmp_path / "dataset"
     for sub in ("img", "cls"):
         (d / sub).mkdir(parents=True)
     with pytest.raises(UserError, match="no val.txt"):
-        F.sbd_segmentation(str(tmp_path), "val", 0)
+        sbd_segmentation(str(tmp_path), "val", 0)
     with pytest.raises(UserError, match="has no split 'test'"):
-        F.sbd_segmentation(str(tmp_path), "test", 0)
+        sbd_segmentation(str(tmp_path), "test", 0)
     (d / "train.txt").write_text("x1\n")
     Image.new("RGB", (8, 8)).save(d / "img" / "x1.jpg")
     with pytest.raises(UserError, match=r"1 file\(s\) of train.txt missing"):
-        F.sbd_segmentation(str(tmp_path), "train", 0)
+        sbd_segmentation(str(tmp_path), "train", 0)
     (d / "cls" / "x1.mat").write_bytes(b"not a mat file at all" * 10)
     with pytest.raises(UserError, match=r"malformed SBD mask .*x1.mat"):
-        F.sbd_segmentation(str(tmp_path), "train", 0)[0]
+        sbd_segmentation(str(tmp_path), "train", 0)[0]
     from scipy.io import savemat
 
     savemat(d / "cls" / "x1.mat", {"other": np.zeros((8, 8))})
     with pytest.raises(UserError, match="GTcls struct.*found keys other"):
-        F.sbd_segmentation(str(tmp_path), "train", 0)[0]
+        sbd_segmentation(str(tmp_path), "train", 0)[0]

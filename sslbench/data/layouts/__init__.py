@@ -1,0 +1,75 @@
+"""The real data sets' on-disk layouts, one module each: the writer of the embedded data in that layout, the
+registered data set that reads it, and what `sslbench data check` reads, registered as one `Layout` record.
+
+Writers render the embedded procedural scenes (sslbench.data.synthetic) into the exact layouts of the
+official releases, so every loader runs on the same code path for a synthetic sample as for the real
+download. Each writer renders into a temporary folder next to its target and renames it into place
+(`runtime.atomic`), so a failed or interrupted write leaves nothing half-written. Every list of layouts (the
+`--format` choices, the splits `data check` reads, the layouts a mini recipe can read the embedded data in,
+the ones with segmentation masks) is derived from the LAYOUTS registry: a new layout is one file here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from sslbench.errors import UserError
+from sslbench.registry import DATASETS, LAYOUTS, unknown_name_message
+
+Writer = Callable[[Path, int, int, int], Path]  # (out, images per split, image side, generator seed) -> folder
+Sources = Callable[[str, int, int, int], list[tuple[str, int]]]  # (split, per split, side, seed) -> (split, index)s
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One real on-disk layout."""
+
+    name: str  # the registered data set that reads it, also the `--format` name
+    tree: str  # what it looks like on disk, for help and errors
+    write: Writer  # the embedded data written in this layout under `out`; returns the folder written
+    sources: Sources  # the embedded sample (generator split, index) behind each item of a split, in reading order
+    check_splits: tuple[str, ...]  # the splits `sslbench data check` reads
+    aliases: tuple[str, ...] = ()  # other `--format` names (voc = voc2007)
+    paired_trainval: bool = False  # trainval = train + val of `num` images each (VOC, SBD)
+    fixed_size: int = 0  # the format fixes the image side (CIFAR-10 32, STL-10 96); 0 = the image_size asked for
+    summarise: Callable[[str], str] | None = None  # root -> an extra sentence for `data check` (VOC's masks)
+    segmentation: Callable[..., Any] | None = None  # (root, split, image_size, num=0, exclude=()) -> (image, mask) pairs
+
+
+def register_layout(layout: Layout, reader: Callable[..., Any]) -> Layout:
+    """Register a layout and the data set factory that reads it, under the layout's name."""
+    reader.__name__ = layout.name
+    DATASETS.register(layout.name)(reader)
+    LAYOUTS.register(layout.name, summary=layout.tree)(layout)
+    return layout
+
+
+def layout_for(fmt: str) -> Layout:
+    """The layout a `--format` name (or alias) stands for."""
+    for name in LAYOUTS.names():
+        layout = LAYOUTS.get(name)
+        if fmt == name or fmt in layout.aliases:
+            return layout
+    raise UserError(unknown_name_message("data format", fmt, format_names()))
+
+
+def format_names() -> list[str]:
+    """Every `--format` name, aliases next to their layout."""
+    out: list[str] = []
+    for name in LAYOUTS.names():
+        out += [*LAYOUTS.get(name).aliases, name]
+    return out
+
+
+def synth(fmt: str, out: Path, num: int, image_size: int, seed: int) -> Path:
+    """Write `num` images per split of the embedded data in format `fmt` under `out`; returns the folder written.
+    Formats with a fixed image side (CIFAR-10, STL-10) ignore `image_size`."""
+    layout = layout_for(fmt)
+    if num < 1:
+        raise UserError(f"--num must be >= 1 (got {num})")
+    try:
+        return layout.write(Path(out), num, image_size, seed)
+    except OSError as exc:
+        raise UserError(f"cannot write {fmt} under {out}: {exc.strerror or exc}") from exc

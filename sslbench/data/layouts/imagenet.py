@@ -1,0 +1,133 @@
+"""ImageNet in the ImageFolder layout the usual preparation scripts produce: <root>/{train,val}/<class>/*.JPEG.
+
+The writer's class folders are named by the embedded class (not a WordNet id); train images come from the
+embedded "trainval" split, val images from "test". The reader is torchvision's ImageFolder, val numbered
+with train's classes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torchvision
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from sslbench.data.classes import VOC_CLASSES
+from sslbench.data.datasets import warn_corrupt
+from sslbench.data.layouts import Layout, register_layout
+from sslbench.data.layouts._common import (
+    JPEG, UNREADABLE, SplitMissing, check_counts, check_image_size, check_split, label_target, need_root, open_rgb,
+    synth_hint, to_tensor,
+)
+from sslbench.data.synthetic import render_sample
+from sslbench.errors import UserError
+from sslbench.runtime import atomic
+
+
+def write_imagenet(out: Path, num_train: int, num_val: int, image_size: int, seed: int) -> Path:
+    """Write `out`/imagenet/{train,val}/<class>/<class>_<index>.JPEG (the ImageFolder layout the usual
+    ImageNet preparation scripts produce, class folders named by the embedded class instead of a WordNet id)
+    from the embedded "trainval" / "test" splits, and return `out`/imagenet. All 20 class folders exist."""
+    check_counts(num_train=num_train, num_val=num_val)
+    check_image_size(image_size)
+    target = Path(out) / "imagenet"
+    with atomic(target) as d:
+        for split, base, n in (("train", "trainval", num_train), ("val", "test", num_val)):
+            for cls in VOC_CLASSES:
+                (d / split / cls).mkdir(parents=True)
+            for i in range(n):
+                s = render_sample(seed, base, i, image_size)
+                cls = VOC_CLASSES[s.label]
+                Image.fromarray(s.image).save(d / split / cls / f"{cls}_{i:06d}.JPEG", **JPEG)
+    return target
+
+
+_IMAGENET_LAYOUT = "<root>/{train,val}/<class>/*.JPEG"
+
+
+class _SharedClassesFolder(torchvision.datasets.ImageFolder):
+    """ImageFolder whose class list is given (train's), so that val uses the same label numbering."""
+
+    def __init__(self, root: str, classes: list[str]) -> None:
+        self._given = classes
+        super().__init__(root, allow_empty=True)
+
+    def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
+        return self._given, {c: i for i, c in enumerate(self._given)}
+
+
+class ImageFolderItems(Dataset):
+    """ImageFolder items: shorter side resized to image_size, then centre-cropped to a square.
+
+    Items are interleaved across classes (each class's first image, then each class's second, ...), so the
+    first `num` items cover the classes evenly instead of being all of the first class.
+    """
+
+    def __init__(self, folder: torchvision.datasets.ImageFolder, image_size: int, num: int) -> None:
+        order = class_interleaved([label for _, label in folder.samples])
+        n = len(order) if num <= 0 else min(num, len(order))
+        self.samples = [folder.samples[i] for i in order[:n]]
+        self.classes, self.size = list(folder.classes), image_size
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, dict[str, Tensor]] | None:
+        path, label = self.samples[i]
+        try:
+            img = open_rgb(path)
+        except UNREADABLE as exc:
+            warn_corrupt(path, exc)
+            return None
+        if self.size > 0:
+            img = TF.center_crop(TF.resize(img, self.size), [self.size, self.size])
+        return to_tensor(img), label_target(label)
+
+
+def imagenet(root: str | None, split: str, image_size: int, num: int, synth_seed: int) -> Dataset:
+    """ImageNet in the ImageFolder layout (root/train, root/val, one folder per class); unlabeled = train."""
+    check_split("imagenet", split, ("train", "val", "unlabeled"))
+    p = need_root("imagenet", root, _IMAGENET_LAYOUT, "imagenet")
+    if not (p / "train").is_dir() and not (p / "val").is_dir() and (p / "imagenet").is_dir():
+        p = p / "imagenet"
+    sub = "val" if split == "val" else "train"
+    if not (p / sub).is_dir():
+        err = SplitMissing if (p / ("train" if sub == "val" else "val")).is_dir() else UserError
+        raise err(f"imagenet: expected {_IMAGENET_LAYOUT}; missing {sub} in {p}; {synth_hint('imagenet')}")
+    ref = p / "train" if (p / "train").is_dir() else p / sub
+    classes = sorted(e.name for e in os.scandir(ref) if e.is_dir())
+    if not classes:
+        raise UserError(f"imagenet: expected {_IMAGENET_LAYOUT}; {ref} has no class folders")
+    folder = _SharedClassesFolder(str(p / sub), classes)
+    if not folder.samples:
+        raise SplitMissing(f"imagenet: expected {_IMAGENET_LAYOUT}; no images under {p / sub}")
+    return ImageFolderItems(folder, image_size, num)
+
+
+def class_interleaved(labels: list[int]) -> list[int]:
+    """Positions of items with these labels, interleaved across classes: each class's first, then each class's
+    second, ... (within a rank, by label): the first `num` items then cover the classes evenly."""
+    rank: dict[int, int] = {}
+    keyed = []
+    for i, label in enumerate(labels):
+        keyed.append((rank.get(label, 0), label, i))
+        rank[label] = rank.get(label, 0) + 1
+    return [i for _, _, i in sorted(keyed)]
+
+
+def imagenet_sources(split: str, num: int, image_size: int, seed: int) -> list[tuple[str, int]]:
+    """The embedded sample behind each item of `split` in reading order, for a writer call with `num` per split."""
+    base = "test" if split == "val" else "trainval"
+    labels = [render_sample(seed, base, i, image_size).label for i in range(num)]
+    return [(base, i) for i in class_interleaved(labels)]
+
+
+register_layout(Layout(
+    name="imagenet", tree=_IMAGENET_LAYOUT,
+    write=lambda out, num, size, seed: write_imagenet(out, num, num, size, seed),
+    sources=lambda split, num, size, seed: imagenet_sources(split, num, size, seed), check_splits=("train", "val"),
+), imagenet)

@@ -1,0 +1,206 @@
+"""Frozen-trunk probing shared by the linear and RotNet-block protocols.
+
+One pass of the frozen trunk feeds every tap's head (the heads train together on the same batches,
+each on its own loss), as the RotNet and split-brain evaluation code do. Per-tap pooling is data
+from the recipe. At mini scale the pooled features are computed once and cached (no augmentation);
+at paper scale every epoch re-runs the trunk on randomly cropped and flipped images. Under torchrun every
+rank extracts its share of the features and trains on its slice of every global batch.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sslbench.checkpoint import Trunk
+from sslbench.config import Recipe
+from sslbench.data.build import build_dataset
+from sslbench.data.datasets import collate_skip_corrupt
+from sslbench.metrics import topk_accuracy
+from sslbench.progress import progress_bar
+from sslbench.protocols.base import EvalContext
+from sslbench.runtime import step_generator
+from sslbench.training import EpochBatches, Fit, epoch_loader, gather_rows, shard_loader, steps_per_epoch
+from sslbench.transforms import random_crop_flip
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    kind: Literal["adaptive_max", "adaptive_avg", "bilinear", "none"] = "adaptive_max"  # how a map shrinks
+    size: int = 6  # output side: 'size x size x channels' features
+
+
+def pool_features(x: Tensor, spec: PoolSpec) -> Tensor:
+    """[N,C,H,W] -> [N, C*size*size] (or [N,D] unchanged for fc taps)."""
+    if x.dim() == 2 or spec.kind == "none":
+        return x.flatten(1)
+    if spec.kind == "adaptive_max":
+        x = F.adaptive_max_pool2d(x, spec.size)
+    elif spec.kind == "adaptive_avg":
+        x = F.adaptive_avg_pool2d(x, spec.size)
+    else:
+        x = F.interpolate(x, size=(spec.size, spec.size), mode="bilinear", align_corners=False)
+    return x.flatten(1)
+
+
+HeadFactory = Callable[[int, int], nn.Module]  # (input dim, classes) -> head
+
+
+@dataclass
+class ProbeReport:
+    top1: dict[str, float]
+    top5: dict[str, float]
+
+
+class FrozenFeatures:
+    """Pooled features of the frozen trunk for a set of taps."""
+
+    def __init__(self, trunk: Trunk, taps: tuple[str, ...], pools: dict[str, PoolSpec], device: torch.device) -> None:
+        self.backbone = trunk.backbone.to(device).eval()
+        self.prepare = trunk.prepare
+        self.taps, self.pools, self.device = taps, pools, device
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor) -> dict[str, Tensor]:
+        x = self.prepare(images).to(self.device)
+        maps = self.backbone(x, taps=self.taps)
+        return {t: pool_features(maps[t], self.pools.get(t, PoolSpec())).float() for t in self.taps}
+
+    def dims(self, image_size: int) -> dict[str, int]:
+        probe = self(torch.zeros(2, 3, image_size, image_size, dtype=torch.uint8))
+        return {t: v.shape[1] for t, v in probe.items()}
+
+
+def extract(features: FrozenFeatures, ds: Any, recipe: Recipe, ctx: EvalContext, what: str,
+            target: str = "label") -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Pooled features of every readable item of `ds` and the target keys `target` (comma-separated), in data
+    set order on every rank (each rank extracts its shard; `gather_rows` joins them)."""
+    keys = target.split(",")
+    chunks: dict[str, list[Tensor]] = {t: [] for t in features.taps}
+    targets: dict[str, list[Tensor]] = {k: [] for k in keys}
+    indices: list[Tensor] = []
+    loader = shard_loader(ds, recipe.data.batch_size, ctx.ddp, collate_skip_corrupt, recipe.data.workers)
+    with progress_bar(f"features ({what})", len(loader), ctx.show) as advance:
+        for index, (images, target_batch) in loader:
+            if images.numel():
+                for t, v in features(images).items():
+                    chunks[t].append(v.cpu())
+                for k in keys:
+                    targets[k].append(target_batch[k])
+                indices.append(index)
+            advance()
+    index = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.int64)
+    out = {t: gather_rows(index, torch.cat(v) if v else torch.zeros(0), ctx.ddp) for t, v in chunks.items()}
+    return out, {k: gather_rows(index, torch.cat(v) if v else torch.zeros(0), ctx.ddp) for k, v in targets.items()}
+
+
+class Probes(nn.Module):
+    """One head per tap, trained together: {tap: features} -> {tap: logits}."""
+
+    def __init__(self, heads: dict[str, nn.Module]) -> None:
+        super().__init__()
+        self.heads = nn.ModuleDict(heads)
+
+    def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {t: head(features[t]) for t, head in self.heads.items()}
+
+
+def train_probes(trunk: Trunk, recipe: Recipe, taps: tuple[str, ...], pools: dict[str, PoolSpec], head: HeadFactory,
+                 num_classes: int, cache: bool, crop_pad: int, ctx: EvalContext) -> ProbeReport:
+    """Train one head per tap on the frozen trunk; report top-1/top-5 (%) per tap on the test split."""
+    d = recipe.data
+    train_ds = build_dataset(d, d.train_split, d.num_images)
+    test_ds = build_dataset(d, d.test_split, d.num_test)
+    features = FrozenFeatures(trunk, taps, pools, ctx.device)
+    before = copy.deepcopy(trunk.backbone.state_dict())
+    dims = features.dims(d.image_size)
+    probes = Probes({t: head(dims[t], num_classes) for t in taps}).to(ctx.device)
+    per_epoch = steps_per_epoch(len(train_ds), d.batch_size, "probe")
+    fit = Fit(f"probe {'/'.join(taps)}", probes, [{"params": list(probes.parameters())}], recipe, per_epoch, ctx)
+    if cache:
+        train_x, train_y = extract(features, train_ds, recipe, ctx, "train")
+        batches = lambda epoch, start: _cached(train_x, train_y["label"], d.batch_size, recipe.seed, epoch, ctx, start)  # noqa: E731
+    else:
+        batches = lambda epoch, start: _streamed(features, train_ds, recipe, epoch, crop_pad, ctx, start)  # noqa: E731
+
+    def loss(model: nn.Module, batch: tuple[dict[str, Tensor], Tensor], step: int) -> dict[str, Tensor]:
+        feats, labels = batch
+        if not cache:  # augmentation drawn per step: random crops and flips, then the frozen trunk
+            images = random_crop_flip(feats["images"], crop_pad, True, step_generator(recipe.seed, step, ctx.ddp.rank))
+            feats = features(images)
+        logits = model({t: v.to(ctx.device) for t, v in feats.items()})
+        losses = {f"loss_{t}": F.cross_entropy(v, labels.to(ctx.device)) for t, v in logits.items()}
+        return {"loss": torch.stack(list(losses.values())).sum(), **losses}  # heads are independent: one backward
+
+    probes.train()
+    fit.run(batches, loss)
+    sanity_check(trunk.backbone, before)
+    return _test(features, probes, test_ds, recipe, ctx)
+
+
+def _cached(x: dict[str, Tensor], y: Tensor, batch: int, seed: int, epoch: int, ctx: EvalContext,
+            start: int) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
+    for idx in EpochBatches(len(y), batch, seed, epoch, ctx.ddp, start):
+        yield {t: v[idx] for t, v in x.items()}, y[idx]
+
+
+def _streamed(features: FrozenFeatures, ds: Any, recipe: Recipe, epoch: int, crop_pad: int, ctx: EvalContext,
+              start: int) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
+    loader = epoch_loader(ds, recipe.data.batch_size, recipe.seed, epoch, ctx.ddp, collate_skip_corrupt,
+                          recipe.data.workers, start)
+    for _, (images, target) in loader:
+        yield {"images": images}, target["label"]
+
+
+@torch.no_grad()
+def _test(features: FrozenFeatures, probes: Probes, ds: Any, recipe: Recipe, ctx: EvalContext) -> ProbeReport:
+    """Top-1 / top-5 (%) of every head on the test split; each rank scores its shard, the logits are gathered."""
+    probes.eval()
+    logits: dict[str, list[Tensor]] = {t: [] for t in probes.heads}
+    labels, indices = [], []
+    loader = shard_loader(ds, recipe.data.batch_size, ctx.ddp, collate_skip_corrupt, recipe.data.workers)
+    with progress_bar("probe test", len(loader), ctx.show) as advance:
+        for index, (images, target) in loader:
+            if images.numel():
+                for t, v in probes(features(images)).items():
+                    logits[t].append(v.float().cpu())
+                labels.append(target["label"])
+                indices.append(index)
+            advance()
+    index = torch.cat(indices)
+    y = gather_rows(index, torch.cat(labels), ctx.ddp)
+    top1, top5 = {}, {}
+    for t, chunks in logits.items():
+        acc = topk_accuracy(gather_rows(index, torch.cat(chunks), ctx.ddp), y, ks=(1, 5))
+        top1[t], top5[t] = 100.0 * float(acc[1]), 100.0 * float(acc[5])
+    return ProbeReport(top1, top5)
+
+
+def sanity_check(backbone: nn.Module, before: dict[str, Tensor]) -> None:
+    """Probing must not change a frozen weight (MoCo's sanity_check): fail loudly if it did."""
+    for key, value in backbone.state_dict().items():
+        if not torch.equal(value.cpu(), before[key].cpu()):
+            raise RuntimeError(f"frozen trunk weight {key} changed during probing")
+
+
+def linear_head(dim: int, classes: int) -> nn.Module:
+    """BatchNorm without affine + Linear: the split-brain / RotNet linear probe."""
+    return nn.Sequential(nn.BatchNorm1d(dim, affine=False), nn.Linear(dim, classes))
+
+
+def mlp_head(hidden: int) -> HeadFactory:
+    """RotNet's CIFAR non-linear classifier: 3 FC layers, the two hidden ones with BN + ReLU."""
+
+    def make(dim: int, classes: int) -> nn.Module:
+        return nn.Sequential(
+            nn.Linear(dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, classes),
+        )
+
+    return make

@@ -1,0 +1,373 @@
+"""The one training loop: pretraining and every protocol train through `Fit`.
+
+`Fit` owns what every training run shares: the optimizer over the caller's parameter groups, the learning
+rate of every step (a pure function of the step, so resume needs no scheduler state), the steps rule,
+autocast on CUDA, DDP under torchrun (each rank its slice of every global batch; BatchNorm statistics of the
+global batch, `GlobalBatchNorm` where torch's SyncBatchNorm cannot run), the non-finite stop, gradient
+clipping, the logging cadence and the progress bar. What differs between callers comes in as two functions:
+`batches(epoch, start)`, this rank's batches of an epoch from batch `start` on, and `loss(model, batch, step)`,
+the loss dict of one batch (None: nothing to learn from it, the step passes).
+
+The seeded loaders live here too: the data order of an epoch is a pure function of (seed, epoch)
+(`EpochBatches`), evaluation reads this rank's strided shard (`shard_loader`) and `gather` puts every rank's
+results back in data set order, so one process and W processes compute the same metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from sslbench.config import OptimConfig, Recipe, ScheduleConfig
+from sslbench.errors import UserError
+from sslbench.progress import progress_bar
+from sslbench.runlog import MetricLogger
+from sslbench.runtime import Dist, epoch_seed
+
+
+class NonFiniteLoss(UserError):
+    pass
+
+
+@dataclass
+class Context:
+    """Where a training run runs: device, process group, metrics log, progress bars (main rank only)."""
+
+    device: torch.device
+    ddp: Dist
+    log: MetricLogger
+    progress: bool
+
+    @property
+    def show(self) -> bool:
+        return self.progress and self.ddp.is_main
+
+
+# ---------------------------------------------------------------- optimisation
+
+
+ParamGroups = list[dict[str, Any]]  # [{"params": [...], "lr_scale": x (default 1)}, ...]
+
+
+def trainable(module: nn.Module) -> ParamGroups:
+    """One parameter group of every parameter of `module` that requires a gradient."""
+    return [{"params": [p for p in module.parameters() if p.requires_grad]}]
+
+
+def build_optimizer(groups: ParamGroups, cfg: OptimConfig) -> torch.optim.Optimizer:
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
+    return cls(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def lr_at(step: int, steps_per_epoch: int, base: float, cfg: ScheduleConfig) -> float:
+    """Learning rate of an optimizer step: a pure function of the step, so resume needs no scheduler state."""
+    epoch = step / max(1, steps_per_epoch)
+    if cfg.warmup_epochs and epoch < cfg.warmup_epochs:
+        return base * (epoch + 1 / max(1, steps_per_epoch)) / cfg.warmup_epochs
+    if cfg.kind == "constant":
+        return base
+    if cfg.kind == "step":
+        return base * cfg.gamma ** int(epoch // cfg.step_size)
+    if cfg.kind == "multistep":
+        return base * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, epoch / max(1, cfg.epochs))))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def steps_per_epoch(n: int, batch: int, what: str) -> int:
+    """The one steps rule: an epoch is the full global batches of its data, the last partial batch dropped,
+    so that every step sees `batch` items and DDP ranks split every batch evenly. Fewer items than one batch
+    is an error, before any work."""
+    if n < batch:
+        raise UserError(f"{what}: {n} training items is less than one batch of {batch}; "
+                        "lower data.batch_size or raise data.num_images")
+    return n // batch
+
+
+def total_steps(per_epoch: int, cfg: ScheduleConfig) -> int:
+    total = cfg.epochs * per_epoch
+    return min(total, cfg.max_steps) if cfg.max_steps else total
+
+
+# ---------------------------------------------------------------- data order
+
+
+class EpochBatches(Sampler[list[int]]):
+    """This rank's share of each global batch of a seeded (seed, epoch) permutation, from batch `start` on.
+
+    Rank r of W takes rows [r*B/W, (r+1)*B/W) of every global batch of size B, so W processes see
+    exactly the global batches one process would.
+    """
+
+    def __init__(self, n: int, global_batch: int, seed: int, epoch: int, ddp: Dist, start: int = 0) -> None:
+        if global_batch % ddp.world:
+            raise UserError(f"data.batch_size {global_batch} must be divisible by the {ddp.world} DDP processes")
+        self.n, self.batch, self.seed, self.epoch, self.ddp, self.start = n, global_batch, seed, epoch, ddp, start
+
+    def __len__(self) -> int:
+        return self.n // self.batch - self.start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch)))
+        per_rank = self.batch // self.ddp.world
+        for b in range(self.start, self.n // self.batch):
+            first = b * self.batch + self.ddp.rank * per_rank
+            yield order[first : first + per_rank].tolist()
+
+
+class _Indexed(Dataset):
+    """(index, item) pairs: every batch knows which items it holds."""
+
+    def __init__(self, ds: Dataset) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[int, Any]:
+        return i, self.ds[i]
+
+
+class _IndexedCollate:
+    """Collates (index, item) pairs into (indices [B], collate(items)); unreadable items (None) are dropped
+    with their indices, so indices and items stay aligned."""
+
+    def __init__(self, collate: Callable[[list[Any]], Any]) -> None:
+        self.collate = collate
+
+    def __call__(self, pairs: list[tuple[int, Any]]) -> tuple[Tensor, Any]:
+        kept = [(i, item) for i, item in pairs if item is not None]
+        return torch.tensor([i for i, _ in kept], dtype=torch.int64), self.collate([item for _, item in kept])
+
+
+def epoch_loader(ds: Dataset, global_batch: int, seed: int, epoch: int, ddp: Dist, collate: Callable[[list[Any]], Any],
+                 workers: int = 0, start: int = 0) -> DataLoader:
+    """The seeded training loader: this rank's (indices, batch) of every global batch of epoch `epoch`."""
+    sampler = EpochBatches(len(ds), global_batch, seed, epoch, ddp, start)  # type: ignore[arg-type]
+    # Its own generator: a DataLoader otherwise draws its worker seed from the global RNG, which would shift the
+    # dropout stream after a resume in the middle of an epoch.
+    return DataLoader(_Indexed(ds), batch_sampler=sampler, num_workers=workers, collate_fn=_IndexedCollate(collate),
+                      generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
+
+
+def shard_loader(ds: Dataset, batch: int, ddp: Dist, collate: Callable[[list[Any]], Any], workers: int = 0) -> DataLoader:
+    """The evaluation loader: (indices, batch) of this rank's strided shard (items r, r+W, r+2W, ...), in order."""
+    indices = list(range(ddp.rank, len(ds), ddp.world))  # type: ignore[arg-type]
+    batches = [indices[i : i + batch] for i in range(0, len(indices), batch)]
+    return DataLoader(_Indexed(ds), batch_sampler=batches, num_workers=workers, collate_fn=_IndexedCollate(collate))
+
+
+def gather(indices: Sequence[int] | Tensor, values: Sequence[Any], ddp: Dist) -> list[Any]:
+    """Every rank's (index, value) pairs, on every rank, in index order: the results of a sharded evaluation
+    in data set order, so that metrics are those one process computes."""
+    pairs = list(zip([int(i) for i in indices], values))
+    if ddp.enabled:
+        parts: list[Any] = [None] * ddp.world
+        dist.all_gather_object(parts, pairs)
+        pairs = [p for part in parts for p in part]
+    return [v for _, v in sorted(pairs, key=lambda p: p[0])]
+
+
+def gather_rows(indices: Tensor, rows: Tensor, ddp: Dist) -> Tensor:
+    """`gather` for the rows of a tensor [n, ...] (CPU): every rank's rows in index order, as one tensor."""
+    if ddp.enabled:
+        parts: list[Any] = [None] * ddp.world
+        dist.all_gather_object(parts, (indices.cpu(), rows.cpu()))
+        indices, rows = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    return rows[torch.argsort(indices)]
+
+
+def all_sum(t: Tensor, ddp: Dist) -> Tensor:
+    """The sum of `t` over the ranks (a confusion matrix, counts), on every rank."""
+    if ddp.enabled:
+        dist.all_reduce(t)
+    return t
+
+
+# ---------------------------------------------------------------- devices, AMP, DDP
+
+
+def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:
+    """bf16 (or fp16) autocast on CUDA unless amp = "off"; none on the CPU."""
+    if device.type != "cuda" or amp == "off":
+        return None
+    return torch.float16 if amp == "fp16" else torch.bfloat16
+
+
+def autocast(device: torch.device, amp: str | torch.dtype | None) -> ContextManager[Any]:
+    dtype = amp if isinstance(amp, torch.dtype) or amp is None else amp_dtype(device, amp)
+    return torch.autocast("cuda", dtype=dtype) if dtype is not None and device.type == "cuda" else nullcontext()
+
+
+class _GatherRows(torch.autograd.Function):
+    """[D] on every rank -> [W, D] (rank r's in row r), differentiable: a row's gradient is the sum over ranks."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:  # type: ignore[override]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.stack(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[dist.get_rank()]
+
+
+class GlobalBatchNorm(_BatchNorm):
+    """BatchNorm whose training-mode statistics are those of the global batch over all DDP ranks, on any device
+    (torch's SyncBatchNorm runs on CUDA only). Each rank's count, mean and centred sum of squares are
+    all-gathered (differentiably) and combined (Chan et al.'s parallel variance), so the gradients are those of
+    BatchNorm over the concatenated batch. Eval mode, or no process group: plain BatchNorm."""
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2-D input, got {x.dim()}-D")
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        dims = [0, *range(2, x.dim())]
+        var, mean = torch.var_mean(x, dims, correction=0)
+        count = x.new_full((1,), x.numel() // x.shape[1])
+        c = x.shape[1]
+        stats = _GatherRows.apply(torch.cat([count, mean, var * count]))  # [W, 1 + 2C]: every rank's
+        counts, means, m2 = stats[:, :1], stats[:, 1 : c + 1], stats[:, c + 1 :]
+        total = counts.sum()
+        g_mean = (counts * means).sum(0) / total
+        g_var = (m2 + counts * (means - g_mean) ** 2).sum(0) / total
+        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)  # type: ignore[union-attr, operator]
+                factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                unbiased = g_var * total / (total - 1).clamp_min(1)
+                self.running_mean.mul_(1 - factor).add_(factor * g_mean)
+                self.running_var.mul_(1 - factor).add_(factor * unbiased)
+        shape = (1, c) + (1,) * (x.dim() - 2)
+        y = (x - g_mean.view(shape)) * torch.rsqrt(g_var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+def global_batchnorm(module: nn.Module) -> nn.Module:
+    """`module` with every BatchNorm replaced by a GlobalBatchNorm sharing its parameters and buffers."""
+    out = module
+    if isinstance(module, _BatchNorm) and not isinstance(module, GlobalBatchNorm):
+        out = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        if module.affine:
+            out.weight, out.bias = module.weight, module.bias
+        out.running_mean, out.running_var = module.running_mean, module.running_var
+        out.num_batches_tracked = module.num_batches_tracked
+        out.train(module.training)
+    for name, child in module.named_children():
+        out.add_module(name, global_batchnorm(child))
+    return out
+
+
+def distributed(module: nn.Module, device: torch.device, ddp: Dist, sync_bn: bool) -> nn.Module:
+    """`module` as it trains under torchrun: BatchNorm over the global batch (sync_bn) and DistributedDataParallel;
+    unchanged in a single process."""
+    if not ddp.enabled:
+        return module
+    if sync_bn:
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module) if device.type == "cuda" else global_batchnorm(module)
+    return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+# ---------------------------------------------------------------- the loop
+
+Loss = Callable[[nn.Module, Any, int], "dict[str, Tensor] | None"]
+
+
+class Fit:
+    """One training run on the fit loop; `run` trains to the end of the schedule (or continues from `step`)."""
+
+    def __init__(self, name: str, module: nn.Module, groups: ParamGroups, recipe: Recipe, per_epoch: int,
+                 ctx: Context, stop_hint: str = "") -> None:
+        self.name, self.recipe, self.ctx, self.stop_hint = name, recipe, ctx, stop_hint
+        self.module = module
+        self.model = distributed(module, ctx.device, ctx.ddp, recipe.engine.sync_bn)  # what the loss calls
+        self.optimizer = build_optimizer(groups, recipe.optim)
+        self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.per_epoch = per_epoch
+        self.total = total_steps(per_epoch, recipe.schedule)
+        self.amp = amp_dtype(ctx.device, recipe.engine.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
+        self.step = 0
+        self.last: dict[str, float] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = state["step"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+
+    def run(self, batches: Callable[[int, int], Iterable[Any]], loss: Loss,
+            on_step: Callable[[int], None] | None = None) -> dict[str, float]:
+        """Train until the schedule's last step; `on_step(step)` after every step (checkpoints). Returns the
+        last step's logged values (global means under DDP)."""
+        every = self.recipe.engine.log_every
+        with progress_bar(self.name, self.total, self.ctx.show) as advance:
+            advance(self.step)
+            while self.step < self.total:
+                epoch, start = divmod(self.step, self.per_epoch)
+                for batch in batches(epoch, start):
+                    tick = time.time()
+                    out = self._step(batch, loss)
+                    self.step += 1
+                    if out is not None:
+                        self.last = out
+                        if self.step % every == 0 or self.step == self.total:
+                            rate = self.recipe.data.batch_size / max(1e-9, time.time() - tick)
+                            self.ctx.log.write(self.step, {**out, "lr": self.optimizer.param_groups[0]["lr"],
+                                                           "images_per_s": rate})
+                    if on_step is not None:
+                        on_step(self.step)
+                    advance(1, " ".join(f"{k} {v:.3f}" for k, v in self.last.items()))
+                    if self.step >= self.total:
+                        break
+        return self.last
+
+    def _step(self, batch: Any, loss: Loss) -> dict[str, float] | None:
+        r = self.recipe
+        set_lr(self.optimizer, lr_at(self.step, self.per_epoch, r.optim.lr, r.schedule))
+        with autocast(self.ctx.device, self.amp):
+            out = loss(self.model, batch, self.step)
+        if out is None:
+            return None
+        value = out["loss"]
+        if not torch.isfinite(value.detach()):
+            raise NonFiniteLoss(f"{self.name}: loss became {value.item()} at step {self.step + 1}; stopped. "
+                                f"{self.stop_hint or 'Try a lower optim.lr or set optim.grad_clip'}")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(value).backward()
+        if r.optim.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.params, r.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        logged = torch.stack([v.detach().float() for v in out.values()])
+        if self.ctx.ddp.enabled:  # log the global mean, not this rank's share
+            dist.all_reduce(logged)
+            logged /= self.ctx.ddp.world
+        return dict(zip(out, logged.tolist()))

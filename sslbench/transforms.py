@@ -1,0 +1,209 @@
+"""Image transforms shared by the tasks and the protocols: normalisation, gray, sRGB <-> CIE Lab, crops, and
+cutting windows (patches, tiles) out of a batch.
+
+Every function takes and returns batched tensors ([N,C,H,W], uint8 or float) and draws its randomness from
+the generator it is given. The transforms a trunk can expect at transfer time are *named*
+(`TRANSFER_INPUTS`): a checkpoint records the name its pretext task fed the trunk with, and a protocol
+resolves it here, without importing the task.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sslbench.registry import Registry
+
+# ImageNet statistics: the papers' trunks were all trained on ImageNet-normalised inputs.
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+MEAN_PIXEL = (MEAN.view(3) * 255.0).round().to(torch.uint8)  # the mean colour: 0 after normalisation
+LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601 luma, what PIL's convert('L') uses
+GRID = 3  # the 3x3 grid of Context Prediction's patches and of Jigsaw's tiles; cell c at row c // 3, column c % 3
+
+
+# ---------------------------------------------------------------- normalisation, gray
+
+
+def normalize(images: Tensor) -> Tensor:
+    """uint8 [N,3,H,W] -> float, ImageNet mean/std normalised."""
+    return (images.float() / 255.0 - MEAN.to(images.device)) / STD.to(images.device)
+
+
+def luma(rgb: Tensor) -> Tensor:
+    """RGB [...,3,H,W] (any scale) -> luma [...,1,H,W] in the same scale."""
+    return (rgb * LUMA.to(rgb.device, rgb.dtype).view(3, 1, 1)).sum(-3, keepdim=True)
+
+
+def gray_input(images: Tensor) -> Tensor:
+    """uint8 RGB [N,3,H,W] -> one normalised luminance channel [N,1,H,W], for 1-channel trunks of unknown origin."""
+    return (luma(images.float() / 255.0) - 0.45) / 0.25
+
+
+def standardize_(x: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """In place: zero mean, unit std over `dims` (a constant region stays at zero instead of dividing by zero).
+
+    In place because a batch of 64 px tiles is ~100 MB: a fresh tensor per step costs more than the math."""
+    x.sub_(x.mean(dims, keepdim=True))
+    count = math.prod(x.shape[d] for d in dims)
+    std = torch.linalg.vector_norm(x, dim=dims, keepdim=True) / math.sqrt(max(1, count - 1))
+    return x.div_(std.clamp_min_(1e-3))
+
+
+# ---------------------------------------------------------------- crops and windows
+
+
+def random_crop_flip(images: Tensor, pad: int, flip: bool, generator: torch.Generator) -> Tensor:
+    """Per-image random crop after zero-padding by `pad`, and a random horizontal flip (CIFAR style)."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad)) if pad else images
+    ys = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    xs = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    flips = (torch.rand(n, generator=generator) < 0.5) & flip
+    out = torch.empty_like(images)
+    for i in range(n):
+        crop = padded[i, :, ys[i] : ys[i] + h, xs[i] : xs[i] + w]
+        out[i] = crop.flip(-1) if flips[i] else crop
+    return out
+
+
+def cut_windows(images: Tensor, rows: Tensor, cols: Tensor, size: int, channels: Tensor | None = None) -> Tensor:
+    """Square `size` px windows of images [N,C,H,W] with top-left corners (rows, cols):
+
+    - rows, cols [N,K]: every channel of window k of image n -> [N,K,C,size,size];
+    - rows, cols [N,K,C]: channel c of window k at its own corner (per-channel jitter) -> [N,K,C,size,size];
+    - rows, cols [N,K] and channels [N,K]: only that channel of each window -> [N,K,1,size,size].
+
+    One gather over the view of every window (no copy): N*K (or N*K*C) indices, each taking a whole
+    window, instead of one index per pixel.
+    """
+    n, c = images.shape[:2]
+    windows = images.unfold(2, size, 1).unfold(3, size, 1)  # [N, C, H-s+1, W-s+1, s, s], a view
+    image = torch.arange(n, device=images.device).view(n, 1)
+    if channels is not None:
+        return windows[image, channels, rows, cols][:, :, None]
+    if rows.dim() == 2:
+        return windows[image, :, rows, cols]  # advanced indices around a slice: [N, K, C, s, s]
+    channel = torch.arange(c, device=images.device).view(1, 1, c)
+    return windows[image[..., None], channel, rows, cols]
+
+
+# ---------------------------------------------------------------- sRGB <-> CIE Lab (D65)
+
+# sRGB (D65) -> CIE XYZ and the D65 white point, as OpenCV's and skimage's rgb2lab
+RGB_TO_XYZ = torch.tensor([[0.412453, 0.357580, 0.180423],
+                           [0.212671, 0.715160, 0.072169],
+                           [0.019334, 0.119193, 0.950227]])
+WHITE = torch.tensor([0.950456, 1.0, 1.088754])
+_EPSILON, _KAPPA = 0.008856, 7.787  # CIE's (6/29)^3 and 1/3 (29/6)^2, as OpenCV / skimage round them
+
+
+def srgb_to_linear(rgb: Tensor) -> Tensor:
+    """sRGB in [0,1] -> linear RGB (the sRGB transfer curve undone)."""
+    return torch.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(linear: Tensor) -> Tensor:
+    """Linear RGB -> sRGB in [0,1] (the transfer curve applied; out-of-gamut values clipped)."""
+    x = linear.clamp(0.0, 1.0)
+    return torch.where(x <= 0.0031308, x * 12.92, 1.055 * x.pow(1 / 2.4) - 0.055)
+
+
+SRGB8_TO_LINEAR = srgb_to_linear(torch.arange(256, dtype=torch.float64) / 255.0).float()  # one value per uint8 level
+XYZ_TO_WHITE = (RGB_TO_XYZ.double() / WHITE.double()[:, None]).float()  # RGB -> XYZ relative to the D65 white
+F_TO_LAB = torch.tensor([[0.0, 116.0, 0.0], [500.0, -500.0, 0.0], [0.0, 200.0, -200.0]])  # (fx, fy, fz) -> L+16, a, b
+
+
+def _channel_matmul(m: Tensor, x: Tensor, out: Tensor | None = None) -> Tensor:
+    """[3,3] matrix applied to the channel dim (-3) of x [...,3,H,W]: one broadcast matmul, no permuted copies."""
+    flat = x.reshape(-1, 3, x.shape[-2] * x.shape[-1])
+    if out is None:
+        return (m.to(x.device, x.dtype) @ flat).view(x.shape)
+    torch.matmul(m.to(x.device, x.dtype), flat, out=out.view(flat.shape))
+    return out
+
+
+def _linear_to_lab(linear: Tensor, out: Tensor | None = None) -> Tensor:
+    xyz = _channel_matmul(XYZ_TO_WHITE, linear)
+    f = torch.where(xyz > _EPSILON, xyz.clamp_min(1e-12).pow_(1 / 3), xyz * _KAPPA + 16 / 116)
+    lab = _channel_matmul(F_TO_LAB, f, out)
+    lab.select(-3, 0).sub_(16.0)
+    return lab
+
+
+def rgb_to_lab(rgb: Tensor) -> Tensor:
+    """sRGB in [0,1], channels at dim -3 -> CIE Lab (D65): L in [0,100], a and b roughly in [-110,110]."""
+    return _linear_to_lab(srgb_to_linear(rgb))
+
+
+def lab_to_rgb(lab: Tensor) -> Tensor:
+    """CIE Lab (D65), channels at dim -3 -> sRGB in [0,1] (the inverse of rgb_to_lab; out of gamut clipped)."""
+    lightness, a, b = lab.unbind(-3)
+    fy = (lightness + 16.0) / 116.0
+    f = torch.stack([fy + a / 500.0, fy, fy - b / 200.0], dim=-3)
+    xyz = torch.where(f > _EPSILON ** (1 / 3), f.pow(3), (f - 16 / 116) / _KAPPA)
+    linear = _channel_matmul(torch.linalg.inv(XYZ_TO_WHITE.double()).float(), xyz)
+    return linear_to_srgb(linear)
+
+
+LAB_CHUNK = 1 << 17  # values per chunk of rgb8_to_lab: its ~10 temporaries stay in the CPU's L2 cache
+
+
+def rgb8_to_lab(rgb8: Tensor) -> Tensor:
+    """uint8 sRGB [...,3,H,W] -> Lab as `rgb_to_lab(rgb8 / 255)`.
+
+    The transfer curve is a 256-entry table lookup (its pow 2.4 was a third of a Damaged-Jigsaw batch), and
+    the images go through in chunks of about LAB_CHUNK values: a whole batch's temporaries (57 MB each at
+    128 x 9 tiles of 64 px) stream through memory once per elementwise op, a chunk's stay in cache (2.5x).
+    """
+    flat = rgb8.reshape(-1, *rgb8.shape[-3:])
+    out = torch.empty(flat.shape, dtype=torch.float32, device=rgb8.device)
+    rows = max(1, LAB_CHUNK // flat[0].numel()) if rgb8.device.type == "cpu" else len(flat)
+    table = SRGB8_TO_LINEAR.to(rgb8.device)
+    for start in range(0, len(flat), rows):
+        part = flat[start : start + rows]
+        _linear_to_lab(table.index_select(0, part.flatten().long()).view(part.shape), out[start : start + rows])
+    return out.view(rgb8.shape)
+
+
+# ---------------------------------------------------------------- named transfer inputs
+
+TransferInput = Callable[[Tensor], Tensor]  # uint8 images [N,3,H,W] -> the trunk's float input
+TRANSFER_INPUTS: Registry[TransferInput] = Registry(
+    "transfer input",
+    "uint8 RGB images [N,3,H,W] -> what a trunk saw in pretraining; a checkpoint records the name.",
+)
+
+
+@TRANSFER_INPUTS.register("imagenet")
+def imagenet_input(images: Tensor) -> Tensor:
+    """ImageNet mean/std normalisation of the RGB image (RotNet, Context, Context Encoders, random init)."""
+    return normalize(images)
+
+
+@TRANSFER_INPUTS.register("per-image-std")
+def per_image_std_input(images: Tensor) -> Tensor:
+    """RGB in [0,1] normalised by the image's own mean and std (Jigsaw's per-tile normalisation, per image)."""
+    return standardize_(images.float().div_(255.0), (1, 2, 3))
+
+
+@TRANSFER_INPUTS.register("lab-l-std")
+def lab_lightness_input(images: Tensor) -> Tensor:
+    """The L channel of CIE Lab, normalised by the image's own mean and std (Damaged Jigsaw's gray tiles)."""
+    lab = rgb8_to_lab(images) if images.dtype == torch.uint8 else rgb_to_lab(images.float() / 255.0)
+    return standardize_(lab[:, :1].contiguous(), (1, 2, 3))
+
+
+@TRANSFER_INPUTS.register("gray")
+def gray_transfer_input(images: Tensor) -> Tensor:
+    """Normalised luma, one channel (a 1-channel trunk whose pretext task is unknown)."""
+    return gray_input(images)
+
+
+def default_transfer_input(in_channels: int) -> str:
+    """The transform of a trunk with no recorded one (random init, a plain state dict): by its input channels."""
+    return "imagenet" if in_channels == 3 else "gray"
