@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 
 from sslbench.backbones.base import build_backbone
-from sslbench.recipes import load_recipe
 from sslbench.data.synthetic import embedded_images
+from sslbench.recipes import load_recipe
 from sslbench.registry import TASKS
 from sslbench.tasks.context import NEIGHBOURS, ContextPrediction
 from timing import pretrain_rate as training_rate

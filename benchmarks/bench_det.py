@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from sslbench.checkpoint import TrunkSpec, load_trunk
-from sslbench.recipes import load_recipe
 from sslbench.data.build import build_dataset
 from sslbench.protocols import _proposals as rp
 from sslbench.protocols import voc_det as vd
+from sslbench.recipes import load_recipe
 
 
 def timed(fn: Callable[[], object], repeat: int) -> tuple[float, float]:

@@ -24,11 +24,11 @@ from scipy.ndimage import binary_dilation
 
 from sslbench.backbones.base import build_backbone
 from sslbench.config import Recipe
-from sslbench.recipes import load_recipe
 from sslbench.data.synthetic import embedded_images
+from sslbench.recipes import load_recipe
 from sslbench.registry import TASKS
-from sslbench.transforms import MEAN, STD
 from sslbench.tasks.inpainting import MAX_BLOCKS, Inpainting, silhouette_bank
+from sslbench.transforms import MEAN, STD
 from timing import pretrain_rate
 
 MASKS = {"central": ["task.mask=central"], "random-blocks": ["task.mask=random-blocks"],

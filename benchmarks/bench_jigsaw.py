@@ -22,10 +22,10 @@ import torch
 from PIL import Image, ImageCms
 
 from sslbench.backbones.base import build_backbone
+from sslbench.data.synthetic import embedded_images
 from sslbench.recipes import load_recipe
 from sslbench.registry import TASKS
 from sslbench.transforms import GRID
-from sslbench.data.synthetic import embedded_images
 from timing import pretrain_rate
 
 GRAY_P = 0.3

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from sslbench.backbones.base import build_backbone
-from sslbench.recipes import load_recipe
 from sslbench.data.synthetic import embedded_images
+from sslbench.recipes import load_recipe
 from sslbench.registry import TASKS
 from sslbench.transforms import normalize
 from timing import pretrain_rate

@@ -23,12 +23,12 @@ from threadpoolctl import threadpool_limits
 
 from sslbench.checkpoint import TrunkSpec, load_trunk
 from sslbench.config import DataConfig
-from sslbench.recipes import load_recipe
 from sslbench.data.build import build_dataset
 from sslbench.data.datasets import collate_skip_corrupt
 from sslbench.metrics import multilabel_map
 from sslbench.protocols._probing import FrozenFeatures, PoolSpec
 from sslbench.protocols.voc_svm import GOYAL_COSTS, l2_normalise
+from sslbench.recipes import load_recipe
 from sslbench.svm import fit_one_vs_rest
 
 

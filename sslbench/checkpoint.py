@@ -10,9 +10,10 @@ the protocol recipe's. The input transform a trunk expects is the name its check
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -43,7 +44,8 @@ class TrunkSpec:
             return cls("random")
         if text.startswith(cls.RANDOM_LIKE):
             if not text[len(cls.RANDOM_LIKE):]:
-                raise UserError("--checkpoint random: needs a checkpoint after the colon (random:runs/<task>-*/checkpoint.pt)")
+                raise UserError("--checkpoint random: needs a checkpoint after the colon "
+                                "(random:runs/<task>-*/checkpoint.pt)")
             return cls("random-like", text[len(cls.RANDOM_LIKE):])
         return cls("file", text)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -20,16 +19,18 @@ app = typer.Typer(
 data_app = typer.Typer(no_args_is_help=True, help="The embedded data set and real data sets on disk.")
 app.add_typer(data_app, name="data")
 
-ScaleOpt = typer.Option("mini", "--scale", help="mini (embedded data, CPU minutes) or paper (real data, papers' schedules).")
+ScaleOpt = typer.Option("mini", "--scale",
+                        help="mini (embedded data, CPU minutes) or paper (real data, papers' schedules).")
 RecipeOpt = typer.Option("", "--recipe", help="Recipe flavour: recipes/<name>/<scale>-<flavour>.toml (e.g. alexnet).")
-DataOpt = typer.Option(None, "--data", help="NAME=PATH of a real data set, e.g. voc2007=/data/VOCdevkit (default: embedded).")
+DataOpt = typer.Option(None, "--data",
+                       help="NAME=PATH of a real data set, e.g. voc2007=/data/VOCdevkit (default: embedded).")
 SetOpt = typer.Option(None, "--set", help="Recipe override key=value, repeatable (e.g. optim.lr=0.005).")
 DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda.")
 SeedOpt = typer.Option(None, "--seed", help="Override the recipe's seed.")
 RunsOpt = typer.Option(Path("runs"), "--runs", help="Directory of run folders and results.sqlite.")
 
 
-def _data(items: Optional[list[str]]) -> dict[str, str] | None:
+def _data(items: list[str] | None) -> dict[str, str] | None:
     if not items:
         return None
     out = {}
@@ -45,10 +46,11 @@ def _data(items: Optional[list[str]]) -> dict[str, str] | None:
 @app.command()
 def pretrain(
     task: str = typer.Argument(..., help="Pretext task (sslbench list tasks)."),
-    scale: str = ScaleOpt, recipe: str = RecipeOpt, data: Optional[list[str]] = DataOpt,
-    set_: Optional[list[str]] = SetOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
+    scale: str = ScaleOpt, recipe: str = RecipeOpt, data: list[str] | None = DataOpt,
+    set_: list[str] | None = SetOpt, device: str = DeviceOpt, seed: int | None = SeedOpt,
     runs: Path = RunsOpt,
-    resume: bool = typer.Option(False, "--resume", help="Continue the latest unfinished run of this task from its checkpoint."),
+    resume: bool = typer.Option(False, "--resume",
+                                help="Continue the latest unfinished run of this task from its checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Pretrain a network on a pretext task; writes runs/<task>-<time>/ (checkpoint.pt, metrics, TensorBoard).
@@ -68,11 +70,14 @@ def pretrain(
 @app.command("eval")
 def eval_(
     protocol: str = typer.Option(..., "--protocol", help="Transfer protocol (sslbench list protocols)."),
-    checkpoint: str = typer.Option(..., "--checkpoint", help="runs/<task>-*/checkpoint.pt, a state dict, 'random' (the recipe's backbone), or random:CKPT (CKPT's architecture, freshly initialised)."),
-    scale: str = ScaleOpt, recipe: str = RecipeOpt, data: Optional[list[str]] = DataOpt,
-    set_: Optional[list[str]] = SetOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt,
+    checkpoint: str = typer.Option(..., "--checkpoint",
+                                   help="runs/<task>-*/checkpoint.pt, a state dict, 'random' (the recipe's backbone), "
+                                        "or random:CKPT (CKPT's architecture, freshly initialised)."),
+    scale: str = ScaleOpt, recipe: str = RecipeOpt, data: list[str] | None = DataOpt,
+    set_: list[str] | None = SetOpt, device: str = DeviceOpt, seed: int | None = SeedOpt,
     runs: Path = RunsOpt, quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
-    init: str = typer.Option("default", "--init", help="default, or rescale: Kraehenbuehl et al.'s data-dependent rescaling first."),
+    init: str = typer.Option("default", "--init",
+                             help="default, or rescale: Kraehenbuehl et al.'s data-dependent rescaling first."),
 ) -> None:
     """Evaluate a checkpoint (or random init) with a transfer protocol; the numbers go to runs/results.sqlite.
 
@@ -84,7 +89,8 @@ def eval_(
     r = load_recipe("protocol", protocol, scale, set_ or [], _data(data), seed, flavour=recipe)
     out = evaluate(r, checkpoint, runs, device, progress=not quiet, argv=sys.argv, init=init)
     values = " ".join(f"{k.split('/', 1)[1]} {v:.2f}" for k, v in out.metrics.items())
-    typer.echo(f"eval {protocol} on {out.provenance.method} [{out.provenance.backbone}]: {values} ({out.wall_time:.0f} s)")
+    prov = out.provenance
+    typer.echo(f"eval {protocol} on {prov.method} [{prov.backbone}]: {values} ({out.wall_time:.0f} s)")
 
 
 @app.command()
@@ -92,7 +98,7 @@ def table(
     name: str = typer.Argument(..., help="Table or group (sslbench list tables)."),
     fmt: str = typer.Option("rich", "--format", help="rich, markdown, latex, csv, json or html."),
     runs: Path = RunsOpt,
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw accuracy by layer to this PNG (probe tables)."),
+    plot: Path | None = typer.Option(None, "--plot", help="Also draw accuracy by layer to this PNG (probe tables)."),
 ) -> None:
     """Print a table of the deck: the paper's rows verbatim, then sslbench's rows from the results store.
 
@@ -101,7 +107,7 @@ def table(
     _print_tables(name, fmt, runs, plot)
 
 
-def _print_tables(name: str, fmt: str, runs: Path, plot: Optional[Path]) -> None:
+def _print_tables(name: str, fmt: str, runs: Path, plot: Path | None) -> None:
     from sslbench import report
     from sslbench.results import ResultStore
     from sslbench.tables import load_table, resolve
@@ -129,7 +135,7 @@ def _print_tables(name: str, fmt: str, runs: Path, plot: Optional[Path]) -> None
             report.plot(t, store, plot)  # raises the one-line error for non-probe tables
 
 
-def _seeds(text: Optional[str], seed: Optional[int]) -> tuple[int, ...]:
+def _seeds(text: str | None, seed: int | None) -> tuple[int, ...]:
     if text is None:
         return ()
     if seed is not None:
@@ -146,20 +152,21 @@ def _seeds(text: Optional[str], seed: Optional[int]) -> tuple[int, ...]:
 @app.command()
 def reproduce(
     name: str = typer.Argument(..., help="Table or group (sslbench list tables)."),
-    scale: str = ScaleOpt, device: str = DeviceOpt, seed: Optional[int] = SeedOpt, runs: Path = RunsOpt,
-    data: Optional[list[str]] = DataOpt,
-    seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds, e.g. 0,1,2: everything runs once "
+    scale: str = ScaleOpt, device: str = DeviceOpt, seed: int | None = SeedOpt, runs: Path = RunsOpt,
+    data: list[str] | None = DataOpt,
+    seeds: str | None = typer.Option(None, "--seeds", help="Comma-separated seeds, e.g. 0,1,2: everything runs once "
                                         "per seed and the tables print mean ± sd."),
     force: bool = typer.Option(False, "--force", help="Run everything again instead of reusing the store's results."),
     fmt: str = typer.Option("rich", "--format", help="Output format of the tables."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the probe tables to this PNG."),
+    plot: Path | None = typer.Option(None, "--plot", help="Also draw the probe tables to this PNG."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Run (or reuse) every pretraining and evaluation a table needs, then print it.
 
     Example: [bold]sslbench reproduce rotations[/bold]  (mini scale: about 4 minutes on a 2-core CPU)
     """
-    from sslbench.reproduce import Options, reproduce as run
+    from sslbench.reproduce import Options
+    from sslbench.reproduce import reproduce as run
 
     seed_list = _seeds(seeds, seed)
     names, summary = run(name, Options(scale, runs, device, seed, force, _data(data), not quiet, sys.argv, seed_list))
@@ -174,7 +181,9 @@ def reproduce(
 
 
 @app.command("list")
-def list_(what: str = typer.Argument(..., help="tasks, protocols, tables, recipes, backbones, datasets or layouts.")) -> None:
+def list_(
+    what: str = typer.Argument(..., help="tasks, protocols, tables, recipes, backbones, datasets or layouts."),
+) -> None:
     """List what is registered.
 
     Example: [bold]sslbench list tasks[/bold]

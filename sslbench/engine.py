@@ -9,9 +9,10 @@ checkpoint, and the global RNG states (dropout) are saved with every checkpoint.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -28,11 +29,20 @@ from sslbench.results import PretrainRow, default_store, now_iso
 from sslbench.runlog import MetricLogger
 from sslbench.runs import CHECKPOINT, record_run, shared_run_dir
 from sslbench.runtime import (
-    Dist, atomic_torch_save, close_distributed, code_version, init_distributed, resolve_device, rng_state,
-    seed_everything, set_rng_state, step_generator, write_json,
+    Dist,
+    atomic_torch_save,
+    close_distributed,
+    code_version,
+    init_distributed,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    step_generator,
+    write_json,
 )
-from sslbench.training import Context, Fit, epoch_loader, steps_per_epoch
 from sslbench.tasks.base import PretextTask
+from sslbench.training import Context, Fit, epoch_loader, steps_per_epoch
 
 SETUP_SEED = 104729  # offset of the set-up generator from the recipe's seed: its draws never meet a batch's
 
@@ -96,7 +106,8 @@ class Trainer:
         if self.ctx.ddp.is_main:
             atomic_torch_save(self.state(), path)
             done = self.fit.step >= self.fit.total
-            write_json(self.run_dir / "status.json", {"state": "finished" if done else "running", "step": self.fit.step})
+            status = {"state": "finished" if done else "running", "step": self.fit.step}
+            write_json(self.run_dir / "status.json", status)
         return path
 
     def load(self, path: Path) -> None:
@@ -161,7 +172,8 @@ def _pretrain(recipe: Recipe, runs: Path, device: str, resume: bool, progress: b
         torch.cuda.set_device(dev)
     if recipe.engine.threads:
         torch.set_num_threads(recipe.engine.threads)
-    dataset = build_dataset(recipe.data, recipe.data.train_split, recipe.data.num_images)  # bad data: fail before any files
+    # bad data: fail before any files
+    dataset = build_dataset(recipe.data, recipe.data.train_split, recipe.data.num_images)
     run_dir = shared_run_dir(runs, recipe.name, ddp, resume)
     ctx = Context(dev, ddp, MetricLogger(run_dir, enabled=False), progress)
     trainer = Trainer(recipe, run_dir, ctx, dataset)

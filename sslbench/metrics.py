@@ -85,8 +85,8 @@ def _class_ap(
     pixel_plus_one: bool,
 ) -> float:
     """py-faster-rcnn `voc_eval` for one class."""
-    gts = [(np.asarray(b, np.float64).reshape(-1, 4)[np.asarray(l) == cls], np.asarray(d, bool)[np.asarray(l) == cls])
-           for b, l, d in annotations]
+    gts = [(np.asarray(b, np.float64).reshape(-1, 4)[np.asarray(c) == cls], np.asarray(d, bool)[np.asarray(c) == cls])
+           for b, c, d in annotations]
     npos = sum(int((~difficult).sum()) for _, difficult in gts)
     image, score, box = [np.zeros(0, np.int64)], [np.zeros(0)], [np.zeros((0, 4))]
     for i, (boxes, scores, labels) in enumerate(detections):
@@ -165,7 +165,8 @@ def confusion_matrix(
     """
     pred, target = np.asarray(pred).ravel().astype(np.int64), np.asarray(target).ravel().astype(np.int64)
     if pred.shape != target.shape:
-        raise UserError(f"confusion_matrix: pred has {pred.size} pixels, target {target.size}; pass maps of the same size.")
+        raise UserError(f"confusion_matrix: pred has {pred.size} pixels, target {target.size}; "
+                        "pass maps of the same size.")
     valid = (target >= 0) & (target < num_classes) & (target != ignore_index)
     bad = valid & ((pred < 0) | (pred >= num_classes))
     if bad.any():

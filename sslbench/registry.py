@@ -8,8 +8,9 @@ imports no plugin; `sslbench.plugins.load_all` (the composition root) imports th
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sslbench.errors import UserError
 

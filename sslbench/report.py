@@ -67,7 +67,8 @@ class RowKey:
     @classmethod
     def of(cls, r: ResultRow) -> RowKey:
         p = r.prov
-        return cls(p.method, p.variant, p.init.endswith("+rescale"), p.backbone, p.scale, p.dataset.startswith("embedded"))
+        rescaled, embedded = p.init.endswith("+rescale"), p.dataset.startswith("embedded")
+        return cls(p.method, p.variant, rescaled, p.backbone, p.scale, embedded)
 
     @property
     def name(self) -> str:
@@ -84,7 +85,8 @@ def paper_row(table: Table, key: RowKey) -> Row | None:
     none). None unless exactly one row is left: no Δ rather than a Δ against another setting."""
     rows = [r for r in table.rows if r.method == key.method and r.init == ("rescale" if key.rescaled else "")]
     rows = [r for r in rows if r.variant == key.variant] or [r for r in rows if not r.variant]
-    rows = [r for r in rows if r.backbone and key.backbone.startswith(r.backbone)] or [r for r in rows if not r.backbone]
+    family = [r for r in rows if r.backbone and key.backbone.startswith(r.backbone)]
+    rows = family or [r for r in rows if not r.backbone]
     return rows[0] if len(rows) == 1 else None
 
 
@@ -113,8 +115,10 @@ def _sslbench_row(table: Table, key: RowKey, found: Found, pretrain_time: dict[s
     results = [r for per_seed in found.values() for r in per_seed.values()]
     timed = {r.prov.pretrain_run: r for r in results if r.prov.pretrain_run in pretrain_time}
     if timed:  # the pretraining's wall time fills a "Pretraining time" column (mean over the pretrainings read)
-        found[PRETRAIN_TIME] = {(i, 0): ResultRow("pretrain", PRETRAIN_TIME, pretrain_time[run], 0.0, r.created_at, r.prov)
-                                for i, (run, r) in enumerate(timed.items())}
+        found[PRETRAIN_TIME] = {
+            (i, 0): ResultRow("pretrain", PRETRAIN_TIME, pretrain_time[run], 0.0, r.created_at, r.prov)
+            for i, (run, r) in enumerate(timed.items())
+        }
     paper = paper_row(table, key)
     cells = tuple(_cell(table, c, found.get(c.fills_from), paper.cells[i] if paper else "")
                   for i, c in enumerate(table.columns))
@@ -189,7 +193,8 @@ def render(table: Table, store: ResultStore | None, fmt: str) -> str:
 
 
 def _footnotes(table: Table, rows: list[Row]) -> list[str]:
-    notes = [f"Paper: {table.paper}, {table.venue}, {table.paper_table}." + (f" {table.caption}" if table.caption else "")]
+    caption = f" {table.caption}" if table.caption else ""
+    notes = [f"Paper: {table.paper}, {table.venue}, {table.paper_table}." + caption]
     notes += [r.note for r in rows if r.note]
     missing = missing_tasks(table) + missing_columns(table)
     if missing:
@@ -256,7 +261,8 @@ def _tex_cell(text: str, mark: str) -> str:
 
 def to_latex(table: Table, rows: list[Row]) -> str:
     n = len(table.columns)
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(table.title)} ({latex_escape(table.name)})}}",
+    caption = rf"\caption{{{latex_escape(table.title)} ({latex_escape(table.name)})}}"
+    lines = [r"\begin{table}[t]", r"\centering", caption,
              rf"\begin{{tabular}}{{l{'c' * n}}}", r"\toprule"]
     for level, header in enumerate(_header_rows(table)):
         if level < table.levels - 1:  # group level: merge runs of equal names into \multicolumn
@@ -266,7 +272,8 @@ def to_latex(table: Table, rows: list[Row]) -> str:
                 while j + 1 < len(header) and header[j + 1] == header[i]:
                     j += 1
                 span = j - i + 1
-                cells.append(rf"\multicolumn{{{span}}}{{c}}{{{latex_escape(header[i])}}}" if span > 1 else latex_escape(header[i]))
+                text = latex_escape(header[i])
+                cells.append(rf"\multicolumn{{{span}}}{{c}}{{{text}}}" if span > 1 else text)
                 i = j + 1
             lines.append(" & ".join(cells) + r" \\")
         else:
@@ -357,16 +364,17 @@ def to_text(table: Table, rows: list[Row]) -> str:
 
 
 def rich_table(table: Table, rows: list[Row]):  # noqa: ANN201 - rich.table.Table
-    from rich.table import Table as RichTable
-
     from rich.markup import escape
+    from rich.table import Table as RichTable
 
     title = f"{table.name}: {table.title} ({table.venue}" + (f", {table.paper_table})" if table.paper_table else ")")
     t = RichTable(title=escape(title), title_justify="left", show_lines=False)
     headers = _header_rows(table)
     for i in range(len(headers[0])):
         text = "\n".join(h[i] for h in headers)
-        t.add_column(escape(text), justify="left" if i == 0 else "right", no_wrap=i > 0, min_width=24 if i == 0 else None)
+        first = i == 0
+        t.add_column(escape(text), justify="left" if first else "right", no_wrap=not first,
+                     min_width=24 if first else None)
     for r in rows:
         if first_sslbench(rows, r):
             t.add_section()
@@ -382,7 +390,9 @@ def _rich_cell(text: str, mark: str) -> str:
     from rich.markup import escape
 
     t = escape(text)
-    return f"[bold]{t}[/bold]" if mark == "bold" and t else f"[underline]{t}[/underline]" if mark == "underline" and t else t
+    if not t or mark not in ("bold", "underline"):
+        return t
+    return f"[{mark}]{t}[/{mark}]"
 
 
 # ---------------------------------------------------------------- plots

@@ -125,7 +125,7 @@ def _pretrained(task: str, flavour: str, overrides: tuple[str, ...], opts: Optio
 def _evaluated(store: ResultStore, protocol: str, key: str, checkpoint: str, init: str) -> bool:
     rescaled = init == "rescale"
     for row in store.results(protocol + "/"):
-        if (row.protocol == protocol and row.prov.checkpoint == checkpoint and row.prov.init.endswith("+rescale") == rescaled
-                and recipe_key(row.prov.recipe) == key):
+        same_run = row.protocol == protocol and row.prov.checkpoint == checkpoint
+        if same_run and row.prov.init.endswith("+rescale") == rescaled and recipe_key(row.prov.recipe) == key:
             return True
     return False

@@ -18,8 +18,8 @@ the within-layer step only moves their biases and the between-layer step only th
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -58,7 +58,8 @@ def _scale_output(layer: nn.Module, bn: nn.Module | None, weight_factor: Tensor,
 @contextmanager
 def _capture(layer: nn.Module) -> Iterator[list[Tensor]]:
     seen: list[Tensor] = []
-    handle = layer.register_forward_hook(lambda _m, _i, out: seen.append(out.detach().clone()))  # clone: an in-place ReLU follows
+    # clone: an in-place ReLU follows
+    handle = layer.register_forward_hook(lambda _m, _i, out: seen.append(out.detach().clone()))
     try:
         yield seen
     finally:
@@ -92,7 +93,7 @@ def change_rates(backbone: Backbone, images: Tensor, taps: tuple[str, ...], samp
         out = backbone(images, taps=taps)[taps[-1]]
         direction = torch.randn(out.shape, generator=gen)
         (out * direction).sum().backward()
-        total += torch.stack([l.weight.grad.pow(2).sum() / l.weight.detach().pow(2).sum() for l in layers])
+        total += torch.stack([m.weight.grad.pow(2).sum() / m.weight.detach().pow(2).sum() for m in layers])
     backbone.zero_grad(set_to_none=True)
     return total / samples
 
@@ -114,7 +115,8 @@ def scale_layers(backbone: Backbone, taps: tuple[str, ...], r: Tensor) -> None:
             last.bias.div_(carry)
 
 
-def between_layer(backbone: Backbone, images: Tensor, taps: tuple[str, ...], iterations: int = 10, alpha: float = 0.25) -> Tensor:
+def between_layer(backbone: Backbone, images: Tensor, taps: tuple[str, ...], iterations: int = 10,
+                  alpha: float = 0.25) -> Tensor:
     """Equalise the layers' change rates by r_k = (C_k / mean C)^(alpha / 2), iterated; returns the final C_k."""
     for it in range(iterations):
         c = change_rates(backbone, images, taps, seed=it)

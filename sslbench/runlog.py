@@ -15,8 +15,9 @@ class MetricLogger:
             return
         self.path = run_dir / "metrics.jsonl"
         if purge_step is not None and self.path.exists():  # resumed: drop lines past the checkpoint
-            kept = [l for l in self.path.read_text().splitlines() if json.loads(l).get("step", 0) <= purge_step]
-            self.path.write_text("".join(l + "\n" for l in kept))
+            lines = self.path.read_text().splitlines()
+            kept = [line for line in lines if json.loads(line).get("step", 0) <= purge_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
         self.file = self.path.open("a")
         from torch.utils.tensorboard import SummaryWriter
 

@@ -72,7 +72,8 @@ class EvalSpec:
     set: tuple[str, ...] = ()  # recipe overrides, as --set takes them
 
     def describe(self) -> str:
-        return self.protocol + (f"[{self.flavour}]" if self.flavour else "") + (f" {' '.join(self.set)}" if self.set else "")
+        flavour = f"[{self.flavour}]" if self.flavour else ""
+        return self.protocol + flavour + (f" {' '.join(self.set)}" if self.set else "")
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,8 @@ def check_table(t: Table, where: str, name: str) -> None:
     labels = [r.label for r in t.rows]
     for i, r in enumerate(t.rows):
         if len(r.cells) != len(t.columns) or (r.marks and len(r.marks) != len(r.cells)):
-            fail(f"rows[{i}]", f"{r.label!r} has {len(r.cells)} cells and {len(r.marks)} marks for {len(t.columns)} columns")
+            fail(f"rows[{i}]", f"{r.label!r} has {len(r.cells)} cells and {len(r.marks)} marks "
+                               f"for {len(t.columns)} columns")
         bad = [m for m in (r.label_mark, *r.marks) if m not in MARKS]
         if bad:
             fail(f"rows[{i}].marks", f"{bad[0]!r}; valid: {', '.join(repr(m) for m in MARKS)}")

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -166,7 +167,8 @@ def epoch_loader(ds: Dataset, global_batch: int, seed: int, epoch: int, ddp: Dis
                       generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
 
 
-def shard_loader(ds: Dataset, batch: int, ddp: Dist, collate: Callable[[list[Any]], Any], workers: int = 0) -> DataLoader:
+def shard_loader(ds: Dataset, batch: int, ddp: Dist, collate: Callable[[list[Any]], Any],
+                 workers: int = 0) -> DataLoader:
     """The evaluation loader: (indices, batch) of this rank's strided shard (items r, r+W, r+2W, ...), in order."""
     indices = list(range(ddp.rank, len(ds), ddp.world))  # type: ignore[arg-type]
     batches = [indices[i : i + batch] for i in range(0, len(indices), batch)]
@@ -210,7 +212,7 @@ def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:
     return torch.float16 if amp == "fp16" else torch.bfloat16
 
 
-def autocast(device: torch.device, amp: str | torch.dtype | None) -> ContextManager[Any]:
+def autocast(device: torch.device, amp: str | torch.dtype | None) -> AbstractContextManager[Any]:
     dtype = amp if isinstance(amp, torch.dtype) or amp is None else amp_dtype(device, amp)
     return torch.autocast("cuda", dtype=dtype) if dtype is not None and device.type == "cuda" else nullcontext()
 
@@ -271,7 +273,8 @@ def global_batchnorm(module: nn.Module) -> nn.Module:
     """`module` with every BatchNorm replaced by a GlobalBatchNorm sharing its parameters and buffers."""
     out = module
     if isinstance(module, _BatchNorm) and not isinstance(module, GlobalBatchNorm):
-        out = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        out = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                              module.track_running_stats)
         if module.affine:
             out.weight, out.bias = module.weight, module.bias
         out.running_mean, out.running_var = module.running_mean, module.running_var

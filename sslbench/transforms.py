@@ -10,7 +10,7 @@ resolves it here, without importing the task.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

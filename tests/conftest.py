@@ -7,8 +7,8 @@ import os
 import pytest
 import torch
 
-from sslbench.recipes import load_recipe
 from sslbench.plugins import load_all
+from sslbench.recipes import load_recipe
 
 load_all()
 torch.set_num_threads(2)

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from sslbench.checkpoint import TrunkSpec, load_trunk
+from sslbench.engine import pretrain
 from sslbench.errors import UserError
 from sslbench.recipes import load_recipe
-from sslbench.engine import pretrain
 from tests.conftest import tiny_alexnet, tiny_pretrain
 
 

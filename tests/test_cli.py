@@ -16,7 +16,7 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 def _error_line(p: subprocess.CompletedProcess) -> str:
     assert p.returncode == 1, (p.stdout, p.stderr)
-    lines = [l for l in p.stderr.splitlines() if l.strip()]
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, p.stderr
     assert lines[0].startswith("error: ")
     return lines[0]

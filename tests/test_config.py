@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sslbench.config import recipe_from_json, recipe_key
-from sslbench.recipes import list_recipes, load_recipe, recipes_dir
 from sslbench.errors import UserError
+from sslbench.recipes import list_recipes, load_recipe, recipes_dir
 
 
 def _split(rel: str) -> tuple[str, str, str, str]:

@@ -11,14 +11,23 @@ import torch
 import torch.nn.functional as F
 
 from sslbench.backbones.alexnet import AlexNet, AlexNetConfig
-from sslbench.backbones.nin import NIN, NINConfig
 from sslbench.backbones.base import build_backbone
+from sslbench.backbones.nin import NIN, NINConfig
 from sslbench.config import build
-from sslbench.recipes import load_recipe
 from sslbench.errors import UserError
+from sslbench.recipes import load_recipe
 from sslbench.tasks.context import (
-    NEIGHBOURS, ContextConfig, ContextPrediction, downsample, downsample_sides, drop_colors,
-    grid_positions, neighbour_pairs, normalize_patches, project_out_green_magenta, row_std,
+    NEIGHBOURS,
+    ContextConfig,
+    ContextPrediction,
+    downsample,
+    downsample_sides,
+    drop_colors,
+    grid_positions,
+    neighbour_pairs,
+    normalize_patches,
+    project_out_green_magenta,
+    row_std,
 )
 from tests.conftest import fit_losses
 

@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from sslbench.backbones.base import build_backbone
-from sslbench.recipes import load_recipe
 from sslbench.data.synthetic import embedded_images
-from sslbench.training import build_optimizer
 from sslbench.errors import UserError
+from sslbench.recipes import load_recipe
 from sslbench.registry import TASKS
 from sslbench.tasks.damaged_jigsaw import AB_SCALE
+from sslbench.training import build_optimizer
 from sslbench.transforms import TRANSFER_INPUTS
-from tests.test_transforms import cv2_lab
 from tests.conftest import fit_losses
+from tests.test_transforms import cv2_lab
 
 TINY_NET = ["backbone.width=0.125", "backbone.fc_dim=32", "backbone.conv1_stride=1", "task.fc7_dim=32",
             "backbone.image_size=24", "task.tile=24", "task.num_permutations=20", "task.decoder_channels=8"]

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from sslbench.engine import pretrain
-from sslbench.training import EpochBatches, lr_at
 from sslbench.config import ScheduleConfig
+from sslbench.engine import pretrain
 from sslbench.errors import UserError
 from sslbench.runtime import Dist
+from sslbench.training import EpochBatches, lr_at
 from tests.conftest import tiny_alexnet, tiny_pretrain
 
 
@@ -69,8 +69,8 @@ def test_run_directory_records_recipe_metrics_and_tensorboard(tmp_path: Path) ->
     meta = json.loads((d / "meta.json").read_text())
     assert recipe["task"]["name"] == "rotation" and recipe["data"]["num_images"] == 48
     assert meta["command"] == "sslbench pretrain rotation" and meta["version"].startswith("0.1.0+g")
-    lines = [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
-    assert [l["step"] for l in lines] == [1, 2, 3] and all("loss" in l and "lr" in l for l in lines)
+    lines = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3] and all("loss" in r and "lr" in r for r in lines)
     assert list((d / "tb").glob("events.out.tfevents.*"))
     assert not list(d.glob(".*tmp*")), "temp files left behind"
     from sslbench.results import default_store

@@ -14,13 +14,21 @@ from sslbench.backbones.alexnet import AlexNetConfig
 from sslbench.backbones.base import build_backbone
 from sslbench.data.synthetic import embedded_images
 from sslbench.engine import pretrain
-from sslbench.training import build_optimizer
 from sslbench.errors import UserError
-from sslbench.transforms import MEAN, normalize
 from sslbench.tasks.inpainting import (
-    ChannelwiseFC, Inpainting, InpaintingConfig, blob_holes, block_boxes, boxes_to_holes, central_holes,
-    masked_l2, overlap_band, silhouette_holes,
+    ChannelwiseFC,
+    Inpainting,
+    InpaintingConfig,
+    blob_holes,
+    block_boxes,
+    boxes_to_holes,
+    central_holes,
+    masked_l2,
+    overlap_band,
+    silhouette_holes,
 )
+from sslbench.training import build_optimizer
+from sslbench.transforms import MEAN, normalize
 from tests.conftest import fit_losses, tiny_alexnet, tiny_pretrain
 
 TINY = AlexNetConfig(image_size=32, width=0.125, conv1_stride=1, fc_dim=32)
@@ -228,3 +236,15 @@ def test_a_pretrained_checkpoint_gives_a_png_grid(tmp_path: Path, capsys: pytest
     assert exit_.value.code == 1 and "checkpoint not found" in capsys.readouterr().err
     with pytest.raises(UserError, match="unknown figure 'rotation'"):
         show("rotation", outcome.checkpoint, tmp_path / "y.png")
+
+
+def test_the_generator_trains_at_ten_times_the_discriminators_rate() -> None:
+    """Released train.lua: optimStateG's rate is 10 x opt.lr when the joint loss is used; D's is opt.lr."""
+    joint = tiny_task(adversarial=True)
+    (g, d) = joint.param_groups()
+    disc = {id(p) for p in joint.disc.parameters()}
+    assert g["lr_scale"] == 10.0 and "lr_scale" not in d
+    assert {id(p) for p in d["params"]} == disc and not disc & {id(p) for p in g["params"]}
+    assert {id(p) for p in g["params"]} | disc == {id(p) for p in joint.parameters() if p.requires_grad}
+    (only,) = tiny_task(adversarial=False).param_groups()  # L_rec alone: one group at the recipe's rate
+    assert "lr_scale" not in only

@@ -10,19 +10,22 @@ import pytest
 import torch
 
 from sslbench.backbones.base import build_backbone
-from sslbench.recipes import load_recipe
 from sslbench.data.synthetic import embedded_images
 from sslbench.engine import pretrain
-from sslbench.training import build_optimizer
 from sslbench.errors import UserError
+from sslbench.recipes import load_recipe
 from sslbench.registry import TASKS
-from sslbench.transforms import normalize
 from sslbench.tasks.jigsaw import (
-    all_permutations, hamming_permutation_set, min_hamming_distance, tile_corners,
+    all_permutations,
+    hamming_permutation_set,
+    min_hamming_distance,
+    tile_corners,
 )
+from sslbench.training import build_optimizer
+from sslbench.transforms import normalize
+from tests.conftest import fit_losses
 
 from .conftest import tiny_pretrain
-from tests.conftest import fit_losses
 
 # Small puzzles for tests; the tiny AlexNet runs on 24 px tiles (its smallest size with conv1_stride 1).
 TINY_NET = ["backbone.width=0.125", "backbone.fc_dim=32", "backbone.conv1_stride=1", "task.fc7_dim=32",

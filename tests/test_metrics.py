@@ -11,7 +11,14 @@ import torch
 
 from sslbench.errors import UserError
 from sslbench.metrics import (
-    average_precision, confusion_matrix, mean_ap, mean_iou, multilabel_map, topk_accuracy, voc_ap, voc_eval,
+    average_precision,
+    confusion_matrix,
+    mean_ap,
+    mean_iou,
+    multilabel_map,
+    topk_accuracy,
+    voc_ap,
+    voc_eval,
 )
 
 SEEDS = (0, 1, 2, 3)
@@ -56,11 +63,11 @@ def ref_voc_eval_class(detections, annotations, cls: int, thresh: float, use_07:
     gt = {}
     npos = 0
     for i, (boxes, labels, difficult) in enumerate(annotations):
-        objs = [{"box": list(b), "difficult": bool(d), "taken": False} for b, l, d in zip(boxes, labels, difficult) if l == cls]
+        objs = [{"box": list(b), "difficult": bool(d), "taken": False} for b, c, d in zip(boxes, labels, difficult) if c == cls]
         npos += sum(not o["difficult"] for o in objs)
         gt[i] = objs
     dets = [(float(s), i, list(b)) for i, (boxes, scores, labels) in enumerate(detections)
-            for b, s, l in zip(boxes, scores, labels) if l == cls]
+            for b, s, c in zip(boxes, scores, labels) if c == cls]
     dets = sorted(dets, key=lambda d: -d[0])  # Python's sort is stable: ties keep image order
     tp, fp = [], []
     for _, i, box in dets:

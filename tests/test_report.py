@@ -38,7 +38,7 @@ def _store(tmp_path: Path, dataset: str = "embedded") -> ResultStore:
 def test_markdown_is_a_pipe_table_with_the_right_column_count(name: str, tmp_path: Path) -> None:
     t = tables.load_table(name)
     text = report.render(t, _store(tmp_path), "markdown")
-    rows = [l for l in text.splitlines() if l.startswith("|")]
+    rows = [line for line in text.splitlines() if line.startswith("|")]
     n = len(t.columns) + 1
     assert rows[1] == "|" + "|".join(["---"] * n) + "|"
     for line in rows:

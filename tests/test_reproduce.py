@@ -47,12 +47,9 @@ def _fake_world(monkeypatch, runs: list[dict]) -> tuple[list, list]:  # noqa: AN
     """reproduce over a made-up table, with pretrain / evaluate replaced by recorders (no training)."""
     import types
 
-    import sslbench.engine
-    import sslbench.protocols.base
     import sslbench.reproduce as rp
-
     from sslbench.config import build
-    from sslbench.tables import Reproduce, check_table
+    from sslbench.tables import Reproduce
 
     plan = build(Reproduce, {"runs": runs}, "tables/fake.toml [reproduce]")
     table = types.SimpleNamespace(reproduce=plan)

@@ -19,8 +19,8 @@ def test_within_layer_gives_zero_mean_unit_variance_per_channel() -> None:
     net, x = _net(bn=False), torch.randn(16, 3, 64, 64)
     within_layer(net, x, TAPS)
     for layer, _ in scaled_layers(net, TAPS):
-        seen = []
-        h = layer.register_forward_hook(lambda _m, _i, out: seen.append(out.clone()))
+        seen: list[torch.Tensor] = []
+        h = layer.register_forward_hook(lambda _m, _i, out, seen=seen: seen.append(out.clone()))
         with torch.no_grad():
             net(x, taps=TAPS)
         h.remove()

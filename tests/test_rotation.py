@@ -6,11 +6,11 @@ import numpy as np
 import torch
 
 from sslbench.backbones.base import build_backbone
-from sslbench.recipes import load_recipe
 from sslbench.data.synthetic import embedded_images
-from sslbench.training import build_optimizer
+from sslbench.recipes import load_recipe
 from sslbench.registry import TASKS
 from sslbench.tasks.rotation import rotate_all
+from sslbench.training import build_optimizer
 from tests.conftest import fit_losses
 
 

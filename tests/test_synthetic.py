@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from sslbench.config import DataConfig
 from sslbench.data import synthetic as syn
 from sslbench.data.build import build_dataset
-from sslbench.config import DataConfig
 from sslbench.data.datasets import collate_skip_corrupt
 from sslbench.errors import UserError
 

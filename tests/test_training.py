@@ -18,7 +18,14 @@ from sslbench.runlog import MetricLogger
 from sslbench.runtime import Dist
 from sslbench.tasks.rotation import Rotation, RotationConfig
 from sslbench.training import (
-    Context, EpochBatches, Fit, NonFiniteLoss, epoch_loader, gather, shard_loader, steps_per_epoch,
+    Context,
+    EpochBatches,
+    Fit,
+    NonFiniteLoss,
+    epoch_loader,
+    gather,
+    shard_loader,
+    steps_per_epoch,
 )
 from tests.conftest import tiny_pretrain
 

@@ -11,7 +11,14 @@ import torch
 
 import sslbench.transforms as T
 from sslbench.transforms import (
-    TRANSFER_INPUTS, cut_windows, gray_input, lab_to_rgb, luma, rgb8_to_lab, rgb_to_lab, standardize_,
+    TRANSFER_INPUTS,
+    cut_windows,
+    gray_input,
+    lab_to_rgb,
+    luma,
+    rgb8_to_lab,
+    rgb_to_lab,
+    standardize_,
 )
 
 

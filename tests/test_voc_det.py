@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from sslbench.recipes import load_recipe
 from sslbench.data.build import build_dataset
 from sslbench.data.synthetic import CLASSES
 from sslbench.errors import UserError
-from sslbench.protocols.base import evaluate
 from sslbench.protocols import _proposals as rp
 from sslbench.protocols import voc_det as vd
+from sslbench.protocols.base import evaluate
+from sslbench.recipes import load_recipe
 from tests.conftest import tiny_alexnet, tiny_protocol
 
 STDS = (0.1, 0.1, 0.2, 0.2)
@@ -165,7 +165,7 @@ def test_smoke_evaluate_with_precomputed_proposals(tmp_path: Path) -> None:
     props = {}
     for split in ("trainval", "test"):
         ds = build_dataset(recipe.data, split, 8)
-        for i, (image, target) in zip(rp.image_ids(ds), (ds[k] for k in range(len(ds)))):
+        for i, (_, target) in zip(rp.image_ids(ds), (ds[k] for k in range(len(ds)))):
             jitter = target["boxes"] + torch.tensor([[1.0, -1.0, 2.0, 1.0]])
             grid = torch.tensor([[x, y, x + 11, y + 11] for x in range(0, 24, 6) for y in range(0, 24, 6)], dtype=torch.float32)
             props[i] = torch.cat([jitter, grid]).numpy()

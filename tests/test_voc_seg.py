@@ -18,8 +18,16 @@ from sslbench.config import DataConfig
 from sslbench.errors import UserError
 from sslbench.protocols.base import evaluate
 from sslbench.protocols.voc_seg import (
-    SEG_CLASSES, FCN32s, VocSegConfig, bilinear_upsampler, check_masks, fcn_placement, output_size, pixel_loss,
-    score_grid, segmentation_data,
+    SEG_CLASSES,
+    FCN32s,
+    VocSegConfig,
+    bilinear_upsampler,
+    check_masks,
+    fcn_placement,
+    output_size,
+    pixel_loss,
+    score_grid,
+    segmentation_data,
 )
 from tests.conftest import tiny_alexnet, tiny_protocol
 

@@ -140,8 +140,8 @@ def test_voc07_svm_protocol_end_to_end_on_random_init(tmp_path) -> None:
 
 
 def test_voc07_svm_recipes_load_and_refuse_bad_options() -> None:
-    from sslbench.recipes import load_recipe
     from sslbench.protocols.voc_svm import GOYAL_COSTS
+    from sslbench.recipes import load_recipe
 
     paper = load_recipe("protocol", "voc07-svm", "paper")
     assert paper.component.cfg.costs == GOYAL_COSTS and paper.component.cfg.folds == 3

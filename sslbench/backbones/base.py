@@ -18,8 +18,9 @@ A role a backbone lacks is a one-line UserError naming the backbones that have i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -174,7 +175,8 @@ class FcTrunk(Backbone):
                           self.feature_info["fc7"].channels)
 
     def fcn_head(self, dropout: float | None = None) -> FcnHead:
-        head = nn.Sequential(convolutionalise(self.fc6, self.pool5_size, dropout), convolutionalise(self.fc7, 1, dropout))
+        fc6 = convolutionalise(self.fc6, self.pool5_size, dropout)
+        head = nn.Sequential(fc6, convolutionalise(self.fc7, 1, dropout))
         return FcnHead(self.fcn_tap, head, self.feature_info["fc7"].channels)
 
     @classmethod

@@ -16,7 +16,16 @@ from typing import Literal
 from torch import nn
 from torchvision.models.resnet import Bottleneck, conv1x1
 
-from sslbench.backbones.base import Backbone, FcnHead, Geometry, RegionHead, TapInfo, conv_out, layer_geometry, too_small
+from sslbench.backbones.base import (
+    Backbone,
+    FcnHead,
+    Geometry,
+    RegionHead,
+    TapInfo,
+    conv_out,
+    layer_geometry,
+    too_small,
+)
 from sslbench.errors import UserError
 from sslbench.registry import register_backbone
 
@@ -73,7 +82,8 @@ class ResNet(Backbone):
         self.feature_info["pool"] = TapInfo(channels[-1], 0, 1)
         # The stages chain the registered modules without re-registering them: state_dict keys stay torchvision's.
         self._stages = [
-            ("conv1", nn.Sequential(self.conv1, self.bn1, self.relu)), ("res2", nn.Sequential(self.maxpool, self.layer1)),
+            ("conv1", nn.Sequential(self.conv1, self.bn1, self.relu)),
+            ("res2", nn.Sequential(self.maxpool, self.layer1)),
             ("res3", self.layer2), ("res4", self.layer3), ("res5", self.layer4),
             ("pool", nn.Sequential(self.avgpool, nn.Flatten(1))),
         ]
@@ -98,7 +108,8 @@ class ResNet(Backbone):
         return self._stages
 
     def region_head(self) -> RegionHead:
-        return RegionHead(self.region_tap, self.feature_info["res4"].stride, ROI_GRID, nn.Sequential(*(m for _, m in self._stages[-2:])),
+        res5_and_pool = nn.Sequential(*(module for _, module in self._stages[-2:]))
+        return RegionHead(self.region_tap, self.feature_info["res4"].stride, ROI_GRID, res5_and_pool,
                           self.feature_info["pool"].channels, align=True)
 
     def fcn_head(self, dropout: float | None = None) -> FcnHead:

@@ -39,7 +39,8 @@ def embedded_root(cfg: DataConfig, dataset: str = "") -> Path:
     layout = LAYOUTS.get(dataset or cfg.dataset)
     half = math.ceil(cfg.num_images / 2) if layout.paired_trainval else cfg.num_images  # trainval = 2 x per split
     per_split = max(cfg.num_test, half, 16)
-    path = cache_dir() / "formats" / f"{layout.name}-v{GENERATOR_VERSION}-{cfg.image_size}px-{per_split}-s{cfg.synth_seed}"
+    name = f"{layout.name}-v{GENERATOR_VERSION}-{cfg.image_size}px-{per_split}-s{cfg.synth_seed}"
+    path = cache_dir() / "formats" / name
     done = path / ".complete"
     if not done.is_file():
         layout.write(path, per_split, cfg.image_size, cfg.synth_seed)

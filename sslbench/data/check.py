@@ -10,6 +10,7 @@ from sslbench.data.layouts._common import SplitMissing
 from sslbench.errors import UserError
 from sslbench.registry import DATASETS, LAYOUTS
 
+
 def _shape_text(shapes: set[tuple[int, int]]) -> str:
     if not shapes:
         return "no readable images"

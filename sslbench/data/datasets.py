@@ -50,7 +50,8 @@ def detection_target(label: int, boxes: np.ndarray, box_labels: np.ndarray, diff
     return {
         "label": torch.tensor(label, dtype=torch.int64), "labels": labels, "difficult": hard,
         "boxes": torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-        "box_labels": torch.as_tensor(box_labels, dtype=torch.int64), "box_difficult": torch.as_tensor(difficult, dtype=torch.bool),
+        "box_labels": torch.as_tensor(box_labels, dtype=torch.int64),
+        "box_difficult": torch.as_tensor(difficult, dtype=torch.bool),
     }
 
 
@@ -85,7 +86,8 @@ def embedded(root: str | None, split: str, image_size: int, num: int, synth_seed
     """The embedded procedural data set (no files needed); `num` images of `split`."""
     if root:
         raise UserError(f"the embedded data set is generated, it takes no path (got {root!r}); "
-                        "to read files written by `sslbench data synth`, name their format (voc2007=, cifar10=, stl10=)")
+                        "to read files written by `sslbench data synth`, name their format "
+                        "(voc2007=, cifar10=, stl10=)")
     return Embedded(split, image_size, num or 1000, synth_seed)
 
 

@@ -18,11 +18,15 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sslbench.data.classes import VOC_CLASSES as CLASSES
 from sslbench.runtime import atomic, cache_dir
+
+if TYPE_CHECKING:
+    import torch
 
 GENERATOR_VERSION = 3  # bump when rendering changes: the cache key includes it
 
@@ -298,7 +302,7 @@ def load_split(split: str, size: int, num: int, seed: int, cache: bool = True) -
     return arrays
 
 
-def embedded_images(split: str, size: int, num: int, seed: int = 0) -> "torch.Tensor":
+def embedded_images(split: str, size: int, num: int, seed: int = 0) -> torch.Tensor:
     """`num` images of `split` as one uint8 tensor [N, 3, size, size], the layout make_batch takes."""
     import torch
 

@@ -10,8 +10,9 @@ rank extracts its share of the features and trains on its slice of every global 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F

@@ -18,8 +18,9 @@ from __future__ import annotations
 import hashlib
 import os
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,7 +82,8 @@ def cache_path(name: str, image_size: int, identity: list[str]) -> Path:
 
 def load_proposals(path: Path, ids: list[str]) -> dict[str, np.ndarray]:
     """Read a proposals .npz (format in the module docstring); UserError naming the file if it is malformed."""
-    fix = "expected an .npz with one [K,4] array (x0, y0, x1, y1 pixels) per image id; see sslbench/protocols/_proposals.py"
+    fix = ("expected an .npz with one [K,4] array (x0, y0, x1, y1 pixels) per image id; "
+           "see sslbench/protocols/_proposals.py")
     if not path.is_file():
         raise UserError(f"proposals file not found: {path}; {fix}")
     try:

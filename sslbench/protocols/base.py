@@ -30,7 +30,14 @@ from sslbench.rescale import rescale
 from sslbench.results import Provenance, default_store
 from sslbench.runlog import MetricLogger
 from sslbench.runs import record_run, shared_run_dir
-from sslbench.runtime import close_distributed, code_version, init_distributed, resolve_device, seed_everything, write_json
+from sslbench.runtime import (
+    close_distributed,
+    code_version,
+    init_distributed,
+    resolve_device,
+    seed_everything,
+    write_json,
+)
 from sslbench.training import Context
 
 
@@ -42,7 +49,7 @@ class EvalContext(Context):
 
 class Protocol:
     name: ClassVar[str] = ""  # the registered name: every metric key starts with it
-    metric_keys: ClassVar[str] = ""  # regex of the keys after '<name>/' that run() returns (table files are checked by it)
+    metric_keys: ClassVar[str] = ""  # regex of the keys after '<name>/' run() returns (table files are checked by it)
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -137,7 +144,8 @@ def _evaluate(recipe: Recipe, spec: TrunkSpec, runs: Path, device: str, progress
         if store:
             default_store(runs).add_results(recipe.name, metrics, prov, wall)
         if progress:
-            note = f" (re-initialised at the protocol's size: {', '.join(trunk.reinitialised)})" if trunk.reinitialised else ""
+            reinit = ", ".join(trunk.reinitialised)
+            note = f" (re-initialised at the protocol's size: {reinit})" if reinit else ""
             console.print(f"[dim]{run_dir}{note}[/dim]")
     if ddp.enabled:
         dist.barrier()

@@ -110,7 +110,8 @@ class FineTuneNet(nn.Module):
         super().__init__()
         stages = _stages_to_head(backbone)
         names = [name for name, _ in stages]
-        cut = {"fc8": len(stages), "fc6-8": names.index(backbone.fc_stages[0]) if backbone.fc_stages else 0, "all": 0}[layers]
+        first_fc = names.index(backbone.fc_stages[0]) if backbone.fc_stages else 0
+        cut = {"fc8": len(stages), "fc6-8": first_fc, "all": 0}[layers]
         self.fc_names = backbone.fc_stages
         self.frozen = nn.Sequential(OrderedDict(stages[:cut]))
         self.trained = nn.Sequential(OrderedDict(stages[cut:]))
@@ -173,7 +174,8 @@ class VocCls(Protocol):
         train_ds = build_dataset(d, d.train_split, d.num_images)
         test_ds = build_dataset(d, d.test_split, d.num_test)
         per_epoch = steps_per_epoch(len(train_ds), d.batch_size, "voc-cls")
-        net = FineTuneNet(trunk.backbone, cfg.layers, len(VOC_CLASSES), cfg.head_dropout, cfg.head_init_std).to(ctx.device)
+        net = FineTuneNet(trunk.backbone, cfg.layers, len(VOC_CLASSES), cfg.head_dropout, cfg.head_init_std)
+        net = net.to(ctx.device)
         before = copy.deepcopy(net.frozen.state_dict())
         crop = trunk.backbone.image_size  # the fc layers are sized for this input
         steps = _fine_tune(net, train_ds, recipe, crop, trunk, ctx, per_epoch)

@@ -15,8 +15,9 @@ Test: one scale, softmax scores, per-class decoded boxes, score threshold, per-c
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -145,7 +146,8 @@ def sample_rois(
     return RoiSample(boxes[keep], labels, gt)
 
 
-def fast_rcnn_loss(scores: Tensor, deltas: Tensor, labels: Tensor, targets: Tensor, box_weight: float) -> dict[str, Tensor]:
+def fast_rcnn_loss(scores: Tensor, deltas: Tensor, labels: Tensor, targets: Tensor,
+                   box_weight: float) -> dict[str, Tensor]:
     """Softmax cross-entropy over all RoIs + smooth L1 (sigma 1) on the true class's box of the foreground
     RoIs, summed over coordinates and divided by the number of RoIs (Fast R-CNN's normalisation)."""
     cls = F.cross_entropy(scores, labels)
@@ -244,7 +246,8 @@ def training_batch(items: list[tuple[int, Any]], proposals: list[np.ndarray], cf
     images, rois, labels, targets = [], [], [], []
     for k, (i, (image, target)) in enumerate(items):
         easy = ~target["box_difficult"]  # py-faster-rcnn trains without the difficult objects (use_diff = False)
-        gt, classes, props = target["boxes"][easy], target["box_labels"][easy], image_proposals(proposals[i], image, cfg)
+        gt, classes = target["boxes"][easy], target["box_labels"][easy]
+        props = image_proposals(proposals[i], image, cfg)
         h, w = image.shape[1:]
         if cfg.flip and bool(torch.rand((), generator=generator) < 0.5):
             image, gt, props = image.flip(-1), flip_boxes(gt, w), flip_boxes(props, w)
@@ -327,7 +330,8 @@ def train(model: FastRCNN, ds: Dataset, proposals: list[np.ndarray], recipe: Rec
 
 @torch.no_grad()
 def detect_image(model: FastRCNN, image: Tensor, raw_proposals: np.ndarray, cfg: VOCDetConfig,
-                 prepare: Callable[[Tensor], Tensor], device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 prepare: Callable[[Tensor], Tensor],
+                 device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One uint8 image [3,H,W] at the test scale, alone in its forward pass as in Fast R-CNN's test_net (no
     padding next to a larger image) -> (boxes [k,4], scores [k], labels [k]) in the image's own pixels."""
     props = image_proposals(raw_proposals, image, cfg)

@@ -5,10 +5,11 @@ The trunk continues with its fully convolutional head (Backbone.fcn_head): for A
 becomes a convolution whose kernel is the pool5 grid (its weights are fc6's Linear weights reshaped), fc7 a
 1x1 convolution from fc7's Linear, and a BatchNorm1d of an fc layer a BatchNorm2d with the same affine and
 running statistics (in eval mode both apply the same per-channel affine, so the conv layers compute what the
-Linear layers computed on every pool5 window); a ResNet's res5 is its own head. A zero-initialised 1x1 score layer gives 21 class maps, upsampled by the trunk's total stride with a
-transposed convolution initialised as bilinear interpolation (kept fixed, as in the released FCN and
-colorization code: lr_mult 0), then cropped to the input. The input is zero-padded (after mean
-subtraction: the mean colour) so that the coarse score map covers the image: FCN's conv1 pad 100.
+Linear layers computed on every pool5 window); a ResNet's res5 is its own head. A zero-initialised 1x1 score
+layer gives 21 class maps, upsampled by the trunk's total stride with a transposed convolution initialised
+as bilinear interpolation (kept fixed, as in the released FCN and colorization code: lr_mult 0), then cropped
+to the input. The input is zero-padded (after mean subtraction: the mean colour) so that the coarse score map
+covers the image: FCN's conv1 pad 100.
 
 Every layer is fine-tuned with pixel-wise cross-entropy averaged over the labelled pixels (label 255,
 VOC's object outlines, is ignored; Zhang et al.'s `normalize: true`). By default every BatchNorm keeps
@@ -24,8 +25,9 @@ Reports mIoU (%) over the 21 classes on the val split as 'voc-seg/mIoU' and per-
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -136,7 +138,8 @@ def pixel_loss(logits: Tensor, target: Tensor, ignore_index: int = IGNORE) -> Te
 class FCN32s(nn.Module):
     """The trunk up to its FCN tap, its fully convolutional head, 1x1 scores, fixed bilinear x stride, crop."""
 
-    def __init__(self, backbone: Backbone, cfg: VocSegConfig, image_size: int, num_classes: int = len(SEG_CLASSES)) -> None:
+    def __init__(self, backbone: Backbone, cfg: VocSegConfig, image_size: int,
+                 num_classes: int = len(SEG_CLASSES)) -> None:
         super().__init__()
         head = backbone.fcn_head(cfg.fc_dropout)
         self.trunk, self.pad, self.tap = backbone, cfg.pad, head.tap

@@ -139,5 +139,6 @@ def trainable_classes(positive: Tensor, ignore: Tensor, split: str) -> Tensor:
     missing = [VOC_CLASSES[c] for c in torch.nonzero(~ok).flatten().tolist()]
     if missing:
         console.print(f"[yellow]voc07-svm: no SVM for {', '.join(missing)}: the {split} split "
-                      f"({positive.shape[0]} images) lacks positives or negatives; they are left out of the mAP[/yellow]")
+                      f"({positive.shape[0]} images) lacks positives or negatives; they are left out of the "
+                      "mAP[/yellow]")
     return torch.nonzero(ok).flatten()

@@ -56,7 +56,7 @@ class ContextConfig:
     noise_ratio: float = 0.01  # dropped channels: Gaussian noise std / kept channel's std (paper: ~1/100)
     downsample_prob: float = 1 / 3  # share of patches downsampled and upsampled back (released code: 0.33)
     downsample_min: int = 10  # smallest side they are downsampled to (released code: 10..95 px at 96 px patches)
-    head_dim: int = 0  # width of the fusion layers fc7 and fc8; 0 = the fused vector's width (AlexNet: fc6's) (released code: 4096 both)
+    head_dim: int = 0  # width of the fusion layers fc7, fc8; 0 = the fused vector's (AlexNet: fc6; released code 4096)
 
 
 def neighbour_pairs(mode: str) -> tuple[Tensor, Tensor, Tensor]:

@@ -27,7 +27,14 @@ from sslbench.errors import UserError
 from sslbench.registry import register_task
 from sslbench.tasks.base import PretextTask, TinySetup, accuracy
 from sslbench.tasks.jigsaw import (
-    TILES, PuzzleConfig, check_puzzle, fc_head, hamming_permutation_set, shuffle_tiles, tile_corners, tile_towers,
+    TILES,
+    PuzzleConfig,
+    check_puzzle,
+    fc_head,
+    hamming_permutation_set,
+    shuffle_tiles,
+    tile_corners,
+    tile_towers,
 )
 from sslbench.transforms import cut_windows, rgb8_to_lab, standardize_
 

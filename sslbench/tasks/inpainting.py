@@ -337,7 +337,8 @@ class Inpainting(PretextTask):
         weights = loss_weights(holes, self.cfg.overlap, self.cfg.overlap_weight)
         pixels = images.float()
         return {
-            "inputs": torch.addcmul(-MEAN / STD, pixels, 1 / (255 * STD)).masked_fill_(holes[:, None], 0.0),  # = normalize
+            # = normalize(images), the hole at 0 = the mean colour
+            "inputs": torch.addcmul(-MEAN / STD, pixels, 1 / (255 * STD)).masked_fill_(holes[:, None], 0.0),
             "target": self.region(pixels).div(127.5).sub_(1.0),
             "weights": self.region(weights),
             "holes": holes,
@@ -362,7 +363,7 @@ class Inpainting(PretextTask):
 
     @torch.no_grad()
     def examples(self, images: Tensor, generator: torch.Generator) -> list[tuple[str, Tensor]]:
-        """Masked input (the hole in the mean colour), the completion (prediction pasted into the hole), the original."""
+        """Masked input (the hole in the mean colour), the completion (the prediction in the hole), the original."""
         batch = self.make_batch(images, {}, generator)
         pred = self.generate(batch["inputs"])  # [N,3,s,s] in [-1, 1]
         holes = batch["holes"][:, None]

@@ -11,9 +11,10 @@ the ones with segmentation masks) is derived from the LAYOUTS registry: a new la
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from sslbench.errors import UserError
 from sslbench.registry import DATASETS, LAYOUTS, unknown_name_message
@@ -35,7 +36,8 @@ class Layout:
     paired_trainval: bool = False  # trainval = train + val of `num` images each (VOC, SBD)
     fixed_size: int = 0  # the format fixes the image side (CIFAR-10 32, STL-10 96); 0 = the image_size asked for
     summarise: Callable[[str], str] | None = None  # root -> an extra sentence for `data check` (VOC's masks)
-    segmentation: Callable[..., Any] | None = None  # (root, split, image_size, num=0, exclude=()) -> (image, mask) pairs
+    # (root, split, image_size, num=0, exclude=()) -> (image, mask) pairs, for the layouts with segmentation masks
+    segmentation: Callable[..., Any] | None = None
 
 
 def register_layout(layout: Layout, reader: Callable[..., Any]) -> Layout:

@@ -20,8 +20,17 @@ from sslbench.data.classes import VOC_CLASSES
 from sslbench.data.datasets import warn_corrupt
 from sslbench.data.layouts import Layout, register_layout
 from sslbench.data.layouts._common import (
-    JPEG, UNREADABLE, SplitMissing, check_counts, check_image_size, check_split, label_target, need_root, open_rgb,
-    synth_hint, to_tensor,
+    JPEG,
+    UNREADABLE,
+    SplitMissing,
+    check_counts,
+    check_image_size,
+    check_split,
+    label_target,
+    need_root,
+    open_rgb,
+    synth_hint,
+    to_tensor,
 )
 from sslbench.data.synthetic import render_sample
 from sslbench.errors import UserError

@@ -22,7 +22,14 @@ from torch.utils.data import Dataset
 from sslbench.data.classes import VOC_CLASSES
 from sslbench.data.layouts import Layout, register_layout
 from sslbench.data.layouts._common import (
-    JPEG, SegmentationPairs, SplitMissing, check_counts, check_image_size, check_split, need_root, synth_hint,
+    JPEG,
+    SegmentationPairs,
+    SplitMissing,
+    check_counts,
+    check_image_size,
+    check_split,
+    need_root,
+    synth_hint,
 )
 from sslbench.data.synthetic import label_edges, render_sample
 from sslbench.errors import UserError
@@ -170,7 +177,8 @@ class SBDItems(Dataset):
         counts = torch.bincount(mask.flatten(), minlength=len(VOC_CLASSES) + 1)[1:len(VOC_CLASSES) + 1]
         labels = (counts > 0).float()
         label = int(counts.argmax()) if counts.any() else -1
-        return img, {"label": torch.tensor(label), "labels": labels, "difficult": torch.zeros_like(labels), "mask": mask}
+        target = {"label": torch.tensor(label), "labels": labels, "difficult": torch.zeros_like(labels), "mask": mask}
+        return img, target
 
 
 def sbd(root: str | None, split: str, image_size: int, num: int, synth_seed: int) -> Dataset:

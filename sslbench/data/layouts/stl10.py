@@ -20,7 +20,14 @@ from torch.utils.data import Dataset
 from sslbench.data.classes import STL10_CLASSES
 from sslbench.data.layouts import Layout, register_layout
 from sslbench.data.layouts._common import (
-    ArrayItems, SplitMissing, check_counts, check_split, find_folder, need_root, pick_ten_class_samples, synth_hint,
+    ArrayItems,
+    SplitMissing,
+    check_counts,
+    check_split,
+    find_folder,
+    need_root,
+    pick_ten_class_samples,
+    synth_hint,
 )
 from sslbench.data.synthetic import render_sample
 from sslbench.errors import UserError

@@ -24,8 +24,18 @@ from sslbench.data.classes import CLASS_INDEX, VOC_CLASSES
 from sslbench.data.datasets import detection_target, warn_corrupt
 from sslbench.data.layouts import Layout, register_layout
 from sslbench.data.layouts._common import (
-    JPEG, UNREADABLE, SegmentationPairs, SplitMissing, check_counts, check_image_size, check_split, need_root,
-    open_rgb, square, synth_hint, to_tensor,
+    JPEG,
+    UNREADABLE,
+    SegmentationPairs,
+    SplitMissing,
+    check_counts,
+    check_image_size,
+    check_split,
+    need_root,
+    open_rgb,
+    square,
+    synth_hint,
+    to_tensor,
 )
 from sslbench.data.synthetic import Obj, Sample, render_sample
 from sslbench.errors import UserError
