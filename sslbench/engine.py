@@ -62,7 +62,7 @@ class Trainer:
 
     def __init__(self, recipe: Recipe, run_dir: Path, ctx: Context, dataset: Dataset) -> None:
         self.recipe, self.run_dir, self.ctx, self.dataset = recipe, run_dir, ctx, dataset
-        seed_everything(recipe.seed + ctx.ddp.rank)
+        seed_everything(recipe.seed)  # the same modules on every rank; the fit loop gives each rank its own stream
         backbone = build_backbone(recipe.backbone.name, recipe.backbone.cfg)
         self.task: PretextTask = TASKS.get(recipe.name)(recipe.component.cfg, backbone).to(ctx.device)
         if recipe.engine.channels_last:

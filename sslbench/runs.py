@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 from sslbench.config import Recipe
 from sslbench.errors import UserError
-from sslbench.runtime import Dist, code_version, write_json
+from sslbench.runtime import Dist, atomic_write_text, code_version, write_json
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -52,7 +52,7 @@ def shared_run_dir(runs: Path, name: str, ddp: Dist, resume: bool = False) -> Pa
 
 
 def record_run(run_dir: Path, recipe: Recipe, argv: list[str] | None) -> None:
-    (run_dir / "recipe.json").write_text(recipe.to_json() + "\n")
+    atomic_write_text(run_dir / "recipe.json", recipe.to_json() + "\n")
     write_json(run_dir / "meta.json", {
         "version": code_version(), "seed": recipe.seed, "scale": recipe.scale,
         "command": shlex.join(argv if argv is not None else sys.argv), "torch": torch.__version__,

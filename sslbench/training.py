@@ -316,6 +316,8 @@ class Fit:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
         self.step = 0
         self.last: dict[str, float] = {}
+        if ctx.ddp.enabled:  # every rank built the same modules from the recipe's seed; from here its own stream
+            torch.manual_seed(recipe.seed * 1009 + ctx.ddp.rank)
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step, "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}

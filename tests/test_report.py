@@ -192,3 +192,42 @@ def test_several_seeds_print_mean_and_sample_sd_and_the_latest_result_per_seed_w
     flat = dict(zip([c.fills_from for c in t.columns], row.cells))
     assert flat["voc-det/mAP"] == "44.00 ± 4.00 (n=3) (Δ -9.2)"  # paper Ours: 53.2; the Δ is the mean's
     assert "seeds 0, 2" in row.note and "eval-voc-det-1 " not in row.note
+
+
+def _detection(store: ResultStore, run: str, method: str, variant: str, init: str, backbone: str, value: float) -> None:
+    prov = Provenance(run, method, variant, backbone, "voc2007", "imagenet", "paper", init, 0, "v", "c.pt", "", "{}")
+    store.add_results("voc-det", {"voc-det/mAP": value}, prov, 1.0)
+
+
+def test_each_sslbench_row_is_compared_with_the_paper_row_of_its_own_setting(tmp_path: Path) -> None:
+    """Context Prediction's table has five context rows, two scratch rows, two K-means-rescale rows (AlexNet,
+    VGG): the Δ is taken against the one of the same variant, initialisation and backbone family, or not at all."""
+    store = ResultStore(tmp_path / "results.sqlite")
+    _detection(store, "a", "context", "projection", "checkpoint", "alexnet-bn", 50.0)  # Ours-projection: 45.7
+    _detection(store, "b", "context", "color-dropping", "checkpoint+rescale", "alexnet-bn", 50.0)  # Ours-rescale: 51.1
+    _detection(store, "c", "random", "context trunk", "random", "alexnet-bn", 50.0)  # Scratch-Ours: 39.8
+    _detection(store, "d", "random", "", "random+rescale", "alexnet-bn", 50.0)  # K-means-rescale (AlexNet): 45.6
+    _detection(store, "e", "random", "", "random+rescale", "vgg16-bn-w0.125", 50.0)  # VGG-K-means-rescale: 42.4
+    _detection(store, "f", "context", "none", "checkpoint", "alexnet-bn", 50.0)  # no paper row of that variant
+    t = tables.load_table("context-prediction")
+    mAP = [c.fills_from for c in t.columns].index("voc-det/mAP")
+    cells = {r.label.removeprefix("sslbench: ").split(", voc2007")[0]: r.cells[mAP] for r in report.sslbench_rows(t, store)}
+    assert cells == {
+        "Context (projection) [alexnet-bn": "50.00 (Δ +4.3)", "Context (color-dropping+rescale) [alexnet-bn": "50.00 (Δ -1.1)",
+        "Random (context trunk) [alexnet-bn": "50.00 (Δ +10.2)", "Random rescaled [alexnet-bn": "50.00 (Δ +4.4)",
+        "Random rescaled [vgg16-bn-w0.125": "50.00 (Δ +7.6)", "Context (none) [alexnet-bn": "50.00",
+    }
+
+
+def test_each_column_takes_its_delta_on_its_own_paper_data_set(tmp_path: Path) -> None:
+    """The Exemplar table's columns were measured on five data sets: a CIFAR-10 result gets a Δ in the CIFAR-10
+    column only (the table's own paper_dataset is STL-10)."""
+    store = ResultStore(tmp_path / "results.sqlite")
+    for dataset, metric in (("cifar10", "exemplar-svm/cifar10"), ("embedded:stl10", "exemplar-svm/stl10")):
+        prov = Provenance(f"eval-{metric}", "exemplar", "", "exemplar-64c5-64c5-128f", dataset, "stl10", "paper",
+                          "checkpoint", 0, "v", "c.pt", "", "{}")
+        store.add_results("exemplar-svm", {metric: 70.0}, prov, 1.0)
+    t = tables.load_table("exemplar")
+    rows = report.sslbench_rows(t, store)
+    flat = {c.fills_from: cell for r in rows for c, cell in zip(t.columns, r.cells) if cell != report.DASH}
+    assert flat == {"exemplar-svm/cifar10": "70.00 (Δ -6.5)", "exemplar-svm/stl10": "70.00"}  # paper 64c5-64c5-128f: 76.5

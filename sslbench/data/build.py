@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from sslbench.config import DataConfig
 from sslbench.data.synthetic import GENERATOR_VERSION
 from sslbench.registry import DATASETS, LAYOUTS
-from sslbench.runtime import cache_dir
+from sslbench.runtime import cache_dir, file_lock
 
 __all__ = ["build_dataset", "dataset_label", "embedded_root"]
 
@@ -42,7 +42,8 @@ def embedded_root(cfg: DataConfig, dataset: str = "") -> Path:
     name = f"{layout.name}-v{GENERATOR_VERSION}-{cfg.image_size}px-{per_split}-s{cfg.synth_seed}"
     path = cache_dir() / "formats" / name
     done = path / ".complete"
-    if not done.is_file():
-        layout.write(path, per_split, cfg.image_size, cfg.synth_seed)
-        done.write_text("written by sslbench.data.build.embedded_root\n")
+    with file_lock(path.with_name(f".{name}.lock")):  # DDP ranks, parallel runs: one writes, the others read
+        if not done.is_file():
+            layout.write(path, per_split, cfg.image_size, cfg.synth_seed)
+            done.write_text("written by sslbench.data.build.embedded_root\n")
     return path
