@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,7 +25,10 @@ from sslbench.checkpoint import TrunkSpec, load_trunk
 from sslbench.data.build import build_dataset
 from sslbench.protocols import _proposals as rp
 from sslbench.protocols import voc_det as vd
+from sslbench.protocols.base import EvalContext
 from sslbench.recipes import load_recipe
+from sslbench.runlog import MetricLogger
+from sslbench.runtime import Dist
 
 
 def timed(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
@@ -99,7 +103,8 @@ def main() -> None:
     report("fast r-cnn train step (2 images, 64 RoIs each)", timed(train_step, 20), 2)
     model.eval()
     with torch.no_grad():
-        fast = timed(lambda: vd.detect(model, ds, props, cfg, 0, trunk.prepare, torch.device("cpu"), False), 1)
+        ctx = EvalContext(torch.device("cpu"), Dist(), MetricLogger(Path("."), enabled=False), progress=False)
+        fast = timed(lambda: vd.detect(model, ds, props, cfg, 0, trunk.prepare, ctx), 1)
         report(f"fast r-cnn test ({len(ds)} images)", fast, len(ds))
         boxes = [vd.image_proposals(props[i], images[i], cfg) for i in range(len(images))]
         size = recipe.backbone.cfg.image_size

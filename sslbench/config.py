@@ -74,7 +74,7 @@ class EngineConfig:
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto = bf16 autocast on CUDA, off on CPU
     checkpoint_every: int = 200  # optimizer steps between atomic checkpoints
     log_every: int = 10  # optimizer steps between metrics.jsonl / TensorBoard points
-    sync_bn: bool = True  # SyncBatchNorm under multi-GPU DDP (not on CPU/gloo, where torch lacks it)
+    sync_bn: bool = True  # BatchNorm over the global batch under DDP (SyncBatchNorm on CUDA, GlobalBatchNorm on gloo)
     channels_last: bool = False  # NHWC memory format (faster convs on some CPUs/GPUs)
     threads: int = 0  # torch CPU threads (0 = torch's default)
 

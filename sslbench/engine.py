@@ -42,7 +42,7 @@ from sslbench.runtime import (
     write_json,
 )
 from sslbench.tasks.base import PretextTask
-from sslbench.training import Context, Fit, epoch_loader, steps_per_epoch
+from sslbench.training import Context, Fit, epoch_loader, everyone, steps_per_epoch
 
 SETUP_SEED = 104729  # offset of the set-up generator from the recipe's seed: its draws never meet a batch's
 
@@ -82,7 +82,7 @@ class Trainer:
 
     # -- checkpoints
 
-    def state(self) -> dict[str, Any]:
+    def state(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
         r = self.recipe
         return {
             "format": FORMAT,
@@ -97,14 +97,15 @@ class Trainer:
             "backbone_state": self.task.backbone.state_dict(),
             "setup": self.setup,
             "fit": self.fit.state_dict(),
-            "rng": rng_state(),
+            "rng": rng,  # every rank's RNG state: its dropout stream continues exactly on resume
             "skipped": self.skipped,
         }
 
     def save(self) -> Path:
         path = self.run_dir / CHECKPOINT
+        rng = everyone(rng_state(), self.ctx.ddp)
         if self.ctx.ddp.is_main:
-            atomic_torch_save(self.state(), path)
+            atomic_torch_save(self.state(rng), path)
             done = self.fit.step >= self.fit.total
             status = {"state": "finished" if done else "running", "step": self.fit.step}
             write_json(self.run_dir / "status.json", status)
@@ -112,11 +113,19 @@ class Trainer:
 
     def load(self, path: Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=False)
+        ddp = self.ctx.ddp
         self.setup = state.get("setup", {})
         self.task.restore(self.setup)
         self.task.load_state_dict(state["model"])
-        self.fit.load_state_dict(state["fit"])
-        set_rng_state(state["rng"])
+        # format 1 kept the loop's state at the top level, and one RNG state (rank 0's)
+        self.fit.load_state_dict(state.get("fit") or {k: state[k] for k in ("step", "optimizer", "scaler")})
+        rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+        if len(rng) == ddp.world:
+            set_rng_state(rng[ddp.rank])
+        else:  # another number of processes than the run had: each rank a fresh stream of (seed, step, rank)
+            torch.manual_seed((self.recipe.seed * 1009 + ddp.rank) * 1_000_003 + self.fit.step)
+            if ddp.is_main:
+                console.print(f"resuming on {ddp.world} processes a run of {len(rng)}: dropout streams restart")
         self.skipped = state["skipped"]
 
     # -- the loop
@@ -131,19 +140,19 @@ class Trainer:
             return epoch_loader(self.dataset, r.data.batch_size, r.seed, epoch, ddp, collate_skip_corrupt,
                                 r.data.workers, first)
 
-        def loss(model: torch.nn.Module, batch: Any, step: int) -> dict[str, torch.Tensor] | None:
+        def prepare(batch: Any, step: int) -> dict[str, torch.Tensor] | None:
             indices, (images, targets) = batch
             self.skipped += per_rank - images.shape[0]
             if images.shape[0] == 0:  # every file of this batch was unreadable
                 return None
             made = self.task.make_batch(images, {**targets, "index": indices}, step_generator(r.seed, step, ddp.rank))
-            return model({k: v.to(self.ctx.device, non_blocking=True) for k, v in made.items()})
+            return {k: v.to(self.ctx.device, non_blocking=True) for k, v in made.items()}
 
         def checkpoint(step: int) -> None:
             if step % r.engine.checkpoint_every == 0 or step == self.fit.total:
                 self.save()
 
-        last = self.fit.run(batches, loss, checkpoint)
+        last = self.fit.run(batches, prepare, lambda model, batch, step: model(batch), checkpoint)
         return PretrainOutcome(self.run_dir, self.run_dir / CHECKPOINT, self.fit.step, last, time.time() - start,
                                self.skipped)
 

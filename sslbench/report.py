@@ -68,7 +68,10 @@ class RowKey:
     def of(cls, r: ResultRow) -> RowKey:
         p = r.prov
         rescaled, embedded = p.init.endswith("+rescale"), p.dataset.startswith("embedded")
-        return cls(p.method, p.variant, rescaled, p.backbone, p.scale, embedded)
+        # stores written before rescaling lived in `init` alone also said it in the method or the variant
+        method = "random" if p.method == "random-rescaled" else p.method
+        variant = p.variant.removesuffix("+rescale").removesuffix("rescale") if rescaled else p.variant
+        return cls(method, variant, rescaled, p.backbone, p.scale, embedded)
 
     @property
     def name(self) -> str:

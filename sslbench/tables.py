@@ -22,6 +22,7 @@ else:  # pragma: no cover
 
 from sslbench.config import build
 from sslbench.errors import UserError
+from sslbench.plugins import load_all
 from sslbench.registry import PROTOCOLS, unknown_name_message
 from sslbench.runtime import repo_root
 
@@ -154,6 +155,7 @@ def resolve(name: str) -> list[str]:
 
 def load_table(name: str) -> Table:
     """tables/<name>.toml, validated (UserError naming the file and the key)."""
+    load_all()  # the metric keys are checked against the registered protocols
     path = tables_dir() / f"{name}.toml"
     if not path.is_file():
         raise UserError(unknown_name_message("table", name, table_names()))

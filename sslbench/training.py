@@ -4,9 +4,10 @@
 rate of every step (a pure function of the step, so resume needs no scheduler state), the steps rule,
 autocast on CUDA, DDP under torchrun (each rank its slice of every global batch; BatchNorm statistics of the
 global batch, `GlobalBatchNorm` where torch's SyncBatchNorm cannot run), the non-finite stop, gradient
-clipping, the logging cadence and the progress bar. What differs between callers comes in as two functions:
-`batches(epoch, start)`, this rank's batches of an epoch from batch `start` on, and `loss(model, batch, step)`,
-the loss dict of one batch (None: nothing to learn from it, the step passes).
+clipping, the logging cadence and the progress bar. What differs between callers comes in as three functions:
+`batches(epoch, start)`, this rank's batches of an epoch from batch `start` on; `prepare(batch, step)`, the data
+work of a step without the model (None: nothing to learn from this batch; under DDP every rank then skips the
+step); and `loss(model, prepared, step)`, the loss dict of the model on it.
 
 The seeded loaders live here too: the data order of an epoch is a pure function of (seed, epoch)
 (`EpochBatches`), evaluation reads this rank's strided shard (`shard_loader`) and `gather` puts every rank's
@@ -186,20 +187,38 @@ def gather(indices: Sequence[int] | Tensor, values: Sequence[Any], ddp: Dist) ->
     return [v for _, v in sorted(pairs, key=lambda p: p[0])]
 
 
-def gather_rows(indices: Tensor, rows: Tensor, ddp: Dist) -> Tensor:
-    """`gather` for the rows of a tensor [n, ...] (CPU): every rank's rows in index order, as one tensor."""
-    if ddp.enabled:
-        parts: list[Any] = [None] * ddp.world
-        dist.all_gather_object(parts, (indices.cpu(), rows.cpu()))
-        indices, rows = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-    return rows[torch.argsort(indices)]
+def everyone(obj: Any, ddp: Dist) -> list[Any]:
+    """[rank 0's obj, rank 1's, ...] on every rank ([obj] in one process)."""
+    if not ddp.enabled:
+        return [obj]
+    parts: list[Any] = [None] * ddp.world
+    dist.all_gather_object(parts, obj)
+    return parts
 
 
-def all_sum(t: Tensor, ddp: Dist) -> Tensor:
-    """The sum of `t` over the ranks (a confusion matrix, counts), on every rank."""
+def gather_rows(indices: Sequence[Tensor], chunks: Sequence[Tensor], ddp: Dist) -> Tensor:
+    """`gather` for tensor rows: this rank's per-batch chunks [n_b, ...] with their data set indices [n_b] ->
+    every rank's rows in index order, one tensor (a rank with no rows, an empty shard, adds none; no rows at
+    all: an empty tensor)."""
+    parts: list[Any] = [([i.cpu() for i in indices], [c.cpu() for c in chunks])]
     if ddp.enabled:
-        dist.all_reduce(t)
-    return t
+        parts = [None] * ddp.world
+        dist.all_gather_object(parts, ([i.cpu() for i in indices], [c.cpu() for c in chunks]))
+    index = [i for part in parts for i in part[0]]
+    rows = [c for part in parts for c in part[1]]
+    if not rows:
+        return torch.zeros(0)
+    return torch.cat(rows)[torch.argsort(torch.cat(index))]
+
+
+def all_sum(t: Tensor, ddp: Dist, device: torch.device) -> Tensor:
+    """The sum of `t` over the ranks (a confusion matrix, counts), on every rank; reduced on `device` (NCCL
+    reduces CUDA tensors only), returned where `t` was."""
+    if not ddp.enabled:
+        return t
+    total = t.to(device)
+    dist.all_reduce(total)
+    return total.to(t.device)
 
 
 # ---------------------------------------------------------------- devices, AMP, DDP
@@ -297,7 +316,17 @@ def distributed(module: nn.Module, device: torch.device, ddp: Dist, sync_bn: boo
 
 # ---------------------------------------------------------------- the loop
 
-Loss = Callable[[nn.Module, Any, int], "dict[str, Tensor] | None"]
+Prepare = Callable[[Any, int], Any]  # (a loader batch, step) -> what the loss takes, or None: nothing to learn from
+Loss = Callable[[nn.Module, Any, int], "dict[str, Tensor]"]  # (model, prepared batch, step) -> {"loss", logged...}
+
+
+def agree(ok: bool, ddp: Dist) -> bool:
+    """Whether `ok` holds on every rank (one all-reduce under DDP): ranks skip a step or stop together."""
+    if not ddp.enabled:
+        return ok
+    flag = torch.tensor([1.0 if ok else 0.0])
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
 
 
 class Fit:
@@ -315,6 +344,7 @@ class Fit:
         self.amp = amp_dtype(ctx.device, recipe.engine.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
         self.step = 0
+        self.lr = recipe.optim.lr  # the schedule's rate of the last step (groups scale it by their lr_scale)
         self.last: dict[str, float] = {}
         if ctx.ddp.enabled:  # every rank built the same modules from the recipe's seed; from here its own stream
             torch.manual_seed(recipe.seed * 1009 + ctx.ddp.rank)
@@ -327,42 +357,49 @@ class Fit:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
 
-    def run(self, batches: Callable[[int, int], Iterable[Any]], loss: Loss,
+    def run(self, batches: Callable[[int, int], Iterable[Any]], prepare: Prepare, loss: Loss,
             on_step: Callable[[int], None] | None = None) -> dict[str, float]:
-        """Train until the schedule's last step; `on_step(step)` after every step (checkpoints). Returns the
-        last step's logged values (global means under DDP)."""
+        """Train until the schedule's last step. Per step: `prepare` builds the batch (data work, no model;
+        None skips the step, on every rank alike), `loss` runs the model under autocast, then backward, clip,
+        optimizer step; `on_step(step)` after every step (checkpoints). Returns the last step's logged values
+        (global means under DDP)."""
         every = self.recipe.engine.log_every
         with progress_bar(self.name, self.total, self.ctx.show) as advance:
             advance(self.step)
             while self.step < self.total:
                 epoch, start = divmod(self.step, self.per_epoch)
+                before = self.step
                 for batch in batches(epoch, start):
                     tick = time.time()
-                    out = self._step(batch, loss)
+                    out = self._step(prepare(batch, self.step), loss)
                     self.step += 1
                     if out is not None:
                         self.last = out
                         if self.step % every == 0 or self.step == self.total:
                             rate = self.recipe.data.batch_size / max(1e-9, time.time() - tick)
-                            self.ctx.log.write(self.step, {**out, "lr": self.optimizer.param_groups[0]["lr"],
-                                                           "images_per_s": rate})
+                            self.ctx.log.write(self.step, {**out, "lr": self.lr, "images_per_s": rate})
                     if on_step is not None:
                         on_step(self.step)
                     advance(1, " ".join(f"{k} {v:.3f}" for k, v in self.last.items()))
                     if self.step >= self.total:
                         break
+                if self.step < self.total and self.step != (epoch + 1) * self.per_epoch:
+                    raise RuntimeError(f"{self.name}: epoch {epoch} gave {self.step - before} of the "
+                                       f"{self.per_epoch - start} batches left in it")
         return self.last
 
     def _step(self, batch: Any, loss: Loss) -> dict[str, float] | None:
-        r = self.recipe
-        set_lr(self.optimizer, lr_at(self.step, self.per_epoch, r.optim.lr, r.schedule))
+        r, ddp = self.recipe, self.ctx.ddp
+        if not agree(batch is not None, ddp):
+            return None
+        self.lr = lr_at(self.step, self.per_epoch, r.optim.lr, r.schedule)
+        set_lr(self.optimizer, self.lr)
         with autocast(self.ctx.device, self.amp):
             out = loss(self.model, batch, self.step)
-        if out is None:
-            return None
         value = out["loss"]
-        if not torch.isfinite(value.detach()):
-            raise NonFiniteLoss(f"{self.name}: loss became {value.item()} at step {self.step + 1}; stopped. "
+        if not agree(bool(torch.isfinite(value.detach())), ddp):
+            raise NonFiniteLoss(f"{self.name}: loss became {value.item()} at step {self.step + 1}"
+                                f"{f' on rank {ddp.rank} or another' if ddp.enabled else ''}; stopped. "
                                 f"{self.stop_hint or 'Try a lower optim.lr or set optim.grad_clip'}")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(value).backward()
@@ -372,7 +409,7 @@ class Fit:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         logged = torch.stack([v.detach().float() for v in out.values()])
-        if self.ctx.ddp.enabled:  # log the global mean, not this rank's share
+        if ddp.enabled:  # log the global mean, not this rank's share
             dist.all_reduce(logged)
-            logged /= self.ctx.ddp.world
+            logged /= ddp.world
         return dict(zip(out, logged.tolist()))

@@ -144,3 +144,30 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
     a, b = _weights(one), _weights(two)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_a_checkpoint_of_the_previous_format_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Format 1 kept step, optimizer and scaler at the top level and one RNG state: --resume still reads it."""
+    from sslbench.tasks.rotation import Rotation
+
+    recipe = tiny_pretrain("rotation", ["schedule.epochs=2", "engine.checkpoint_every=2"])
+    calls, real = {"n": 0}, Rotation.loss
+
+    def crash_at_step_3(self, batch):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, batch)
+
+    with monkeypatch.context() as m:
+        m.setattr(Rotation, "loss", crash_at_step_3)
+        with pytest.raises(KeyboardInterrupt):
+            pretrain(recipe, tmp_path, "cpu", progress=False)
+    (run,) = tmp_path.glob("rotation-*")
+    state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert isinstance(state["rng"], list) and len(state["rng"]) == 1  # one RNG state per rank
+    old = {k: v for k, v in state.items() if k not in ("fit", "rng", "setup", "transfer_input")}
+    old.update(state["fit"], rng=state["rng"][0], format="sslbench-pretrain-1")
+    torch.save(old, run / "checkpoint.pt")
+    out = pretrain(recipe, tmp_path, "cpu", progress=False, resume=True)
+    assert out.run_dir == run and out.steps == 6

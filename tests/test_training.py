@@ -50,20 +50,25 @@ def test_fit_sets_each_groups_rate_clips_and_stops_on_a_non_finite_loss(tmp_path
                 "schedule.kind=constant"])
     seen: list[tuple[float, float]] = []
 
-    def loss(model: nn.Module, batch: torch.Tensor, step: int) -> dict[str, torch.Tensor] | None:
-        if step == 2:
-            return None  # nothing to learn from this batch: the step passes, no update
+    def prepare(batch: torch.Tensor, step: int) -> torch.Tensor | None:
+        return None if step == 2 else batch  # nothing to learn from this batch: the step passes, no update
+
+    def loss(model: nn.Module, batch: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         seen.append((fit.optimizer.param_groups[0]["lr"], fit.optimizer.param_groups[1]["lr"]))
         return {"loss": 1000.0 * (a(batch).sum() + b(batch).sum())}
 
     before = [p.detach().clone() for p in (*a.parameters(), *b.parameters())]
-    fit.run(lambda epoch, start: [torch.ones(4, 2)] * (4 - start), loss)
+    fit.run(lambda epoch, start: [torch.ones(4, 2)] * (4 - start), prepare, loss)
     assert fit.step == fit.total == 4 and len(seen) == 3 and all(s == pytest.approx((1.0, 0.1)) for s in seen)
     moved = [float((p.detach() - q).norm()) for p, q in zip((*a.parameters(), *b.parameters()), before)]
     assert sum(moved[2:]) < 0.1 * 3 + 1e-6  # clipped at norm 1, lr 0.1, three steps
     fit.step = 0
     with pytest.raises(NonFiniteLoss, match=r"test: loss became nan at step 1; stopped"):
-        fit.run(lambda epoch, start: [torch.ones(4, 2)], lambda m, x, s: {"loss": a(x).sum() * float("nan")})
+        fit.run(lambda epoch, start: [torch.ones(4, 2)], lambda x, s: x, lambda m, x, s: {"loss": a(x).sum() * float("nan")})
+    fit.step = 0
+    with pytest.raises(RuntimeError, match="epoch 0 gave 1 of the 4 batches left in it"):  # not an endless loop
+        fit.run(lambda epoch, start: [torch.ones(4, 2)][: 1 if start == 0 else 0], lambda x, s: x,
+                lambda m, x, s: {"loss": a(x).sum()})
 
 
 def test_epoch_loader_hands_over_indices_and_ranks_partition_the_global_batch() -> None:

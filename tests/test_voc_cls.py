@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -99,3 +101,26 @@ def test_a_trunk_whose_classifier_tap_is_a_map_is_refused(tmp_path) -> None:
         evaluate(nin, "random", tmp_path, "cpu", progress=False, argv=["test"])
     assert not list(tmp_path.glob("eval-*"))
 
+
+
+def test_test_crops_depend_on_the_image_not_on_the_batching() -> None:
+    """Crop k of test image i is drawn from (seed, i, k): scores are the same at any batch size (and any number
+    of processes, each scoring its shard)."""
+    from sslbench.checkpoint import TrunkSpec, load_trunk
+    from sslbench.data.build import build_dataset
+    from sslbench.protocols.base import EvalContext
+    from sslbench.protocols.voc_cls import FineTuneNet, _test_scores
+    from sslbench.runlog import MetricLogger
+    from sslbench.runtime import Dist
+
+    scores = []
+    for batch in (16, 5):
+        recipe = tiny_protocol("voc-cls", tiny_alexnet([f"data.batch_size={batch}", "protocol.test_crops=3"]))
+        torch.manual_seed(0)
+        trunk = load_trunk(TrunkSpec("random"), recipe.backbone)
+        cfg = recipe.component.cfg
+        net = FineTuneNet(trunk.backbone, "all", 20, 0.0, 0.01)
+        ctx = EvalContext(torch.device("cpu"), Dist(), MetricLogger(Path("."), enabled=False), progress=False)
+        test = build_dataset(recipe.data, recipe.data.test_split, recipe.data.num_test)
+        scores.append(_test_scores(net, test, recipe, cfg, trunk.backbone.image_size, trunk, ctx)[0])
+    np.testing.assert_allclose(scores[0], scores[1], rtol=1e-5, atol=1e-5)

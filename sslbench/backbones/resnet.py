@@ -80,13 +80,7 @@ class ResNet(Backbone):
         names = ("conv1", "res2", "res3", "res4", "res5")
         self.feature_info = {n: TapInfo(c, s, z) for n, c, s, z in zip(names, channels, strides, sizes)}
         self.feature_info["pool"] = TapInfo(channels[-1], 0, 1)
-        # The stages chain the registered modules without re-registering them: state_dict keys stay torchvision's.
-        self._stages = [
-            ("conv1", nn.Sequential(self.conv1, self.bn1, self.relu)),
-            ("res2", nn.Sequential(self.maxpool, self.layer1)),
-            ("res3", self.layer2), ("res4", self.layer3), ("res5", self.layer4),
-            ("pool", nn.Sequential(self.avgpool, nn.Flatten(1))),
-        ]
+        self.flatten = nn.Flatten(1)
         for m in self.modules():  # torchvision's initialisation
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -105,10 +99,17 @@ class ResNet(Backbone):
         return nn.Sequential(*layers)
 
     def stages(self) -> list[tuple[str, nn.Module]]:
-        return self._stages
+        """The registered modules chained per call (not stored: a BatchNorm swapped in for bn1, SyncBatchNorm under
+        DDP, must be the one that runs); the chains register nothing, so state_dict keys stay torchvision's."""
+        return [
+            ("conv1", nn.Sequential(self.conv1, self.bn1, self.relu)),
+            ("res2", nn.Sequential(self.maxpool, self.layer1)),
+            ("res3", self.layer2), ("res4", self.layer3), ("res5", self.layer4),
+            ("pool", nn.Sequential(self.avgpool, self.flatten)),
+        ]
 
     def region_head(self) -> RegionHead:
-        res5_and_pool = nn.Sequential(*(module for _, module in self._stages[-2:]))
+        res5_and_pool = nn.Sequential(self.layer4, self.avgpool, self.flatten)
         return RegionHead(self.region_tap, self.feature_info["res4"].stride, ROI_GRID, res5_and_pool,
                           self.feature_info["pool"].channels, align=True)
 

@@ -22,11 +22,12 @@ from sslbench.checkpoint import Trunk
 from sslbench.config import Recipe
 from sslbench.data.build import build_dataset
 from sslbench.data.datasets import collate_skip_corrupt
+from sslbench.errors import UserError
 from sslbench.metrics import topk_accuracy
 from sslbench.progress import progress_bar
 from sslbench.protocols.base import EvalContext
 from sslbench.runtime import step_generator
-from sslbench.training import EpochBatches, Fit, epoch_loader, gather_rows, shard_loader, steps_per_epoch
+from sslbench.training import EpochBatches, Fit, autocast, epoch_loader, gather_rows, shard_loader, steps_per_epoch
 from sslbench.transforms import random_crop_flip
 
 
@@ -95,9 +96,8 @@ def extract(features: FrozenFeatures, ds: Any, recipe: Recipe, ctx: EvalContext,
                     targets[k].append(target_batch[k])
                 indices.append(index)
             advance()
-    index = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.int64)
-    out = {t: gather_rows(index, torch.cat(v) if v else torch.zeros(0), ctx.ddp) for t, v in chunks.items()}
-    return out, {k: gather_rows(index, torch.cat(v) if v else torch.zeros(0), ctx.ddp) for k, v in targets.items()}
+    out = {t: gather_rows(indices, v, ctx.ddp) for t, v in chunks.items()}
+    return out, {k: gather_rows(indices, v, ctx.ddp) for k, v in targets.items()}
 
 
 class Probes(nn.Module):
@@ -121,25 +121,29 @@ def train_probes(trunk: Trunk, recipe: Recipe, taps: tuple[str, ...], pools: dic
     before = copy.deepcopy(trunk.backbone.state_dict())
     dims = features.dims(d.image_size)
     probes = Probes({t: head(dims[t], num_classes) for t in taps}).to(ctx.device)
-    per_epoch = steps_per_epoch(len(train_ds), d.batch_size, "probe")
-    fit = Fit(f"probe {'/'.join(taps)}", probes, [{"params": list(probes.parameters())}], recipe, per_epoch, ctx)
-    if cache:
+    if cache:  # the readable items' features, once; an epoch is their full batches
         train_x, train_y = extract(features, train_ds, recipe, ctx, "train")
+        per_epoch = steps_per_epoch(len(train_y["label"]), d.batch_size, "probe")
         batches = lambda epoch, start: _cached(train_x, train_y["label"], d.batch_size, recipe.seed, epoch, ctx, start)  # noqa: E731
     else:
+        per_epoch = steps_per_epoch(len(train_ds), d.batch_size, "probe")
         batches = lambda epoch, start: _streamed(features, train_ds, recipe, epoch, crop_pad, ctx, start)  # noqa: E731
+    fit = Fit(f"probe {'/'.join(taps)}", probes, [{"params": list(probes.parameters())}], recipe, per_epoch, ctx)
 
-    def loss(model: nn.Module, batch: tuple[dict[str, Tensor], Tensor], step: int) -> dict[str, Tensor]:
+    def prepare(batch: tuple[dict[str, Tensor], Tensor], step: int) -> tuple[dict[str, Tensor], Tensor]:
         feats, labels = batch
         if not cache:  # augmentation drawn per step: random crops and flips, then the frozen trunk
             images = random_crop_flip(feats["images"], crop_pad, True, step_generator(recipe.seed, step, ctx.ddp.rank))
             feats = features(images)
-        logits = model({t: v.to(ctx.device) for t, v in feats.items()})
-        losses = {f"loss_{t}": F.cross_entropy(v, labels.to(ctx.device)) for t, v in logits.items()}
+        return {t: v.to(ctx.device) for t, v in feats.items()}, labels.to(ctx.device)
+
+    def loss(model: nn.Module, batch: tuple[dict[str, Tensor], Tensor], step: int) -> dict[str, Tensor]:
+        feats, labels = batch
+        losses = {f"loss_{t}": F.cross_entropy(v, labels) for t, v in model(feats).items()}
         return {"loss": torch.stack(list(losses.values())).sum(), **losses}  # heads are independent: one backward
 
     probes.train()
-    fit.run(batches, loss)
+    fit.run(batches, prepare, loss)
     sanity_check(trunk.backbone, before)
     return _test(features, probes, test_ds, recipe, ctx)
 
@@ -168,16 +172,19 @@ def _test(features: FrozenFeatures, probes: Probes, ds: Any, recipe: Recipe, ctx
     with progress_bar("probe test", len(loader), ctx.show) as advance:
         for index, (images, target) in loader:
             if images.numel():
-                for t, v in probes(features(images)).items():
+                with autocast(ctx.device, recipe.engine.amp):  # the heads as they trained
+                    logits_of = probes(features(images))
+                for t, v in logits_of.items():
                     logits[t].append(v.float().cpu())
                 labels.append(target["label"])
                 indices.append(index)
             advance()
-    index = torch.cat(indices)
-    y = gather_rows(index, torch.cat(labels), ctx.ddp)
+    y = gather_rows(indices, labels, ctx.ddp)
+    if not len(y):
+        raise UserError(f"probe: no readable image in the {recipe.data.test_split} split; check the data set")
     top1, top5 = {}, {}
     for t, chunks in logits.items():
-        acc = topk_accuracy(gather_rows(index, torch.cat(chunks), ctx.ddp), y, ks=(1, 5))
+        acc = topk_accuracy(gather_rows(indices, chunks, ctx.ddp), y, ks=(1, 5))
         top1[t], top5[t] = 100.0 * float(acc[1]), 100.0 * float(acc[5])
     return ProbeReport(top1, top5)
 

@@ -109,6 +109,8 @@ def _evaluate(recipe: Recipe, spec: TrunkSpec, runs: Path, device: str, progress
               store: bool, init: str, ddp: Any) -> EvalOutcome:
     protocol: Protocol = PROTOCOLS.get(recipe.name)(recipe.component.cfg)
     dev = resolve_device(device, ddp)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)  # NCCL's collectives use the current device
     if recipe.engine.threads:
         torch.set_num_threads(recipe.engine.threads)
     seed_everything(recipe.seed)  # before the trunk: `random` init must be the same draw every time (and rank)

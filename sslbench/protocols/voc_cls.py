@@ -37,7 +37,7 @@ from sslbench.protocols._probing import sanity_check
 from sslbench.protocols.base import EvalContext, Protocol
 from sslbench.registry import register_protocol
 from sslbench.runtime import step_generator
-from sslbench.training import Fit, epoch_loader, gather_rows, shard_loader, steps_per_epoch
+from sslbench.training import Fit, autocast, epoch_loader, gather_rows, shard_loader, steps_per_epoch
 from sslbench.transforms import MEAN_PIXEL
 
 
@@ -199,18 +199,22 @@ def _fine_tune(net: FineTuneNet, ds: Dataset, recipe: Recipe, crop: int, trunk: 
     cfg, d = recipe.component.cfg, recipe.data
     fit = Fit(f"voc-cls fine-tune ({cfg.layers})", net, net.param_groups(cfg.fc_lr_mult), recipe, per_epoch, ctx)
 
-    def loss(model: nn.Module, batch: Any, step: int) -> dict[str, Tensor] | None:
+    def prepare(batch: Any, step: int) -> tuple[Tensor, Tensor, Tensor] | None:
         _, (images, target) = batch
-        if images.shape[0] < 2:  # corrupt files dropped the batch below what BatchNorm can train on
+        if images.shape[0] * ctx.ddp.world < 2:  # corrupt files left less of a batch than BatchNorm can train on
             return None
         views = rescale_crop_flip(images, crop, cfg.min_scale, cfg.max_scale, cfg.mirror,
                                   step_generator(recipe.seed, step, ctx.ddp.rank))
-        logits = model(trunk.prepare(views).to(ctx.device))
-        return {"loss": masked_bce(logits, target["labels"].to(ctx.device), target["difficult"].to(ctx.device))}
+        return (trunk.prepare(views).to(ctx.device), target["labels"].to(ctx.device),
+                target["difficult"].to(ctx.device))
+
+    def loss(model: nn.Module, batch: tuple[Tensor, Tensor, Tensor], step: int) -> dict[str, Tensor]:
+        x, labels, difficult = batch
+        return {"loss": masked_bce(model(x), labels, difficult)}
 
     net.train()
     fit.run(lambda epoch, start: epoch_loader(ds, d.batch_size, recipe.seed, epoch, ctx.ddp, collate_skip_corrupt,
-                                              d.workers, start), loss)
+                                              d.workers, start), prepare, loss)
     return fit.step
 
 
@@ -218,24 +222,28 @@ def _fine_tune(net: FineTuneNet, ds: Dataset, recipe: Recipe, crop: int, trunk: 
 def _test_scores(net: FineTuneNet, ds: Dataset, recipe: Recipe, cfg: VocClsConfig, crop: int, trunk: Trunk,
                  ctx: EvalContext) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(scores [N,20] = mean fc8 output over the random test crops, labels [N,20], difficult [N,20]), in data set
-    order; each rank scores its shard."""
+    order; each rank scores its shard. Crop k of test image i is drawn from (seed, i, k) alone, so the scores
+    do not depend on the batch size or the number of processes."""
     net.eval()
     scores, labels, difficult, indices = [], [], [], []
     loader = shard_loader(ds, recipe.data.batch_size, ctx.ddp, collate_skip_corrupt, recipe.data.workers)
     with progress_bar(f"voc-cls test ({cfg.test_crops} crops)", len(loader), ctx.show) as advance:
-        for b, (index, (images, target)) in enumerate(loader):
+        for index, (images, target) in loader:
             if images.shape[0] == 0:
                 continue
             total = torch.zeros(images.shape[0], len(VOC_CLASSES))
             for k in range(cfg.test_crops):
-                views = rescale_crop_flip(images, crop, cfg.min_scale, cfg.max_scale, cfg.mirror,
-                                          step_generator(recipe.seed + 1, b, k * ctx.ddp.world + ctx.ddp.rank))
-                total += net(trunk.prepare(views).to(ctx.device)).float().cpu()
+                views = torch.cat([rescale_crop_flip(images[j : j + 1], crop, cfg.min_scale, cfg.max_scale, cfg.mirror,
+                                                     step_generator(recipe.seed + 1, int(i), k))
+                                   for j, i in enumerate(index)])
+                with autocast(ctx.device, recipe.engine.amp):
+                    total += net(trunk.prepare(views).to(ctx.device)).float().cpu()
             scores.append(total / cfg.test_crops)
             labels.append(target["labels"])
             difficult.append(target["difficult"])
             indices.append(index)
             advance()
-    index = torch.cat(indices)
-    rows = [gather_rows(index, torch.cat(part), ctx.ddp).numpy() for part in (scores, labels, difficult)]
+    rows = [gather_rows(indices, part, ctx.ddp).numpy() for part in (scores, labels, difficult)]
+    if not len(rows[0]):
+        raise UserError(f"voc-cls: no readable image in the {recipe.data.test_split} split; check the data set")
     return rows[0], rows[1], rows[2] > 0

@@ -38,7 +38,7 @@ from sslbench.protocols._proposals import as_tensor, clean_proposals, proposals_
 from sslbench.protocols.base import EvalContext, Protocol
 from sslbench.registry import register_protocol
 from sslbench.runtime import step_generator
-from sslbench.training import Fit, epoch_loader, gather, shard_loader, steps_per_epoch
+from sslbench.training import Fit, autocast, epoch_loader, gather, shard_loader, steps_per_epoch
 
 NUM_CLASSES = len(VOC_CLASSES)  # 20 VOC classes; the classifier adds background as class 0
 _PLUS_ONE = (0.0, 0.0, 1.0, 1.0)  # inclusive pixel corners -> exclusive: VOC's "+1" widths in torchvision's ops
@@ -314,17 +314,20 @@ def train(model: FastRCNN, ds: Dataset, proposals: list[np.ndarray], recipe: Rec
     fit = Fit("fast r-cnn train", model, [{"params": [p for p in model.parameters() if p.requires_grad]}], recipe,
               per_epoch, ctx)
 
-    def loss(net: nn.Module, batch: Any, step: int) -> dict[str, Tensor] | None:
+    def sample(batch: Any, step: int) -> TrainBatch | None:
         indices, items = batch
         gen = step_generator(recipe.seed, step, ctx.ddp.rank)
         b = training_batch(list(zip(indices.tolist(), items)), proposals, cfg, prepare, gen) if items else None
         if b is None or len(b.labels) < 2:  # BatchNorm1d in fc6/fc7 needs two RoIs
             return None
-        scores, deltas = net(b.images.to(ctx.device), b.rois.to(ctx.device))
-        return fast_rcnn_loss(scores, deltas, b.labels.to(ctx.device), b.targets.to(ctx.device), cfg.box_loss_weight)
+        return TrainBatch(*(t.to(ctx.device) for t in (b.images, b.rois, b.labels, b.targets)))
+
+    def loss(net: nn.Module, b: TrainBatch, step: int) -> dict[str, Tensor]:
+        scores, deltas = net(b.images, b.rois)
+        return fast_rcnn_loss(scores, deltas, b.labels, b.targets, cfg.box_loss_weight)
 
     fit.run(lambda epoch, start: epoch_loader(ds, d.batch_size, recipe.seed, epoch, ctx.ddp, _as_list, d.workers,
-                                              start), loss)
+                                              start), sample, loss)
     return fit.step
 
 
@@ -339,14 +342,14 @@ def detect_image(model: FastRCNN, image: Tensor, raw_proposals: np.ndarray, cfg:
     rois = torch.cat([torch.zeros(len(props), 1), props * scale], dim=1)
     if len(props):
         scores, deltas = model(image_blob([resize_image(image, scale)], prepare).to(device), rois.to(device))
-        probs, deltas = F.softmax(scores, 1).cpu(), deltas.cpu()
+        probs, deltas = F.softmax(scores.float(), 1).cpu(), deltas.float().cpu()
     else:
         probs, deltas = torch.zeros(0, NUM_CLASSES + 1), torch.zeros(0, 4 * (NUM_CLASSES + 1))
     return postprocess(props, probs, deltas, image.shape[1], image.shape[2], cfg)
 
 
 def detect(model: FastRCNN, ds: Dataset, proposals: list[np.ndarray], cfg: VOCDetConfig, workers: int,
-           prepare: Callable[[Tensor], Tensor], ctx: EvalContext) -> tuple[list[Any], list[Any]]:
+           prepare: Callable[[Tensor], Tensor], ctx: EvalContext, amp: str = "off") -> tuple[list[Any], list[Any]]:
     """Detections and ground truth of every readable test image, in voc_eval's format and data set order (each
     rank detects its shard)."""
     model.eval()
@@ -355,7 +358,8 @@ def detect(model: FastRCNN, ds: Dataset, proposals: list[np.ndarray], cfg: VOCDe
     with progress_bar("fast r-cnn test", len(loader), ctx.show) as advance:
         for index, items in loader:
             for i, (image, target) in zip(index.tolist(), items):
-                detections = detect_image(model, image, proposals[i], cfg, prepare, ctx.device)
+                with autocast(ctx.device, amp):  # the model as it trained (engine.amp)
+                    detections = detect_image(model, image, proposals[i], cfg, prepare, ctx.device)
                 truth = (target["boxes"].numpy(), target["box_labels"].numpy(), target["box_difficult"].numpy())
                 found.append((detections, truth))
                 indices.append(i)
@@ -415,7 +419,8 @@ class VOCDetection(Protocol):
         test_props = _proposals(test_ds, cfg, recipe, d.test_split, ctx)
         model = FastRCNN(trunk.backbone).to(ctx.device)
         steps = train(model, train_ds, train_props, recipe, cfg, ctx, trunk.prepare)
-        detections, annotations = detect(model, test_ds, test_props, cfg, d.workers, trunk.prepare, ctx)
+        detections, annotations = detect(model, test_ds, test_props, cfg, d.workers, trunk.prepare, ctx,
+                                         recipe.engine.amp)
         metrics = detection_metrics(detections, annotations)
         ctx.log.write(steps, {"mAP": metrics["voc-det/mAP"], "test_images": len(detections)}, prefix="test")
         return metrics

@@ -251,17 +251,20 @@ def train_fcn(model: FCN32s, trunk: Trunk, ds: Dataset, recipe: Recipe, ctx: Eva
     fit = Fit("fcn-32s fine-tune", model, [{"params": [p for p in model.parameters() if p.requires_grad]}], recipe,
               per_epoch, ctx)
 
-    def loss(net: nn.Module, batch: Any, step: int) -> dict[str, Tensor] | None:
+    def prepare(batch: Any, step: int) -> tuple[Tensor, Tensor] | None:
         _, (images, masks) = batch
         if images.numel() == 0:
             return None
         check_masks(masks, num_classes, d.train_split)
-        logits = net(trunk.prepare(images).to(ctx.device))  # [N, K, H, W]
-        return {"loss": pixel_loss(logits.float(), masks.to(ctx.device))}
+        return trunk.prepare(images).to(ctx.device), masks.to(ctx.device)
+
+    def loss(net: nn.Module, batch: tuple[Tensor, Tensor], step: int) -> dict[str, Tensor]:
+        x, y = batch
+        return {"loss": pixel_loss(net(x).float(), y)}  # logits [N, K, H, W]
 
     model.train()
     fit.run(lambda epoch, start: epoch_loader(ds, d.batch_size, recipe.seed, epoch, ctx.ddp, collate_pairs, d.workers,
-                                              start), loss)
+                                              start), prepare, loss)
 
 
 @torch.no_grad()
@@ -279,7 +282,7 @@ def test_confusion(model: FCN32s, trunk: Trunk, ds: Dataset, recipe: Recipe, ctx
                     pred = model(trunk.prepare(images).to(ctx.device)).argmax(1)  # [N, H, W]
                 total += confusion_matrix(pred.cpu(), masks, k, IGNORE)
             advance()
-    return all_sum(torch.from_numpy(total), ctx.ddp).numpy()
+    return all_sum(torch.from_numpy(total), ctx.ddp, ctx.device).numpy()
 
 
 @register_protocol("voc-seg", config=VocSegConfig)
