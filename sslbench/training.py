@@ -173,7 +173,10 @@ def shard_loader(ds: Dataset, batch: int, ddp: Dist, collate: Callable[[list[Any
     """The evaluation loader: (indices, batch) of this rank's strided shard (items r, r+W, r+2W, ...), in order."""
     indices = list(range(ddp.rank, len(ds), ddp.world))  # type: ignore[arg-type]
     batches = [indices[i : i + batch] for i in range(0, len(indices), batch)]
-    return DataLoader(_Indexed(ds), batch_sampler=batches, num_workers=workers, collate_fn=_IndexedCollate(collate))
+    # Its own generator: without one a DataLoader draws its worker seed from the global RNG, so how many loaders
+    # ran before would shift the model's initialisation and dropout.
+    return DataLoader(_Indexed(ds), batch_sampler=batches, num_workers=workers, collate_fn=_IndexedCollate(collate),
+                      generator=torch.Generator())
 
 
 def gather(indices: Sequence[int] | Tensor, values: Sequence[Any], ddp: Dist) -> list[Any]:

@@ -201,3 +201,22 @@ def test_bad_settings_and_missing_data_are_user_errors(tmp_path: Path) -> None:
     paper = load_recipe("protocol", "voc-det", "paper")
     with pytest.raises(UserError, match="--data voc2007="):
         evaluate(paper, "random", tmp_path / "runs", device="cpu", progress=False)
+
+
+def test_a_cold_proposal_cache_gives_the_same_result_as_a_warm_one(tmp_path, monkeypatch) -> None:
+    """Computing the proposals must not touch the random streams the detector trains with (a DataLoader without its
+    own generator draws from the global RNG): the first run, which searches, trains exactly as the second, which reads."""
+    import json
+
+    from sslbench.protocols.base import evaluate
+    from tests.conftest import tiny_alexnet, tiny_protocol
+
+    monkeypatch.setenv("SSLBENCH_CACHE", str(tmp_path / "cache"))
+    recipe = tiny_protocol("voc-det", tiny_alexnet(["data.image_size=48", "data.num_images=8", "data.num_test=4",
+                                                    "data.batch_size=2", "schedule.max_steps=3", "engine.log_every=1"]))
+    losses = []
+    for runs in ("cold", "warm"):
+        out = evaluate(recipe, "random", tmp_path / runs, "cpu", progress=False, store=False)
+        losses.append([json.loads(line).get("loss") for line in (out.run_dir / "metrics.jsonl").read_text().splitlines()])
+        assert list((tmp_path / "cache" / "proposals").glob("*.npz"))
+    assert losses[0] == losses[1] and len([v for v in losses[0] if v is not None]) == 3
