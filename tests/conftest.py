@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -34,6 +36,24 @@ def tiny_pretrain(task: str, extra: list[str] | None = None, flavour: str = ""):
 
 def tiny_protocol(protocol: str, extra: list[str] | None = None):
     return load_recipe("protocol", protocol, "mini", TINY_PROTOCOL + (extra or []))
+
+
+@contextmanager
+def crash_at_call(cls: type, n: int) -> Iterator[None]:
+    """`cls.loss` raises KeyboardInterrupt at its n-th call (a kill in the middle of a run), within the block."""
+    real, calls = cls.loss, {"n": 0}
+
+    def crashing(self, batch):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real(self, batch)
+
+    cls.loss = crashing
+    try:
+        yield
+    finally:
+        cls.loss = real
 
 
 def fit_losses(task, optimizer, batches, key: str = "loss") -> list[float]:  # noqa: ANN001

@@ -16,7 +16,7 @@ from sslbench.engine import pretrain
 from sslbench.errors import UserError
 from sslbench.runtime import Dist
 from sslbench.training import EpochBatches, lr_at
-from tests.conftest import tiny_alexnet, tiny_pretrain
+from tests.conftest import crash_at_call, tiny_alexnet, tiny_pretrain
 
 
 def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -29,24 +29,14 @@ def _resume_recipe():
                                                    "backbone.dropout=0.5", "task.crop_pad=2"]), flavour="alexnet")
 
 
-def test_interrupted_then_resumed_run_is_bit_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_then_resumed_run_is_bit_identical(tmp_path: Path) -> None:
     from sslbench.tasks.rotation import Rotation
 
     recipe = _resume_recipe()
     full = pretrain(recipe, tmp_path / "a", "cpu", progress=False)
     assert full.steps == 6
-    calls, real = {"n": 0}, Rotation.loss
-
-    def crash_at_step_5(self, batch):  # noqa: ANN001, ANN202 - a kill after the checkpoint of step 4
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return real(self, batch)
-
-    with monkeypatch.context() as m:
-        m.setattr(Rotation, "loss", crash_at_step_5)
-        with pytest.raises(KeyboardInterrupt):
-            pretrain(recipe, tmp_path / "b", "cpu", progress=False)
+    with crash_at_call(Rotation, 5), pytest.raises(KeyboardInterrupt):  # a kill after the checkpoint of step 4
+        pretrain(recipe, tmp_path / "b", "cpu", progress=False)
     (crashed,) = (tmp_path / "b").glob("rotation-*")
     assert json.loads((crashed / "status.json").read_text())["step"] == 4
     resumed = pretrain(recipe, tmp_path / "b", "cpu", progress=False, resume=True)
@@ -121,7 +111,7 @@ DDP_SCRIPT = """
 import sys, torch
 from pathlib import Path
 from sslbench.engine import pretrain
-from tests.conftest import tiny_alexnet, tiny_pretrain
+from tests.conftest import crash_at_call, tiny_alexnet, tiny_pretrain
 torch.set_num_threads(1)
 # No BatchNorm (per-rank statistics would differ), no dropout, no augmentation: the only difference
 # between 1 and 2 processes is how the global batch is split.
@@ -146,23 +136,13 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
-def test_a_checkpoint_of_the_previous_format_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_checkpoint_of_the_previous_format_resumes(tmp_path: Path) -> None:
     """Format 1 kept step, optimizer and scaler at the top level and one RNG state: --resume still reads it."""
     from sslbench.tasks.rotation import Rotation
 
     recipe = tiny_pretrain("rotation", ["schedule.epochs=2", "engine.checkpoint_every=2"])
-    calls, real = {"n": 0}, Rotation.loss
-
-    def crash_at_step_3(self, batch):  # noqa: ANN001, ANN202
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(self, batch)
-
-    with monkeypatch.context() as m:
-        m.setattr(Rotation, "loss", crash_at_step_3)
-        with pytest.raises(KeyboardInterrupt):
-            pretrain(recipe, tmp_path, "cpu", progress=False)
+    with crash_at_call(Rotation, 3), pytest.raises(KeyboardInterrupt):
+        pretrain(recipe, tmp_path, "cpu", progress=False)
     (run,) = tmp_path.glob("rotation-*")
     state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
     assert isinstance(state["rng"], list) and len(state["rng"]) == 1  # one RNG state per rank

@@ -27,7 +27,7 @@ from sslbench.training import (
     shard_loader,
     steps_per_epoch,
 )
-from tests.conftest import tiny_pretrain
+from tests.conftest import crash_at_call, tiny_pretrain
 
 
 def test_the_steps_rule_drops_the_last_partial_batch_and_refuses_less_than_one() -> None:
@@ -149,17 +149,7 @@ def test_setup_state_is_saved_with_the_checkpoint_and_read_back_on_resume(tmp_pa
     monkeypatch.setitem(TASKS._entries, "mean-rotation", Entry("mean-rotation", MeanImageRotation, RotationConfig, ""))
     recipe = tiny_pretrain("rotation", ["schedule.epochs=2", "engine.checkpoint_every=2"])
     recipe = __import__("dataclasses").replace(recipe, name="mean-rotation")
-    calls = {"n": 0}
-    real = MeanImageRotation.loss
-
-    def crash_at_step_5(self, batch):  # noqa: ANN001, ANN202
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt  # a crash after the checkpoint of step 4
-        return real(self, batch)
-
-    monkeypatch.setattr(MeanImageRotation, "loss", crash_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_at_call(MeanImageRotation, 5), pytest.raises(KeyboardInterrupt):  # after the checkpoint of step 4
         pretrain(recipe, tmp_path, "cpu", progress=False)
     (run,) = tmp_path.glob("mean-rotation-*")
     state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
