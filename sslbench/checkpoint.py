@@ -22,6 +22,8 @@ from sslbench.backbones.base import Backbone, backbone_label, build_backbone
 from sslbench.config import Named, recipe_from_json
 from sslbench.data.build import dataset_label
 from sslbench.errors import UserError
+from sslbench.runs import CHECKPOINT
+from sslbench.runtime import load_weights_only
 from sslbench.transforms import TRANSFER_INPUTS, default_transfer_input
 
 FORMAT = "sslbench-pretrain-2"  # 2: records the transfer input and the task's setup state
@@ -72,6 +74,8 @@ class Trunk:
     pretrain_dataset: str = ""
     pretrain_run: str = ""
     reinitialised: tuple[str, ...] = ()  # weights re-initialised because the trunk was rebuilt at another size
+    unfinished: str = ""  # where an unfinished pretraining stopped ('step 2 of 80'; --allow-unfinished)
+    pretrain_recipe: str = ""  # the pretraining's recipe (JSON) of a checkpoint's trunk, or of random:CKPT's
 
     @property
     def prepare(self) -> Callable[[Tensor], Tensor]:
@@ -103,25 +107,73 @@ def resize_trunk(backbone: Backbone, trained: Named, protocol: Named) -> tuple[B
     return resized, tuple(sorted(set(own) - set(keep)))
 
 
-def load_trunk(spec: TrunkSpec, fallback: Named) -> Trunk:
+def load_trunk(spec: TrunkSpec, fallback: Named, allow_unfinished: bool = False) -> Trunk:
     """The trunk `spec` names; `fallback` is the protocol recipe's backbone (random init, plain state dicts,
-    and the size a pretrained trunk is rebuilt at)."""
+    and the size a pretrained trunk is rebuilt at). An unfinished pretraining's checkpoint is refused unless
+    `allow_unfinished`; weights that are not finite or have blown up are refused always."""
     if spec.kind == "random":
         backbone = build_backbone(fallback.name, fallback.cfg)
         return Trunk(backbone=backbone, method="random", label=backbone_label(fallback.name, fallback.cfg),
                      checkpoint=str(spec), transfer_input=default_transfer_input(backbone.in_channels))
     if spec.kind == "random-like":
         return _random_like(spec, fallback)
-    return _from_file(Path(spec.path), fallback, spec)
+    return _from_file(Path(spec.path), fallback, spec, allow_unfinished)
 
 
 def read_checkpoint(path: Path) -> Any:
+    """A checkpoint file's contents, read with torch.load(weights_only=True): loading never runs code."""
+    if str(path) in ("", "."):
+        raise UserError("--checkpoint is empty; pass a runs/<task>-*/checkpoint.pt, a state dict file or 'random'")
+    if path.is_dir():
+        inside = path / CHECKPOINT
+        hint = f"; its checkpoint is {inside}" if inside.is_file() else ""
+        raise UserError(f"--checkpoint {path} is a directory, not a checkpoint file{hint}")
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}; pass a runs/<task>-*/checkpoint.pt or 'random'")
+    state = load_weights_only(path)
+    if is_pretrain(state):
+        _check_pretrain_state(state, path)
+    return state
+
+
+def _check_pretrain_state(state: dict[str, Any], path: Path) -> None:
+    """The fields every use of a pretraining checkpoint reads, with the right types (a forged or damaged file
+    is one line, not a KeyError)."""
+    needs = {"task": str, "recipe": str, "backbone": dict, "backbone_state": dict, "model": dict}
+    for key, kind in needs.items():
+        if not isinstance(state.get(key), kind):
+            raise UserError(f"{path}: not a valid sslbench checkpoint ({key!r} missing or not a {kind.__name__}); "
+                            "was it written by sslbench pretrain?")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a damaged file
-        raise UserError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
+        recipe_from_json(state["recipe"])
+    except (ValueError, KeyError, TypeError, UserError) as exc:
+        raise UserError(f"{path}: its recipe cannot be read ({type(exc).__name__}: {exc})") from None
+
+
+SANE_WEIGHT = 1e6  # |w| above this in a trained network is a diverged run, not a result
+
+
+def insane_weights(weights: dict[str, Any]) -> str:
+    """Why these weights are not a usable network ('' if they are): non-finite values, or magnitudes above
+    SANE_WEIGHT (a run whose loss stayed finite while its weights blew up)."""
+    for name, t in weights.items():
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.numel() == 0:
+            continue
+        if not bool(torch.isfinite(t).all()):
+            return f"non-finite values in {name}"
+        peak = float(t.abs().max())
+        if peak > SANE_WEIGHT:
+            return f"|w| up to {peak:.1e} in {name} (more than {SANE_WEIGHT:.0e})"
+    return ""
+
+
+def progress_of(state: dict[str, Any]) -> str:
+    """'' for a finished pretraining, else where it stopped: 'step 2 of 80'."""
+    if state.get("finished", True):
+        return ""
+    fit = state.get("fit") or state
+    total = state.get("total")
+    return f"step {fit.get('step', '?')}" + (f" of {total}" if total else "")
 
 
 def is_pretrain(state: Any) -> bool:
@@ -143,12 +195,19 @@ def _random_like(spec: TrunkSpec, fallback: Named) -> Trunk:
     target = at_protocol_size(recipe.backbone, fallback)
     return Trunk(backbone=build_backbone(target.name, target.cfg), method="random", variant=f"{state['task']} trunk",
                  label=backbone_label(target.name, target.cfg), checkpoint=str(spec),
-                 transfer_input=recorded_transfer_input(state))
+                 transfer_input=recorded_transfer_input(state), pretrain_recipe=state["recipe"])
 
 
-def _from_file(path: Path, fallback: Named, spec: TrunkSpec) -> Trunk:
+def _from_file(path: Path, fallback: Named, spec: TrunkSpec, allow_unfinished: bool) -> Trunk:
     state = read_checkpoint(path)
     if is_pretrain(state):
+        unfinished = progress_of(state)
+        if unfinished and not allow_unfinished:
+            raise UserError(f"{path}: its pretraining is unfinished (stopped at {unfinished}); evaluate a finished "
+                            "run's checkpoint, or pass --allow-unfinished (the rows are then labelled unfinished)")
+        bad = insane_weights(state["backbone_state"])
+        if bad:
+            raise UserError(f"{path}: not a usable trunk: {bad}; its pretraining diverged")
         recipe = recipe_from_json(state["recipe"])
         backbone = build_backbone(recipe.backbone.name, recipe.backbone.cfg)
         load_state_strict(backbone, state["backbone_state"], path)
@@ -156,11 +215,15 @@ def _from_file(path: Path, fallback: Named, spec: TrunkSpec) -> Trunk:
         return Trunk(backbone=backbone, method=state["task"], variant=state.get("variant", ""),
                      label=state["backbone"]["label"], checkpoint=str(spec),
                      transfer_input=recorded_transfer_input(state), pretrain_dataset=dataset_label(recipe.data),
-                     pretrain_run=path.parent.name, reinitialised=reinit)
+                     pretrain_run=path.parent.name, reinitialised=reinit, unfinished=unfinished,
+                     pretrain_recipe=state["recipe"])
     # A plain state dict (e.g. weights converted from the authors' Caffe models): load into the recipe's backbone.
     weights = state.get("state_dict", state) if isinstance(state, dict) else None
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise UserError(f"{path}: expected an sslbench checkpoint or a state dict of tensors")
+    bad = insane_weights(weights)
+    if bad:
+        raise UserError(f"{path}: not a usable trunk: {bad}")
     backbone = build_backbone(fallback.name, fallback.cfg)
     load_state_strict(backbone, weights, path)
     return Trunk(backbone=backbone, method=path.stem, label=backbone_label(fallback.name, fallback.cfg),

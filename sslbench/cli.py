@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
 import typer
 
-from sslbench.errors import UserError
+from sslbench.errors import Interrupted, UserError
 from sslbench.plugins import load_all
 from sslbench.registry import DATASETS
+from sslbench.runtime import install_signal_handlers
 
+try:  # typer >= 0.25 bundles its own click
+    from typer._click.exceptions import ClickException, UsageError
+except ImportError:  # pragma: no cover - older typer runs on click itself
+    from click.exceptions import ClickException, UsageError
 app = typer.Typer(
     name="sslbench", no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
     help="Pretrain the classic self-supervised pretext tasks, transfer them, and print the papers' tables "
@@ -19,8 +25,8 @@ app = typer.Typer(
 data_app = typer.Typer(no_args_is_help=True, help="The embedded data set and real data sets on disk.")
 app.add_typer(data_app, name="data")
 
-ScaleOpt = typer.Option("mini", "--scale",
-                        help="mini (embedded data, CPU minutes) or paper (real data, papers' schedules).")
+ScaleOpt = typer.Option(None, "--scale", show_default=False,
+                        help="mini (embedded data, CPU minutes; the default) or paper (real data, papers' schedules).")
 RecipeOpt = typer.Option("", "--recipe", help="Recipe flavour: recipes/<name>/<scale>-<flavour>.toml (e.g. alexnet).")
 DataOpt = typer.Option(None, "--data",
                        help="NAME=PATH of a real data set, e.g. voc2007=/data/VOCdevkit (default: embedded).")
@@ -50,7 +56,8 @@ def pretrain(
     set_: list[str] | None = SetOpt, device: str = DeviceOpt, seed: int | None = SeedOpt,
     runs: Path = RunsOpt,
     resume: bool = typer.Option(False, "--resume",
-                                help="Continue the latest unfinished run of this task from its checkpoint."),
+                                help="Continue the newest unfinished run of this task with its own recipe "
+                                     "(options given must agree with it)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Pretrain a network on a pretext task; writes runs/<task>-<time>/ (checkpoint.pt, metrics, TensorBoard).
@@ -58,12 +65,18 @@ def pretrain(
     Example: [bold]sslbench pretrain rotation --recipe alexnet --set schedule.epochs=5[/bold]
     """
     from sslbench.engine import pretrain as run_pretrain
-    from sslbench.recipes import load_recipe
+    from sslbench.recipes import load_recipe, resumed_recipe
+    from sslbench.runs import pick_resumable
 
-    r = load_recipe("pretrain", task, scale, set_ or [], _data(data), seed, flavour=recipe)
-    out = run_pretrain(r, runs, device, resume=resume, progress=not quiet, argv=sys.argv)
+    sets, datasets = set_ or [], _data(data)
+    r = load_recipe("pretrain", task, scale or "mini", sets, datasets, seed, flavour=recipe)
+    target: bool | Path = False
+    if resume:  # the run's own recipe; a --scale / --recipe given names the whole recipe it must be
+        named = bool(scale or recipe)
+        target, r = pick_resumable(runs, task, lambda run: r if named else resumed_recipe(run, sets, datasets, seed))
+    out = run_pretrain(r, runs, device, resume=target, progress=not quiet, argv=sys.argv)
     metrics = " ".join(f"{k} {v:.3f}" for k, v in out.metrics.items())
-    skipped = f", {out.skipped_images} unreadable images skipped" if out.skipped_images else ""
+    skipped = f", {out.unreadable}" if out.unreadable else ""
     typer.echo(f"pretrain {task}: {out.steps} steps in {out.wall_time:.0f} s, {metrics}{skipped} -> {out.checkpoint}")
 
 
@@ -78,6 +91,8 @@ def eval_(
     runs: Path = RunsOpt, quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     init: str = typer.Option("default", "--init",
                              help="default, or rescale: Kraehenbuehl et al.'s data-dependent rescaling first."),
+    allow_unfinished: bool = typer.Option(False, "--allow-unfinished",
+                                          help="Evaluate an unfinished pretraining's checkpoint (rows say so)."),
 ) -> None:
     """Evaluate a checkpoint (or random init) with a transfer protocol; the numbers go to runs/results.sqlite.
 
@@ -86,11 +101,24 @@ def eval_(
     from sslbench.protocols.base import evaluate
     from sslbench.recipes import load_recipe
 
-    r = load_recipe("protocol", protocol, scale, set_ or [], _data(data), seed, flavour=recipe)
-    out = evaluate(r, checkpoint, runs, device, progress=not quiet, argv=sys.argv, init=init)
-    values = " ".join(f"{k.split('/', 1)[1]} {v:.2f}" for k, v in out.metrics.items())
+    r = load_recipe("protocol", protocol, scale or "mini", set_ or [], _data(data), seed, flavour=recipe)
+    out = evaluate(r, checkpoint, runs, device, progress=not quiet, argv=sys.argv, init=init,
+                   allow_unfinished=allow_unfinished)
+    values = _summary(out.metrics)
     prov = out.provenance
-    typer.echo(f"eval {protocol} on {prov.method} [{prov.backbone}]: {values} ({out.wall_time:.0f} s)")
+    unfinished = f"unfinished pretraining ({prov.unfinished})" if prov.unfinished else ""
+    notes = "".join(f"; {n}" for n in (out.unreadable, unfinished) if n)
+    typer.echo(f"eval {protocol} on {prov.method} [{prov.backbone}]: {values} ({out.wall_time:.0f} s{notes}); "
+               f"{out.run_dir / 'result.json'}")
+
+
+def _summary(metrics: dict[str, float], limit: int = 12) -> str:
+    """The headline values of an evaluation: the per-class APs / IoUs are in result.json and the store."""
+    main = {k: v for k, v in metrics.items() if "/AP/" not in k and "/IoU/" not in k}
+    shown = list(main.items())[:limit]
+    more = len(metrics) - len(shown)
+    text = " ".join(f"{k.split('/', 1)[1]} {v:.2f}" for k, v in shown)
+    return text + (f" (+{more} per-class values)" if more else "")
 
 
 @app.command()
@@ -107,32 +135,41 @@ def table(
     _print_tables(name, fmt, runs, plot)
 
 
-def _print_tables(name: str, fmt: str, runs: Path, plot: Path | None) -> None:
+def _check_output(name: str, fmt: str, plot: Path | None) -> None:
+    """The table names, the format and the plot target, checked before any work (reproduce runs for minutes)."""
     from sslbench import report
-    from sslbench.results import ResultStore
     from sslbench.tables import load_table, resolve
 
-    names = resolve(name)
+    tables = [load_table(n) for n in resolve(name)]
     if fmt not in report.FORMATS:
         raise UserError(f"unknown format {fmt!r}; valid: {', '.join(report.FORMATS)}")
-    store_path = runs / "results.sqlite"
-    store = ResultStore(store_path) if store_path.is_file() else None
-    for i, n in enumerate(names):
-        t = load_table(n)
-        if fmt == "rich":
-            from rich.console import Console
+    if plot is not None:
+        report.check_plot(plot, tables)
 
-            console = Console() if sys.stdout.isatty() else Console(width=report.RICH_WIDTH)
+
+def _print_tables(name: str, fmt: str, runs: Path, plot: Path | None) -> None:
+    from sslbench import report
+    from sslbench.results import STORE, ResultStore
+    from sslbench.tables import load_table, resolve
+
+    _check_output(name, fmt, plot)
+    tables = [load_table(n) for n in resolve(name)]
+    store_path = runs / STORE
+    store = ResultStore(store_path) if store_path.is_file() else None
+    if fmt == "rich":
+        from rich.console import Console
+
+        console = Console() if sys.stdout.isatty() else Console(width=report.RICH_WIDTH)
+        for t in tables:
             console.print(report.rich_table(t, report.all_rows(t, store)))
             console.print()
-        else:
-            sys.stdout.write(("\n" if i else "") + report.render(t, store, fmt))
-        if plot is not None and t.plot:
-            target = plot if len(names) == 1 else plot.with_name(f"{plot.stem}-{n}{plot.suffix}")
+    else:
+        sys.stdout.write(report.render_group(tables, store, fmt))
+    for t in tables if plot is not None else []:
+        if t.plot:
+            target = plot if len(tables) == 1 else plot.with_name(f"{plot.stem}-{t.name}{plot.suffix}")
             report.plot(t, store, target)
             typer.echo(f"plot: {target}", err=True)
-        elif plot is not None and len(names) == 1:
-            report.plot(t, store, plot)  # raises the one-line error for non-probe tables
 
 
 def _seeds(text: str | None, seed: int | None) -> tuple[int, ...]:
@@ -169,7 +206,9 @@ def reproduce(
     from sslbench.reproduce import reproduce as run
 
     seed_list = _seeds(seeds, seed)
-    names, summary = run(name, Options(scale, runs, device, seed, force, _data(data), not quiet, sys.argv, seed_list))
+    _check_output(name, fmt, plot)
+    options = Options(scale or "mini", runs, device, seed, force, _data(data), not quiet, sys.argv, seed_list)
+    names, summary = run(name, options)
     _print_tables(name, fmt, runs, plot)
     for item in summary.ran:
         typer.echo(f"  ran     {item}", err=True)
@@ -224,14 +263,16 @@ def data_synth(
     num: int = typer.Option(200, "--num", help="Images per split."),
     image_size: int = typer.Option(64, "--image-size", help="Side in pixels (CIFAR: 32, STL-10: 96 regardless)."),
     seed: int = typer.Option(0, "--seed", help="Generator seed."),
+    force: bool = typer.Option(False, "--force", help="Write into an existing, non-empty data set folder: files of "
+                                                     "the same names are replaced, nothing is removed."),
 ) -> None:
-    """Write the embedded data in a real data set's on-disk layout.
+    """Write the embedded data in a real data set's on-disk layout (never over an existing data set without --force).
 
     Example: [bold]sslbench data synth --format voc --out synthvoc[/bold]
     """
     from sslbench.data.layouts import synth
 
-    path = synth(fmt, out, num, image_size, seed)
+    path = synth(fmt, out, num, image_size, seed, force)
     typer.echo(f"wrote {fmt} ({num} images per split) to {path}")
 
 
@@ -264,25 +305,38 @@ def show(
     typer.echo(draw(kind, checkpoint, out, num, split))
 
 
+USAGE_EXIT = 2  # a usage error (unknown option, missing argument, a value of the wrong type), as click and argparse
+
+
 def main() -> None:
+    """The entry point: every failure a user can fix is one `error:` line and exit 1 (usage errors: 2); SIGINT /
+    SIGTERM one `interrupted:` line and exit 128 + the signal (130 for Ctrl-C)."""
+    install_signal_handlers()
     try:
         load_all()
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise SystemExit(1) from None
-    except KeyboardInterrupt:
-        typer.echo("interrupted; a run can continue with --resume", err=True)
+    except Interrupted as exc:
+        typer.echo(f"interrupted: {exc.message or 'stopped by ' + signal.Signals(exc.signum).name}", err=True)
+        raise SystemExit(128 + exc.signum) from None
+    except ClickException as exc:  # usage errors come through here with standalone_mode=False
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `sslbench` alone: the help
+            exc.show()
+            raise SystemExit(USAGE_EXIT) from None
+        ctx = getattr(exc, "ctx", None)
+        command = ctx.command_path if ctx is not None else "sslbench"
+        text = " ".join(exc.format_message().split())
+        typer.echo(f"error: {text} (see `{command} --help`)", err=True)
+        raise SystemExit(USAGE_EXIT if isinstance(exc, UsageError) else 1) from None
+    except typer.Abort:
+        typer.echo("interrupted: aborted", err=True)
         raise SystemExit(130) from None
-    except SystemExit:
-        raise
-    except Exception as exc:  # usage errors (typer's bundled click) come through here with standalone_mode=False
-        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
-            exc.show()  # type: ignore[attr-defined]
-            raise SystemExit(exc.exit_code) from None  # type: ignore[attr-defined]
-        if type(exc).__name__ == "Abort":
-            raise SystemExit(1) from None
-        raise
+    if isinstance(rc, int) and rc:  # typer turns a KeyboardInterrupt it sees into a return value (130)
+        if rc == 130:
+            typer.echo("interrupted: stopped by SIGINT", err=True)
+        raise SystemExit(rc)
 
 
 if __name__ == "__main__":

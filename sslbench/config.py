@@ -1,10 +1,12 @@
 """Recipe schemas: frozen dataclasses and their validation.
 
 A recipe (``recipes/<task>/<scale>.toml`` or ``recipes/protocols/<protocol>/<scale>.toml``, read by
-sslbench.recipes) is validated section by section against typed dataclasses: an unknown key or a wrong type
-is an error naming the key and the file. `build` is the validator every typed file of sslbench goes
-through (recipes, table files). Registry lookups (a task's or backbone's config class) need the plugins
-loaded (sslbench.plugins.load_all), which the entry points do.
+sslbench.recipes) is validated section by section against typed dataclasses: an unknown key, a wrong type or
+a value out of its range is an error naming the key and the file. Every numeric field declares its valid
+range with its type, ``Annotated[int, In(1, 65536)]`` (tests check that none is missing); floats are finite.
+`build` is the validator every typed file of sslbench goes through (recipes, table files). Registry lookups
+(a task's or backbone's config class) need the plugins loaded (sslbench.plugins.load_all), which the entry
+points do.
 """
 
 from __future__ import annotations
@@ -12,16 +14,52 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from sslbench.errors import UserError
 from sslbench.registry import BACKBONES, PROTOCOLS, TASKS, Registry
 
 SCALES = ("mini", "paper")
 Kind = Literal["pretrain", "protocol"]
+
+
+@dataclass(frozen=True)
+class In:
+    """The valid range of a numeric config field, declared with its type: ``Annotated[float, In(0, 1)]``.
+    Bounds are inclusive unless `open_lo` / `open_hi`; floats must also be finite."""
+
+    lo: float
+    hi: float
+    open_lo: bool = False
+    open_hi: bool = False
+    also: tuple[float, ...] = ()  # values allowed outside the range (data.image_size 0: the stored size)
+
+    def holds(self, v: float) -> bool:
+        above = v > self.lo if self.open_lo else v >= self.lo
+        below = v < self.hi if self.open_hi else v <= self.hi
+        return (above and below) or v in self.also
+
+    def __str__(self) -> str:
+        interval = f"{'(' if self.open_lo else '['}{self.lo:g}, {self.hi:g}{')' if self.open_hi else ']'}"
+        return " or ".join([*(f"{v:g}" for v in self.also), interval])
+
+
+# The ranges most fields share:
+MAX_SEED = 2**31 - 1
+Seed = Annotated[int, In(0, MAX_SEED)]
+Rate = Annotated[float, In(0, 1)]  # a probability, a fraction, an IoU
+Dropout = Annotated[float, In(0, 1, open_hi=True)]
+Weight = Annotated[float, In(0, 1e6)]  # a loss weight, a multiplier that may be 0
+Positive = Annotated[float, In(0, 1e6, open_lo=True)]  # a scale, a std, a multiplier that may not be 0
+Count = Annotated[int, In(0, 10**9)]  # a number of items, 0 allowed
+Units = Annotated[int, In(1, 65536)]  # the width of a layer
+Pixels = Annotated[int, In(0, 1024)]  # a padding, a gap, an offset
+Side = Annotated[int, In(8, 4096)]  # an image side
+WidthMult = Annotated[float, In(0, 8, open_lo=True)]  # a multiplier on a network's channel counts
 
 
 def section_of(kind: str) -> str:
@@ -39,44 +77,44 @@ class DataConfig:
     root: str = ""  # path of the real data set on disk; empty for the embedded data
     train_split: str = "unlabeled"  # split the method trains on
     test_split: str = ""  # split a protocol reports on (empty for pretraining)
-    image_size: int = 64  # side of the square images fed to the network
-    num_images: int = 0  # cap on training images (0 = the whole split)
-    num_test: int = 0  # cap on test images (0 = the whole split)
-    batch_size: int = 64  # global batch size (split evenly across DDP ranks)
-    workers: int = 0  # DataLoader worker processes
-    synth_seed: int = 0  # seed of the embedded generator (fixes the images, not the training)
+    image_size: Annotated[int, In(8, 4096, also=(0,))] = 64  # side of the square images fed to the network
+    num_images: Count = 0  # cap on training images (0 = the whole split)
+    num_test: Count = 0  # cap on test images (0 = the whole split)
+    batch_size: Annotated[int, In(1, 65536)] = 64  # global batch size (split evenly across DDP ranks)
+    workers: Annotated[int, In(0, 256)] = 0  # DataLoader worker processes
+    synth_seed: Seed = 0  # seed of the embedded generator (fixes the images, not the training)
 
 
 @dataclass(frozen=True)
 class OptimConfig:
     name: Literal["sgd", "adam", "adamw"] = "sgd"  # optimizer family
-    lr: float = 0.01  # base learning rate at the global batch size
-    momentum: float = 0.9  # SGD momentum
+    lr: Annotated[float, In(0, 1000, open_lo=True)] = 0.01  # base learning rate at the global batch size
+    momentum: Dropout = 0.9  # SGD momentum
     nesterov: bool = False  # Nesterov momentum (RotNet's code uses it)
-    weight_decay: float = 5e-4  # L2 penalty
-    betas: tuple[float, float] = (0.9, 0.999)  # Adam betas (Context Encoders: beta1 0.5)
-    grad_clip: float = 0.0  # max gradient norm, 0 = off (VOC07 cls protocol: 10)
+    weight_decay: Rate = 5e-4  # L2 penalty
+    betas: tuple[Dropout, Dropout] = (0.9, 0.999)  # Adam betas (Context Encoders: beta1 0.5)
+    grad_clip: Weight = 0.0  # max gradient norm, 0 = off (VOC07 cls protocol: 10)
 
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    epochs: int = 1  # passes over the training split
+    epochs: Annotated[int, In(1, 100_000)] = 1  # passes over the training split
     kind: Literal["constant", "step", "multistep", "cosine"] = "multistep"  # learning-rate shape
-    milestones: tuple[int, ...] = ()  # epochs where multistep multiplies the rate by gamma
-    step_size: int = 10  # epochs between drops for kind = "step"
-    gamma: float = 0.1  # multiplier at each drop
-    warmup_epochs: float = 0.0  # linear warm-up length
-    max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs)
+    milestones: tuple[Annotated[int, In(0, 100_000)], ...] = ()  # epochs where multistep multiplies the rate by gamma
+    step_size: Annotated[int, In(1, 100_000)] = 10  # epochs between drops for kind = "step"
+    gamma: Annotated[float, In(0, 10, open_lo=True)] = 0.1  # multiplier at each drop
+    warmup_epochs: Annotated[float, In(0, 100_000)] = 0.0  # linear warm-up length
+    max_steps: Count = 0  # stop after this many optimizer steps (0 = run all epochs)
 
 
 @dataclass(frozen=True)
 class EngineConfig:
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto = bf16 autocast on CUDA, off on CPU
-    checkpoint_every: int = 200  # optimizer steps between atomic checkpoints
-    log_every: int = 10  # optimizer steps between metrics.jsonl / TensorBoard points
+    checkpoint_every: Annotated[int, In(1, 10**9)] = 200  # optimizer steps between atomic checkpoints
+    log_every: Annotated[int, In(1, 10**9)] = 10  # optimizer steps between metrics.jsonl / TensorBoard points
     sync_bn: bool = True  # BatchNorm over the global batch under DDP (SyncBatchNorm on CUDA, GlobalBatchNorm on gloo)
     channels_last: bool = False  # NHWC memory format (faster convs on some CPUs/GPUs)
-    threads: int = 0  # torch CPU threads (0 = torch's default)
+    threads: Annotated[int, In(0, 1024)] = 0  # torch CPU threads (0 = torch's default)
 
 
 @dataclass(frozen=True)
@@ -136,7 +174,7 @@ def build(cls: type, raw: dict[str, Any], where: str) -> Any:
     """raw TOML table -> frozen dataclass `cls`; unknown keys and wrong types raise UserError."""
     if not isinstance(raw, dict):
         raise UserError(f"{where}: expected a table, found {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
@@ -152,6 +190,12 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     args = typing.get_args(tp)
     if tp is Any:
         return value
+    if origin is Annotated:
+        out = _coerce(args[0], value, where)
+        for bound in (a for a in args[1:] if isinstance(a, In)):
+            if not bound.holds(out):
+                raise UserError(f"{where}: expected a value in {bound}, found {value!r}")
+        return out
     if dataclasses.is_dataclass(tp):
         return build(tp, value, where)
     if origin is Literal:
@@ -188,6 +232,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{where}: expected a number, found {value!r}")
+        if not math.isfinite(value):
+            raise UserError(f"{where}: expected a finite number, found {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -207,9 +253,11 @@ def recipe_from_dict(kind: Kind, name: str, raw: dict[str, Any], source: str, sc
     where = source if not overrides else f"{source} (with --set {' '.join(overrides)})"
     allowed = {"seed", section, "backbone", "data", "optim", "schedule", "engine"}
     unknown = sorted(set(raw) - allowed)
-    if unknown:
-        raise UserError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(allowed))}")
     entry = registry_of(kind).entry(name)
+    if unknown:
+        own = {f.name for f in dataclasses.fields(entry.config)} if entry.config else set()
+        hint = f" ({unknown[0]!r} is a [{section}] key: write {section}.{unknown[0]}...)" if unknown[0] in own else ""
+        raise UserError(f"{where}: unknown key {unknown[0]!r}{hint}; valid keys: {', '.join(sorted(allowed))}")
     component_raw = dict(raw.get(section, {}))
     component_raw.pop("name", None)
     component = Named(name, build(entry.config, component_raw, f"{where} [{section}]"))
@@ -218,20 +266,68 @@ def recipe_from_dict(kind: Kind, name: str, raw: dict[str, Any], source: str, sc
     if not isinstance(bb_name, str):
         raise UserError(f"{where} [backbone]: missing 'name'; valid: {', '.join(BACKBONES.names())}")
     backbone = Named(bb_name, build(BACKBONES.entry(bb_name).config, bb_raw, f"{where} [backbone]"))
+    data = build(DataConfig, raw.get("data", {}), f"{where} [data]")
+    if data.image_size == 0 and not getattr(entry.obj, "stored_image_size", False):
+        raise UserError(f"{where} [data].image_size: 0 (the images' stored sizes) is for the protocols that "
+                        f"rescale each image themselves (voc-det); {name} needs a fixed side: set it to 8 or more")
     return Recipe(
         kind=kind,
         name=name,
         source=source,
         scale=scale,
-        seed=seed if seed is not None else _coerce(int, raw.get("seed", 0), f"{where}.seed"),
+        seed=_coerce(Seed, seed if seed is not None else raw.get("seed", 0),
+                     "--seed" if seed is not None else f"{where}.seed"),
         component=component,
         backbone=backbone,
-        data=build(DataConfig, raw.get("data", {}), f"{where} [data]"),
+        data=data,
         optim=build(OptimConfig, raw.get("optim", {}), f"{where} [optim]"),
         schedule=build(ScheduleConfig, raw.get("schedule", {}), f"{where} [schedule]"),
         engine=build(EngineConfig, raw.get("engine", {}), f"{where} [engine]"),
         overrides=tuple(overrides),
     )
+
+
+# What two recipes may differ in and still be the same experiment, by purpose (dotted keys of Recipe.to_dict):
+IDENTITY_FREE = ("source", "overrides", "data.workers")  # where the recipe came from; loader processes
+RESUME_FREE = (*IDENTITY_FREE, "data.root")  # a resumed run may read its data from where it lives now
+# a table's plan names recipes: the seed, the machine's threads and the logging cadence do not change which one
+PLAN_FREE = (*RESUME_FREE, "seed", "engine.threads", "engine.checkpoint_every", "engine.log_every")
+
+
+def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'optim': {'lr': 0.1}} -> {'optim.lr': 0.1}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _as_dict(recipe: Recipe | str | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(recipe, Recipe):
+        return recipe.to_dict()
+    return json.loads(recipe) if isinstance(recipe, str) else recipe
+
+
+def recipe_diff(a: Recipe | str | dict[str, Any], b: Recipe | str | dict[str, Any],
+                free: tuple[str, ...] = IDENTITY_FREE) -> list[tuple[str, Any, Any]]:
+    """(key, a's value, b's value) of every dotted key where two recipes differ, keys in `free` left out."""
+    fa, fb = flat(_as_dict(a)), flat(_as_dict(b))
+    keys = sorted(set(fa) | set(fb))
+    return [(k, fa.get(k), fb.get(k)) for k in keys
+            if fa.get(k) != fb.get(k) and not any(k == f or k.startswith(f + ".") for f in free)]
+
+
+def describe_diff(diffs: list[tuple[str, Any, Any]], limit: int = 3) -> str:
+    """'optim.lr=0.5 (not 0.1), schedule.epochs=1 (not 30) +2 more': b's values, a's in brackets."""
+    parts = [f"{k}={_short(vb)} (not {_short(va)})" for k, va, vb in diffs[:limit]]
+    return ", ".join(parts) + (f" +{len(diffs) - limit} more" if len(diffs) > limit else "")
+
+
+def _short(v: Any) -> str:
+    return "unset" if v is None else json.dumps(v) if isinstance(v, (list, str)) else str(v)
 
 
 def recipe_key(recipe: Recipe | str) -> str:
@@ -241,7 +337,14 @@ def recipe_key(recipe: Recipe | str) -> str:
     d = json.loads(recipe) if isinstance(recipe, str) else recipe.to_dict()
     for key in ("source", "overrides"):
         d.pop(key, None)
-    d.get("data", {}).pop("workers", None)
+    d.get("data", {}).pop("workers", None)  # IDENTITY_FREE, hashed as it always was: stored keys stay valid
+    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def identity_key(recipe: Recipe | str | dict[str, Any], free: tuple[str, ...]) -> str:
+    """A hash of the recipe without the keys in `free` (a table's plan: PLAN_FREE)."""
+    d = {k: v for k, v in flat(_as_dict(recipe)).items()
+         if not any(k == f or k.startswith(f + ".") for f in free)}
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

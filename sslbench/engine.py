@@ -3,7 +3,9 @@
 The engine knows only the PretextTask contract (setup, make_batch, param_groups, forward -> {'loss', ...});
 it never branches on a task's name. Exact resume on CPU: the data order is a function of (seed, epoch), batch
 randomness of (seed, step, rank), the learning rate of the step, the task's set-up state is read back from the
-checkpoint, and the global RNG states (dropout) are saved with every checkpoint.
+checkpoint, and the global RNG states (dropout) are saved with every checkpoint. How a run ends is in its
+status (sslbench.runs): finished and stored; interrupted (a checkpoint at the step it stopped) or failed, both
+resumable; diverged (a non-finite loss), not resumable; a run that ends before its first checkpoint is removed.
 """
 
 from __future__ import annotations
@@ -19,21 +21,33 @@ import torch.distributed as dist
 from torch.utils.data import Dataset
 
 from sslbench.backbones.base import backbone_label, build_backbone
-from sslbench.checkpoint import FORMAT
+from sslbench.checkpoint import FORMAT, insane_weights
 from sslbench.config import Recipe, recipe_key
 from sslbench.data.build import build_dataset, dataset_label
 from sslbench.data.datasets import collate_skip_corrupt
+from sslbench.errors import Interrupted, UserError
 from sslbench.progress import console
 from sslbench.registry import TASKS
-from sslbench.results import PretrainRow, default_store, now_iso
+from sslbench.results import PretrainRow, check_store, default_store, now_iso
 from sslbench.runlog import MetricLogger
-from sslbench.runs import CHECKPOINT, record_run, shared_run_dir
+from sslbench.runs import (
+    CHECKPOINT,
+    STATUS,
+    Run,
+    check_runs_writable,
+    open_run,
+    pick_resumable,
+    read_status,
+    record_resume,
+    record_run,
+)
 from sslbench.runtime import (
     Dist,
     atomic_torch_save,
     close_distributed,
     code_version,
     init_distributed,
+    load_weights_only,
     resolve_device,
     rng_state,
     seed_everything,
@@ -42,7 +56,15 @@ from sslbench.runtime import (
     write_json,
 )
 from sslbench.tasks.base import PretextTask
-from sslbench.training import Context, Fit, epoch_loader, everyone, steps_per_epoch
+from sslbench.training import (
+    Context,
+    Fit,
+    NonFiniteLoss,
+    describe_unreadable,
+    epoch_loader,
+    everyone,
+    steps_per_epoch,
+)
 
 SETUP_SEED = 104729  # offset of the set-up generator from the recipe's seed: its draws never meet a batch's
 
@@ -53,15 +75,17 @@ class PretrainOutcome:
     checkpoint: Path
     steps: int
     metrics: dict[str, float]
-    wall_time: float
+    wall_time: float  # seconds of work over every leg of the run (each leg up to its last checkpoint, then this one)
     skipped_images: int
+    unreadable: str = ""  # '3 of 4000 train images unreadable (skipped)'
 
 
 class Trainer:
     """One pretraining run: the task on its backbone, its data set, and the fit loop."""
 
-    def __init__(self, recipe: Recipe, run_dir: Path, ctx: Context, dataset: Dataset) -> None:
-        self.recipe, self.run_dir, self.ctx, self.dataset = recipe, run_dir, ctx, dataset
+    def __init__(self, recipe: Recipe, ctx: Context, dataset: Dataset) -> None:
+        self.recipe, self.ctx, self.dataset = recipe, ctx, dataset
+        self.run_dir = Path(".")  # set by `pretrain` once the data and the recipe passed their checks
         seed_everything(recipe.seed)  # the same modules on every rank; the fit loop gives each rank its own stream
         backbone = build_backbone(recipe.backbone.name, recipe.backbone.cfg)
         self.task: PretextTask = TASKS.get(recipe.name)(recipe.component.cfg, backbone).to(ctx.device)
@@ -70,15 +94,19 @@ class Trainer:
         self.setup: dict[str, torch.Tensor] = {}
         per_epoch = steps_per_epoch(len(dataset), recipe.data.batch_size, "data")  # type: ignore[arg-type]
         self.fit = Fit(f"pretrain {recipe.name}", self.task, self.task.param_groups(), recipe, per_epoch, ctx,
-                       stop_hint=f"The last good checkpoint is {run_dir / CHECKPOINT} (resume with --resume); "
-                                 "try a lower optim.lr or optim.grad_clip")
-        self.skipped = 0
+                       stop_hint="")  # `_diverged` says what to do
+        self.earlier = 0.0  # seconds of work of the run's earlier legs (read from the checkpoint on resume)
+        self.started = time.time()
 
     def run_setup(self) -> None:
         """The task's data-dependent set-up, once per run (a resumed run reads it from the checkpoint)."""
         generator = torch.Generator().manual_seed(self.recipe.seed + SETUP_SEED)
         self.setup = self.task.setup(self.dataset, generator)
         self.task.restore(self.setup)
+
+    @property
+    def wall_time(self) -> float:
+        return self.earlier + time.time() - self.started
 
     # -- checkpoints
 
@@ -93,12 +121,14 @@ class Trainer:
             "recipe": r.to_json(),
             "version": code_version(),
             "finished": self.fit.step >= self.fit.total,
+            "total": self.fit.total,
+            "wall_time": self.wall_time,
             "model": self.task.state_dict(),
             "backbone_state": self.task.backbone.state_dict(),
             "setup": self.setup,
             "fit": self.fit.state_dict(),
             "rng": rng,  # every rank's RNG state: its dropout stream continues exactly on resume
-            "skipped": self.skipped,
+            "unreadable": self.ctx.unreadable.state_dict(),
         }
 
     def save(self) -> Path:
@@ -107,12 +137,14 @@ class Trainer:
         if self.ctx.ddp.is_main:
             atomic_torch_save(self.state(rng), path)
             done = self.fit.step >= self.fit.total
-            status = {"state": "finished" if done else "running", "step": self.fit.step}
-            write_json(self.run_dir / "status.json", status)
+            status = {"state": "finished" if done else "running", "step": self.fit.step, "total": self.fit.total}
+            write_json(self.run_dir / STATUS, status)
         return path
 
     def load(self, path: Path) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load_weights_only(path)
+        if not isinstance(state, dict) or "model" not in state:
+            raise UserError(f"{path}: not an sslbench pretraining checkpoint; this run cannot be resumed")
         ddp = self.ctx.ddp
         self.setup = state.get("setup", {})
         self.task.restore(self.setup)
@@ -126,23 +158,21 @@ class Trainer:
             torch.manual_seed((self.recipe.seed * 1009 + ddp.rank) * 1_000_003 + self.fit.step)
             if ddp.is_main:
                 console.print(f"resuming on {ddp.world} processes a run of {len(rng)}: dropout streams restart")
-        self.skipped = state["skipped"]
+        self.ctx.unreadable.load_state_dict(state.get("unreadable", {}))
+        self.earlier = float(state.get("wall_time", 0.0))
 
     # -- the loop
 
     def train(self) -> PretrainOutcome:
         r, ddp = self.recipe, self.ctx.ddp
-        start = time.time()
-        per_rank = r.data.batch_size // ddp.world
         self.task.train()
 
         def batches(epoch: int, first: int) -> Iterable[Any]:
             return epoch_loader(self.dataset, r.data.batch_size, r.seed, epoch, ddp, collate_skip_corrupt,
-                                r.data.workers, first)
+                                r.data.workers, first, self.ctx.unreadable)
 
         def prepare(batch: Any, step: int) -> dict[str, torch.Tensor] | None:
             indices, (images, targets) = batch
-            self.skipped += per_rank - images.shape[0]
             if images.shape[0] == 0:  # every file of this batch was unreadable
                 return None
             made = self.task.make_batch(images, {**targets, "index": indices}, step_generator(r.seed, step, ddp.rank))
@@ -152,20 +182,24 @@ class Trainer:
             if step % r.engine.checkpoint_every == 0 or step == self.fit.total:
                 self.save()
 
-        last = self.fit.run(batches, prepare, lambda model, batch, step: model(batch), checkpoint)
-        return PretrainOutcome(self.run_dir, self.run_dir / CHECKPOINT, self.fit.step, last, time.time() - start,
-                               self.skipped)
+        last = self.fit.run(batches, prepare, lambda model, batch, step: model(batch), checkpoint,
+                            on_interrupt=lambda step: self.save())
+        counts = self.ctx.unreadable.counts(ddp)
+        skipped = sum(n for n, _ in counts.values())
+        return PretrainOutcome(self.run_dir, self.run_dir / CHECKPOINT, self.fit.step, last, self.wall_time, skipped,
+                               describe_unreadable(counts))
 
 
 def pretrain(
     recipe: Recipe,
     runs: Path,
     device: str = "auto",
-    resume: bool = False,
+    resume: bool | Path = False,
     progress: bool = True,
     argv: list[str] | None = None,
 ) -> PretrainOutcome:
-    """Pretrain `recipe` into runs/<task>-<timestamp>/ (or continue the latest unfinished run)."""
+    """Pretrain `recipe` into runs/<task>-<timestamp>/. `resume`: True continues the newest resumable run of this
+    recipe (sslbench.runs.pick_resumable), a path continues that run (its recipe must be `recipe`)."""
     dev_type = "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"
     ddp = init_distributed(dev_type)
     try:
@@ -174,36 +208,101 @@ def pretrain(
         close_distributed(ddp)
 
 
-def _pretrain(recipe: Recipe, runs: Path, device: str, resume: bool, progress: bool, argv: list[str] | None,
+def _pretrain(recipe: Recipe, runs: Path, device: str, resume: bool | Path, progress: bool, argv: list[str] | None,
               ddp: Dist) -> PretrainOutcome:
     dev = resolve_device(device, ddp)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if recipe.engine.threads:
         torch.set_num_threads(recipe.engine.threads)
-    # bad data: fail before any files
+    # Everything that can be refused is checked before any file is written: where the run and its results go,
+    # which run a resume continues, the data, the steps rule (in Trainer).
+    if ddp.is_main:
+        check_runs_writable(runs)
+        check_store(runs)
+    target: Path | None = None
+    if resume and ddp.is_main:  # rank 0 picks the run; open_run tells the others
+        if isinstance(resume, bool):
+            target = pick_resumable(runs, recipe.name, lambda _: recipe)[0]
+        else:
+            target = pick_resumable(Path(resume).parent, Path(resume).name, lambda _: recipe, exact=True)[0]
     dataset = build_dataset(recipe.data, recipe.data.train_split, recipe.data.num_images)
-    run_dir = shared_run_dir(runs, recipe.name, ddp, resume)
-    ctx = Context(dev, ddp, MetricLogger(run_dir, enabled=False), progress)
-    trainer = Trainer(recipe, run_dir, ctx, dataset)
-    if resume:
-        trainer.load(run_dir / CHECKPOINT)
-        if ddp.is_main and progress:
-            console.print(f"resuming {run_dir} at step {trainer.fit.step}/{trainer.fit.total}")
-    else:
-        trainer.run_setup()
-        if ddp.is_main:
-            record_run(run_dir, recipe, argv)
-    ctx.log = MetricLogger(run_dir, enabled=ddp.is_main, purge_step=trainer.fit.step if resume else None)
+    ctx = Context(dev, ddp, MetricLogger(Path("."), enabled=False), progress)
+    trainer = Trainer(recipe, ctx, dataset)
+    run = open_run(runs, recipe.name, ddp, target)
+    trainer.run_dir = run.path
     try:
-        outcome = trainer.train()
+        outcome = _train(trainer, run, recipe, bool(resume), argv, progress)
+        if ddp.is_main:
+            _store_pretrain_run(recipe, trainer, outcome, runs)
+        return outcome
     finally:
-        ctx.log.close()
-    if ddp.enabled:
-        dist.barrier()
-    if ddp.is_main and trainer.fit.step >= trainer.fit.total:
-        _store_pretrain_run(recipe, trainer, outcome, runs)
-    return outcome
+        run.release()
+
+
+def _train(trainer: Trainer, run: Run, recipe: Recipe, resumed: bool, argv: list[str] | None,
+           progress: bool) -> PretrainOutcome:
+    """The run's training, its checkpoints and how it ends (its status, or its removal)."""
+    ctx, ddp = trainer.ctx, trainer.ctx.ddp
+    saved = resumed  # whether the run has a checkpoint worth keeping
+    try:
+        if resumed:
+            trainer.load(run.path / CHECKPOINT)
+            if ddp.is_main:
+                record_resume(run.path, recipe, argv)
+                if progress:
+                    console.print(f"resuming {run.path} at step {trainer.fit.step}/{trainer.fit.total}")
+        else:
+            trainer.run_setup()
+            if ddp.is_main:
+                record_run(run.path, recipe, argv)
+                run.status("running", step=0, total=trainer.fit.total)
+        ctx.log = MetricLogger(run.path, enabled=ddp.is_main, purge_step=trainer.fit.step if resumed else None)
+        try:
+            outcome = trainer.train()
+        finally:
+            ctx.log.close()
+            saved = saved or (run.path / CHECKPOINT).is_file()
+        if ddp.enabled:
+            dist.barrier()
+        return outcome
+    except NonFiniteLoss as exc:
+        raise _diverged(exc, run, saved) from None
+    except Interrupted as exc:
+        where = f"{recipe.name} at step {trainer.fit.step} of {trainer.fit.total}"
+        if not saved:
+            run.discard()
+            raise exc.with_message(f"pretrain {where}, before its first checkpoint: nothing kept") from None
+        run.status("interrupted", step=_checkpoint_step(run), total=trainer.fit.total)
+        raise exc.with_message(f"pretrain {where}; its checkpoint is in {run.path}: `sslbench pretrain "
+                               f"{recipe.name} --resume --runs {run.path.parent}` continues it") from None
+    except BaseException as exc:
+        if not saved:
+            run.discard()
+        else:
+            run.status("failed", step=_checkpoint_step(run), total=trainer.fit.total,
+                       error=f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _checkpoint_step(run: Run) -> int:
+    """The step of the run's checkpoint, as its status recorded it when it was written."""
+    return int(read_status(run.path).get("step", 0))
+
+
+def _diverged(exc: NonFiniteLoss, run: Run, saved: bool) -> NonFiniteLoss:
+    """A non-finite loss: the run is marked diverged (never resumed with the recipe that diverged), and the message
+    names its checkpoint only if one exists whose weights are finite and sane."""
+    step = _checkpoint_step(run) if saved else 0
+    if saved and run.ddp.is_main:
+        bad = insane_weights(load_weights_only(run.path / CHECKPOINT).get("backbone_state", {}))
+        keep = (f"its checkpoint (step {step}) is in {run.path}, usable with `sslbench eval --allow-unfinished`"
+                if not bad else f"its checkpoint (step {step}) is no good either ({bad})")
+    else:
+        keep = "no checkpoint was written before it"
+    run.status("diverged", step=step, error=str(exc))
+    return NonFiniteLoss(f"{exc}; the run is marked diverged and {keep}. Start a new run with a lower optim.lr "
+                         "or with optim.grad_clip")
 
 
 def _store_pretrain_run(recipe: Recipe, trainer: Trainer, outcome: PretrainOutcome, runs: Path) -> None:
@@ -212,5 +311,6 @@ def _store_pretrain_run(recipe: Recipe, trainer: Trainer, outcome: PretrainOutco
         backbone=backbone_label(recipe.backbone.name, recipe.backbone.cfg), dataset=dataset_label(recipe.data),
         scale=recipe.scale, seed=recipe.seed, version=code_version(), wall_time=outcome.wall_time,
         checkpoint=str(outcome.checkpoint), recipe_key=recipe_key(recipe), recipe=recipe.to_json(),
-        metrics=outcome.metrics, created_at=now_iso(),
+        metrics=outcome.metrics, created_at=now_iso(), threads=torch.get_num_threads(),
+        skipped=outcome.skipped_images,
     ))

@@ -60,10 +60,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+TOP_LEVEL = ("seed",)  # the recipe's keys outside any section
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...], section: str) -> None:
     for text in overrides:
         keys, value = parse_override(text)
-        if len(keys) == 1:  # bare key: the task's / protocol's own option (e.g. layers=fc8)
+        if len(keys) == 1 and keys[0] not in TOP_LEVEL:  # bare key: the task's / protocol's option (layers=fc8)
             keys = [section, *keys]
         table = raw
         for k in keys[:-1]:
@@ -112,3 +115,17 @@ def load_recipe(
     apply_overrides(raw, overrides, section_of(kind))
     apply_data(raw, data or {}, kind, name)
     return recipe_from_dict(kind, name, raw, str(path), scale, tuple(overrides), seed)
+
+
+def resumed_recipe(run: Recipe, overrides: list[str] | tuple[str, ...] = (), data: dict[str, str] | None = None,
+                   seed: int | None = None) -> Recipe:
+    """The recipe a resumed run continues with: its own, with the command's explicit --set / --data / --seed
+    applied (sslbench.runs.pick_resumable refuses any of them that changes the recipe beyond RESUME_FREE: a moved
+    data set's root, the loader processes)."""
+    raw = run.to_dict()
+    for key in ("kind", "name", "source", "scale", "overrides"):
+        raw.pop(key)
+    raw[run.section].pop("name", None)
+    apply_overrides(raw, overrides, run.section)
+    apply_data(raw, data or {}, run.kind, run.name)
+    return recipe_from_dict(run.kind, run.name, raw, run.source, run.scale, run.overrides, seed)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sslbench.errors import UserError
+from sslbench.planned import Plan
 from sslbench.plugins import load_all
 from sslbench.registry import PROTOCOLS, TASKS
 from sslbench.results import ResultRow, ResultStore
@@ -63,15 +64,16 @@ class RowKey:
     backbone: str
     scale: str
     embedded: bool
+    differs: str = ""  # how the row's runs differ from the recipes of the table's plan ('' = they are those)
 
     @classmethod
-    def of(cls, r: ResultRow) -> RowKey:
+    def of(cls, r: ResultRow, differs: str = "") -> RowKey:
         p = r.prov
         rescaled, embedded = p.init.endswith("+rescale"), p.dataset.startswith("embedded")
         # stores written before rescaling lived in `init` alone also said it in the method or the variant
         method = "random" if p.method == "random-rescaled" else p.method
         variant = p.variant.removesuffix("+rescale").removesuffix("rescale") if rescaled else p.variant
-        return cls(method, variant, rescaled, p.backbone, p.scale, embedded)
+        return cls(method, variant, rescaled, p.backbone, p.scale, embedded, differs)
 
     @property
     def name(self) -> str:
@@ -102,13 +104,16 @@ def sslbench_rows(table: Table, store: ResultStore | None) -> list[Row]:
         return []
     # Within a row, each metric keeps the latest result per seed pair (the pretraining's seed, the evaluation's);
     # every pair stored for the row counts, and several print as mean ± sample sd (n).
+    # A row holds the runs of one RowKey; runs whose recipes are not the plan's are rows of their own, labelled.
     pretrains = store.pretrain_runs()
     pretrain_seed = {r.run_id: r.seed for r in pretrains}
+    plan = Plan(table, {r.run_id: r.recipe for r in pretrains})
     grouped: dict[RowKey, Found] = {}
     for r in store.results():
         if r.metric in keys:
             seeds = (pretrain_seed.get(r.prov.pretrain_run), r.prov.seed)
-            grouped.setdefault(RowKey.of(r), {}).setdefault(r.metric, {})[seeds] = r  # id order: the latest wins
+            key = RowKey.of(r, plan.differs(r))
+            grouped.setdefault(key, {}).setdefault(r.metric, {})[seeds] = r  # id order: the latest wins
     pretrain_time = {r.run_id: r.wall_time for r in pretrains} if PRETRAIN_TIME in keys else {}
     rows = [_sslbench_row(table, key, found, pretrain_time) for key, found in grouped.items()]
     return sorted(rows, key=lambda r: (r.method == "random", r.label))
@@ -131,8 +136,15 @@ def _sslbench_row(table: Table, key: RowKey, found: Found, pretrain_time: dict[s
     where = (f"the embedded synthetic data{' in ' + layouts + ' layout' if layouts else ''}"
              " (not the paper's data set)" if dataset.startswith("embedded") else dataset)
     label = f"{key.name} [{key.backbone}, {dataset}, {key.scale}]"
+    if key.differs:
+        label += f" {{not the plan's recipe: {key.differs}}}"
     note = (f"{label}: measured by sslbench on {where}, scale {key.scale}; "
             f"runs {', '.join(f'{rid} ({day})' for rid, day in runs)}")
+    if key.differs:
+        note += f"; its runs differ from the recipes of the table's [reproduce] plan: {key.differs}"
+    skipped = sum(r.prov.skipped for r in {r.prov.run_id: r for r in results}.values())
+    if skipped:
+        note += f"; {skipped} unreadable image(s) skipped by its runs"
     seeds = sorted({r.prov.seed for r in results})
     if len(seeds) > 1:
         note += f"; seeds {', '.join(map(str, seeds))} (cells: mean ± sample sd over the seeds measured)"
@@ -185,6 +197,27 @@ def missing_columns(table: Table) -> list[str]:
 
 
 # ---------------------------------------------------------------- renderers
+
+
+def render_group(tables: list[Table], store: ResultStore | None, fmt: str) -> str:
+    """Several tables as one document: JSON, an object {"tables": [...]} of the tables' JSON; CSV, one long table
+    (table, source, row, column, cell) since the tables' columns differ; the other formats one after the other.
+    One table is `render`'s document."""
+    if len(tables) == 1:
+        return render(tables[0], store, fmt)
+    if fmt == "json":
+        docs = [json.loads(to_json(t, all_rows(t, store))) for t in tables]
+        return json.dumps({"tables": docs}, indent=2, ensure_ascii=False) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["table", "source", "row", "column", "cell"])
+        for t in tables:
+            for r in all_rows(t, store):
+                for c, cell in zip(t.columns, r.cells):
+                    writer.writerow([t.name, r.source, r.label, c.flat or c.fills_from, cell])
+        return buf.getvalue()
+    return "\n".join(render(t, store, fmt) for t in tables)
 
 
 def render(table: Table, store: ResultStore | None, fmt: str) -> str:
@@ -399,6 +432,22 @@ def _rich_cell(text: str, mark: str) -> str:
 
 
 # ---------------------------------------------------------------- plots
+
+
+def check_plot(target: Path, tables: list[Table]) -> None:
+    """Before any work: `--plot TARGET` needs a probe table among `tables` and a file name matplotlib can write."""
+    if not any(t.plot for t in tables):
+        names = ", ".join(t.name for t in tables)
+        raise UserError(f"--plot draws the probe tables only ({', '.join(plottable())}); {names} has none")
+    if target.is_dir():
+        raise UserError(f"--plot {target} is a directory; give a file name, e.g. {target / 'layers.png'}")
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    supported = sorted(FigureCanvasBase.get_supported_filetypes())
+    suffix = target.suffix.lower().removeprefix(".")
+    if suffix not in supported:
+        raise UserError(f"--plot {target}: expected a file name ending in .{', .'.join(supported)}, "
+                        f"found {'.' + suffix if suffix else 'no extension'}")
 
 
 def plot(table: Table, store: ResultStore | None, out: Path) -> Path:

@@ -17,13 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sslbench.checkpoint import TrunkSpec
-from sslbench.config import recipe_key
+from sslbench.config import RESUME_FREE, Recipe, recipe_diff, recipe_key
 from sslbench.engine import pretrain
+from sslbench.errors import Interrupted, UserError
 from sslbench.plugins import load_all
 from sslbench.protocols.base import evaluate
 from sslbench.recipes import load_recipe
 from sslbench.registry import PROTOCOLS, TASKS
-from sslbench.results import ResultStore, default_store
+from sslbench.results import ResultStore, check_store, default_store
+from sslbench.runs import RunLock, check_runs_writable, read_status, resumable_runs, run_recipe
 from sslbench.tables import EvalSpec, RunSpec, load_table, resolve
 
 
@@ -71,9 +73,16 @@ def reproduce(name: str, opts: Options) -> tuple[list[str], Summary]:
     for spec in specs:  # bad --data / recipes fail here, before any run
         if spec.task in TASKS:
             load_recipe("pretrain", spec.task, opts.scale, spec.set, opts.data, opts.seed, flavour=spec.flavour)
+    check_runs_writable(opts.runs)  # where everything goes, before any work
+    check_store(opts.runs)
     store = default_store(opts.runs)
-    for seed in opts.seeds or (opts.seed,):
-        _run_plan(specs, dataclasses.replace(opts, seed=seed), store, summary, fresh)
+    try:
+        for seed in opts.seeds or (opts.seed,):
+            _run_plan(specs, dataclasses.replace(opts, seed=seed), store, summary, fresh)
+    except Interrupted as exc:
+        done = f"{len(summary.ran)} ran, {len(summary.reused)} reused before it"
+        raise exc.with_message(f"reproduce {name} in {exc.message or 'a run'} ({done}); `sslbench reproduce {name}` "
+                               "again reuses what finished and continues an interrupted pretraining") from None
     summary.seconds = time.time() - start
     return names, summary
 
@@ -116,10 +125,28 @@ def _pretrained(task: str, flavour: str, overrides: tuple[str, ...], opts: Optio
     if done and not opts.force:
         summary.reused.append(f"pretrain {task} ({done[-1].run_id})")
         return done[-1].checkpoint
-    outcome = pretrain(recipe, opts.runs, opts.device, progress=opts.progress, argv=opts.argv)
-    summary.ran.append(f"pretrain {task} ({outcome.run_dir.name}, {outcome.wall_time:.0f} s)")
+    unfinished = None if opts.force else _unfinished(opts.runs, recipe)
+    outcome = pretrain(recipe, opts.runs, opts.device, resume=unfinished or False, progress=opts.progress,
+                       argv=opts.argv)
+    how = f"resumed at step {read_status(unfinished).get('step', '?')}, " if unfinished else ""
+    summary.ran.append(f"pretrain {task} ({outcome.run_dir.name}, {how}{outcome.wall_time:.0f} s)")
     fresh[key] = str(outcome.checkpoint)
     return fresh[key]
+
+
+def _unfinished(runs: Path, recipe: Recipe) -> Path | None:
+    """The newest resumable run of exactly this recipe (a reproduce interrupted during its pretraining), if any."""
+    for path in resumable_runs(runs, recipe.name):
+        try:
+            same = not recipe_diff(run_recipe(path), recipe, RESUME_FREE)
+        except UserError:
+            continue
+        if same:
+            if RunLock.held(path):
+                raise UserError(f"pretrain {recipe.name}: {path} is running in another sslbench process; wait for it "
+                                "to end, then run reproduce again")
+            return path
+    return None
 
 
 def _evaluated(store: ResultStore, protocol: str, key: str, checkpoint: str, init: str) -> bool:

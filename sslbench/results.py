@@ -1,8 +1,11 @@
 """The results store: one SQLite file (runs/results.sqlite, WAL mode), one row per (run, protocol, metric).
 
 Rows carry their provenance (method, backbone, data set, scale, seed, code version, wall time, the
-resolved recipe) so that a table can say where every number of ours came from. Several processes may
-write at once: WAL lets readers run beside one writer, and writers wait (busy timeout) instead of failing.
+resolved recipe, the pretraining's recipe, how far an unfinished pretraining got, the unreadable images
+skipped, the thread count) so that a table can say where every number of ours came from. Several processes
+may write at once: WAL lets readers run beside one writer, and writers wait (busy timeout) instead of failing.
+A store that cannot be written (read-only, not a database) is found by `check_store` before any work, and
+every SQLite error is a one-line UserError naming the file.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+
+from sslbench.errors import UserError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -35,7 +40,11 @@ CREATE TABLE IF NOT EXISTS results (
     checkpoint  TEXT NOT NULL,     -- checkpoint path or 'random'
     pretrain_run TEXT NOT NULL,    -- run id of the pretraining ('' for random init)
     recipe      TEXT NOT NULL,     -- resolved protocol recipe, JSON
-    created_at  TEXT NOT NULL      -- ISO time the row was written
+    created_at  TEXT NOT NULL,     -- ISO time the row was written
+    pretrain_recipe TEXT NOT NULL DEFAULT '', -- the trunk's pretraining recipe, JSON ('' for random / state dicts)
+    unfinished  TEXT NOT NULL DEFAULT '',  -- where an unfinished pretraining stopped ('step 2 of 80'), '' if finished
+    skipped     INTEGER NOT NULL DEFAULT 0, -- unreadable images the run skipped (train and test)
+    threads     INTEGER NOT NULL DEFAULT 0  -- torch CPU threads of the run
 );
 CREATE INDEX IF NOT EXISTS results_metric ON results(metric);
 CREATE TABLE IF NOT EXISTS pretrain_runs (
@@ -52,9 +61,17 @@ CREATE TABLE IF NOT EXISTS pretrain_runs (
     recipe_key  TEXT NOT NULL,     -- hash of the resolved recipe: equal keys = same experiment
     recipe      TEXT NOT NULL,
     metrics     TEXT NOT NULL,     -- final pretext metrics, JSON
-    created_at  TEXT NOT NULL
+    created_at  TEXT NOT NULL,
+    skipped     INTEGER NOT NULL DEFAULT 0, -- distinct unreadable training images skipped
+    threads     INTEGER NOT NULL DEFAULT 0  -- torch CPU threads of the run's last leg
 );
 """
+# Columns added after the first stores were written: an older store gets them (with their defaults) when opened.
+ADDED = {
+    "results": {"pretrain_recipe": "TEXT NOT NULL DEFAULT ''", "unfinished": "TEXT NOT NULL DEFAULT ''",
+                "skipped": "INTEGER NOT NULL DEFAULT 0", "threads": "INTEGER NOT NULL DEFAULT 0"},
+    "pretrain_runs": {"skipped": "INTEGER NOT NULL DEFAULT 0", "threads": "INTEGER NOT NULL DEFAULT 0"},
+}
 
 
 @dataclass(frozen=True)
@@ -74,6 +91,10 @@ class Provenance:
     checkpoint: str
     pretrain_run: str
     recipe: str
+    pretrain_recipe: str = ""
+    unfinished: str = ""
+    skipped: int = 0
+    threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -102,6 +123,8 @@ class PretrainRow:
     recipe: str
     metrics: dict[str, float]
     created_at: str
+    skipped: int = 0
+    threads: int = 0
 
 
 def now_iso() -> str:
@@ -111,19 +134,32 @@ def now_iso() -> str:
 class ResultStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"results store {self.path}: cannot create its folder ({exc.strerror or exc})") from None
         with self._connect() as con:
             con.executescript(SCHEMA)
+            _add_columns(con)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        con = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
         try:
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA busy_timeout=60000")
-            yield con
-        finally:
-            con.close()
+            con = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+            try:
+                con.execute("PRAGMA journal_mode=WAL")
+                con.execute("PRAGMA busy_timeout=60000")
+                yield con
+            finally:
+                con.close()
+        except sqlite3.Error as exc:
+            raise UserError(_store_problem(self.path, exc)) from None
+
+    def check_writable(self) -> None:
+        """Take the write lock and give it back: a store that cannot be written fails here, before any work."""
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            con.execute("ROLLBACK")
 
     def add_results(self, protocol: str, metrics: dict[str, float], prov: Provenance, wall_time: float) -> None:
         """All metrics of one protocol run in one transaction: a table never sees half a run."""
@@ -181,4 +217,42 @@ class ResultStore:
 
 
 def default_store(runs_dir: str | Path) -> ResultStore:
-    return ResultStore(Path(runs_dir) / "results.sqlite")
+    return ResultStore(Path(runs_dir) / STORE)
+
+
+STORE = "results.sqlite"
+
+
+def check_store(runs_dir: str | Path) -> None:
+    """Before any work: the store under `runs_dir`, if there is one, opens and takes its write lock (a new one is
+    created when the first result is written, by a --runs that check_runs_writable has checked)."""
+    path = Path(runs_dir) / STORE
+    if path.exists():
+        ResultStore(path).check_writable()
+
+
+def _add_columns(con: sqlite3.Connection) -> None:
+    for table, columns in ADDED.items():
+        have = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
+        missing = {c: t for c, t in columns.items() if c not in have}
+        if not missing:
+            continue
+        con.execute("BEGIN IMMEDIATE")  # another process may be adding them too: look again under the lock
+        have = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
+        for column, decl in missing.items():
+            if column not in have:
+                con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+        con.execute("COMMIT")
+
+
+def _store_problem(path: Path, exc: sqlite3.Error) -> str:
+    text = str(exc)
+    if "not a database" in text or "malformed" in text:
+        hint = "it is not a readable SQLite database: move it aside (a new one is made) or pass another --runs"
+    elif "readonly" in text or "read-only" in text:
+        hint = "it cannot be written: make it (and its folder) writable or pass another --runs"
+    elif "unable to open" in text:
+        hint = "it cannot be opened: check that its folder exists and is writable, or pass another --runs"
+    else:
+        hint = "pass another --runs if it stays"
+    return f"results store {path}: {type(exc).__name__}: {text}; {hint}"

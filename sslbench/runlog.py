@@ -15,8 +15,7 @@ class MetricLogger:
             return
         self.path = run_dir / "metrics.jsonl"
         if purge_step is not None and self.path.exists():  # resumed: drop lines past the checkpoint
-            lines = self.path.read_text().splitlines()
-            kept = [line for line in lines if json.loads(line).get("step", 0) <= purge_step]
+            kept = [line for line, step in _steps(self.path) if step is not None and step <= purge_step]
             self.path.write_text("".join(line + "\n" for line in kept))
         self.file = self.path.open("a")
         from torch.utils.tensorboard import SummaryWriter
@@ -35,3 +34,17 @@ class MetricLogger:
         if self.enabled:
             self.file.close()
             self.tb.close()
+
+
+def _steps(path: Path) -> list[tuple[str, int | None]]:
+    """(line, its step) of metrics.jsonl; a line that is not a JSON object with a step (the partial last line of
+    a process killed while writing, a disk that filled up) has step None and is dropped on resume."""
+    out: list[tuple[str, int | None]] = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        step = record.get("step") if isinstance(record, dict) else None
+        out.append((line, step if isinstance(step, int) else None))
+    return out

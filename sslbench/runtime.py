@@ -1,15 +1,19 @@
 """Process-level facts: device choice, torchrun / DDP detection, seeding, code version, the cache and
-repository folders, and the one atomic write."""
+repository folders, the one atomic write, safe checkpoint reading, and what SIGINT / SIGTERM do."""
 
 from __future__ import annotations
 
 import functools
 import json
 import os
+import pickle
 import random
+import re
 import secrets
 import shutil
+import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 import sslbench
-from sslbench.errors import UserError
+from sslbench.errors import Interrupted, UserError
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,10 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG's state in types torch.load(weights_only=True) reads (numpy's key as a tensor)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -83,7 +90,9 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, *rest = state["numpy"]  # checkpoints before weights_only loading kept the key as an ndarray
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else keys
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -179,3 +188,68 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 def write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+# ---------------------------------------------------------------- reading checkpoints without running code
+
+# Checkpoints written before sslbench stored numpy's RNG key as a tensor hold it as an ndarray: these four
+# globals rebuild a plain array (torch's documented allowance for numpy); nothing else beyond tensors and
+# plain values is accepted.
+_NUMPY_ARRAY_GLOBALS = [(np._core if hasattr(np, "_core") else np.core).multiarray._reconstruct, np.ndarray, np.dtype,
+                        type(np.dtype(np.uint32))]
+
+
+def load_weights_only(path: Path) -> Any:
+    """torch.load(path, weights_only=True): tensors, numbers, strings, lists, tuples and dicts only, so a crafted
+    file cannot run code. A damaged file, or one that needs other types, is a one-line UserError."""
+    try:
+        with torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        needs = re.search(r"GLOBAL:? ([\w.]+)|but got <class '([\w.]+)'>", text)
+        if needs is None:  # a damaged or foreign file, not a refused type
+            detail = re.search(r"WeightsUnpickler error:\s*(.*?)\s*Check the documentation", text, re.S)
+            reason = " ".join((detail.group(1) if detail else text).split())
+            raise UserError(f"{path}: not a readable torch checkpoint (UnpicklingError: {reason})") from None
+        raise UserError(f"{path}: refused: loading it would need {needs.group(1) or needs.group(2)}, more than "
+                        "tensors and plain values, and sslbench never runs code from a checkpoint; re-save its "
+                        "weights as a plain state dict of tensors (torch.save(model.state_dict(), ...)) from a "
+                        "source you trust") from None
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise UserError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+# ---------------------------------------------------------------- SIGINT / SIGTERM
+
+_pending: list[int] = []  # a signal that arrived while interrupts were deferred
+_deferring = [0]
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    if _deferring[0] and not _pending:
+        _pending.append(signum)
+        sys.stderr.write(f"\n{signal.Signals(signum).name}: stopping after this step (again to stop at once)\n")
+        return
+    raise Interrupted(signum)
+
+
+def install_signal_handlers() -> None:
+    """SIGINT and SIGTERM raise Interrupted (the CLI turns it into one line and exit 128 + signal); inside
+    `deferred_interrupts` the first one waits for the end of the current training step."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _on_signal)
+
+
+@contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    _deferring[0] += 1
+    try:
+        yield
+    finally:
+        _deferring[0] -= 1
+
+
+def pending_interrupt() -> int | None:
+    """The signal that arrived during a deferred step (None if none); taking it clears it."""
+    return _pending.pop() if _pending else None

@@ -17,10 +17,11 @@ results back in data set order, so one process and W processes compute the same 
 from __future__ import annotations
 
 import math
+import signal
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -30,24 +31,63 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sslbench.config import OptimConfig, Recipe, ScheduleConfig
-from sslbench.errors import UserError
+from sslbench.errors import Interrupted, UserError
 from sslbench.progress import progress_bar
 from sslbench.runlog import MetricLogger
-from sslbench.runtime import Dist, epoch_seed
+from sslbench.runtime import Dist, deferred_interrupts, epoch_seed, pending_interrupt
 
 
 class NonFiniteLoss(UserError):
     pass
 
 
+class Unreadable:
+    """The items a run's loaders could not read (a truncated JPEG, a damaged mask), distinct per split, counted
+    in the main process from what each batch asked for and what it got back (so loader workers count too)."""
+
+    def __init__(self) -> None:
+        self.missed: dict[str, set[int]] = {}
+        self.asked: dict[str, set[int]] = {}
+
+    def add(self, what: str, asked: Sequence[int], got: Sequence[int]) -> None:
+        self.asked.setdefault(what, set()).update(asked)
+        self.missed.setdefault(what, set()).update(set(asked) - set(got))
+
+    def state_dict(self) -> dict[str, list[int]]:
+        return {k: sorted(v) for k, v in self.missed.items()}
+
+    def load_state_dict(self, state: dict[str, list[int]]) -> None:
+        for k, v in state.items():
+            self.missed.setdefault(k, set()).update(v)
+            self.asked.setdefault(k, set()).update(v)
+
+    def counts(self, ddp: Dist) -> dict[str, tuple[int, int]]:
+        """{split: (unreadable, items asked for)} over every rank."""
+        parts = everyone((self.missed, self.asked), ddp)
+        out: dict[str, tuple[int, int]] = {}
+        for what in sorted({w for missed, _ in parts for w in missed}):
+            missed = set().union(*(m.get(what, set()) for m, _ in parts))
+            asked = set().union(*(a.get(what, set()) for _, a in parts))
+            out[what] = (len(missed), len(asked))
+        return out
+
+
+def describe_unreadable(counts: dict[str, tuple[int, int]]) -> str:
+    """'1 of 60 test images unreadable (skipped)', '' if none."""
+    parts = [f"{n} of {m} {what} images" for what, (n, m) in counts.items() if n]
+    return f"{', '.join(parts)} unreadable (skipped)" if parts else ""
+
+
 @dataclass
 class Context:
-    """Where a training run runs: device, process group, metrics log, progress bars (main rank only)."""
+    """Where a training run runs: device, process group, metrics log, progress bars (main rank only), and the
+    tally of unreadable items its loaders met."""
 
     device: torch.device
     ddp: Dist
     log: MetricLogger
     progress: bool
+    unreadable: Unreadable = field(default_factory=Unreadable)
 
     @property
     def show(self) -> bool:
@@ -158,25 +198,55 @@ class _IndexedCollate:
         return torch.tensor([i for i, _ in kept], dtype=torch.int64), self.collate([item for _, item in kept])
 
 
+class Counted:
+    """A loader's (indices, batch) pairs, each batch's unreadable items added to `unreadable` under `what`; a pass
+    in which no item at all could be read is an error (a data set of damaged files is not a result)."""
+
+    def __init__(self, loader: DataLoader, batches: Sequence[list[int]], unreadable: Unreadable | None,
+                 what: str) -> None:
+        self.loader, self.batches, self.unreadable, self.what = loader, batches, unreadable, what
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Any]]:
+        asked = got = 0
+        first_missing: int | None = None
+        for wanted, (indices, batch) in zip(self.batches, self.loader):
+            kept = indices.tolist()
+            asked, got = asked + len(wanted), got + len(kept)
+            if first_missing is None and len(kept) < len(wanted):
+                first_missing = min(set(wanted) - set(kept))
+            if self.unreadable is not None:
+                self.unreadable.add(self.what, wanted, kept)
+            yield indices, batch
+        if asked and not got:
+            raise UserError(f"{self.what} data: none of the {asked} items read could be decoded (item "
+                            f"{first_missing} first); check the files with `sslbench data check NAME=PATH`")
+
+
 def epoch_loader(ds: Dataset, global_batch: int, seed: int, epoch: int, ddp: Dist, collate: Callable[[list[Any]], Any],
-                 workers: int = 0, start: int = 0) -> DataLoader:
+                 workers: int = 0, start: int = 0, unreadable: Unreadable | None = None,
+                 what: str = "train") -> Counted:
     """The seeded training loader: this rank's (indices, batch) of every global batch of epoch `epoch`."""
     sampler = EpochBatches(len(ds), global_batch, seed, epoch, ddp, start)  # type: ignore[arg-type]
     # Its own generator: a DataLoader otherwise draws its worker seed from the global RNG, which would shift the
     # dropout stream after a resume in the middle of an epoch.
-    return DataLoader(_Indexed(ds), batch_sampler=sampler, num_workers=workers, collate_fn=_IndexedCollate(collate),
-                      generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
+    loader = DataLoader(_Indexed(ds), batch_sampler=sampler, num_workers=workers, collate_fn=_IndexedCollate(collate),
+                        generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
+    return Counted(loader, list(sampler), unreadable, what)
 
 
-def shard_loader(ds: Dataset, batch: int, ddp: Dist, collate: Callable[[list[Any]], Any],
-                 workers: int = 0) -> DataLoader:
+def shard_loader(ds: Dataset, batch: int, ddp: Dist, collate: Callable[[list[Any]], Any], workers: int = 0,
+                 unreadable: Unreadable | None = None, what: str = "test") -> Counted:
     """The evaluation loader: (indices, batch) of this rank's strided shard (items r, r+W, r+2W, ...), in order."""
     indices = list(range(ddp.rank, len(ds), ddp.world))  # type: ignore[arg-type]
     batches = [indices[i : i + batch] for i in range(0, len(indices), batch)]
     # Its own generator: without one a DataLoader draws its worker seed from the global RNG, so how many loaders
     # ran before would shift the model's initialisation and dropout.
-    return DataLoader(_Indexed(ds), batch_sampler=batches, num_workers=workers, collate_fn=_IndexedCollate(collate),
-                      generator=torch.Generator())
+    loader = DataLoader(_Indexed(ds), batch_sampler=batches, num_workers=workers, collate_fn=_IndexedCollate(collate),
+                        generator=torch.Generator())
+    return Counted(loader, batches, unreadable, what)
 
 
 def gather(indices: Sequence[int] | Tensor, values: Sequence[Any], ddp: Dist) -> list[Any]:
@@ -336,7 +406,7 @@ class Fit:
     """One training run on the fit loop; `run` trains to the end of the schedule (or continues from `step`)."""
 
     def __init__(self, name: str, module: nn.Module, groups: ParamGroups, recipe: Recipe, per_epoch: int,
-                 ctx: Context, stop_hint: str = "") -> None:
+                 ctx: Context, stop_hint: str | None = None) -> None:
         self.name, self.recipe, self.ctx, self.stop_hint = name, recipe, ctx, stop_hint
         self.module = module
         self.model = distributed(module, ctx.device, ctx.ddp, recipe.engine.sync_bn)  # what the loss calls
@@ -347,25 +417,30 @@ class Fit:
         self.amp = amp_dtype(ctx.device, recipe.engine.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
         self.step = 0
+        self.trained = 0  # steps that had a batch to learn from (none at all: nothing was trained, an error)
         self.lr = recipe.optim.lr  # the schedule's rate of the last step (groups scale it by their lr_scale)
         self.last: dict[str, float] = {}
         if ctx.ddp.enabled:  # every rank built the same modules from the recipe's seed; from here its own stream
             torch.manual_seed(recipe.seed * 1009 + ctx.ddp.rank)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
+        return {"step": self.step, "trained": self.trained, "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = state["step"]
+        self.trained = state.get("trained", self.step)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
 
     def run(self, batches: Callable[[int, int], Iterable[Any]], prepare: Prepare, loss: Loss,
-            on_step: Callable[[int], None] | None = None) -> dict[str, float]:
+            on_step: Callable[[int], None] | None = None,
+            on_interrupt: Callable[[int], None] | None = None) -> dict[str, float]:
         """Train until the schedule's last step. Per step: `prepare` builds the batch (data work, no model;
         None skips the step, on every rank alike), `loss` runs the model under autocast, then backward, clip,
-        optimizer step; `on_step(step)` after every step (checkpoints). Returns the last step's logged values
-        (global means under DDP)."""
+        optimizer step; `on_step(step)` after every step (checkpoints). A SIGINT / SIGTERM during a step (with
+        the CLI's handlers) lets the step finish, calls `on_interrupt(step)` (a checkpoint) and raises
+        Interrupted. Returns the last step's logged values (global means under DDP)."""
         every = self.recipe.engine.log_every
         with progress_bar(self.name, self.total, self.ctx.show) as advance:
             advance(self.step)
@@ -374,22 +449,37 @@ class Fit:
                 before = self.step
                 for batch in batches(epoch, start):
                     tick = time.time()
-                    out = self._step(prepare(batch, self.step), loss)
-                    self.step += 1
-                    if out is not None:
-                        self.last = out
-                        if self.step % every == 0 or self.step == self.total:
-                            rate = self.recipe.data.batch_size / max(1e-9, time.time() - tick)
-                            self.ctx.log.write(self.step, {**out, "lr": self.lr, "images_per_s": rate})
-                    if on_step is not None:
-                        on_step(self.step)
+                    with deferred_interrupts():
+                        out = self._step(prepare(batch, self.step), loss)
+                        self.step += 1
+                        if out is not None:
+                            self.trained += 1
+                            self.last = out
+                            if self.step % every == 0 or self.step == self.total:
+                                rate = self.recipe.data.batch_size / max(1e-9, time.time() - tick)
+                                self.ctx.log.write(self.step, {**out, "lr": self.lr, "images_per_s": rate})
+                        if on_step is not None:
+                            on_step(self.step)
+                    self._stop_if_asked(on_interrupt)
                     advance(1, " ".join(f"{k} {v:.3f}" for k, v in self.last.items()))
                     if self.step >= self.total:
                         break
                 if self.step < self.total and self.step != (epoch + 1) * self.per_epoch:
                     raise RuntimeError(f"{self.name}: epoch {epoch} gave {self.step - before} of the "
                                        f"{self.per_epoch - start} batches left in it")
+        if not self.trained:
+            raise UserError(f"{self.name}: none of its {self.total} steps had a readable batch, so nothing was "
+                            "trained; check the data with `sslbench data check NAME=PATH`")
         return self.last
+
+    def _stop_if_asked(self, on_interrupt: Callable[[int], None] | None) -> None:
+        """After a step: a signal that arrived during it (on any rank) stops the run on every rank."""
+        signum = pending_interrupt()
+        if agree(signum is None, self.ctx.ddp):
+            return
+        if on_interrupt is not None:
+            on_interrupt(self.step)
+        raise Interrupted(signum or signal.SIGINT)
 
     def _step(self, batch: Any, loss: Loss) -> dict[str, float] | None:
         r, ddp = self.recipe, self.ctx.ddp
@@ -401,9 +491,10 @@ class Fit:
             out = loss(self.model, batch, self.step)
         value = out["loss"]
         if not agree(bool(torch.isfinite(value.detach())), ddp):
+            hint = "Try a lower optim.lr or set optim.grad_clip" if self.stop_hint is None else self.stop_hint
             raise NonFiniteLoss(f"{self.name}: loss became {value.item()} at step {self.step + 1}"
-                                f"{f' on rank {ddp.rank} or another' if ddp.enabled else ''}; stopped. "
-                                f"{self.stop_hint or 'Try a lower optim.lr or set optim.grad_clip'}")
+                                f"{f' on rank {ddp.rank} or another' if ddp.enabled else ''}; stopped"
+                                + (f". {hint}" if hint else ""))
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(value).backward()
         if r.optim.grad_clip:

@@ -82,12 +82,16 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, mo
 
     monkeypatch.setattr(Rotation, "loss", poisoned)
     recipe = tiny_pretrain("rotation", ["schedule.epochs=3", "engine.checkpoint_every=2"])
-    with pytest.raises(UserError, match=r"loss became nan at step 5.*last good checkpoint.*--resume"):
+    with pytest.raises(UserError, match=r"loss became nan at step 5; stopped; the run is marked diverged and its "
+                                        r"checkpoint \(step 4\) is in .*rotation-.*--allow-unfinished.*lower optim.lr"):
         pretrain(recipe, tmp_path, "cpu", progress=False)
     (run,) = tmp_path.glob("rotation-*")
-    state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert state["fit"]["step"] == 4
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert json.loads((run / "status.json").read_text())["state"] == "diverged"
+    with pytest.raises(UserError, match="no unfinished rotation run"):  # a diverged run is not resumed
+        pretrain(recipe, tmp_path, "cpu", progress=False, resume=True)
 
 
 def test_epoch_batches_ranks_partition_the_global_batch() -> None:

@@ -332,7 +332,7 @@ def test_imagenet_round_trip(tmp_path: Path) -> None:
 def test_synth_dispatch_and_unknown_format(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"unknown data format 'coco'; valid: cifar10, imagenet, sbd, stl10, voc, voc2007"):
         synth("coco", tmp_path, 4, 32, 0)
-    with pytest.raises(UserError, match="--num must be >= 1"):
+    with pytest.raises(UserError, match="--num expects 1 to 1000000 images per split, found 0"):
         synth("voc", tmp_path, 0, 32, 0)
     assert synth("cifar10", tmp_path, 4, 64, 0) == tmp_path / "cifar-10-batches-py"
     assert len(load("cifar10", tmp_path, "test")) == 4

@@ -57,7 +57,7 @@ def _fake_world(monkeypatch, runs: list[dict]) -> tuple[list, list]:  # noqa: AN
     monkeypatch.setattr(rp, "load_table", lambda name: table)
     trained, evaluated = [], []
 
-    def fake_pretrain(recipe, runs_dir, device, progress, argv):  # noqa: ANN001, ANN202
+    def fake_pretrain(recipe, runs_dir, device, progress, argv, resume=False):  # noqa: ANN001, ANN202
         trained.append((recipe.name, recipe.seed))
         run_dir = runs_dir / f"{recipe.name}-{recipe.seed}"
         return types.SimpleNamespace(checkpoint=run_dir / "checkpoint.pt", run_dir=run_dir, wall_time=1.0)

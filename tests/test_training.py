@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from sslbench.config import Named
 from sslbench.errors import UserError
 from sslbench.registry import TASKS, Entry
 from sslbench.runlog import MetricLogger
@@ -148,7 +149,8 @@ def test_setup_state_is_saved_with_the_checkpoint_and_read_back_on_resume(tmp_pa
 
     monkeypatch.setitem(TASKS._entries, "mean-rotation", Entry("mean-rotation", MeanImageRotation, RotationConfig, ""))
     recipe = tiny_pretrain("rotation", ["schedule.epochs=2", "engine.checkpoint_every=2"])
-    recipe = __import__("dataclasses").replace(recipe, name="mean-rotation")
+    recipe = __import__("dataclasses").replace(recipe, name="mean-rotation",
+                                               component=Named("mean-rotation", recipe.component.cfg))
     with crash_at_call(MeanImageRotation, 5), pytest.raises(KeyboardInterrupt):  # after the checkpoint of step 4
         pretrain(recipe, tmp_path, "cpu", progress=False)
     (run,) = tmp_path.glob("mean-rotation-*")

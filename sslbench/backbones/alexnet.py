@@ -9,24 +9,26 @@ channel count (mini scale), `conv1_stride` = 2 is what Jigsaw used on its 64 px 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 from torch import nn
 
 from sslbench.backbones.base import FcTrunk, TapInfo, conv_out, init_weights, too_small
+from sslbench.config import Dropout, In, Side, Units, WidthMult
 from sslbench.registry import register_backbone
 
 
 @dataclass(frozen=True)
 class AlexNetConfig:
-    image_size: int = 224  # input side; fixes the pool5 size fc6 reads (224 -> 6x6 with stride 4)
-    in_channels: int = 3  # 1 for the L channel (Colorization) or grayscale-only inputs
-    width: float = 1.0  # multiplier on every channel count (0.25..0.5 at mini scale)
-    conv1_stride: int = 4  # 4 as in Caffe; 2 for Jigsaw's 64 px tiles and small mini images
+    image_size: Side = 224  # input side; fixes the pool5 size fc6 reads (224 -> 6x6 with stride 4)
+    in_channels: Annotated[int, In(1, 4)] = 3  # 1 for the L channel (Colorization) or grayscale-only inputs
+    width: WidthMult = 1.0  # multiplier on every channel count (0.25..0.5 at mini scale)
+    conv1_stride: Annotated[int, In(1, 8)] = 4  # 4 as in Caffe; 2 for Jigsaw's 64 px tiles and small mini images
     bn: bool = True  # BatchNorm after each conv/fc (RotNet, PyTorch Jigsaw); False = Caffe original
     lrn: bool = False  # Caffe's local response norm after conv1/conv2 (only meaningful with bn = false)
-    groups: int = 1  # 2 = Caffe's two-GPU grouped conv2/4/5
-    fc_dim: int = 4096  # fc6/fc7 width
-    dropout: float = 0.5  # dropout before fc6/fc7 (the papers' value)
+    groups: Annotated[int, In(1, 2)] = 1  # 2 = Caffe's two-GPU grouped conv2/4/5
+    fc_dim: Units = 4096  # fc6/fc7 width
+    dropout: Dropout = 0.5  # dropout before fc6/fc7 (the papers' value)
 
 
 def _channels(width: float) -> tuple[int, int, int, int, int]:

@@ -8,20 +8,22 @@ block2 = 5x5 192, 1x1 192, 1x1 192, then 3x3/2 average pool; block3.. = 3x3 192,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 from torch import nn
 
 from sslbench.backbones.base import Backbone, TapInfo, init_weights, too_small
+from sslbench.config import In, Side, WidthMult
 from sslbench.errors import UserError
 from sslbench.registry import register_backbone
 
 
 @dataclass(frozen=True)
 class NINConfig:
-    blocks: int = 4  # 3, 4 or 5 conv blocks: the rows of the seed's ConvB table
-    width: float = 1.0  # multiplier on 192/160/96 channels (mini: ~0.33)
-    image_size: int = 32  # CIFAR-10 side
-    in_channels: int = 3  # RGB
+    blocks: Annotated[int, In(3, 5)] = 4  # 3, 4 or 5 conv blocks: the rows of the seed's ConvB table
+    width: WidthMult = 1.0  # multiplier on 192/160/96 channels (mini: ~0.33)
+    image_size: Side = 32  # CIFAR-10 side
+    in_channels: Annotated[int, In(1, 4)] = 3  # RGB
 
 
 def _layer(cin: int, cout: int, k: int) -> nn.Sequential:

@@ -11,7 +11,7 @@ use ResNet-50.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 from torch import nn
 from torchvision.models.resnet import Bottleneck, conv1x1
@@ -26,6 +26,7 @@ from sslbench.backbones.base import (
     layer_geometry,
     too_small,
 )
+from sslbench.config import In, WidthMult
 from sslbench.errors import UserError
 from sslbench.registry import register_backbone
 
@@ -37,9 +38,10 @@ ROI_GRID = 14  # RoIs pooled from res4 to 14x14, res5 halves them to 7x7 (Detect
 @dataclass(frozen=True)
 class ResNetConfig:
     depth: Literal[50, 101] = 50  # ResNet-50 (MMSelfSup / VISSL benchmarks) or ResNet-101 (the Task Ensemble)
-    width: float = 1.0  # multiplier on every channel count (1/16 in the tests)
-    image_size: int = 224  # input side: fixes feature_info's sizes (the trunk itself is fully convolutional)
-    in_channels: int = 3  # 1 for gray / L-channel inputs
+    width: WidthMult = 1.0  # multiplier on every channel count (1/16 in the tests)
+    # input side: fixes feature_info's sizes (the trunk itself is fully convolutional)
+    image_size: Annotated[int, In(32, 4096)] = 224
+    in_channels: Annotated[int, In(1, 4)] = 3  # 1 for gray / L-channel inputs
 
 
 @register_backbone("resnet", config=ResNetConfig)

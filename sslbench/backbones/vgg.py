@@ -10,10 +10,12 @@ pool5 at the configured `image_size` (no adaptive pooling), so a 96 px patch giv
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 from torch import nn
 
 from sslbench.backbones.base import FcTrunk, TapInfo, init_weights, too_small
+from sslbench.config import Dropout, In, Units, WidthMult
 from sslbench.registry import register_backbone
 
 BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))  # (channels, convs) of VGG-16, configuration D
@@ -21,12 +23,12 @@ BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))  # (channels, convs) 
 
 @dataclass(frozen=True)
 class VGGConfig:
-    image_size: int = 224  # input side; fixes the pool5 size fc6 reads (224 -> 7x7, 96 -> 3x3)
-    in_channels: int = 3  # 1 for the L channel or grayscale-only inputs
-    width: float = 1.0  # multiplier on every channel count (0.125..0.25 at mini scale)
+    image_size: Annotated[int, In(32, 4096)] = 224  # input side; fixes the pool5 size fc6 reads (224 -> 7x7, 96 -> 3x3)
+    in_channels: Annotated[int, In(1, 4)] = 3  # 1 for the L channel or grayscale-only inputs
+    width: WidthMult = 1.0  # multiplier on every channel count (0.125..0.25 at mini scale)
     bn: bool = True  # BatchNorm after each conv/fc (torchvision vgg16_bn); False = Caffe's VGG-16
-    fc_dim: int = 4096  # fc6/fc7 width
-    dropout: float = 0.5  # dropout before fc6/fc7 (VGG's value)
+    fc_dim: Units = 4096  # fc6/fc7 width
+    dropout: Dropout = 0.5  # dropout before fc6/fc7 (VGG's value)
 
 
 def _channels(width: float) -> tuple[int, ...]:

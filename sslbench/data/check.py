@@ -60,6 +60,12 @@ def check(name: str, root: str, limit: int = 200) -> str:
         parts.append(f"{split} {len(ds)}")
     if not parts:
         raise UserError(absent[0][1] if absent else f"{name}: no split could be read from {root}")
+    if read and corrupt == read:
+        first = corrupt_files[0].removeprefix("skipping unreadable image ") if corrupt_files else ""
+        raise UserError(f"{name} at {root}: none of the {read} images read could be decoded"
+                        + (f" (first: {first})" if first else "") + "; the files are damaged or not images")
+    if layout and layout.segmentation:
+        _check_masks(layout, root, limit)
     text = f"{name} at {root}: {', '.join(parts)} images"
     if absent:
         text += f" ({', '.join(s for s, _ in absent)} absent)"
@@ -72,3 +78,16 @@ def check(name: str, root: str, limit: int = 200) -> str:
     if corrupt_files:
         text += f" (first: {corrupt_files[0].removeprefix('skipping unreadable image ')})"
     return text + "."
+
+
+def _check_masks(layout: object, root: str, limit: int) -> None:
+    """Read the segmentation pairs of each split: a mask of the wrong size is a UserError naming the file."""
+    for split in layout.check_splits:  # type: ignore[attr-defined]
+        try:
+            pairs = layout.segmentation(root, split, 0, limit)  # type: ignore[attr-defined]
+        except UserError:  # no masks for this split (the summary says which splits have them)
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # unreadable files were counted above
+            for i in range(len(pairs)):
+                pairs[i]

@@ -12,14 +12,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sslbench.checkpoint import Trunk
-from sslbench.config import Recipe
+from sslbench.config import In, Recipe
 from sslbench.data.build import build_dataset
 from sslbench.data.datasets import collate_skip_corrupt
 from sslbench.errors import UserError
@@ -34,7 +34,7 @@ from sslbench.transforms import random_crop_flip
 @dataclass(frozen=True)
 class PoolSpec:
     kind: Literal["adaptive_max", "adaptive_avg", "bilinear", "none"] = "adaptive_max"  # how a map shrinks
-    size: int = 6  # output side: 'size x size x channels' features
+    size: Annotated[int, In(1, 1024)] = 6  # output side: 'size x size x channels' features
 
 
 def pool_features(x: Tensor, spec: PoolSpec) -> Tensor:
@@ -86,7 +86,8 @@ def extract(features: FrozenFeatures, ds: Any, recipe: Recipe, ctx: EvalContext,
     chunks: dict[str, list[Tensor]] = {t: [] for t in features.taps}
     targets: dict[str, list[Tensor]] = {k: [] for k in keys}
     indices: list[Tensor] = []
-    loader = shard_loader(ds, recipe.data.batch_size, ctx.ddp, collate_skip_corrupt, recipe.data.workers)
+    loader = shard_loader(ds, recipe.data.batch_size, ctx.ddp, collate_skip_corrupt, recipe.data.workers,
+                          ctx.unreadable, what)
     with progress_bar(f"features ({what})", len(loader), ctx.show) as advance:
         for index, (images, target_batch) in loader:
             if images.numel():
@@ -157,7 +158,7 @@ def _cached(x: dict[str, Tensor], y: Tensor, batch: int, seed: int, epoch: int, 
 def _streamed(features: FrozenFeatures, ds: Any, recipe: Recipe, epoch: int, crop_pad: int, ctx: EvalContext,
               start: int) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
     loader = epoch_loader(ds, recipe.data.batch_size, recipe.seed, epoch, ctx.ddp, collate_skip_corrupt,
-                          recipe.data.workers, start)
+                          recipe.data.workers, start, ctx.unreadable)
     for _, (images, target) in loader:
         yield {"images": images}, target["label"]
 
@@ -168,7 +169,8 @@ def _test(features: FrozenFeatures, probes: Probes, ds: Any, recipe: Recipe, ctx
     probes.eval()
     logits: dict[str, list[Tensor]] = {t: [] for t in probes.heads}
     labels, indices = [], []
-    loader = shard_loader(ds, recipe.data.batch_size, ctx.ddp, collate_skip_corrupt, recipe.data.workers)
+    loader = shard_loader(ds, recipe.data.batch_size, ctx.ddp, collate_skip_corrupt, recipe.data.workers,
+                          ctx.unreadable)
     with progress_bar("probe test", len(loader), ctx.show) as advance:
         for index, (images, target) in loader:
             if images.numel():

@@ -9,7 +9,6 @@ load the trunk (checkpoint or random), make the run directory, time it, and writ
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +22,13 @@ from sslbench.checkpoint import Trunk, TrunkSpec, load_trunk, require_taps
 from sslbench.config import Recipe
 from sslbench.data.build import build_dataset, dataset_label
 from sslbench.data.datasets import collate_skip_corrupt
-from sslbench.errors import UserError
+from sslbench.errors import Interrupted, UserError
 from sslbench.progress import console
 from sslbench.registry import PROTOCOLS
 from sslbench.rescale import rescale
-from sslbench.results import Provenance, default_store
+from sslbench.results import Provenance, check_store, default_store
 from sslbench.runlog import MetricLogger
-from sslbench.runs import record_run, shared_run_dir
+from sslbench.runs import check_runs_writable, open_run, record_run
 from sslbench.runtime import (
     close_distributed,
     code_version,
@@ -38,7 +37,7 @@ from sslbench.runtime import (
     seed_everything,
     write_json,
 )
-from sslbench.training import Context
+from sslbench.training import Context, describe_unreadable
 
 
 @dataclass
@@ -50,6 +49,7 @@ class EvalContext(Context):
 class Protocol:
     name: ClassVar[str] = ""  # the registered name: every metric key starts with it
     metric_keys: ClassVar[str] = ""  # regex of the keys after '<name>/' run() returns (table files are checked by it)
+    stored_image_size: ClassVar[bool] = False  # takes data.image_size = 0: every image at its stored size
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -77,6 +77,7 @@ class EvalOutcome:
     metrics: dict[str, float]
     wall_time: float
     provenance: Provenance
+    unreadable: str = ""  # '1 of 60 test images unreadable (skipped)'
 
 
 INITS = ("default", "rescale")
@@ -91,67 +92,88 @@ def evaluate(
     argv: list[str] | None = None,
     store: bool = True,
     init: str = "default",
+    allow_unfinished: bool = False,
 ) -> EvalOutcome:
     """Run `recipe`'s protocol on a checkpoint (or 'random'); `init='rescale'` first applies Kraehenbuehl
     et al.'s data-dependent rescaling (the tables' "-rescale" and "Random rescaled" rows). Under torchrun every
-    rank evaluates its share and rank 0 writes the run directory and the store."""
+    rank evaluates its share and rank 0 writes the run directory and the store. An unfinished pretraining's
+    checkpoint is refused unless `allow_unfinished` (its rows then say where it stopped). An evaluation that does
+    not end with a result leaves nothing: its run directory is removed (a crash that is no UserError keeps it,
+    marked failed, for the traceback's context)."""
     if init not in INITS:
         raise UserError(f"--init expects {' or '.join(INITS)}, found {init!r}")
     spec = checkpoint if isinstance(checkpoint, TrunkSpec) else TrunkSpec.parse(checkpoint)
     ddp = init_distributed("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
     try:
-        return _evaluate(recipe, spec, runs, device, progress, argv, store, init, ddp)
+        return _evaluate(recipe, spec, runs, device, progress, argv, store, init, allow_unfinished, ddp)
     finally:
         close_distributed(ddp)
 
 
 def _evaluate(recipe: Recipe, spec: TrunkSpec, runs: Path, device: str, progress: bool, argv: list[str] | None,
-              store: bool, init: str, ddp: Any) -> EvalOutcome:
+              store: bool, init: str, allow_unfinished: bool, ddp: Any) -> EvalOutcome:
     protocol: Protocol = PROTOCOLS.get(recipe.name)(recipe.component.cfg)
     dev = resolve_device(device, ddp)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)  # NCCL's collectives use the current device
     if recipe.engine.threads:
         torch.set_num_threads(recipe.engine.threads)
+    if ddp.is_main:  # where the results go, before any work
+        check_runs_writable(runs)
+        if store:
+            check_store(runs)
     seed_everything(recipe.seed)  # before the trunk: `random` init must be the same draw every time (and rank)
-    trunk = load_trunk(spec, recipe.backbone)
+    trunk = load_trunk(spec, recipe.backbone, allow_unfinished)
     require_taps(trunk, protocol.taps(trunk.backbone))
     if init == "rescale":
         rescaled(trunk, recipe)
-    run_dir = shared_run_dir(runs, f"eval-{recipe.name}", ddp)
+    run = open_run(runs, f"eval-{recipe.name}", ddp, lock=False)
     if ddp.is_main:
-        record_run(run_dir, recipe, argv)
-    log = MetricLogger(run_dir, enabled=ddp.is_main)
-    ctx = EvalContext(dev, ddp, log, progress, seed=recipe.seed, run_dir=run_dir)
+        record_run(run.path, recipe, argv)
+    log = MetricLogger(run.path, enabled=ddp.is_main)
+    ctx = EvalContext(dev, ddp, log, progress, seed=recipe.seed, run_dir=run.path)
     start = time.time()
     try:
-        metrics = protocol.run(trunk, recipe, ctx)
+        try:
+            metrics = protocol.run(trunk, recipe, ctx)
+        finally:
+            log.close()
+    except Interrupted as exc:
+        run.discard()
+        raise exc.with_message(f"eval {recipe.name} on {trunk.checkpoint} after {time.time() - start:.0f} s; "
+                               "nothing was stored (an evaluation starts over: run the command again)") from None
     except UserError:
-        log.close()
-        if ddp.is_main:
-            shutil.rmtree(run_dir, ignore_errors=True)  # e.g. missing data: nothing was measured, leave nothing
+        run.discard()  # e.g. missing data: nothing was measured, leave nothing
         raise
-    log.close()
+    except BaseException as exc:
+        run.status("failed", error=f"{type(exc).__name__}: {exc}")
+        raise
     wall = time.time() - start
+    counts = ctx.unreadable.counts(ddp)
     prov = Provenance(
-        run_id=run_dir.name, method=trunk.method, variant=trunk.variant, backbone=trunk.label,
+        run_id=run.path.name, method=trunk.method, variant=trunk.variant, backbone=trunk.label,
         dataset=dataset_label(recipe.data), pretrain_dataset=trunk.pretrain_dataset, scale=recipe.scale,
         init=("random" if spec.is_random else "checkpoint") + ("+rescale" if init == "rescale" else ""),
         seed=recipe.seed, version=code_version(), checkpoint=trunk.checkpoint, pretrain_run=trunk.pretrain_run,
-        recipe=recipe.to_json(),
+        recipe=recipe.to_json(), pretrain_recipe=trunk.pretrain_recipe, unfinished=trunk.unfinished,
+        skipped=sum(n for n, _ in counts.values()), threads=torch.get_num_threads(),
     )
     if ddp.is_main:
-        write_json(run_dir / "result.json", {"metrics": metrics, "wall_time": wall, "provenance": prov.__dict__,
-                                             "reinitialised": list(trunk.reinitialised)})
+        write_json(run.path / "result.json", {
+            "metrics": metrics, "wall_time": wall, "provenance": prov.__dict__,
+            "reinitialised": list(trunk.reinitialised),
+            "unreadable": {what: {"skipped": n, "of": m} for what, (n, m) in counts.items()},
+        })
         if store:
             default_store(runs).add_results(recipe.name, metrics, prov, wall)
+        run.status("finished")
         if progress:
             reinit = ", ".join(trunk.reinitialised)
             note = f" (re-initialised at the protocol's size: {reinit})" if reinit else ""
-            console.print(f"[dim]{run_dir}{note}[/dim]")
+            console.print(f"[dim]{run.path}{note}[/dim]")
     if ddp.enabled:
         dist.barrier()
-    return EvalOutcome(run_dir, metrics, wall, prov)
+    return EvalOutcome(run.path, metrics, wall, prov, describe_unreadable(counts))
 
 
 RESCALE_IMAGES = 32  # images of the protocol's training split the rescaling statistics are measured on

@@ -8,10 +8,11 @@ as 'linear/<tap>' and the best tap's top-5 as 'linear/top5-best'.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
 from sslbench.backbones.base import Backbone
 from sslbench.checkpoint import Trunk
-from sslbench.config import Recipe
+from sslbench.config import In, Pixels, Recipe
 from sslbench.protocols._probing import PoolSpec, linear_head, train_probes
 from sslbench.protocols.base import EvalContext, Protocol
 from sslbench.registry import register_protocol
@@ -21,9 +22,10 @@ from sslbench.registry import register_protocol
 class LinearProbeConfig:
     taps: tuple[str, ...] = ("conv1", "conv2", "conv3", "conv4", "conv5")  # trunk outputs to probe
     pool: dict[str, PoolSpec] = field(default_factory=dict)  # per-tap pooling (missing taps: 6x6 max)
-    num_classes: int = 20  # classes of the probe data set (embedded / VOC: 20, ImageNet: 1000)
+    # classes of the probe data set (embedded / VOC: 20, ImageNet: 1000)
+    num_classes: Annotated[int, In(2, 100_000)] = 20
     cache_features: bool = True  # compute pooled features once (no augmentation); paper scale: false
-    crop_pad: int = 0  # random-crop padding when streaming (paper: crops + flips each epoch)
+    crop_pad: Pixels = 0  # random-crop padding when streaming (paper: crops + flips each epoch)
 
 
 @register_protocol("linear", config=LinearProbeConfig)

@@ -8,10 +8,11 @@ Reports top-1 (%) per block as 'rotnet-blocks/block<i>' (the ConvB<i> columns).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
 from sslbench.backbones.base import Backbone
 from sslbench.checkpoint import Trunk
-from sslbench.config import Recipe
+from sslbench.config import In, Pixels, Recipe, Units
 from sslbench.protocols._probing import PoolSpec, mlp_head, train_probes
 from sslbench.protocols.base import EvalContext, Protocol
 from sslbench.registry import register_protocol
@@ -19,12 +20,12 @@ from sslbench.registry import register_protocol
 
 @dataclass(frozen=True)
 class RotNetBlocksConfig:
-    blocks: tuple[int, ...] = ()  # blocks to probe (empty = every block of the trunk)
-    hidden: int = 200  # hidden units of the 3-layer classifier (paper: 200)
+    blocks: tuple[Annotated[int, In(1, 5)], ...] = ()  # blocks to probe (empty = every block of the trunk)
+    hidden: Units = 200  # hidden units of the 3-layer classifier (paper: 200)
     pool: dict[str, PoolSpec] = field(default_factory=dict)  # per-block pooling ('none' = full map, the paper)
-    num_classes: int = 10  # CIFAR-10
+    num_classes: Annotated[int, In(2, 100_000)] = 10  # CIFAR-10
     cache_features: bool = True  # mini: features once; paper: false (random crops + flips every epoch)
-    crop_pad: int = 4  # CIFAR random-crop padding when streaming
+    crop_pad: Pixels = 4  # CIFAR random-crop padding when streaming
 
 
 @register_protocol("rotnet-blocks", config=RotNetBlocksConfig)

@@ -16,7 +16,7 @@ import copy
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from sslbench.backbones.base import Backbone
 from sslbench.checkpoint import Trunk
-from sslbench.config import Recipe
+from sslbench.config import Dropout, In, Recipe
 from sslbench.data.build import build_dataset
 from sslbench.data.classes import VOC_CLASSES
 from sslbench.data.datasets import collate_skip_corrupt
@@ -44,13 +44,17 @@ from sslbench.transforms import MEAN_PIXEL
 @dataclass(frozen=True)
 class VocClsConfig:
     layers: Literal["fc8", "fc6-8", "all"] = "all"  # what trains: fc8; fc6..fc8 from pool5 up; every layer
-    min_scale: float = 0.5  # smallest random rescale of the loaded image (Krähenbühl et al.: 0.5)
-    max_scale: float = 2.0  # largest random rescale (Krähenbühl et al.: 2.0)
+    # smallest random rescale of the loaded image (Krähenbühl et al.: 0.5)
+    min_scale: Annotated[float, In(0, 100, open_lo=True)] = 0.5
+    max_scale: Annotated[float, In(0, 100, open_lo=True)] = 2.0  # largest random rescale (Krähenbühl et al.: 2.0)
     mirror: bool = True  # random horizontal flip, at training and in the test crops
-    test_crops: int = 10  # random crops whose scores are averaged per test image (the papers' 10)
-    fc_lr_mult: float = 10.0  # learning-rate multiplier of fc6, fc7 and fc8 (released train_cls.py: 10)
-    head_dropout: float = 0.5  # dropout on fc7 before fc8 (Caffe's drop7, kept by the code's --clip drop7)
-    head_init_std: float = 0.01  # fc8 weights ~ N(0, std) (the released code's re-initialisation)
+    # random crops whose scores are averaged per test image (the papers' 10)
+    test_crops: Annotated[int, In(1, 1000)] = 10
+    # learning-rate multiplier of fc6, fc7 and fc8 (released train_cls.py: 10)
+    fc_lr_mult: Annotated[float, In(0, 1e6)] = 10.0
+    head_dropout: Dropout = 0.5  # dropout on fc7 before fc8 (Caffe's drop7, kept by the code's --clip drop7)
+    # fc8 weights ~ N(0, std) (the released code's re-initialisation)
+    head_init_std: Annotated[float, In(0, 10, open_lo=True)] = 0.01
     voc07_ap: bool = True  # 11-point VOC07 AP (devkit VOCevalcls); false = area under the PR curve
 
 
@@ -214,7 +218,7 @@ def _fine_tune(net: FineTuneNet, ds: Dataset, recipe: Recipe, crop: int, trunk: 
 
     net.train()
     fit.run(lambda epoch, start: epoch_loader(ds, d.batch_size, recipe.seed, epoch, ctx.ddp, collate_skip_corrupt,
-                                              d.workers, start), prepare, loss)
+                                              d.workers, start, ctx.unreadable), prepare, loss)
     return fit.step
 
 
@@ -226,7 +230,8 @@ def _test_scores(net: FineTuneNet, ds: Dataset, recipe: Recipe, cfg: VocClsConfi
     do not depend on the batch size or the number of processes."""
     net.eval()
     scores, labels, difficult, indices = [], [], [], []
-    loader = shard_loader(ds, recipe.data.batch_size, ctx.ddp, collate_skip_corrupt, recipe.data.workers)
+    loader = shard_loader(ds, recipe.data.batch_size, ctx.ddp, collate_skip_corrupt, recipe.data.workers,
+                          ctx.unreadable)
     with progress_bar(f"voc-cls test ({cfg.test_crops} crops)", len(loader), ctx.show) as advance:
         for index, (images, target) in loader:
             if images.shape[0] == 0:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from torchvision.ops import batched_nms, box_iou, roi_align, roi_pool
 
 from sslbench.backbones.base import Backbone
 from sslbench.checkpoint import Trunk
-from sslbench.config import Recipe
+from sslbench.config import In, Positive, Rate, Recipe, Weight
 from sslbench.data.build import build_dataset
 from sslbench.data.classes import VOC_CLASSES
 from sslbench.errors import UserError
@@ -47,25 +47,30 @@ _MAX_LOG_SCALE = math.log(1000.0 / 16.0)  # Detectron's clamp on dw, dh before e
 
 @dataclass(frozen=True)
 class VOCDetConfig:
-    train_scales: tuple[int, ...] = (480, 576, 688, 864, 1200)  # shorter side, one drawn per training image
-    test_scale: int = 600  # shorter side at test (single scale)
-    max_size_train: int = 2000  # cap on the longer side in training (Fast R-CNN's multi-scale cap)
-    max_size_test: int = 1000  # cap on the longer side at test
+    # shorter side, one drawn per training image
+    train_scales: tuple[Annotated[int, In(8, 8192)], ...] = (480, 576, 688, 864, 1200)
+    test_scale: Annotated[int, In(8, 8192)] = 600  # shorter side at test (single scale)
+    # cap on the longer side in training (Fast R-CNN's multi-scale cap)
+    max_size_train: Annotated[int, In(8, 16384)] = 2000
+    max_size_test: Annotated[int, In(8, 16384)] = 1000  # cap on the longer side at test
     proposals: str = ""  # precomputed proposals .npz (format: _proposals.py); "" = cached selective search
-    max_proposals: int = 2000  # proposals kept per image, best-ranked first
-    min_proposal_size: int = 2  # drop proposals with a side under this many pixels (py-faster-rcnn: 2)
-    rois_per_image: int = 64  # RoIs sampled per training image (Fast R-CNN: R = 128 over N = 2 images)
-    fg_fraction: float = 0.25  # share of foreground RoIs in a sample
-    fg_iou: float = 0.5  # IoU with a ground-truth box from which a RoI is foreground
-    bg_iou: tuple[float, float] = (0.1, 0.5)  # [low, high) IoU range of background RoIs
+    max_proposals: Annotated[int, In(1, 100_000)] = 2000  # proposals kept per image, best-ranked first
+    # drop proposals with a side under this many pixels (py-faster-rcnn: 2)
+    min_proposal_size: Annotated[int, In(0, 8192)] = 2
+    # RoIs sampled per training image (Fast R-CNN: R = 128 over N = 2 images)
+    rois_per_image: Annotated[int, In(1, 100_000)] = 64
+    fg_fraction: Rate = 0.25  # share of foreground RoIs in a sample
+    fg_iou: Rate = 0.5  # IoU with a ground-truth box from which a RoI is foreground
+    bg_iou: tuple[Rate, Rate] = (0.1, 0.5)  # [low, high) IoU range of background RoIs
     flip: bool = True  # random horizontal flip of training images
-    box_stds: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)  # box-target normalisation (dx, dy, dw, dh)
-    box_loss_weight: float = 1.0  # weight of the smooth-L1 box loss against the classification loss
+    # box-target normalisation (dx, dy, dw, dh)
+    box_stds: tuple[Positive, Positive, Positive, Positive] = (0.1, 0.1, 0.2, 0.2)
+    box_loss_weight: Weight = 1.0  # weight of the smooth-L1 box loss against the classification loss
     freeze: tuple[str, ...] = ("conv1",)  # trunk stages left untrained (Fast R-CNN fine-tunes conv2 and up)
     freeze_bn: bool = False  # keep every BatchNorm on its running statistics instead of batch statistics
-    score_thresh: float = 0.05  # class score below which a box is not a detection
-    nms_iou: float = 0.3  # per-class non-maximum suppression IoU
-    max_per_image: int = 100  # detections kept per image over all classes
+    score_thresh: Rate = 0.05  # class score below which a box is not a detection
+    nms_iou: Rate = 0.3  # per-class non-maximum suppression IoU
+    max_per_image: Annotated[int, In(1, 100_000)] = 100  # detections kept per image over all classes
 
 
 # ---------------------------------------------------------------- box math (pure)
@@ -327,7 +332,7 @@ def train(model: FastRCNN, ds: Dataset, proposals: list[np.ndarray], recipe: Rec
         return fast_rcnn_loss(scores, deltas, b.labels, b.targets, cfg.box_loss_weight)
 
     fit.run(lambda epoch, start: epoch_loader(ds, d.batch_size, recipe.seed, epoch, ctx.ddp, _as_list, d.workers,
-                                              start), sample, loss)
+                                              start, ctx.unreadable), sample, loss)
     return fit.step
 
 
@@ -354,7 +359,7 @@ def detect(model: FastRCNN, ds: Dataset, proposals: list[np.ndarray], cfg: VOCDe
     rank detects its shard)."""
     model.eval()
     found, indices = [], []
-    loader = shard_loader(ds, 1, ctx.ddp, _as_list, workers)
+    loader = shard_loader(ds, 1, ctx.ddp, _as_list, workers, ctx.unreadable)
     with progress_bar("fast r-cnn test", len(loader), ctx.show) as advance:
         for index, items in loader:
             for i, (image, target) in zip(index.tolist(), items):
@@ -403,6 +408,7 @@ class VOCDetection(Protocol):
 
     name = "voc-det"
     metric_keys = r"mAP|AP/\w+"
+    stored_image_size = True  # data.image_size = 0: the photos at their stored sizes (the paper recipe)
 
     def taps(self, backbone: Backbone) -> tuple[str, ...]:
         return (backbone.role("region_tap", "voc-det"),)

@@ -38,7 +38,7 @@ from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from sslbench.backbones.base import Backbone, Geometry, conv_out, layer_geometry
 from sslbench.checkpoint import Trunk
-from sslbench.config import DataConfig, Recipe
+from sslbench.config import DataConfig, Dropout, Pixels, Recipe
 from sslbench.data.build import embedded_root
 from sslbench.data.classes import VOC_SEG_CLASSES
 from sslbench.errors import UserError
@@ -54,11 +54,11 @@ IGNORE = 255  # VOC's label for object outlines and unlabelled pixels
 
 @dataclass(frozen=True)
 class VocSegConfig:
-    pad: int = 98  # zero padding around the input: + conv1's own 2 = FCN's conv1 pad 100, so scores cover the image
+    pad: Pixels = 98  # zero padding around the input: + conv1's own 2 = FCN's conv1 pad 100, so scores cover the image
     bn_train: bool = False  # false: BatchNorm keeps pretrained statistics (BN folded, as the papers' Caffe models)
     learn_upsampling: bool = False  # FCN-32s and Zhang et al. keep the bilinear deconvolution fixed (lr_mult 0)
-    fc_dropout: float = 0.5  # dropout before the fc6 / fc7 convolutions (the trunk's layout, FCN's rate)
-    score_dropout: float = 0.5  # dropout before the score layer (FCN's drop7)
+    fc_dropout: Dropout = 0.5  # dropout before the fc6 / fc7 convolutions (the trunk's layout, FCN's rate)
+    score_dropout: Dropout = 0.5  # dropout before the score layer (FCN's drop7)
     # SBD (Hariharan et al. 2011) added to the training images, as in the papers: "" = VOC train alone, a path
     # (SBD's benchmark_RELEASE/dataset; `--data sbd=PATH` sets it), or "embedded" (the embedded data in SBD layout)
     sbd: str = ""
@@ -264,7 +264,7 @@ def train_fcn(model: FCN32s, trunk: Trunk, ds: Dataset, recipe: Recipe, ctx: Eva
 
     model.train()
     fit.run(lambda epoch, start: epoch_loader(ds, d.batch_size, recipe.seed, epoch, ctx.ddp, collate_pairs, d.workers,
-                                              start), prepare, loss)
+                                              start, ctx.unreadable), prepare, loss)
 
 
 @torch.no_grad()
@@ -273,7 +273,7 @@ def test_confusion(model: FCN32s, trunk: Trunk, ds: Dataset, recipe: Recipe, ctx
     model.eval()
     k = model.upsample.out_channels
     total = np.zeros((k, k), np.int64)
-    loader = shard_loader(ds, recipe.data.batch_size, ctx.ddp, collate_pairs, recipe.data.workers)
+    loader = shard_loader(ds, recipe.data.batch_size, ctx.ddp, collate_pairs, recipe.data.workers, ctx.unreadable)
     with progress_bar("fcn-32s test", len(loader), ctx.show) as advance:
         for _, (images, masks) in loader:
             if images.numel():

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from torch import Tensor
 
 from sslbench.backbones.base import Backbone
 from sslbench.checkpoint import Trunk
-from sslbench.config import Recipe
+from sslbench.config import In, Positive, Recipe
 from sslbench.data.build import build_dataset
 from sslbench.data.classes import VOC_CLASSES
 from sslbench.errors import UserError
@@ -42,14 +42,17 @@ GOYAL_COSTS = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.1, 1.0, 10.0, 100.0, *(0.5*
 class VocSvmConfig:
     taps: tuple[str, ...] = ("conv1", "conv2", "conv3", "conv4", "conv5")  # trunk outputs, one set of SVMs each
     pool: dict[str, PoolSpec] = field(default_factory=dict)  # per-tap pooling before L2 norm (missing: 6x6 max)
-    costs: tuple[float, ...] = GOYAL_COSTS  # C values searched by cross-validation; ties go to the first listed
-    folds: int = 3  # cross-validation folds on trainval (Goyal et al.: 3, scikit-learn's stratified split)
-    positive_weight: float = 2.0  # cost weight of positives (the released code's class_weight {1: 2, -1: 1})
+    # C values searched by cross-validation; ties go to the first listed
+    costs: tuple[Annotated[float, In(0, 1e9, open_lo=True)], ...] = GOYAL_COSTS
+    # cross-validation folds on trainval (Goyal et al.: 3, scikit-learn's stratified split)
+    folds: Annotated[int, In(2, 100)] = 3
+    positive_weight: Positive = 2.0  # cost weight of positives (the released code's class_weight {1: 2, -1: 1})
     train_difficult: Literal["ignore", "negative"] = "ignore"  # difficult-only images in training: dropped
     # per class (VISSL, PROTOCOLS.md) or kept as negatives (fair_self_supervision_benchmark train_svm_kfold.py)
     voc07_ap: bool = False  # test AP: false = area under the PR envelope (the released test_svm.py); true = 11-point
-    tol: float = 1e-3  # solver stop: gradient norm / weight norm (1e-3 matched LinearSVC's CV APs to ~1e-3)
-    intercept_scaling: float = 1.0  # liblinear's constant feature for the (penalised) intercept
+    # solver stop: gradient norm / weight norm (1e-3 matched LinearSVC's CV APs to ~1e-3)
+    tol: Annotated[float, In(0, 1, open_lo=True)] = 1e-3
+    intercept_scaling: Positive = 1.0  # liblinear's constant feature for the (penalised) intercept
 
 
 @register_protocol("voc07-svm", config=VocSvmConfig)

@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sslbench.backbones.base import Backbone
+from sslbench.config import In, Pixels, Rate, Weight
 from sslbench.errors import UserError
 from sslbench.registry import register_task
 from sslbench.tasks.base import PretextTask, TinySetup, accuracy
@@ -49,14 +50,16 @@ GREEN_MAGENTA = torch.tensor([-1.0, 2.0, -1.0]) / math.sqrt(6.0)  # the paper's 
 
 @dataclass(frozen=True)
 class ContextConfig:
-    gap: int = 48  # px between neighbouring patches before jitter (paper and released code: 48)
-    jitter: int = 7  # each patch moves by up to +-jitter px in x and y (released code: noise = 7)
+    gap: Pixels = 48  # px between neighbouring patches before jitter (paper and released code: 48)
+    jitter: Pixels = 7  # each patch moves by up to +-jitter px in x and y (released code: noise = 7)
     pairs: Literal["all", "center"] = "all"  # all 40 ordered neighbour pairs (released code) or the 8 around the centre
     aberration: Literal["projection", "color-dropping", "none"] = "color-dropping"  # released code: color-dropping
-    noise_ratio: float = 0.01  # dropped channels: Gaussian noise std / kept channel's std (paper: ~1/100)
-    downsample_prob: float = 1 / 3  # share of patches downsampled and upsampled back (released code: 0.33)
-    downsample_min: int = 10  # smallest side they are downsampled to (released code: 10..95 px at 96 px patches)
-    head_dim: int = 0  # width of the fusion layers fc7, fc8; 0 = the fused vector's (AlexNet: fc6; released code 4096)
+    noise_ratio: Weight = 0.01  # dropped channels: Gaussian noise std / kept channel's std (paper: ~1/100)
+    downsample_prob: Rate = 1 / 3  # share of patches downsampled and upsampled back (released code: 0.33)
+    # smallest side they are downsampled to (released code: 10..95 px at 96 px patches)
+    downsample_min: Annotated[int, In(1, 4096)] = 10
+    # width of the fusion layers fc7, fc8; 0 = the fused vector's (AlexNet: fc6; released code 4096)
+    head_dim: Annotated[int, In(0, 65536)] = 0
 
 
 def neighbour_pairs(mode: str) -> tuple[Tensor, Tensor, Tensor]:

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sslbench.backbones.base import Backbone
+from sslbench.config import In, Weight
 from sslbench.errors import UserError
 from sslbench.registry import register_task
 from sslbench.tasks.base import PretextTask, TinySetup, accuracy
@@ -46,11 +47,11 @@ class DamagedJigsawConfig(PuzzleConfig):
     """Jigsaw's puzzle (PuzzleConfig: the permutation set of Noroozi & Favaro, 3x3 cells of 75 px, 64 px tiles,
     each gray tile normalised by its own mean and std) plus the three losses' weights and heads."""
 
-    perm_weight: float = 1.0  # weight of the permutation cross-entropy
-    inpaint_weight: float = 1.0  # weight of the missing-tile reconstruction loss
-    color_weight: float = 1.0  # weight of the ab colourisation loss
+    perm_weight: Weight = 1.0  # weight of the permutation cross-entropy
+    inpaint_weight: Weight = 1.0  # weight of the missing-tile reconstruction loss
+    color_weight: Weight = 1.0  # weight of the ab colourisation loss
     inpaint_loss: Literal["l2", "l1"] = "l2"  # reconstruction loss of the missing tile (Context Encoders: L2)
-    decoder_channels: int = 64  # width of the inpainting and colourisation decoders
+    decoder_channels: Annotated[int, In(1, 4096)] = 64  # width of the inpainting and colourisation decoders
 
     def __post_init__(self) -> None:
         check_puzzle(self.cell, self.tile, self.num_permutations)

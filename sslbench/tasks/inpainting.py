@@ -37,7 +37,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from sslbench.backbones.base import Backbone
+from sslbench.config import In, Pixels, Positive, Weight
 from sslbench.data.classes import VOC_CLASSES
 from sslbench.data.synthetic import SHAPES, part_mask
 from sslbench.errors import UserError
@@ -61,15 +62,18 @@ MAX_BLOCKS = 16  # candidate rectangles per image: enough that the union nearly 
 class InpaintingConfig:
     mask: Literal["central", "random-blocks", "random-regions"] = "random-regions"  # paper's feature-learning mask
     regions: Literal["silhouettes", "blobs"] = "silhouettes"  # random-region shapes: paper-like / released code's
-    coverage: float = 0.25  # fraction of the image a mask removes (paper: a quarter)
-    overlap: int = 2  # px of visible context around the hole predicted too (released code: 4 at 128 px)
-    overlap_weight: float = 10.0  # L2 weight of that band relative to the hole (released code: 10)
+    # fraction of the image a mask removes (paper: a quarter)
+    coverage: Annotated[float, In(0, 1, open_lo=True, open_hi=True)] = 0.25
+    overlap: Pixels = 2  # px of visible context around the hole predicted too (released code: 4 at 128 px)
+    overlap_weight: Weight = 10.0  # L2 weight of that band relative to the hole (released code: 10)
     adversarial: bool = False  # add the adversarial loss; False = L_rec only (the released feature-learning weights)
-    lambda_rec: float = 0.999  # paper: lambda_rec = 0.999
-    lambda_adv: float = 0.001  # paper: lambda_adv = 0.001
-    generator_lr_mult: float = 10.0  # with `adversarial`: G's rate / D's (released train.lua: opt.lr*10 for G)
-    decoder_width: int = 64  # channels of the last hidden up-conv, doubled per earlier layer (released ngf: 64)
-    disc_width: int = 64  # channels of the discriminator's first conv, doubled per layer up to 8x (released ndf: 64)
+    lambda_rec: Weight = 0.999  # paper: lambda_rec = 0.999
+    lambda_adv: Weight = 0.001  # paper: lambda_adv = 0.001
+    generator_lr_mult: Positive = 10.0  # with `adversarial`: G's rate / D's (released train.lua: opt.lr*10 for G)
+    # channels of the last hidden up-conv, doubled per earlier layer (released ngf: 64)
+    decoder_width: Annotated[int, In(1, 4096)] = 64
+    # channels of the discriminator's first conv, doubled per layer up to 8x (released ndf: 64)
+    disc_width: Annotated[int, In(1, 4096)] = 64
     flip: bool = True  # random horizontal flip (the released data loader flips)
 
 

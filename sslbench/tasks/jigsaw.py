@@ -16,7 +16,7 @@ import functools
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sslbench.backbones.base import Backbone
+from sslbench.config import Dropout, In, Rate, Seed, Units
 from sslbench.errors import UserError
 from sslbench.registry import register_task
 from sslbench.tasks.base import PretextTask, TinySetup, accuracy
@@ -37,16 +38,19 @@ Selection = Literal["max-mean", "max-min"]
 class PuzzleConfig:
     """What Jigsaw and Damaged Jigsaw share: the permutation set, the tiles, the CFN head."""
 
-    num_permutations: int = 1000  # permutation classes (paper default and best of its Table 3: 1000)
+    # permutation classes (paper default and best of its Table 3: 1000)
+    num_permutations: Annotated[int, In(2, 362_880)] = 1000
     selection: Selection = "max-mean"  # greedy rule of the set (Algorithm 1: maximal average Hamming distance)
-    permutation_seed: int = 0  # draws the set's first permutation; the rest follows deterministically
-    cell: int = 75  # side of each of the 3x3 cells (paper Fig. 3: a 225 px crop in 75 px cells; 85 = a 255 px crop)
-    tile: int = 64  # side of the tile cut inside each cell (paper: 64 px); cell - tile is the gap
+    permutation_seed: Seed = 0  # draws the set's first permutation; the rest follows deterministically
+    # side of each of the 3x3 cells (paper Fig. 3: a 225 px crop in 75 px cells; 85 = a 255 px crop)
+    cell: Annotated[int, In(1, 1024)] = 75
+    # side of the tile cut inside each cell (paper: 64 px); cell - tile is the gap
+    tile: Annotated[int, In(1, 1024)] = 64
     random_offsets: bool = True  # tile at a random offset inside its cell (paper); false = centred
     tile_norm: bool = True  # normalise each tile by its own mean and std (paper: no low-level statistics cue)
-    fc7_dim: int = 4096  # width of fc7 over the 9 concatenated fc6 outputs (paper: 4096)
+    fc7_dim: Units = 4096  # width of fc7 over the 9 concatenated fc6 outputs (paper: 4096)
     head_bn: bool = True  # BatchNorm in fc7 (the PyTorch ports needed BatchNorm to train)
-    dropout: float = 0.5  # dropout before fc8 (paper: 0.5, as in AlexNet)
+    dropout: Dropout = 0.5  # dropout before fc8 (paper: 0.5, as in AlexNet)
 
     def __post_init__(self) -> None:
         check_puzzle(self.cell, self.tile, self.num_permutations)
@@ -54,8 +58,9 @@ class PuzzleConfig:
 
 @dataclass(frozen=True)
 class JigsawConfig(PuzzleConfig):
-    channel_jitter: int = 0  # shift each colour channel of a tile independently by up to this many px
-    gray_prob: float = 0.3  # fraction of images made grayscale against colour / chromatic-aberration cues
+    # shift each colour channel of a tile independently by up to this many px
+    channel_jitter: Annotated[int, In(0, 64)] = 0
+    gray_prob: Rate = 0.3  # fraction of images made grayscale against colour / chromatic-aberration cues
 
     def __post_init__(self) -> None:
         check_puzzle(self.cell, self.tile, self.num_permutations, self.gray_prob, self.channel_jitter)

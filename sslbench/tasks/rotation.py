@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sslbench.backbones.base import Backbone
+from sslbench.config import Pixels
 from sslbench.registry import register_task
 from sslbench.tasks.base import PretextTask, TapHead, TinySetup, accuracy
 from sslbench.transforms import normalize, random_crop_flip
@@ -20,7 +21,7 @@ from sslbench.transforms import normalize, random_crop_flip
 
 @dataclass(frozen=True)
 class RotationConfig:
-    crop_pad: int = 4  # random-crop padding before rotating (RotNet CIFAR: 4 px); 0 = no crop
+    crop_pad: Pixels = 4  # random-crop padding before rotating (RotNet CIFAR: 4 px); 0 = no crop
     flip: bool = True  # random horizontal flip (kept: a flip does not change the rotation label)
 
 

@@ -11,6 +11,10 @@ the ones with segmentation masks) is derived from the LAYOUTS registry: a new la
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +32,7 @@ class Layout:
     """One real on-disk layout."""
 
     name: str  # the registered data set that reads it, also the `--format` name
+    folder: str  # the folder `write(out, ...)` writes under `out` ('VOCdevkit/VOC2007')
     tree: str  # what it looks like on disk, for help and errors
     write: Writer  # the embedded data written in this layout under `out`; returns the folder written
     sources: Sources  # the embedded sample (generator split, index) behind each item of a split, in reading order
@@ -65,13 +70,58 @@ def format_names() -> list[str]:
     return out
 
 
-def synth(fmt: str, out: Path, num: int, image_size: int, seed: int) -> Path:
+def synth(fmt: str, out: Path, num: int, image_size: int, seed: int, force: bool = False) -> Path:
     """Write `num` images per split of the embedded data in format `fmt` under `out`; returns the folder written.
-    Formats with a fixed image side (CIFAR-10, STL-10) ignore `image_size`."""
+    Formats with a fixed image side (CIFAR-10, STL-10) ignore `image_size`.
+
+    The data set is written into a staging folder inside `out`, then moved into place. A target folder that
+    exists and is not empty (a real data set, perhaps) is refused unless `force`; with `force` the written files
+    replace the files of the same names and nothing else in it is touched."""
     layout = layout_for(fmt)
-    if num < 1:
-        raise UserError(f"--num must be >= 1 (got {num})")
+    if not 1 <= num <= 1_000_000:
+        raise UserError(f"--num expects 1 to 1000000 images per split, found {num}")
+    out = Path(out)
+    target = out / layout.folder
+    if target.exists() and not force and (not target.is_dir() or any(target.iterdir())):
+        raise UserError(f"{target} already exists and is not empty; `data synth` does not write into a data set: "
+                        "pass another --out, or --force to add its files (same names replaced, nothing removed)")
+    made = _missing_parents(out)
+    staging: Path | None = None
     try:
-        return layout.write(Path(out), num, image_size, seed)
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".sslbench-synth-", dir=out))
+        written = layout.write(staging, num, image_size, seed)
+        _move_into(written, target)
+        return target
     except OSError as exc:
-        raise UserError(f"cannot write {fmt} under {out}: {exc.strerror or exc}") from exc
+        raise UserError(f"cannot write {fmt} under {out}: {exc.strerror or exc}") from None
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if not target.exists():  # nothing was written: the folders this call made go again
+            for folder in made:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
+
+def _missing_parents(path: Path) -> list[Path]:
+    """`path` and its ancestors that do not exist yet, deepest first."""
+    out = []
+    while not path.exists() and path != path.parent:
+        out.append(path)
+        path = path.parent
+    return out
+
+
+def _move_into(written: Path, target: Path) -> None:
+    """Move the folder `written` to `target`: renamed if `target` does not exist, else file by file (each replaces
+    the file of its name; nothing else in `target` is touched)."""
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(written, target)
+        return
+    for src in sorted(written.rglob("*")):
+        if src.is_file():
+            dst = target / src.relative_to(written)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)

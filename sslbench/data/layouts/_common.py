@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,16 @@ def check_counts(**counts: int) -> None:
 def check_image_size(image_size: int) -> None:
     if image_size < 8:
         raise UserError(f"image size must be >= 8 pixels (got {image_size})")
+
+
+def check_labels(name: str, labels: np.ndarray, n_classes: int, where: Callable[[int], str]) -> None:
+    """Every label in 0..n_classes-1 (a damaged label file would otherwise crash a protocol's loss);
+    `where(i)` names the file holding item i."""
+    bad = np.flatnonzero((labels < 0) | (labels >= n_classes))
+    if len(bad):
+        i = int(bad[0])
+        raise UserError(f"{name}: {where(i)} holds label {int(labels[i])} (item {i}; {len(bad)} such), outside "
+                        f"0..{n_classes - 1}: the file is damaged; replace it from the release")
 
 
 class SplitMissing(UserError):

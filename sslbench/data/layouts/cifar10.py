@@ -22,6 +22,7 @@ from sslbench.data.layouts._common import (
     ArrayItems,
     SplitMissing,
     check_counts,
+    check_labels,
     check_split,
     find_folder,
     need_root,
@@ -153,7 +154,21 @@ def cifar10(root: str | None, split: str, image_size: int, num: int, synth_seed:
         raise UserError(f"cifar10: {parent / folder} does not hold CIFAR-10 python batches "
                         f"({type(exc).__name__}: {exc}); "
                         f"expected {_CIFAR_LAYOUT}") from exc
-    return ArrayItems(ds.data, np.asarray(ds.targets), False, image_size, num, ds.classes)
+    labels = np.asarray(ds.targets, np.int64)
+    files, data_dir = (_CIFAR_TRAIN if train else ["test_batch"]), parent / folder
+    check_labels("cifar10", labels, len(ds.classes), lambda i: str(data_dir / _batch_of(data_dir, files, i)))
+    return ArrayItems(ds.data, labels, False, image_size, num, ds.classes)
+
+
+def _batch_of(folder: Path, files: list[str], item: int) -> str:
+    """The batch file holding item `item` of the batches `files`, read in order (an error's rare path)."""
+    seen = 0
+    for name in files:
+        with open(folder / name, "rb") as f:
+            seen += len(pickle.load(f, encoding="latin1")["labels"])
+        if item < seen:
+            return name
+    return files[-1]
 
 
 def cifar10_sources(split: str, num: int, seed: int) -> list[tuple[str, int]]:
@@ -163,7 +178,8 @@ def cifar10_sources(split: str, num: int, seed: int) -> list[tuple[str, int]]:
 
 
 register_layout(Layout(
-    name="cifar10", tree=_CIFAR_LAYOUT, write=lambda out, num, size, seed: write_cifar10(out, num, num, seed),
+    name="cifar10", folder="cifar-10-batches-py", tree=_CIFAR_LAYOUT,
+    write=lambda out, num, size, seed: write_cifar10(out, num, num, seed),
     sources=lambda split, num, size, seed: cifar10_sources(split, num, seed), check_splits=("train", "test"),
     fixed_size=SIZE,
 ), cifar10)

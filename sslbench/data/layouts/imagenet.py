@@ -136,7 +136,7 @@ def imagenet_sources(split: str, num: int, image_size: int, seed: int) -> list[t
 
 
 register_layout(Layout(
-    name="imagenet", tree=_IMAGENET_LAYOUT,
+    name="imagenet", folder="imagenet", tree=_IMAGENET_LAYOUT,
     write=lambda out, num, size, seed: write_imagenet(out, num, num, size, seed),
     sources=lambda split, num, size, seed: imagenet_sources(split, num, size, seed), check_splits=("train", "val"),
 ), imagenet)

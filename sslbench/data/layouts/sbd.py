@@ -190,6 +190,7 @@ def sbd(root: str | None, split: str, image_size: int, num: int, synth_seed: int
 
 
 register_layout(Layout(
-    name="sbd", tree=_SBD_LAYOUT, write=write_sbd, sources=lambda split, num, size, seed: sbd_sources(split, num),
+    name="sbd", folder="benchmark_RELEASE/dataset", tree=_SBD_LAYOUT,
+    write=write_sbd, sources=lambda split, num, size, seed: sbd_sources(split, num),
     check_splits=("train", "val"), paired_trainval=True, segmentation=sbd_segmentation,
 ), sbd)

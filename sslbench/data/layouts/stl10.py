@@ -23,6 +23,7 @@ from sslbench.data.layouts._common import (
     ArrayItems,
     SplitMissing,
     check_counts,
+    check_labels,
     check_split,
     find_folder,
     need_root,
@@ -113,6 +114,8 @@ def stl10(root: str | None, split: str, image_size: int, num: int, synth_seed: i
         raise UserError(f"stl10: {split}_X.bin holds {len(ds.data)} images but {split}_y.bin {len(ds.labels)} labels")
     classes = getattr(ds, "classes", None) or list(STL10_CLASSES)
     labels = np.asarray(ds.labels, np.int64) if split != "unlabeled" else np.full(len(ds.data), -1, np.int64)
+    if split != "unlabeled":  # stored 1..10, torchvision subtracts 1
+        check_labels("stl10", labels, len(STL10_CLASSES), lambda i: str(parent / folder / f"{split}_y.bin"))
     return ArrayItems(ds.data, labels, True, image_size, num, classes)
 
 
@@ -125,7 +128,8 @@ def stl10_sources(split: str, num: int, seed: int) -> list[tuple[str, int]]:
 
 
 register_layout(Layout(
-    name="stl10", tree=_STL_LAYOUT, write=lambda out, num, size, seed: write_stl10(out, num, num, num, seed),
+    name="stl10", folder="stl10_binary", tree=_STL_LAYOUT,
+    write=lambda out, num, size, seed: write_stl10(out, num, num, num, seed),
     sources=lambda split, num, size, seed: stl10_sources(split, num, seed),
     check_splits=("train", "test", "unlabeled"), fixed_size=SIZE,
 ), stl10)

@@ -200,6 +200,7 @@ def _voc_annotation(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise UserError(f"malformed VOC annotation {path}: the root element is not <annotation>")
     objects = ann.get("object", [])
     objects = objects if isinstance(objects, list) else [objects]
+    size = _image_size(ann.get("size"))
     boxes, classes, difficult = [], [], []
     for k, obj in enumerate(objects):
         if not isinstance(obj, dict):
@@ -214,10 +215,36 @@ def _voc_annotation(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         except (TypeError, KeyError, ValueError) as exc:
             raise UserError(f"malformed VOC annotation {path}: object {k + 1} ({cls}) needs a <bndbox> with numeric "
                             f"xmin, ymin, xmax, ymax ({type(exc).__name__}: {exc})") from exc
+        problem = _box_problem(xyxy, size)
+        if problem:
+            raise UserError(f"bad box in VOC annotation {path}: object {k + 1} ({cls}) {problem}; fix or remove it "
+                            "(VOC boxes are 1-based pixel indices inside the image)")
         boxes.append(xyxy)
         classes.append(CLASS_INDEX[cls])
         difficult.append(hard)
     return np.array(boxes, np.float32).reshape(-1, 4), np.array(classes, np.int64), np.array(difficult, bool)
+
+
+def _image_size(size: object) -> tuple[float, float] | None:
+    """(width, height) of an annotation's <size>, None if it has none (the box check then skips the bounds)."""
+    try:
+        w, h = float(size["width"]), float(size["height"])  # type: ignore[index]
+    except (TypeError, KeyError, ValueError):
+        return None
+    return (w, h) if w > 0 and h > 0 else None
+
+
+def _box_problem(xyxy: list[float], size: tuple[float, float] | None) -> str:
+    """What is wrong with a 0-based inclusive box ('' if nothing): corners swapped, or outside the image (by more
+    than the one pixel some annotation tools are off by)."""
+    x1, y1, x2, y2 = xyxy
+    if x2 < x1 or y2 < y1:
+        return f"has xmax < xmin or ymax < ymin ({x1 + 1:g}, {y1 + 1:g}, {x2 + 1:g}, {y2 + 1:g})"
+    if size is not None:
+        w, h = size
+        if x1 < -1 or y1 < -1 or x2 > w or y2 > h:
+            return f"lies outside the {w:g}x{h:g} image ({x1 + 1:g}, {y1 + 1:g}, {x2 + 1:g}, {y2 + 1:g})"
+    return ""
 
 
 def _main_label(boxes: np.ndarray, classes: np.ndarray, difficult: np.ndarray) -> int:
@@ -333,7 +360,8 @@ def _summarise(year: str) -> Callable[[str], str]:
 
 for _year in VOC_SPLITS:
     register_layout(Layout(
-        name=f"voc{_year}", tree=_voc_layout(_year, ("JPEGImages", "Annotations", "SegmentationClass", "ImageSets")),
+        name=f"voc{_year}", folder=f"VOCdevkit/VOC{_year}",
+        tree=_voc_layout(_year, ("JPEGImages", "Annotations", "SegmentationClass", "ImageSets")),
         write=lambda out, num, size, seed, year=_year: write_voc(out, num, size, seed, year),
         sources=lambda split, num, size, seed, year=_year: voc_sources(year, split, num),
         check_splits=tuple(s for s in VOC_SPLITS[_year] if s != "trainval"),
