@@ -44,8 +44,12 @@ class In:
         return (above and below) or v in self.also
 
     def __str__(self) -> str:
-        interval = f"{'(' if self.open_lo else '['}{self.lo:g}, {self.hi:g}{')' if self.open_hi else ']'}"
-        return " or ".join([*(f"{v:g}" for v in self.also), interval])
+        interval = f"{'(' if self.open_lo else '['}{_num(self.lo)}, {_num(self.hi)}{')' if self.open_hi else ']'}"
+        return " or ".join([*(_num(v) for v in self.also), interval])
+
+
+def _num(v: float) -> str:
+    return f"{int(v):_}".replace("_", " ") if float(v).is_integer() and abs(v) < 1e15 else f"{v:g}"
 
 
 # The ranges most fields share:
@@ -320,9 +324,9 @@ def recipe_diff(a: Recipe | str | dict[str, Any], b: Recipe | str | dict[str, An
             if fa.get(k) != fb.get(k) and not any(k == f or k.startswith(f + ".") for f in free)]
 
 
-def describe_diff(diffs: list[tuple[str, Any, Any]], limit: int = 3) -> str:
-    """'optim.lr=0.5 (not 0.1), schedule.epochs=1 (not 30) +2 more': b's values, a's in brackets."""
-    parts = [f"{k}={_short(vb)} (not {_short(va)})" for k, va, vb in diffs[:limit]]
+def describe_diff(diffs: list[tuple[str, Any, Any]], limit: int = 3, other: str = "not") -> str:
+    """'optim.lr=0.5 (not 0.1), schedule.epochs=1 (not 30) +2 more': b's values, a's in brackets after `other`."""
+    parts = [f"{k}={_short(vb)} ({other} {_short(va)})" for k, va, vb in diffs[:limit]]
     return ", ".join(parts) + (f" +{len(diffs) - limit} more" if len(diffs) > limit else "")
 
 

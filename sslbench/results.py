@@ -156,10 +156,13 @@ class ResultStore:
             raise UserError(_store_problem(self.path, exc)) from None
 
     def check_writable(self) -> None:
-        """Take the write lock and give it back: a store that cannot be written fails here, before any work."""
+        """Take the write lock, write, roll back: a store that cannot be written fails here, before any work."""
         with self._connect() as con:
             con.execute("BEGIN IMMEDIATE")
-            con.execute("ROLLBACK")
+            try:
+                con.execute("CREATE TABLE sslbench_write_probe (x)")  # a real write, rolled back
+            finally:
+                con.execute("ROLLBACK")
 
     def add_results(self, protocol: str, metrics: dict[str, float], prov: Provenance, wall_time: float) -> None:
         """All metrics of one protocol run in one transaction: a table never sees half a run."""

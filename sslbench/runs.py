@@ -233,7 +233,8 @@ def pick_resumable(runs: Path, name: str, wanted: Callable[[Recipe], Recipe],
         want = wanted(have)
         diffs = recipe_diff(have, want, RESUME_FREE)
         if diffs:
-            first_diff = first_diff or f"{path.name} was started with another recipe ({describe_diff(diffs)})"
+            first_diff = first_diff or (f"{path.name} has another recipe than the one asked for "
+                                        f"({describe_diff(diffs, other='the run has')})")
             continue
         if RunLock.held(path):
             raise UserError(f"--resume: {path} is being run by another sslbench process; wait for it to end")

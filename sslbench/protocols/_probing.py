@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from sslbench.checkpoint import Trunk
 from sslbench.config import In, Recipe
 from sslbench.data.build import build_dataset
+from sslbench.data.classes import VOC_CLASSES
 from sslbench.data.datasets import collate_skip_corrupt
 from sslbench.errors import UserError
 from sslbench.metrics import topk_accuracy
@@ -118,6 +119,11 @@ def train_probes(trunk: Trunk, recipe: Recipe, taps: tuple[str, ...], pools: dic
     d = recipe.data
     train_ds = build_dataset(d, d.train_split, d.num_images)
     test_ds = build_dataset(d, d.test_split, d.num_test)
+    for ds in (train_ds, test_ds):
+        classes = getattr(ds, "classes", None) or (VOC_CLASSES if d.dataset == "embedded" else ())
+        if len(classes) > num_classes:
+            raise UserError(f"{recipe.name}: {d.dataset} has {len(classes)} classes but protocol.num_classes is "
+                            f"{num_classes}; set --set num_classes={len(classes)}")
     features = FrozenFeatures(trunk, taps, pools, ctx.device)
     before = copy.deepcopy(trunk.backbone.state_dict())
     dims = features.dims(d.image_size)
