@@ -64,6 +64,7 @@ def pretrain(
 
     Example: [bold]sslbench pretrain rotation --recipe alexnet --set schedule.epochs=5[/bold]
     """
+    from sslbench.config import Recipe
     from sslbench.engine import pretrain as run_pretrain
     from sslbench.recipes import load_recipe, resumed_recipe
     from sslbench.runs import pick_resumable
@@ -71,9 +72,14 @@ def pretrain(
     sets, datasets = set_ or [], _data(data)
     r = load_recipe("pretrain", task, scale or "mini", sets, datasets, seed, flavour=recipe)
     target: bool | Path = False
-    if resume:  # the run's own recipe; a --scale / --recipe given names the whole recipe it must be
+    if resume:  # the run's own recipe; a --scale / --recipe given must be the run's, or names the recipe it must be
         named = bool(scale or recipe)
-        target, r = pick_resumable(runs, task, lambda run: r if named else resumed_recipe(run, sets, datasets, seed))
+
+        def wanted(run: Recipe) -> Recipe:
+            same = run.scale == r.scale and Path(run.source).name == Path(r.source).name
+            return resumed_recipe(run, sets, datasets, seed) if same or not named else r
+
+        target, r = pick_resumable(runs, task, wanted)
     out = run_pretrain(r, runs, device, resume=target, progress=not quiet, argv=sys.argv)
     metrics = " ".join(f"{k} {v:.3f}" for k, v in out.metrics.items())
     skipped = f", {out.unreadable}" if out.unreadable else ""

@@ -53,6 +53,7 @@ from sslbench.runtime import (
     seed_everything,
     set_rng_state,
     step_generator,
+    stop_if_interrupted,
     write_json,
 )
 from sslbench.tasks.base import PretextTask
@@ -136,9 +137,9 @@ class Trainer:
         rng = everyone(rng_state(), self.ctx.ddp)
         if self.ctx.ddp.is_main:
             atomic_torch_save(self.state(rng), path)
-            done = self.fit.step >= self.fit.total
-            status = {"state": "finished" if done else "running", "step": self.fit.step, "total": self.fit.total}
-            write_json(self.run_dir / STATUS, status)
+            # "finished" only once the result is stored (_store_finished): a run whose store write failed stays
+            # resumable, and resuming it stores it
+            write_json(self.run_dir / STATUS, {"state": "running", "step": self.fit.step, "total": self.fit.total})
         return path
 
     def load(self, path: Path) -> None:
@@ -215,6 +216,7 @@ def _pretrain(recipe: Recipe, runs: Path, device: str, resume: bool | Path, prog
         torch.cuda.set_device(dev)
     if recipe.engine.threads:
         torch.set_num_threads(recipe.engine.threads)
+    stop_if_interrupted()
     # Everything that can be refused is checked before any file is written: where the run and its results go,
     # which run a resume continues, the data, the steps rule (in Trainer).
     if ddp.is_main:
@@ -234,7 +236,7 @@ def _pretrain(recipe: Recipe, runs: Path, device: str, resume: bool | Path, prog
     try:
         outcome = _train(trainer, run, recipe, bool(resume), argv, progress)
         if ddp.is_main:
-            _store_pretrain_run(recipe, trainer, outcome, runs)
+            _store_finished(recipe, trainer, outcome, runs, run)
         return outcome
     finally:
         run.release()
@@ -303,6 +305,23 @@ def _diverged(exc: NonFiniteLoss, run: Run, saved: bool) -> NonFiniteLoss:
     run.status("diverged", step=step, error=str(exc))
     return NonFiniteLoss(f"{exc}; the run is marked diverged and {keep}. Start a new run with a lower optim.lr "
                          "or with optim.grad_clip")
+
+
+def _store_finished(recipe: Recipe, trainer: Trainer, outcome: PretrainOutcome, runs: Path, run: Run) -> None:
+    """Store the trained run, then mark it finished. A store write that fails or is interrupted leaves the run
+    resumable (`--resume` has no step left to train and stores it), never finished without its row."""
+    total = trainer.fit.total
+    try:
+        _store_pretrain_run(recipe, trainer, outcome, runs)
+    except Interrupted as exc:
+        run.status("interrupted", step=total, total=total)
+        resume = f"sslbench pretrain {recipe.name} --resume --runs {runs}"
+        raise exc.with_message(f"pretrain {recipe.name} trained all {total} steps but was stopped while storing "
+                               f"its result; `{resume}` stores it") from None
+    except BaseException as exc:
+        run.status("failed", step=total, total=total, error=f"storing the result: {type(exc).__name__}: {exc}")
+        raise
+    run.status("finished", step=total, total=total)
 
 
 def _store_pretrain_run(recipe: Recipe, trainer: Trainer, outcome: PretrainOutcome, runs: Path) -> None:

@@ -126,9 +126,9 @@ def _pretrained(task: str, flavour: str, overrides: tuple[str, ...], opts: Optio
         summary.reused.append(f"pretrain {task} ({done[-1].run_id})")
         return done[-1].checkpoint
     unfinished = None if opts.force else _unfinished(opts.runs, recipe)
+    how = f"resumed at step {read_status(unfinished).get('step', '?')}, " if unfinished else ""
     outcome = pretrain(recipe, opts.runs, opts.device, resume=unfinished or False, progress=opts.progress,
                        argv=opts.argv)
-    how = f"resumed at step {read_status(unfinished).get('step', '?')}, " if unfinished else ""
     summary.ran.append(f"pretrain {task} ({outcome.run_dir.name}, {how}{outcome.wall_time:.0f} s)")
     fresh[key] = str(outcome.checkpoint)
     return fresh[key]

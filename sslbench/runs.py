@@ -227,9 +227,13 @@ def pick_resumable(runs: Path, name: str, wanted: Callable[[Recipe], Recipe],
     if not candidates:
         raise UserError(f"--resume: no unfinished {name} run with a checkpoint under {runs}; start one without "
                         "--resume")
-    first_diff = ""
+    first_diff = unreadable = ""
     for path in candidates:
-        have = run_recipe(path)
+        try:
+            have = run_recipe(path)
+        except UserError as exc:  # a damaged recipe.json: not this run, maybe an older one
+            unreadable = unreadable or str(exc)
+            continue
         want = wanted(have)
         diffs = recipe_diff(have, want, RESUME_FREE)
         if diffs:
@@ -239,5 +243,7 @@ def pick_resumable(runs: Path, name: str, wanted: Callable[[Recipe], Recipe],
         if RunLock.held(path):
             raise UserError(f"--resume: {path} is being run by another sslbench process; wait for it to end")
         return path, want
+    if not first_diff:
+        raise UserError(f"--resume: {unreadable}")
     raise UserError(f"--resume: {first_diff}; a run continues with its own recipe: resume it without those "
                     "options, or start a new run without --resume")

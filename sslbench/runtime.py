@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -202,9 +203,15 @@ _NUMPY_ARRAY_GLOBALS = [(np._core if hasattr(np, "_core") else np.core).multiarr
 def load_weights_only(path: Path) -> Any:
     """torch.load(path, weights_only=True): tensors, numbers, strings, lists, tuples and dicts only, so a crafted
     file cannot run code. A damaged file, or one that needs other types, is a one-line UserError."""
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: not a readable torch checkpoint: the file is empty (0 bytes)")
     try:
-        with torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS):
+        with torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's "pickle protocol 4" note about a foreign file: the error says it
             return torch.load(path, map_location="cpu", weights_only=True)
+    except EOFError:
+        raise UserError(f"{path}: not a readable torch checkpoint: the file ends too early (a truncated "
+                        "copy?)") from None
     except pickle.UnpicklingError as exc:
         text = str(exc)
         needs = re.search(r"GLOBAL:? ([\w.]+)|but got <class '([\w.]+)'>", text)
@@ -216,8 +223,10 @@ def load_weights_only(path: Path) -> Any:
                         "tensors and plain values, and sslbench never runs code from a checkpoint; re-save its "
                         "weights as a plain state dict of tensors (torch.save(model.state_dict(), ...)) from a "
                         "source you trust") from None
-    except Exception as exc:  # torch raises many types for a damaged file
-        raise UserError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # torch raises many types for a damaged file; their first sentence says what
+        first = " ".join(str(exc).split(". ")[0].split())
+        raise UserError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {first}); a truncated "
+                        "or damaged copy?") from None
 
 
 # ---------------------------------------------------------------- SIGINT / SIGTERM
@@ -226,7 +235,12 @@ _pending: list[int] = []  # a signal that arrived while interrupts were deferred
 _deferring = [0]
 
 
+_owner = [0]  # the process that installed the handlers
+
+
 def _on_signal(signum: int, frame: Any) -> None:
+    if os.getpid() != _owner[0]:  # a forked DataLoader worker: the main process stops the run, cleanly
+        return
     if _deferring[0] and not _pending:
         _pending.append(signum)
         sys.stderr.write(f"\n{signal.Signals(signum).name}: stopping after this step (again to stop at once)\n")
@@ -237,6 +251,7 @@ def _on_signal(signum: int, frame: Any) -> None:
 def install_signal_handlers() -> None:
     """SIGINT and SIGTERM raise Interrupted (the CLI turns it into one line and exit 128 + signal); inside
     `deferred_interrupts` the first one waits for the end of the current training step."""
+    _owner[0] = os.getpid()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _on_signal)
 
@@ -248,6 +263,13 @@ def deferred_interrupts() -> Iterator[None]:
         yield
     finally:
         _deferring[0] -= 1
+
+
+def stop_if_interrupted() -> None:
+    """Before a new run: a signal still pending from the last one (it came during its final step) stops here."""
+    signum = pending_interrupt()
+    if signum is not None:
+        raise Interrupted(signum)
 
 
 def pending_interrupt() -> int | None:

@@ -53,13 +53,18 @@ class Unreadable:
         self.asked.setdefault(what, set()).update(asked)
         self.missed.setdefault(what, set()).update(set(asked) - set(got))
 
-    def state_dict(self) -> dict[str, list[int]]:
-        return {k: sorted(v) for k, v in self.missed.items()}
+    def state_dict(self) -> dict[str, Any]:
+        """What was missed and what was asked for (as int64 tensors: an ImageNet epoch is 1.28M indices)."""
+        return {"missed": {k: sorted(v) for k, v in self.missed.items()},
+                "asked": {k: torch.tensor(sorted(v), dtype=torch.int64) for k, v in self.asked.items()}}
 
-    def load_state_dict(self, state: dict[str, list[int]]) -> None:
-        for k, v in state.items():
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "missed" not in state:  # the first format: {split: missed indices}
+            state = {"missed": state, "asked": state}
+        for k, v in state["missed"].items():
             self.missed.setdefault(k, set()).update(v)
-            self.asked.setdefault(k, set()).update(v)
+        for k, v in state.get("asked", {}).items():
+            self.asked.setdefault(k, set()).update(v.tolist() if isinstance(v, torch.Tensor) else v)
 
     def counts(self, ddp: Dist) -> dict[str, tuple[int, int]]:
         """{split: (unreadable, items asked for)} over every rank."""
@@ -424,12 +429,13 @@ class Fit:
             torch.manual_seed(recipe.seed * 1009 + ctx.ddp.rank)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "trained": self.trained, "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict()}
+        return {"step": self.step, "trained": self.trained, "last": dict(self.last),
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = state["step"]
         self.trained = state.get("trained", self.step)
+        self.last = dict(state.get("last") or {})
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
 
@@ -442,28 +448,30 @@ class Fit:
         the CLI's handlers) lets the step finish, calls `on_interrupt(step)` (a checkpoint) and raises
         Interrupted. Returns the last step's logged values (global means under DDP)."""
         every = self.recipe.engine.log_every
-        with progress_bar(self.name, self.total, self.ctx.show) as advance:
+        # Deferred for the whole loop, the loader's next batch included: a signal while a batch loads also
+        # waits for the end of the step. One during the last step lets the run finish (the caller stores it);
+        # the signal stays pending for whatever comes next.
+        with progress_bar(self.name, self.total, self.ctx.show) as advance, deferred_interrupts():
             advance(self.step)
             while self.step < self.total:
                 epoch, start = divmod(self.step, self.per_epoch)
                 before = self.step
                 for batch in batches(epoch, start):
                     tick = time.time()
-                    with deferred_interrupts():
-                        out = self._step(prepare(batch, self.step), loss)
-                        self.step += 1
-                        if out is not None:
-                            self.trained += 1
-                            self.last = out
-                            if self.step % every == 0 or self.step == self.total:
-                                rate = self.recipe.data.batch_size / max(1e-9, time.time() - tick)
-                                self.ctx.log.write(self.step, {**out, "lr": self.lr, "images_per_s": rate})
-                        if on_step is not None:
-                            on_step(self.step)
-                    self._stop_if_asked(on_interrupt)
+                    out = self._step(prepare(batch, self.step), loss)
+                    self.step += 1
+                    if out is not None:
+                        self.trained += 1
+                        self.last = out
+                        if self.step % every == 0 or self.step == self.total:
+                            rate = self.recipe.data.batch_size / max(1e-9, time.time() - tick)
+                            self.ctx.log.write(self.step, {**out, "lr": self.lr, "images_per_s": rate})
+                    if on_step is not None:
+                        on_step(self.step)
                     advance(1, " ".join(f"{k} {v:.3f}" for k, v in self.last.items()))
                     if self.step >= self.total:
                         break
+                    self._stop_if_asked(on_interrupt)
                 if self.step < self.total and self.step != (epoch + 1) * self.per_epoch:
                     raise RuntimeError(f"{self.name}: epoch {epoch} gave {self.step - before} of the "
                                        f"{self.per_epoch - start} batches left in it")

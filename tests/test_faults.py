@@ -31,6 +31,7 @@ from sslbench.recipes import resumed_recipe
 from sslbench.results import ResultStore, check_store, default_store
 from sslbench.runlog import MetricLogger
 from sslbench.runs import RunLock, pick_resumable, read_status
+from sslbench.runtime import Dist
 from tests.conftest import crash_at_call, tiny_pretrain, tiny_protocol
 
 REPO = Path(__file__).resolve().parents[1]
@@ -542,3 +543,146 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path: Path) -
     expected = reference(tmp_path)
     same, killed, saved = trial(tmp_path, random.Random(11).randint(6, STEPS - 3), expected)
     assert same and 0 < saved <= killed < STEPS, (killed, saved)
+
+
+@pytest.mark.parametrize(("content", "says"), [(b"", "the file is empty (0 bytes)"),
+                                               (b"\x80\x02", "the file ends too early")])
+def test_an_empty_or_cut_pickle_is_one_line_naming_what_is_wrong(tmp_path: Path, content: bytes, says: str) -> None:
+    from sslbench.runtime import load_weights_only
+
+    (tmp_path / "c.pt").write_bytes(content)
+    with pytest.raises(UserError, match="not a readable torch checkpoint") as info:
+        load_weights_only(tmp_path / "c.pt")
+    assert says in str(info.value)
+
+
+# ---------------------------------------------------------------- the review of this change: signals and stores
+
+
+def _signal_at_batch(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """The real handler receives SIGINT while the loader fetches batch n (not during a step)."""
+    import sslbench.engine as engine
+    import sslbench.runtime as runtime
+
+    monkeypatch.setattr(runtime, "_owner", [os.getpid()])
+    real = engine.epoch_loader
+
+    def loader(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        for i, batch in enumerate(real(*args, **kwargs)):
+            if args[3] * 2 + i + 1 == n:  # epoch (args[3]) of 2 steps, batch i
+                runtime._on_signal(signal.SIGINT, None)
+            yield batch
+
+    monkeypatch.setattr(engine, "epoch_loader", loader)
+
+
+def test_a_signal_while_a_batch_loads_waits_for_the_step_and_checkpoints_it(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    recipe = tiny_pretrain("rotation", ["schedule.epochs=3", "data.num_images=32", "engine.checkpoint_every=100"])
+    _signal_at_batch(monkeypatch, 4)
+    with pytest.raises(Interrupted) as caught:
+        pretrain(recipe, tmp_path, "cpu", progress=False)
+    assert "at step 4 of 6" in caught.value.message  # not lost with nothing kept
+    (run,) = tmp_path.glob("rotation-*")
+    assert read_status(run) == {"state": "interrupted", "step": 4, "total": 6}
+
+
+def test_a_signal_during_the_last_step_lets_the_run_finish_and_be_stored(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import sslbench.runtime as runtime
+
+    recipe = tiny_pretrain("rotation", ["schedule.epochs=3", "data.num_images=32", "engine.checkpoint_every=100"])
+    _signal_at_batch(monkeypatch, 6)
+    out = pretrain(recipe, tmp_path, "cpu", progress=False)
+    assert out.steps == 6 and out.metrics and read_status(out.run_dir)["state"] == "finished"
+    assert len(default_store(tmp_path).pretrain_runs()) == 1
+    with pytest.raises(Interrupted):  # still pending: what comes next (reproduce's next run) stops before it starts
+        pretrain(recipe, tmp_path, "cpu", progress=False)
+    assert runtime.pending_interrupt() is None and len(list(tmp_path.glob("rotation-*"))) == 1
+
+
+def test_a_failed_store_write_leaves_the_run_resumable_and_resume_stores_it(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    recipe = tiny_pretrain("rotation", ["schedule.epochs=1"])
+
+    def locked(self, row):  # noqa: ANN001, ANN202
+        raise UserError("results store: database is locked")
+
+    with monkeypatch.context() as m:
+        m.setattr(ResultStore, "add_pretrain_run", locked)
+        with pytest.raises(UserError, match="locked"):
+            pretrain(recipe, tmp_path, "cpu", progress=False)
+    (run,) = tmp_path.glob("rotation-*")
+    status = read_status(run)
+    assert status["state"] == "failed" and status["step"] == status["total"] and "storing" in status["error"]
+    out = pretrain(recipe, tmp_path, "cpu", progress=False, resume=True)  # nothing left to train: it is stored
+    (row,) = default_store(tmp_path).pretrain_runs()
+    assert out.run_dir == run and row.run_id == run.name and row.metrics == out.metrics and out.metrics
+    assert read_status(run)["state"] == "finished"
+
+
+def test_resume_with_the_runs_own_scale_is_not_a_difference(cli, tmp_path: Path) -> None:
+    run = _interrupted_run(tmp_path, ["optim.lr=0.05"])
+    rc, lines = cli("pretrain", "rotation", "--resume", "--scale", "mini", "--runs", str(tmp_path), "--quiet")
+    assert rc == 0, lines
+    assert read_status(run)["state"] == "finished"
+    rc, lines = cli("pretrain", "rotation", "--resume", "--scale", "paper", "--runs", str(tmp_path), "--quiet")
+    assert rc == 1 and "no unfinished rotation run" in lines[-1]
+
+
+def test_an_eval_whose_store_write_fails_leaves_no_half_written_folder(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    def locked(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise UserError("results store: database is locked")
+
+    monkeypatch.setattr(ResultStore, "add_results", locked)
+    with pytest.raises(UserError, match="locked"):
+        evaluate(tiny_protocol("linear"), "random", tmp_path / "runs", "cpu", progress=False)
+    assert not list((tmp_path / "runs").glob("eval-*"))
+
+
+def test_the_unreadable_tally_keeps_what_was_asked_across_a_resume() -> None:
+    from sslbench.training import Unreadable
+
+    tally = Unreadable()
+    tally.add("train", list(range(64)), [i for i in range(64) if i != 5])
+    again = Unreadable()
+    again.load_state_dict(tally.state_dict())
+    assert again.counts(Dist()) == {"train": (1, 64)}
+    old = Unreadable()
+    old.load_state_dict({"train": [5]})  # the first format: the missed items only
+    assert old.counts(Dist()) == {"train": (1, 1)}
+
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_loader_workers_is_the_same_one_line_and_a_resumable_run(tmp_path: Path) -> None:
+    """Ctrl-C reaches the whole process group: the DataLoader workers must leave it to the main process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = tmp_path / "runs"
+    args = ["pretrain", "rotation", "--runs", str(runs), "--quiet", "--set", "engine.threads=1", "--set",
+            "data.workers=2", "--set", "schedule.epochs=60", "--set", "data.num_images=512"]
+    rc, err = _sigint_when(args, lambda: bool(list(runs.glob("rotation-*/metrics.jsonl"))), env)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert rc == 130 and lines[-1].startswith("interrupted: pretrain rotation at step"), err
+    assert "Traceback" not in err and "exited unexpectedly" not in err, err
+    (run,) = runs.glob("rotation-*")
+    assert read_status(run)["state"] == "interrupted"
+
+
+def test_a_forked_loader_worker_leaves_the_signal_to_the_main_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sslbench.runtime as runtime
+
+    monkeypatch.setattr(runtime, "_owner", [os.getpid()])
+    monkeypatch.setattr(runtime, "_deferring", [0])  # outside a training loop: the main process would stop at once
+    with pytest.raises(Interrupted):
+        runtime._on_signal(signal.SIGINT, None)
+    pid = os.fork()
+    if pid == 0:  # the child: a DataLoader worker forked from the main process
+        try:
+            runtime._on_signal(signal.SIGINT, None)
+            os._exit(0)
+        except BaseException:  # noqa: BLE001
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0  # it went on; the main process ends the run

@@ -28,13 +28,14 @@ from sslbench.registry import PROTOCOLS
 from sslbench.rescale import rescale
 from sslbench.results import Provenance, check_store, default_store
 from sslbench.runlog import MetricLogger
-from sslbench.runs import check_runs_writable, open_run, record_run
+from sslbench.runs import Run, check_runs_writable, open_run, record_run
 from sslbench.runtime import (
     close_distributed,
     code_version,
     init_distributed,
     resolve_device,
     seed_everything,
+    stop_if_interrupted,
     write_json,
 )
 from sslbench.training import Context, describe_unreadable
@@ -118,6 +119,7 @@ def _evaluate(recipe: Recipe, spec: TrunkSpec, runs: Path, device: str, progress
         torch.cuda.set_device(dev)  # NCCL's collectives use the current device
     if recipe.engine.threads:
         torch.set_num_threads(recipe.engine.threads)
+    stop_if_interrupted()
     if ddp.is_main:  # where the results go, before any work
         check_runs_writable(runs)
         if store:
@@ -133,11 +135,23 @@ def _evaluate(recipe: Recipe, spec: TrunkSpec, runs: Path, device: str, progress
     log = MetricLogger(run.path, enabled=ddp.is_main)
     ctx = EvalContext(dev, ddp, log, progress, seed=recipe.seed, run_dir=run.path)
     start = time.time()
-    try:
+    try:  # the run and its record: a result is stored whole (result.json, the store, then the status) or not at all
         try:
             metrics = protocol.run(trunk, recipe, ctx)
         finally:
             log.close()
+        wall = time.time() - start
+        counts = ctx.unreadable.counts(ddp)
+        prov = _provenance(run, trunk, recipe, spec, init, counts)
+        if ddp.is_main:
+            write_json(run.path / "result.json", {
+                "metrics": metrics, "wall_time": wall, "provenance": prov.__dict__,
+                "reinitialised": list(trunk.reinitialised),
+                "unreadable": {what: {"skipped": n, "of": m} for what, (n, m) in counts.items()},
+            })
+            if store:
+                default_store(runs).add_results(recipe.name, metrics, prov, wall)
+            run.status("finished")
     except Interrupted as exc:
         run.discard()
         raise exc.with_message(f"eval {recipe.name} on {trunk.checkpoint} after {time.time() - start:.0f} s; "
@@ -148,9 +162,18 @@ def _evaluate(recipe: Recipe, spec: TrunkSpec, runs: Path, device: str, progress
     except BaseException as exc:
         run.status("failed", error=f"{type(exc).__name__}: {exc}")
         raise
-    wall = time.time() - start
-    counts = ctx.unreadable.counts(ddp)
-    prov = Provenance(
+    if ddp.is_main and progress:
+        reinit = ", ".join(trunk.reinitialised)
+        note = f" (re-initialised at the protocol's size: {reinit})" if reinit else ""
+        console.print(f"[dim]{run.path}{note}[/dim]")
+    if ddp.enabled:
+        dist.barrier()
+    return EvalOutcome(run.path, metrics, wall, prov, describe_unreadable(counts))
+
+
+def _provenance(run: Run, trunk: Trunk, recipe: Recipe, spec: TrunkSpec, init: str,
+                counts: dict[str, tuple[int, int]]) -> Provenance:
+    return Provenance(
         run_id=run.path.name, method=trunk.method, variant=trunk.variant, backbone=trunk.label,
         dataset=dataset_label(recipe.data), pretrain_dataset=trunk.pretrain_dataset, scale=recipe.scale,
         init=("random" if spec.is_random else "checkpoint") + ("+rescale" if init == "rescale" else ""),
@@ -158,22 +181,6 @@ def _evaluate(recipe: Recipe, spec: TrunkSpec, runs: Path, device: str, progress
         recipe=recipe.to_json(), pretrain_recipe=trunk.pretrain_recipe, unfinished=trunk.unfinished,
         skipped=sum(n for n, _ in counts.values()), threads=torch.get_num_threads(),
     )
-    if ddp.is_main:
-        write_json(run.path / "result.json", {
-            "metrics": metrics, "wall_time": wall, "provenance": prov.__dict__,
-            "reinitialised": list(trunk.reinitialised),
-            "unreadable": {what: {"skipped": n, "of": m} for what, (n, m) in counts.items()},
-        })
-        if store:
-            default_store(runs).add_results(recipe.name, metrics, prov, wall)
-        run.status("finished")
-        if progress:
-            reinit = ", ".join(trunk.reinitialised)
-            note = f" (re-initialised at the protocol's size: {reinit})" if reinit else ""
-            console.print(f"[dim]{run.path}{note}[/dim]")
-    if ddp.enabled:
-        dist.barrier()
-    return EvalOutcome(run.path, metrics, wall, prov, describe_unreadable(counts))
 
 
 RESCALE_IMAGES = 32  # images of the protocol's training split the rescaling statistics are measured on
