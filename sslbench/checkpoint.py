@@ -90,7 +90,10 @@ def at_protocol_size(trained: Named, protocol: Named) -> Named:
     size_new = getattr(protocol.cfg, "image_size", None)
     if trained.name != protocol.name or size_old is None or size_new is None or size_old == size_new:
         return trained
-    return Named(trained.name, dataclasses.replace(trained.cfg, image_size=size_new))
+    changes: dict[str, Any] = {"image_size": size_new}
+    if getattr(trained.cfg, "transfer_stride", 0):  # the stride the trunk transfers at (Jigsaw: 2 on tiles, 4 here)
+        changes["conv1_stride"] = trained.cfg.transfer_stride
+    return Named(trained.name, dataclasses.replace(trained.cfg, **changes))
 
 
 def resize_trunk(backbone: Backbone, trained: Named, protocol: Named) -> tuple[Backbone, tuple[str, ...]]:
@@ -212,8 +215,10 @@ def _from_file(path: Path, fallback: Named, spec: TrunkSpec, allow_unfinished: b
         backbone = build_backbone(recipe.backbone.name, recipe.backbone.cfg)
         load_state_strict(backbone, state["backbone_state"], path)
         backbone, reinit = resize_trunk(backbone, recipe.backbone, fallback)
+        target = at_protocol_size(recipe.backbone, fallback)
+        label = state["backbone"]["label"] if target is recipe.backbone else backbone_label(target.name, target.cfg)
         return Trunk(backbone=backbone, method=state["task"], variant=state.get("variant", ""),
-                     label=state["backbone"]["label"], checkpoint=str(spec),
+                     label=label, checkpoint=str(spec),
                      transfer_input=recorded_transfer_input(state), pretrain_dataset=dataset_label(recipe.data),
                      pretrain_run=path.parent.name, reinitialised=reinit, unfinished=unfinished,
                      pretrain_recipe=state["recipe"])

@@ -30,6 +30,9 @@ ScaleOpt = typer.Option(None, "--scale", show_default=False,
 RecipeOpt = typer.Option("", "--recipe", help="Recipe flavour: recipes/<name>/<scale>-<flavour>.toml (e.g. alexnet).")
 DataOpt = typer.Option(None, "--data",
                        help="NAME=PATH of a real data set, e.g. voc2007=/data/VOCdevkit (default: embedded).")
+DryRunOpt = typer.Option(False, "--dry-run", help="Resolve the recipe and build the network, touch no data: print "
+                                                       "parameters, tap shapes, steps, images seen, FLOPs per step and "
+                                                       "the data sets it will ask for.")
 SetOpt = typer.Option(None, "--set", help="Recipe override key=value, repeatable (e.g. optim.lr=0.005).")
 DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda.")
 SeedOpt = typer.Option(None, "--seed", help="Override the recipe's seed.")
@@ -59,6 +62,7 @@ def pretrain(
                                 help="Continue the newest unfinished run of this task with its own recipe "
                                      "(options given must agree with it)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    dry_run: bool = DryRunOpt,
 ) -> None:
     """Pretrain a network on a pretext task; writes runs/<task>-<time>/ (checkpoint.pt, metrics, TensorBoard).
 
@@ -71,6 +75,11 @@ def pretrain(
 
     sets, datasets = set_ or [], _data(data)
     r = load_recipe("pretrain", task, scale or "mini", sets, datasets, seed, flavour=recipe)
+    if dry_run:
+        from sslbench.dryrun import dry_pretrain, report
+
+        typer.echo(report([dry_pretrain(r)]))
+        return
     target: bool | Path = False
     if resume:  # the run's own recipe; a --scale / --recipe given must be the run's, or names the recipe it must be
         named = bool(scale or recipe)
@@ -89,7 +98,7 @@ def pretrain(
 @app.command("eval")
 def eval_(
     protocol: str = typer.Option(..., "--protocol", help="Transfer protocol (sslbench list protocols)."),
-    checkpoint: str = typer.Option(..., "--checkpoint",
+    checkpoint: str | None = typer.Option(None, "--checkpoint",
                                    help="runs/<task>-*/checkpoint.pt, a state dict, 'random' (the recipe's backbone), "
                                         "or random:CKPT (CKPT's architecture, freshly initialised)."),
     scale: str = ScaleOpt, recipe: str = RecipeOpt, data: list[str] | None = DataOpt,
@@ -99,6 +108,7 @@ def eval_(
                              help="default, or rescale: Kraehenbuehl et al.'s data-dependent rescaling first."),
     allow_unfinished: bool = typer.Option(False, "--allow-unfinished",
                                           help="Evaluate an unfinished pretraining's checkpoint (rows say so)."),
+    dry_run: bool = DryRunOpt,
 ) -> None:
     """Evaluate a checkpoint (or random init) with a transfer protocol; the numbers go to runs/results.sqlite.
 
@@ -108,6 +118,16 @@ def eval_(
     from sslbench.recipes import load_recipe
 
     r = load_recipe("protocol", protocol, scale or "mini", set_ or [], _data(data), seed, flavour=recipe)
+    if dry_run:
+        from sslbench.checkpoint import TrunkSpec
+        from sslbench.dryrun import dry_eval, report
+
+        spec = TrunkSpec.parse(checkpoint) if checkpoint and checkpoint != "random" else None
+        typer.echo(report([dry_eval(r, spec)]))
+        return
+    if checkpoint is None:
+        raise UsageError("Missing option '--checkpoint': runs/<task>-*/checkpoint.pt, a state dict file, 'random' "
+                         "or random:CKPT (only --dry-run goes without one)")
     out = evaluate(r, checkpoint, runs, device, progress=not quiet, argv=sys.argv, init=init,
                    allow_unfinished=allow_unfinished)
     values = _summary(out.metrics)
@@ -203,6 +223,7 @@ def reproduce(
     fmt: str = typer.Option("rich", "--format", help="Output format of the tables."),
     plot: Path | None = typer.Option(None, "--plot", help="Also draw the probe tables to this PNG."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    dry_run: bool = DryRunOpt,
 ) -> None:
     """Run (or reuse) every pretraining and evaluation a table needs, then print it.
 
@@ -213,6 +234,11 @@ def reproduce(
 
     seed_list = _seeds(seeds, seed)
     _check_output(name, fmt, plot)
+    if dry_run:
+        from sslbench.dryrun import dry_reproduce, report
+
+        typer.echo(report(dry_reproduce(name, scale or "mini", _data(data))))
+        return
     options = Options(scale or "mini", runs, device, seed, force, _data(data), not quiet, sys.argv, seed_list)
     names, summary = run(name, options)
     _print_tables(name, fmt, runs, plot)

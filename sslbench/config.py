@@ -86,6 +86,12 @@ class DataConfig:
     num_test: Count = 0  # cap on test images (0 = the whole split)
     batch_size: Annotated[int, In(1, 65536)] = 64  # global batch size (split evenly across DDP ranks)
     workers: Annotated[int, In(0, 256)] = 0  # DataLoader worker processes
+    # how a training image becomes image_size x image_size: "center" (shorter side resized, centre square);
+    # "random_resized" (RandomResizedCrop: 8-100 % of the area, ratio 3/4-4/3; RotNet's RandomSizedCrop(224));
+    # "random" (shorter side resized to load_size, a random square: Context Encoders' 350 -> 128). Test splits and
+    # evaluation always take the centre; the draw is a function of (seed, epoch, item), so a resume repeats it.
+    train_crop: Literal["center", "random_resized", "random"] = "center"
+    load_size: Annotated[int, In(0, 4096)] = 0  # train_crop = "random": the shorter side before the crop
     synth_seed: Seed = 0  # seed of the embedded generator (fixes the images, not the training)
 
 
@@ -105,10 +111,18 @@ class ScheduleConfig:
     epochs: Annotated[int, In(1, 100_000)] = 1  # passes over the training split
     kind: Literal["constant", "step", "multistep", "cosine"] = "multistep"  # learning-rate shape
     milestones: tuple[Annotated[int, In(0, 100_000)], ...] = ()  # epochs where multistep multiplies the rate by gamma
+    # optimizer steps where multistep multiplies the rate by gamma (instead of epochs): a schedule fixed in
+    # iterations, as Caffe solvers are, stays put whatever the size of the training set (voc-seg with SBD)
+    milestone_steps: tuple[Annotated[int, In(0, 100_000_000)], ...] = ()
     step_size: Annotated[int, In(1, 100_000)] = 10  # epochs between drops for kind = "step"
     gamma: Annotated[float, In(0, 10, open_lo=True)] = 0.1  # multiplier at each drop
     warmup_epochs: Annotated[float, In(0, 100_000)] = 0.0  # linear warm-up length
     max_steps: Count = 0  # stop after this many optimizer steps (0 = run all epochs)
+
+    def __post_init__(self) -> None:
+        if self.milestones and self.milestone_steps:
+            raise UserError(f"schedule: milestones (epochs) {list(self.milestones)} and milestone_steps "
+                            f"{list(self.milestone_steps)} both set; keep one")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from sslbench.backbones.base import backbone_label, build_backbone
 from sslbench.checkpoint import FORMAT, insane_weights
 from sslbench.config import Recipe, recipe_key
-from sslbench.data.build import build_dataset, dataset_label
+from sslbench.data.build import build_dataset, check_real_data, dataset_label
 from sslbench.data.datasets import collate_skip_corrupt
 from sslbench.errors import Interrupted, UserError
 from sslbench.progress import console
@@ -217,6 +217,7 @@ def _pretrain(recipe: Recipe, runs: Path, device: str, resume: bool | Path, prog
     if recipe.engine.threads:
         torch.set_num_threads(recipe.engine.threads)
     stop_if_interrupted()
+    check_real_data(recipe.data, recipe.scale)
     # Everything that can be refused is checked before any file is written: where the run and its results go,
     # which run a resume continues, the data, the steps rule (in Trainer).
     if ddp.is_main:

@@ -1,9 +1,9 @@
 """Data-dependent rescaling (Krähenbühl, Doersch, Donahue, Darrell, ICLR 2016): `--init rescale`.
 
-Before transfer, every conv / linear layer of a trunk (pretrained or random) is rescaled on real images:
+Before transfer, every conv / linear layer of a trunk is rescaled on real images:
 
-1. within-layer (the paper's Algorithm 1 applied to given weights): layer by layer, in forward order,
-   each output channel's pre-activation is made zero-mean, unit-variance over the batch:
+1. within-layer (random trunks only; the paper's Algorithm 1 applied to given weights): layer by layer, in
+   forward order, each output channel's pre-activation is made zero-mean, unit-variance over the batch:
    W_c <- W_c / sigma_c, b_c <- (b_c - mu_c) / sigma_c (beta = 0);
 2. between-layer (Algorithm 2): the change rates C_k = E||dL/dW_k||^2 / ||W_k||^2 under random
    losses are equalised by scaling layer k by r_k = (C_k / mean C)^(alpha / 2), iterated. For a ReLU
@@ -126,11 +126,16 @@ def between_layer(backbone: Backbone, images: Tensor, taps: tuple[str, ...], ite
     return change_rates(backbone, images, taps, seed=iterations)
 
 
-def rescale(backbone: Backbone, images: Tensor, taps: tuple[str, ...], iterations: int = 10) -> None:
-    """Kraehenbuehl et al.'s data-dependent rescaling of `backbone` in place, on prepared `images`."""
+def rescale(backbone: Backbone, images: Tensor, taps: tuple[str, ...], iterations: int = 10,
+            pretrained: bool = False) -> None:
+    """Kraehenbuehl et al.'s data-dependent rescaling of `backbone` in place, on prepared `images`. A `pretrained`
+    trunk gets the between-layer calibration only, as the released code does (philkr/magic_init magic_init.py
+    `main`: magicInitialize is skipped for a loaded, non-zero network and only calibrateGradientRatio runs): the
+    within-layer step would change the function a pretrained trunk computes."""
     was_training = backbone.training
     backbone.train(False)  # BatchNorm statistics are not touched
-    within_layer(backbone, images, taps)
+    if not pretrained:
+        within_layer(backbone, images, taps)
     if iterations:
         between_layer(backbone, images, taps, iterations)
     backbone.train(was_training)

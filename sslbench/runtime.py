@@ -104,6 +104,12 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1009 + rank)
 
 
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of item `index`'s random draw in epoch `epoch` (a train-time crop): one per item and epoch, the same
+    whichever rank, worker or batch reads it."""
+    return (epoch_seed(seed, epoch) * 1_000_003 + index) % (2**63)
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of epoch `epoch`'s data order (and of its loader workers): a pure function of (seed, epoch)."""
     return seed * 7919 + epoch

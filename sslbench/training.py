@@ -34,7 +34,7 @@ from sslbench.config import OptimConfig, Recipe, ScheduleConfig
 from sslbench.errors import Interrupted, UserError
 from sslbench.progress import progress_bar
 from sslbench.runlog import MetricLogger
-from sslbench.runtime import Dist, deferred_interrupts, epoch_seed, pending_interrupt
+from sslbench.runtime import Dist, deferred_interrupts, epoch_seed, item_seed, pending_interrupt
 
 
 class NonFiniteLoss(UserError):
@@ -127,6 +127,8 @@ def lr_at(step: int, steps_per_epoch: int, base: float, cfg: ScheduleConfig) -> 
         return base
     if cfg.kind == "step":
         return base * cfg.gamma ** int(epoch // cfg.step_size)
+    if cfg.kind == "multistep" and cfg.milestone_steps:
+        return base * cfg.gamma ** sum(step >= m for m in cfg.milestone_steps)
     if cfg.kind == "multistep":
         return base * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, epoch / max(1, cfg.epochs))))
@@ -179,16 +181,19 @@ class EpochBatches(Sampler[list[int]]):
 
 
 class _Indexed(Dataset):
-    """(index, item) pairs: every batch knows which items it holds."""
+    """(index, item) pairs: every batch knows which items it holds. In a training epoch (`draw` = (seed, epoch)) a
+    data set with random train-time crops (a `draw(i, generator)` method) draws item i from its own generator."""
 
-    def __init__(self, ds: Dataset) -> None:
-        self.ds = ds
+    def __init__(self, ds: Dataset, draw: tuple[int, int] | None = None) -> None:
+        self.ds, self.draw = ds, draw if callable(getattr(ds, "draw", None)) else None
 
     def __len__(self) -> int:
         return len(self.ds)  # type: ignore[arg-type]
 
     def __getitem__(self, i: int) -> tuple[int, Any]:
-        return i, self.ds[i]
+        if self.draw is None:
+            return i, self.ds[i]
+        return i, self.ds.draw(i, torch.Generator().manual_seed(item_seed(*self.draw, i)))  # type: ignore[attr-defined]
 
 
 class _IndexedCollate:
@@ -237,7 +242,8 @@ def epoch_loader(ds: Dataset, global_batch: int, seed: int, epoch: int, ddp: Dis
     sampler = EpochBatches(len(ds), global_batch, seed, epoch, ddp, start)  # type: ignore[arg-type]
     # Its own generator: a DataLoader otherwise draws its worker seed from the global RNG, which would shift the
     # dropout stream after a resume in the middle of an epoch.
-    loader = DataLoader(_Indexed(ds), batch_sampler=sampler, num_workers=workers, collate_fn=_IndexedCollate(collate),
+    loader = DataLoader(_Indexed(ds, (seed, epoch)), batch_sampler=sampler, num_workers=workers,
+                        collate_fn=_IndexedCollate(collate),
                         generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
     return Counted(loader, list(sampler), unreadable, what)
 

@@ -71,6 +71,31 @@ def random_crop_flip(images: Tensor, pad: int, flip: bool, generator: torch.Gene
     return out
 
 
+def random_resized_box(width: int, height: int, generator: torch.Generator, scale: tuple[float, float] = (0.08, 1.0),
+                       ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of a random-resized crop: area fraction ~ U(scale), aspect ratio w/h log-uniform in
+    `ratio`, at a uniform position, up to 10 tries; else the centre crop of the largest allowed ratio (the rule of
+    torchvision's RandomResizedCrop, which RotNet's RandomSizedCrop(224) is, drawn from `generator`)."""
+    area = width * height
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target = area * (scale[0] + (scale[1] - scale[0]) * torch.rand((), generator=generator).item())
+        aspect = math.exp(log_lo + (log_hi - log_lo) * torch.rand((), generator=generator).item())
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (), generator=generator))
+            left = int(torch.randint(0, width - w + 1, (), generator=generator))
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        w, h = round(height * ratio[1]), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
 def cut_windows(images: Tensor, rows: Tensor, cols: Tensor, size: int, channels: Tensor | None = None) -> Tensor:
     """Square `size` px windows of images [N,C,H,W] with top-left corners (rows, cols):
 
@@ -189,6 +214,13 @@ def imagenet_input(images: Tensor) -> Tensor:
 def per_image_std_input(images: Tensor) -> Tensor:
     """RGB in [0,1] normalised by the image's own mean and std (Jigsaw's per-tile normalisation, per image)."""
     return standardize_(images.float().div_(255.0), (1, 2, 3))
+
+
+@TRANSFER_INPUTS.register("per-channel-std")
+def per_channel_std_input(images: Tensor) -> Tensor:
+    """RGB in [0,1], each channel normalised by the image's own mean and std of that channel (Jigsaw's per-tile,
+    per-channel normalisation of the PyTorch port, per image)."""
+    return standardize_(images.float().div_(255.0), (2, 3))
 
 
 @TRANSFER_INPUTS.register("lab-l-std")

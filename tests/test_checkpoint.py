@@ -67,15 +67,16 @@ def test_trunk_spec_round_trips_what_checkpoint_names() -> None:
 
 
 def test_the_checkpoint_records_its_transfer_input_by_name(tmp_path) -> None:
-    """A Jigsaw trunk transfers with per-image normalisation, named in its checkpoint: loading imports no task."""
+    """A Jigsaw trunk transfers with per-image, per-channel normalisation (as its tiles), named in its checkpoint:
+    loading imports no task; a format-1 checkpoint (before the name was recorded) had the joint per-image one."""
     recipe = tiny_pretrain("jigsaw", ["backbone.width=0.125", "backbone.fc_dim=32", "backbone.conv1_stride=1",
                                       "backbone.image_size=24", "task.tile=24", "task.cell=26", "task.fc7_dim=32",
                                       "task.num_permutations=10", "data.image_size=80"])
     out = pretrain(recipe, tmp_path, "cpu", progress=False)
     state = torch.load(out.checkpoint, map_location="cpu", weights_only=False)
-    assert state["format"] == "sslbench-pretrain-2" and state["transfer_input"] == "per-image-std"
+    assert state["format"] == "sslbench-pretrain-2" and state["transfer_input"] == "per-channel-std"
     protocol = load_recipe("protocol", "linear", "mini")
-    assert load_trunk(TrunkSpec.parse(str(out.checkpoint)), protocol.backbone).transfer_input == "per-image-std"
+    assert load_trunk(TrunkSpec.parse(str(out.checkpoint)), protocol.backbone).transfer_input == "per-channel-std"
     del state["transfer_input"]
     state["format"] = "sslbench-pretrain-1"  # written before transfer inputs were recorded: derived from the task
     torch.save(state, tmp_path / "old.pt")

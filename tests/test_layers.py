@@ -22,7 +22,7 @@ LAYERS = {
     "sslbench.checkpoint": 4, "sslbench.rescale": 4, "sslbench.engine": 4,
     "sslbench.protocols": 5,
     "sslbench.plugins": 6, "sslbench.recipes": 6, "sslbench.tables": 6,
-    "sslbench.planned": 7, "sslbench.reproduce": 7, "sslbench.report": 7, "sslbench.show": 7, "sslbench.cli": 7,
+    "sslbench.planned": 7, "sslbench.dryrun": 7, "sslbench.reproduce": 7, "sslbench.report": 7, "sslbench.show": 7, "sslbench.cli": 7,
 }
 FORBIDDEN = [  # (importer prefix, imported prefix, why)
     ("sslbench.protocols", "sslbench.tasks", "protocols must not depend on pretext tasks"),

@@ -73,6 +73,24 @@ def test_rescaled_feeds_the_trunk_at_its_own_side_whatever_the_protocol_loads() 
     recipe = tiny_protocol("voc-det", tiny_alexnet(["data.image_size=48", "data.num_images=8"]))
     assert recipe.data.image_size != recipe.backbone.cfg.image_size
     trunk = load_trunk(TrunkSpec("random"), recipe.backbone)
-    before = trunk.backbone.fc6[2].weight.clone()
+    before = trunk.backbone.fc6[1].weight.clone()
     rescaled(trunk, recipe)
-    assert not torch.equal(trunk.backbone.fc6[2].weight, before)
+    assert not torch.equal(trunk.backbone.fc6[1].weight, before)
+
+
+def test_a_pretrained_trunk_keeps_its_function_only_its_parametrisation_changes() -> None:
+    """magic_init on loaded weights: only the between-layer calibration, which leaves the function alone (the
+    within-layer step would re-centre every channel of a bn=false trunk)."""
+    net, x = _net(bn=False), torch.randn(8, 3, 64, 64)
+    with torch.no_grad():
+        before = net(x, taps=("fc7",))["fc7"]
+    weights = {k: v.clone() for k, v in net.state_dict().items()}
+    rescale(net, x, TAPS, iterations=3, pretrained=True)
+    with torch.no_grad():
+        after = net(x, taps=("fc7",))["fc7"]
+    torch.testing.assert_close(after, before, rtol=1e-3, atol=1e-4)
+    assert any(not torch.equal(weights[k], v) for k, v in net.state_dict().items())  # the rates did change
+    random = _net(bn=False)
+    rescale(random, x, TAPS, iterations=0)  # random weights: the within-layer step runs
+    with torch.no_grad():
+        assert not torch.allclose(random(x, taps=("fc7",))["fc7"], before, atol=1e-2)

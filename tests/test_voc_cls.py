@@ -16,7 +16,7 @@ from sslbench.config import Named
 from sslbench.data.synthetic import CLASSES
 from sslbench.errors import UserError
 from sslbench.protocols.base import evaluate
-from sslbench.protocols.voc_cls import MEAN_PIXEL, masked_bce, rescale_crop_flip
+from sslbench.protocols.voc_cls import MEAN_PIXEL, VocClsConfig, classification_ap, masked_bce, rescale_crop_flip
 from tests.conftest import tiny_alexnet, tiny_protocol
 
 STAGES = ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5", "fc6", "fc7")
@@ -119,8 +119,45 @@ def test_test_crops_depend_on_the_image_not_on_the_batching() -> None:
         torch.manual_seed(0)
         trunk = load_trunk(TrunkSpec("random"), recipe.backbone)
         cfg = recipe.component.cfg
-        net = FineTuneNet(trunk.backbone, "all", 20, 0.0, 0.01)
+        net = FineTuneNet(trunk.backbone, "all", 20, VocClsConfig(head_dropout=0.0))
         ctx = EvalContext(torch.device("cpu"), Dist(), MetricLogger(Path("."), enabled=False), progress=False)
         test = build_dataset(recipe.data, recipe.data.test_split, recipe.data.num_test)
         scores.append(_test_scores(net, test, recipe, cfg, trunk.backbone.image_size, trunk, ctx)[0])
     np.testing.assert_allclose(scores[0], scores[1], rtol=1e-5, atol=1e-5)
+
+
+def test_the_released_metric_is_sklearns_ap_with_its_tie_break_and_difficult_left_out() -> None:
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.normal(size=(40, 3)), 1)  # rounded: many ties, where the -1e-5 * gt tie-break matters
+    labels = rng.random((40, 3)) < 0.4
+    difficult = rng.random((40, 3)) < 0.1
+    mean, per_class = classification_ap(scores, labels, difficult, "sklearn")
+    for c in range(3):
+        keep = ~difficult[:, c]  # train_cls.py: gts <= 1 (255 = difficult is left out)
+        gt = labels[keep, c].astype(float)
+        expected = average_precision_score(gt, scores[keep, c] - 1e-5 * gt)
+        assert per_class[c] == pytest.approx(expected, abs=1e-12)
+    assert mean == pytest.approx(per_class.mean())
+    voc07, _ = classification_ap(scores, labels, difficult, "voc07")
+    assert voc07 != pytest.approx(mean)  # the 11-point AP is another number on the same ranking
+
+
+@pytest.mark.parametrize("layers", ["fc8", "fc6-8", "all"])
+def test_fine_tuning_rates_are_the_released_codes_weights_1x_biases_2x_and_drop7_is_the_trunks(layers: str) -> None:
+    from sslbench.checkpoint import TrunkSpec, load_trunk
+    from sslbench.protocols.voc_cls import FineTuneNet
+
+    recipe = tiny_protocol("voc-cls", tiny_alexnet(["backbone.bn=false"]))
+    trunk = load_trunk(TrunkSpec("random"), recipe.backbone)
+    net = FineTuneNet(trunk.backbone, layers, 20, VocClsConfig())
+    groups = net.param_groups(1.0, 2.0)
+    scale = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    named = [*net.trained.named_parameters(), *(("fc8." + n, p) for n, p in net.fc8.named_parameters())]
+    assert len(scale) == len(named)  # every trained parameter in exactly one group
+    assert all(scale[id(p)] == (2.0 if name.endswith("bias") else 1.0) for name, p in named)
+    assert net.fc8[1].bias.detach().eq(0.1).all()
+    # fc7 ends in its own drop7 (Caffe's order); a second dropout before fc8 only when fc7 is frozen
+    assert isinstance(trunk.backbone.fc7[-1], torch.nn.Dropout)
+    assert net.fc8[0].p == (0.5 if layers == "fc8" else 0.0)

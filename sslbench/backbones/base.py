@@ -163,11 +163,12 @@ class FcTrunk(Backbone):
     fc7: nn.Sequential
     pool5_size: int
 
-    def fc_stage(self, cin: int, cout: int, dropout: float, bn: bool) -> nn.Sequential:
-        """Flatten, Dropout, Linear, [BatchNorm1d], ReLU: one fully connected stage."""
-        layers: list[nn.Module] = [nn.Flatten(1), nn.Dropout(dropout), nn.Linear(cin, cout, bias=not bn)]
-        layers += [nn.BatchNorm1d(cout)] if bn else []
-        return nn.Sequential(*layers, nn.ReLU(inplace=True))
+    def fc_stage(self, cin: int, cout: int, dropout: float, bn: bool, bn_affine: bool = True) -> nn.Sequential:
+        """Flatten, Linear, [BatchNorm1d], ReLU, Dropout: one fully connected stage, in Caffe's order (fc6 ->
+        relu6 -> drop6), so the dropout acts on the stage's output, never on pool5 or RoI features."""
+        layers: list[nn.Module] = [nn.Flatten(1), nn.Linear(cin, cout, bias=not bn)]
+        layers += [nn.BatchNorm1d(cout, affine=bn_affine)] if bn else []
+        return nn.Sequential(*layers, nn.ReLU(inplace=True), nn.Dropout(dropout))
 
     def region_head(self) -> RegionHead:
         conv5 = self.feature_info[self.region_tap]
@@ -185,7 +186,7 @@ class FcTrunk(Backbone):
 
 
 def convolutionalise(fc: nn.Sequential, kernel: int, dropout: float | None = None) -> nn.Sequential:
-    """A fully connected stage (Flatten, Dropout, Linear, [BatchNorm1d], ReLU) as the equivalent conv stage on a
+    """A fully connected stage (Flatten, Linear, [BatchNorm1d], ReLU, Dropout) as the equivalent conv stage on a
     `kernel` x `kernel` map: the Linear becomes a conv with its weights reshaped (Flatten's order is C, H, W), a
     BatchNorm1d a BatchNorm2d with the same affine and statistics (in eval mode both apply the same per-channel
     affine); `dropout` replaces the stage's dropout rate (None keeps it). A copy: the fc stage is unchanged."""

@@ -13,17 +13,34 @@ from torch.utils.data import Dataset
 
 from sslbench.config import DataConfig
 from sslbench.data.synthetic import GENERATOR_VERSION
+from sslbench.errors import UserError
 from sslbench.registry import DATASETS, LAYOUTS
 from sslbench.runtime import cache_dir, file_lock
 
-__all__ = ["build_dataset", "dataset_label", "embedded_root"]
+__all__ = ["build_dataset", "check_real_data", "dataset_label", "embedded_root"]
 
 
 def build_dataset(cfg: DataConfig, split: str, num: int = 0) -> Dataset:
     """The registered data set `cfg.dataset` at `cfg.image_size`; no root means the embedded data."""
     factory = DATASETS.get(cfg.dataset)
     root = cfg.root or (str(embedded_root(cfg)) if cfg.dataset in LAYOUTS else None)
-    return factory(root, split, cfg.image_size, num, cfg.synth_seed)
+    ds = factory(root, split, cfg.image_size, num, cfg.synth_seed)
+    if cfg.train_crop != "center" and split == cfg.train_split:
+        crops = getattr(ds, "random_crops", None)
+        if crops is None:
+            raise UserError(f"data.train_crop = {cfg.train_crop!r}: the {cfg.dataset} loader takes centre crops only "
+                            "(random train-time crops: the imagenet layout); set data.train_crop = \"center\"")
+        ds = crops(cfg.train_crop, cfg.load_size)
+    return ds
+
+
+def check_real_data(cfg: DataConfig, scale: str) -> None:
+    """A paper-scale run reads the real data set: without `--data NAME=PATH` it would train on the embedded sample
+    written in that layout, which is a mini run under a paper recipe."""
+    if scale == "paper" and not cfg.root and cfg.dataset in LAYOUTS:
+        layout = LAYOUTS.get(cfg.dataset)
+        raise UserError(f"--scale paper reads the real {cfg.dataset}: pass --data {cfg.dataset}=PATH "
+                        f"({' '.join(layout.tree.split())}); `--scale mini` runs on the embedded data")
 
 
 def dataset_label(cfg: DataConfig) -> str:

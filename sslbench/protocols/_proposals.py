@@ -15,6 +15,7 @@ subtract 1 to write such a file.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import zipfile
@@ -31,18 +32,21 @@ from sslbench.errors import UserError
 from sslbench.progress import progress_bar
 from sslbench.runtime import atomic, cache_dir
 
-# OpenCV's fast-mode defaults (base_k, inc_k, sigma of the graph segmentation); part of the cache key.
-SEARCH_VERSION = "opencv-selective-search-fast-k150-150-s0.8-v1"
+# OpenCV's fast mode (two colour spaces, two strategies) with graph-segmentation thresholds k = base_k, base_k + inc_k
+# and sigma 0.8. OpenCV's default base_k = inc_k = 150 (k 150, 300); R-CNN's fast mode uses k = 50, 100
+# (rbgirshick/rcnn selective_search/selective_search_boxes.m): base_k 50. The version and k key the cache.
+SEARCH_VERSION = "opencv-selective-search-fast-k{k}-{k}-s0.8-v1"
+OPENCV_K = 150
 
 
-def selective_search(image: Tensor) -> np.ndarray:
+def selective_search(image: Tensor, base_k: int = OPENCV_K) -> np.ndarray:
     """uint8 image [3,H,W] -> proposals [K,4] (x0, y0, x1, y1 inclusive pixels), OpenCV's rank order."""
     import cv2
 
     bgr = np.ascontiguousarray(image.permute(1, 2, 0).numpy()[:, :, ::-1])
     search = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
     search.setBaseImage(bgr)
-    search.switchToSelectiveSearchFast()
+    search.switchToSelectiveSearchFast(base_k, base_k, 0.8)
     xywh = search.process().astype(np.float32).reshape(-1, 4)  # [K, 4] x, y, width, height
     return np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:] - 1.0], axis=1)
 
@@ -73,10 +77,11 @@ def image_ids(ds: Dataset) -> list[str]:
     return [Path(p).stem for p in files] if files else [f"{i:06d}" for i in range(len(ds))]  # type: ignore[arg-type]
 
 
-def cache_path(name: str, image_size: int, identity: list[str]) -> Path:
+def cache_path(name: str, image_size: int, identity: list[str], base_k: int = OPENCV_K) -> Path:
     """Where the selective-search boxes of a list of images live; `identity` (the image files, or what
     generates the images) and the search settings make the key, so another list never reads this file."""
-    key = hashlib.sha1("\n".join([SEARCH_VERSION, str(image_size), *identity]).encode()).hexdigest()[:16]
+    settings = SEARCH_VERSION.format(k=base_k)
+    key = hashlib.sha1("\n".join([settings, str(image_size), *identity]).encode()).hexdigest()[:16]
     return cache_dir() / "proposals" / f"{name}-{image_size}px-{len(identity)}-{key}.npz"
 
 
@@ -119,7 +124,8 @@ class _Searched(Dataset):
         return i, None if item is None else self.search(item[0])
 
 
-def cached_selective_search(ds: Dataset, ids: list[str], path: Path, workers: int, show: bool) -> dict[str, np.ndarray]:
+def cached_selective_search(ds: Dataset, ids: list[str], path: Path, workers: int, show: bool,
+                            base_k: int = OPENCV_K) -> dict[str, np.ndarray]:
     """Selective-search boxes of every image of `ds`: read from `path`, or computed once and written there."""
     if path.is_file():
         try:
@@ -129,7 +135,8 @@ def cached_selective_search(ds: Dataset, ids: list[str], path: Path, workers: in
     found: dict[str, np.ndarray] = {}
     # Its own generator: a DataLoader otherwise draws its worker seed from the global RNG, which shifted the
     # detector's initialisation and dropout whenever the cache was cold (voc-det mini: 36.6 vs 42.1 mAP, seed 0).
-    loader = DataLoader(_Searched(ds, selective_search), batch_size=1, num_workers=workers, collate_fn=_first,
+    search = functools.partial(selective_search, base_k=base_k)
+    loader = DataLoader(_Searched(ds, search), batch_size=1, num_workers=workers, collate_fn=_first,
                         generator=torch.Generator())
     with progress_bar("selective search", len(ids), show) as advance:
         for i, boxes in loader:
@@ -145,7 +152,7 @@ def _first(batch: list[Any]) -> Any:
 
 
 def proposals_for(ds: Dataset, file: str, name: str, image_size: int, generator: str, workers: int,
-                  show: bool) -> list[np.ndarray]:
+                  show: bool, base_k: int = OPENCV_K) -> list[np.ndarray]:
     """Raw proposals per item of `ds` (in item order): from `file` if given, else cached selective search.
 
     name: data set and split, for the cache file's name; generator: what makes the images of a data set
@@ -157,7 +164,8 @@ def proposals_for(ds: Dataset, file: str, name: str, image_size: int, generator:
         found = load_proposals(Path(file).expanduser(), ids)
     else:
         identity = image_files(ds) or [f"{generator}:{i}" for i in ids]
-        found = cached_selective_search(ds, ids, cache_path(name, image_size, identity), workers, show)
+        found = cached_selective_search(ds, ids, cache_path(name, image_size, identity, base_k), workers, show,
+                                        base_k)
     return [found[i] for i in ids]
 
 

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from sslbench.backbones.base import Backbone
 from sslbench.checkpoint import Trunk, TrunkSpec, load_trunk, require_taps
 from sslbench.config import Recipe
-from sslbench.data.build import build_dataset, dataset_label
+from sslbench.data.build import build_dataset, check_real_data, dataset_label
 from sslbench.data.datasets import collate_skip_corrupt
 from sslbench.errors import Interrupted, UserError
 from sslbench.progress import console
@@ -120,6 +120,7 @@ def _evaluate(recipe: Recipe, spec: TrunkSpec, runs: Path, device: str, progress
     if recipe.engine.threads:
         torch.set_num_threads(recipe.engine.threads)
     stop_if_interrupted()
+    check_real_data(recipe.data, recipe.scale)
     if ddp.is_main:  # where the results go, before any work
         check_runs_writable(runs)
         if store:
@@ -196,4 +197,5 @@ def rescaled(trunk: Trunk, recipe: Recipe) -> None:
     # (VOC at their loaded size, 128 px at mini) are resized and centre-cropped to it, as the paper fed crops.
     side = trunk.backbone.image_size
     images = TF.center_crop(TF.resize(images, [side], antialias=True), [side, side])
-    rescale(trunk.backbone, trunk.prepare(images), tuple(trunk.backbone.feature_info))
+    rescale(trunk.backbone, trunk.prepare(images), tuple(trunk.backbone.feature_info),
+            pretrained=trunk.method != "random")

@@ -31,7 +31,7 @@ from sslbench.data.build import build_dataset
 from sslbench.data.classes import VOC_CLASSES
 from sslbench.data.datasets import collate_skip_corrupt
 from sslbench.errors import UserError
-from sslbench.metrics import multilabel_map
+from sslbench.metrics import average_precision, multilabel_map
 from sslbench.progress import progress_bar
 from sslbench.protocols._probing import sanity_check
 from sslbench.protocols.base import EvalContext, Protocol
@@ -50,12 +50,21 @@ class VocClsConfig:
     mirror: bool = True  # random horizontal flip, at training and in the test crops
     # random crops whose scores are averaged per test image (the papers' 10)
     test_crops: Annotated[int, In(1, 1000)] = 10
-    # learning-rate multiplier of fc6, fc7 and fc8 (released train_cls.py: 10)
-    fc_lr_mult: Annotated[float, In(0, 1e6)] = 10.0
-    head_dropout: Dropout = 0.5  # dropout on fc7 before fc8 (Caffe's drop7, kept by the code's --clip drop7)
-    # fc8 weights ~ N(0, std) (the released code's re-initialisation)
+    # learning-rate multiplier of fc6, fc7 and fc8 over the conv layers (train_cls.py: none, every trained layer
+    # learns at the base rate, setLR(t, 1, 2))
+    fc_lr_mult: Annotated[float, In(0, 1e6)] = 1.0
+    # learning-rate multiplier of every trained bias (Caffe's lr_mult 2 of train_cls.py setLR(t, 1, 2)); their weight
+    # decay stays 1x (setDecay(t, 1, 1))
+    bias_lr_mult: Annotated[float, In(0, 1e6)] = 2.0
+    # dropout before fc8 when fc7's own drop7 does not train (layers = fc8: the frozen trunk is in eval mode), or
+    # the trunk has no fully connected stage (ResNet); a trained fc7 ends in its drop7 already
+    head_dropout: Dropout = 0.5
+    # fc8 weights ~ N(0, std), bias 0.1 (train_cls.py --random-from drop7)
     head_init_std: Annotated[float, In(0, 10, open_lo=True)] = 0.01
-    voc07_ap: bool = True  # 11-point VOC07 AP (devkit VOCevalcls); false = area under the PR curve
+    head_init_bias: Annotated[float, In(-10, 10)] = 0.1
+    # "sklearn": train_cls.py's average_precision_score (uninterpolated) with its -1e-5 * label tie-break;
+    # "voc07": the devkit's 11-point AP (VOCevalcls); "voc": the VOC2010+ area under the precision envelope
+    ap: Literal["sklearn", "voc07", "voc"] = "sklearn"
 
 
 # ---------------------------------------------------------------- pure functions
@@ -102,6 +111,19 @@ def rescale_crop_flip(
     return out
 
 
+def classification_ap(scores: np.ndarray, labels: np.ndarray, difficult: np.ndarray,
+                      kind: str) -> tuple[float, np.ndarray]:
+    """(mAP, per-class AP [C]) of VOC07 classification scores [N, C], difficult entries left out. kind "sklearn":
+    train_cls.py's metric, average_precision_score(gt, score - 1e-5 * gt) per class (a positive tied with a
+    negative ranks below it); "voc07" / "voc": the devkit's 11-point / envelope AP."""
+    if kind != "sklearn":
+        return multilabel_map(scores, labels, difficult, use_07_metric=kind == "voc07")
+    positive = torch.as_tensor(np.asarray(labels) > 0)
+    s = torch.as_tensor(np.asarray(scores, np.float64)) - 1e-5 * positive.double()
+    ap = average_precision(s, positive, ~torch.as_tensor(np.asarray(difficult, bool))).numpy()
+    return (float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan")), ap
+
+
 # ---------------------------------------------------------------- the network
 
 
@@ -110,7 +132,7 @@ class FineTuneNet(nn.Module):
     fc8 (dropout + Linear). `layers`: fc8 alone, the trunk's fully connected stages and fc8 ("fc6-8", from
     pool5 up; the released code's --train-from), or every layer."""
 
-    def __init__(self, backbone: Backbone, layers: str, num_classes: int, dropout: float, init_std: float) -> None:
+    def __init__(self, backbone: Backbone, layers: str, num_classes: int, cfg: VocClsConfig) -> None:
         super().__init__()
         stages = _stages_to_head(backbone)
         names = [name for name, _ in stages]
@@ -120,9 +142,10 @@ class FineTuneNet(nn.Module):
         self.frozen = nn.Sequential(OrderedDict(stages[:cut]))
         self.trained = nn.Sequential(OrderedDict(stages[cut:]))
         dim = backbone.feature_info[backbone.head_tap].channels
-        self.fc8 = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, num_classes))
-        nn.init.normal_(self.fc8[1].weight, 0.0, init_std)
-        nn.init.zeros_(self.fc8[1].bias)
+        own_drop7 = bool(backbone.fc_stages) and layers != "fc8"
+        self.fc8 = nn.Sequential(nn.Dropout(0.0 if own_drop7 else cfg.head_dropout), nn.Linear(dim, num_classes))
+        nn.init.normal_(self.fc8[1].weight, 0.0, cfg.head_init_std)
+        nn.init.constant_(self.fc8[1].bias, cfg.head_init_bias)
         self.frozen.requires_grad_(False)
 
     def train(self, mode: bool = True) -> FineTuneNet:
@@ -135,13 +158,16 @@ class FineTuneNet(nn.Module):
             x = self.frozen(x)
         return self.fc8(self.trained(x))  # [N, 20]
 
-    def param_groups(self, fc_lr_mult: float) -> list[dict]:
-        fast = [p for name, m in self.trained.named_children() if name in self.fc_names for p in m.parameters()]
-        fast += list(self.fc8.parameters())
-        fast_ids = {id(p) for p in fast}
-        slow = [p for p in self.trained.parameters() if id(p) not in fast_ids]
-        groups = [{"params": fast, "lr_scale": fc_lr_mult}]
-        return groups + ([{"params": slow, "lr_scale": 1.0}] if slow else [])
+    def param_groups(self, fc_lr_mult: float, bias_lr_mult: float) -> list[dict]:
+        """Groups by (fully connected?, bias?): lr_scale fc_lr_mult on fc6..fc8, times bias_lr_mult on biases (the
+        BatchNorm shifts count as biases, as Caffe's Scale layer bias); weight decay the same on all."""
+        fc = {id(p) for name, m in self.trained.named_children() if name in self.fc_names for p in m.parameters()}
+        fc |= {id(p) for p in self.fc8.parameters()}
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        for name, p in [*self.trained.named_parameters(), *(("fc8." + n, p) for n, p in self.fc8.named_parameters())]:
+            groups.setdefault((id(p) in fc, name.endswith("bias")), []).append(p)
+        return [{"params": ps, "lr_scale": (fc_lr_mult if is_fc else 1.0) * (bias_lr_mult if is_bias else 1.0)}
+                for (is_fc, is_bias), ps in groups.items()]
 
 
 def _stages_to_head(backbone: Backbone) -> list[tuple[str, nn.Module]]:
@@ -178,14 +204,14 @@ class VocCls(Protocol):
         train_ds = build_dataset(d, d.train_split, d.num_images)
         test_ds = build_dataset(d, d.test_split, d.num_test)
         per_epoch = steps_per_epoch(len(train_ds), d.batch_size, "voc-cls")
-        net = FineTuneNet(trunk.backbone, cfg.layers, len(VOC_CLASSES), cfg.head_dropout, cfg.head_init_std)
+        net = FineTuneNet(trunk.backbone, cfg.layers, len(VOC_CLASSES), cfg)
         net = net.to(ctx.device)
         before = copy.deepcopy(net.frozen.state_dict())
         crop = trunk.backbone.image_size  # the fc layers are sized for this input
         steps = _fine_tune(net, train_ds, recipe, crop, trunk, ctx, per_epoch)
         sanity_check(net.frozen, before)
         scores, labels, difficult = _test_scores(net, test_ds, recipe, cfg, crop, trunk, ctx)
-        mean_ap, per_class = multilabel_map(scores, labels, difficult, use_07_metric=cfg.voc07_ap)
+        mean_ap, per_class = classification_ap(scores, labels, difficult, cfg.ap)
         if math.isnan(mean_ap):
             raise UserError(f"voc-cls: the {d.test_split} split has no positive label for any class; "
                             "raise data.num_test or check the annotations")
@@ -201,7 +227,8 @@ def _fine_tune(net: FineTuneNet, ds: Dataset, recipe: Recipe, crop: int, trunk: 
                per_epoch: int) -> int:
     """Fine-tune the trained part of `net` on the fit loop; returns the number of optimizer steps."""
     cfg, d = recipe.component.cfg, recipe.data
-    fit = Fit(f"voc-cls fine-tune ({cfg.layers})", net, net.param_groups(cfg.fc_lr_mult), recipe, per_epoch, ctx)
+    groups = net.param_groups(cfg.fc_lr_mult, cfg.bias_lr_mult)
+    fit = Fit(f"voc-cls fine-tune ({cfg.layers})", net, groups, recipe, per_epoch, ctx)
 
     def prepare(batch: Any, step: int) -> tuple[Tensor, Tensor, Tensor] | None:
         _, (images, target) = batch

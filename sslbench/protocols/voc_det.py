@@ -57,6 +57,8 @@ class VOCDetConfig:
     max_proposals: Annotated[int, In(1, 100_000)] = 2000  # proposals kept per image, best-ranked first
     # drop proposals with a side under this many pixels (py-faster-rcnn: 2)
     min_proposal_size: Annotated[int, In(0, 8192)] = 2
+    # selective search's graph-segmentation k (fast mode: k and 2k): OpenCV's default 150; R-CNN's fast mode 50
+    search_k: Annotated[int, In(1, 10_000)] = 150
     # RoIs sampled per training image (Fast R-CNN: R = 128 over N = 2 images)
     rois_per_image: Annotated[int, In(1, 100_000)] = 64
     fg_fraction: Rate = 0.25  # share of foreground RoIs in a sample
@@ -272,7 +274,7 @@ def _proposals(ds: Dataset, cfg: VOCDetConfig, recipe: Recipe, split: str, ctx: 
 
     def find() -> list[np.ndarray]:
         return proposals_for(ds, cfg.proposals, f"{d.dataset}-{split}", d.image_size, f"synth_seed={d.synth_seed}",
-                             d.workers, ctx.show)
+                             d.workers, ctx.show, cfg.search_k)
 
     if not ctx.ddp.enabled:
         return find()

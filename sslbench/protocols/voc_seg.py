@@ -57,10 +57,13 @@ class VocSegConfig:
     pad: Pixels = 98  # zero padding around the input: + conv1's own 2 = FCN's conv1 pad 100, so scores cover the image
     bn_train: bool = False  # false: BatchNorm keeps pretrained statistics (BN folded, as the papers' Caffe models)
     learn_upsampling: bool = False  # FCN-32s and Zhang et al. keep the bilinear deconvolution fixed (lr_mult 0)
-    fc_dropout: Dropout = 0.5  # dropout before the fc6 / fc7 convolutions (the trunk's layout, FCN's rate)
-    score_dropout: Dropout = 0.5  # dropout before the score layer (FCN's drop7)
+    fc_dropout: Dropout = 0.5  # the rate of drop6 / drop7 after the fc6 / fc7 convolutions (FCN's rate)
+    # a dropout before the score layer beyond the trunk's own: 0 for AlexNet / VGG (their fc7 ends in drop7, which is
+    # FCN's drop7); for a trunk without fc stages (ResNet's res5 head)
+    score_dropout: Dropout = 0.0
     # SBD (Hariharan et al. 2011) added to the training images, as in the papers: "" = VOC train alone, a path
-    # (SBD's benchmark_RELEASE/dataset; `--data sbd=PATH` sets it), or "embedded" (the embedded data in SBD layout)
+    # (SBD's benchmark_RELEASE/dataset; `--data sbd=PATH` sets it), "embedded" (the embedded data in SBD layout),
+    # or "required" (the paper recipe: train_aug, and a run without `--data sbd=PATH` is refused)
     sbd: str = ""
 
 
@@ -184,9 +187,16 @@ def segmentation_layouts() -> list[str]:
     return [n for n in LAYOUTS.names() if LAYOUTS.get(n).segmentation is not None]
 
 
+SBD_URL = "http://home.bharathh.info/pubs/codes/SBD/download.html"
+
+
 def segmentation_data(d: DataConfig, sbd: str = "") -> tuple[Dataset, Dataset]:
     """(train, val) segmentation sets: data.root, or the embedded data written in the data set's layout; with
     `sbd` (a path or "embedded") the training set is train_aug (see `train_aug`)."""
+    if sbd == "required":
+        raise UserError(f"voc-seg: the paper setting trains on VOC2012 train + SBD (train_aug, 10582 images); pass "
+                        f"--data sbd=PATH (SBD's benchmark_RELEASE/dataset, from {SBD_URL}), or --set protocol.sbd='' "
+                        "for VOC2012 train alone (1464 images; the rows are then another recipe)")
     if d.dataset not in segmentation_layouts() or d.dataset == "sbd":
         raise UserError(
             f"voc-seg trains and tests on VOC segmentation masks; data.dataset is {d.dataset!r}; "

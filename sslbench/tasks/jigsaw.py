@@ -61,6 +61,10 @@ class JigsawConfig(PuzzleConfig):
     # shift each colour channel of a tile independently by up to this many px
     channel_jitter: Annotated[int, In(0, 64)] = 0
     gray_prob: Rate = 0.3  # fraction of images made grayscale against colour / chromatic-aberration cues
+    # tile_norm per colour channel, as the PyTorch port (bbrattoli/JigsawPuzzlePytorch Dataset/JigsawImageLoader.py
+    # l.52-56: mean/std of each channel of each tile), which also removes a tile's colour cast; false: one
+    # mean/std over the tile's three channels
+    tile_norm_per_channel: bool = True
 
     def __post_init__(self) -> None:
         check_puzzle(self.cell, self.tile, self.num_permutations, self.gray_prob, self.channel_jitter)
@@ -244,7 +248,7 @@ class Jigsaw(PretextTask):
         if cfg.gray_prob:
             grayscale_some_(tiles, cfg.gray_prob, generator)
         if cfg.tile_norm:
-            standardize_(tiles, (2, 3, 4))
+            standardize_(tiles, (3, 4) if cfg.tile_norm_per_channel else (2, 3, 4))
         else:
             tiles.sub_(MEAN.view(1, 1, 3, 1, 1)).div_(STD.view(1, 1, 3, 1, 1))
         return {"tiles": tiles, "labels": labels}
@@ -254,8 +258,10 @@ class Jigsaw(PretextTask):
         return {"loss": F.cross_entropy(logits, batch["labels"]), "acc": accuracy(logits, batch["labels"])}
 
     def transfer_input(self) -> str:
-        """Transfer sees whole images normalised the way each tile was: by the image's own mean and std."""
-        return "per-image-std"
+        """Transfer sees whole images normalised the way each tile was: by the image's own mean and std (of each
+        channel, or of all three)."""
+        per_channel = self.cfg.tile_norm and self.cfg.tile_norm_per_channel
+        return "per-channel-std" if per_channel else "per-image-std"
 
     @classmethod
     def tiny(cls) -> TinySetup:

@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,8 @@ class Layout:
     summarise: Callable[[str], str] | None = None  # root -> an extra sentence for `data check` (VOC's masks)
     # (root, split, image_size, num=0, exclude=()) -> (image, mask) pairs, for the layouts with segmentation masks
     segmentation: Callable[..., Any] | None = None
+    # images per split of the real data set (what `--dry-run` counts steps with, before any file is read)
+    sizes: dict[str, int] = field(default_factory=dict)
 
 
 def register_layout(layout: Layout, reader: Callable[..., Any]) -> Layout:

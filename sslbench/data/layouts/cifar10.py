@@ -181,5 +181,5 @@ register_layout(Layout(
     name="cifar10", folder="cifar-10-batches-py", tree=_CIFAR_LAYOUT,
     write=lambda out, num, size, seed: write_cifar10(out, num, num, seed),
     sources=lambda split, num, size, seed: cifar10_sources(split, num, seed), check_splits=("train", "test"),
-    fixed_size=SIZE,
+    fixed_size=SIZE, sizes={"train": 50_000, "test": 10_000},  # the CIFAR-10 release
 ), cifar10)

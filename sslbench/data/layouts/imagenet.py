@@ -7,9 +7,11 @@ with train's classes.
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
+import torch
 import torchvision
 import torchvision.transforms.functional as TF
 from PIL import Image
@@ -35,6 +37,7 @@ from sslbench.data.layouts._common import (
 from sslbench.data.synthetic import render_sample
 from sslbench.errors import UserError
 from sslbench.runtime import atomic
+from sslbench.transforms import random_resized_box
 
 
 def write_imagenet(out: Path, num_train: int, num_val: int, image_size: int, seed: int) -> Path:
@@ -85,15 +88,51 @@ class ImageFolderItems(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, dict[str, Tensor]] | None:
+    crop = "center"  # train-time crops (random_crops): "random_resized" or "random"
+    load_size = 0
+
+    def random_crops(self, kind: str, load_size: int) -> ImageFolderItems:
+        """This split with random train-time crops: `draw(i, generator)` takes them (the training loader calls it
+        with a generator of (seed, epoch, i)); `[i]` stays the centre crop."""
+        if self.size <= 0:
+            raise UserError(f"imagenet: data.train_crop = {kind!r} needs a fixed data.image_size, found 0")
+        if kind == "random" and load_size and load_size < self.size:
+            raise UserError(f"imagenet: data.load_size {load_size} is smaller than data.image_size {self.size}; "
+                            "the random crop is taken inside the resized image")
+        out = copy.copy(self)
+        out.crop, out.load_size = kind, load_size or self.size
+        return out
+
+    def _open(self, i: int) -> tuple[Image.Image | None, int]:
         path, label = self.samples[i]
         try:
-            img = open_rgb(path)
+            return open_rgb(path), label
         except UNREADABLE as exc:
             warn_corrupt(path, exc)
+            return None, label
+
+    def __getitem__(self, i: int) -> tuple[Tensor, dict[str, Tensor]] | None:
+        img, label = self._open(i)
+        if img is None:
             return None
         if self.size > 0:
             img = TF.center_crop(TF.resize(img, self.size), [self.size, self.size])
+        return to_tensor(img), label_target(label)
+
+    def draw(self, i: int, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]] | None:
+        if self.crop == "center":
+            return self[i]
+        img, label = self._open(i)
+        if img is None:
+            return None
+        if self.crop == "random_resized":
+            top, left, h, w = random_resized_box(img.width, img.height, generator)
+            img = TF.resized_crop(img, top, left, h, w, [self.size, self.size])
+        else:  # "random": shorter side to load_size, then a random square of image_size
+            img = TF.resize(img, self.load_size)
+            top = int(torch.randint(0, img.height - self.size + 1, (), generator=generator))
+            left = int(torch.randint(0, img.width - self.size + 1, (), generator=generator))
+            img = TF.crop(img, top, left, self.size, self.size)
         return to_tensor(img), label_target(label)
 
 
@@ -139,4 +178,5 @@ register_layout(Layout(
     name="imagenet", folder="imagenet", tree=_IMAGENET_LAYOUT,
     write=lambda out, num, size, seed: write_imagenet(out, num, num, size, seed),
     sources=lambda split, num, size, seed: imagenet_sources(split, num, size, seed), check_splits=("train", "val"),
+    sizes={"train": 1_281_167, "unlabeled": 1_281_167, "val": 50_000},  # ILSVRC2012
 ), imagenet)

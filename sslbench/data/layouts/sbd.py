@@ -193,4 +193,5 @@ register_layout(Layout(
     name="sbd", folder="benchmark_RELEASE/dataset", tree=_SBD_LAYOUT,
     write=write_sbd, sources=lambda split, num, size, seed: sbd_sources(split, num),
     check_splits=("train", "val"), paired_trainval=True, segmentation=sbd_segmentation,
+    sizes={"train": 8498, "val": 2857, "train_aug": 10_582},  # SBD; train_aug = VOC2012 train + SBD - VOC2012 val
 ), sbd)

@@ -132,4 +132,5 @@ register_layout(Layout(
     write=lambda out, num, size, seed: write_stl10(out, num, num, num, seed),
     sources=lambda split, num, size, seed: stl10_sources(split, num, seed),
     check_splits=("train", "test", "unlabeled"), fixed_size=SIZE,
+    sizes={"train": 5000, "test": 8000, "unlabeled": 100_000},  # the STL-10 release
 ), stl10)

@@ -43,6 +43,10 @@ from sslbench.runtime import atomic
 
 VOC_SPLITS = {"2007": ("train", "val", "trainval", "test"), "2012": ("train", "val", "trainval")}
 FORMAT = {"2007": "voc", "2012": "voc2012"}  # the --format name a hint tells the user to write
+# Images per split of the releases (`--dry-run` counts with them): VOC2007's Main lists; VOC2012's Segmentation
+# lists (sslbench reads VOC2012 for segmentation: 1464 train, 1449 val).
+VOC_SIZES = {"2007": {"train": 2501, "val": 2510, "trainval": 5011, "test": 4952},
+             "2012": {"train": 1464, "val": 1449, "trainval": 2913}}
 
 
 # ================================================================ writing
@@ -366,5 +370,5 @@ for _year in VOC_SPLITS:
         sources=lambda split, num, size, seed, year=_year: voc_sources(year, split, num),
         check_splits=tuple(s for s in VOC_SPLITS[_year] if s != "trainval"),
         aliases=("voc",) if _year == "2007" else (), paired_trainval=True, summarise=_summarise(_year),
-        segmentation=_segmentation_reader(_year),
+        segmentation=_segmentation_reader(_year), sizes=VOC_SIZES[_year],
     ), _voc_factory(_year))

@@ -1,0 +1,246 @@
+"""The paper recipes as the authors ran them: one mechanism test per point of the fidelity review (D1-D15).
+
+Every check builds the paper recipe's own network on the CPU (no data: the shapes, layer order and rates are
+the facts under test) and compares it with the released code's numbers, which the recipes cite.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from sslbench.backbones.base import build_backbone
+from sslbench.checkpoint import at_protocol_size
+from sslbench.recipes import load_recipe
+from sslbench.training import lr_at
+
+
+def _paper(kind: str, name: str, flavour: str = ""):  # noqa: ANN202
+    return load_recipe(kind, name, "paper", flavour=flavour)
+
+
+def _probe_dims(protocol_flavour: str, trunk_recipe) -> dict[str, int]:  # noqa: ANN001
+    from sslbench.protocols._probing import PoolSpec, pool_features
+
+    recipe = _paper("protocol", "linear", protocol_flavour)
+    net = build_backbone(trunk_recipe.name, trunk_recipe.cfg).eval()
+    size = trunk_recipe.cfg.image_size
+    with torch.no_grad():
+        maps = net(torch.zeros(1, 3, size, size), taps=recipe.component.cfg.taps)
+    return {t: pool_features(m, recipe.component.cfg.pool.get(t, PoolSpec())).shape[1] for t, m in maps.items()}
+
+
+def test_d1_linear_probe_lr_is_rotnets_lut_and_d8_rotnet_blocks_drops_at_20_40_45() -> None:
+    linear = _paper("protocol", "linear")
+    assert linear.optim.lr == 0.01 and linear.schedule.milestones == (5, 15, 25) and linear.schedule.gamma == 0.2
+    rates = [lr_at(epoch * 10, 10, linear.optim.lr, linear.schedule) for epoch in (0, 5, 15, 25)]
+    assert rates == pytest.approx([0.01, 0.002, 4e-4, 8e-5])  # the LUT of the released config
+    blocks = _paper("protocol", "rotnet-blocks")
+    rates = [lr_at(epoch * 10, 10, blocks.optim.lr, blocks.schedule) for epoch in (19, 20, 40, 45)]
+    assert rates == pytest.approx([0.1, 0.02, 0.004, 0.0008])
+
+
+def test_d5_rotnets_alexnet_and_d7_each_probe_protocol_pools_to_its_own_9k_dims() -> None:
+    rotnet = _paper("pretrain", "rotation", "alexnet").backbone
+    assert rotnet.cfg.channels == (64, 192, 384, 256, 256) and rotnet.cfg.dropout == 0.0 and rotnet.cfg.bn
+    assert _probe_dims("", rotnet) == {"conv1": 9216, "conv2": 9408, "conv3": 9600, "conv4": 9216, "conv5": 9216}
+    zhang = _paper("protocol", "linear", "zhang").backbone  # CaffeNet at 227: the trunk Zhang et al. probed
+    assert _probe_dims("zhang", zhang) == {"conv1": 9600, "conv2": 9216, "conv3": 9600, "conv4": 9600, "conv5": 9216}
+    assert _paper("protocol", "linear").backbone.cfg.channels == rotnet.cfg.channels  # its random row: RotNet's net
+
+
+def test_d9_the_context_trunk_is_deepcontexts_pool5_3x3_lrn_then_bn_without_scale() -> None:
+    cfg = _paper("pretrain", "context").backbone.cfg
+    net = build_backbone("alexnet", cfg)
+    assert net.pool5_size == 3 and net.feature_info["conv1"].size == 24  # 96 -> 24 -> 12 -> 6 -> 3 (Caffe ceil)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in [*net.conv1, *net.conv2])
+    assert isinstance(net.pool1[0], nn.MaxPool2d) and isinstance(net.pool1[1], nn.LocalResponseNorm)  # pool, LRN
+    bns = [m for m in net.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
+    assert len(bns) == 5 and not any(m.affine for m in bns)  # conv3-5, fc6, fc7; no scale/shift
+    assert net(torch.zeros(2, 3, 96, 96), taps=("pool5",))["pool5"].shape[-1] == 3
+
+
+@pytest.mark.parametrize("task", ["jigsaw", "damaged-jigsaw"])
+def test_d3_a_jigsaw_tile_tower_transfers_as_a_stride_4_alexnet(task: str) -> None:
+    trained = _paper("pretrain", task).backbone
+    assert trained.cfg.conv1_stride == 2 and build_backbone("alexnet", trained.cfg).pool5_size == 2
+    for protocol in ("voc-det", "voc-cls", "voc-seg"):
+        target = at_protocol_size(trained, _paper("protocol", protocol).backbone)
+        net = build_backbone("alexnet", target.cfg)
+        assert target.cfg.conv1_stride == 4
+        assert net.pool5_size == 6 and net.feature_info["conv5"].stride == 16  # Fast R-CNN's 6x6 RoI grid at 1/16
+
+
+def test_d3_a_trunk_transferred_at_another_stride_is_labelled() -> None:
+    from sslbench.backbones.base import backbone_label
+
+    trained = _paper("pretrain", "jigsaw").backbone
+    assert backbone_label("alexnet", trained.cfg).endswith("-s2")
+    assert not backbone_label("alexnet", at_protocol_size(trained, _paper("protocol", "voc-det").backbone).cfg
+                              ).endswith("-s2")
+
+
+@pytest.mark.parametrize("bn", [True, False])
+def test_d10_dropout_follows_fc6_and_fc7_as_caffes_drop6_drop7(bn: bool) -> None:
+    cfg = _paper("protocol", "voc-cls").backbone.cfg
+    net = build_backbone("alexnet", type(cfg)(**{**cfg.__dict__, "bn": bn}))
+    for stage in (net.fc6, net.fc7):
+        kinds = [type(m).__name__ for m in stage]
+        assert kinds == ["Flatten", "Linear", *(["BatchNorm1d"] if bn else []), "ReLU", "Dropout"]
+
+
+def test_d2_voc_cls_paper_rates_are_1x_with_biases_2x() -> None:
+    cfg = _paper("protocol", "voc-cls").component.cfg
+    assert cfg.fc_lr_mult == 1.0 and cfg.bias_lr_mult == 2.0 and cfg.head_init_bias == 0.1 and cfg.ap == "sklearn"
+    assert _paper("protocol", "voc-cls").schedule.max_steps == 80000
+
+
+def test_d14_the_rotnet_code_schedule_is_a_flavour_beside_the_papers() -> None:
+    paper, code = _paper("pretrain", "rotation", "alexnet"), _paper("pretrain", "rotation", "alexnet-code")
+    assert (paper.schedule.epochs, paper.schedule.milestones) == (30, (10, 20))
+    assert (code.schedule.epochs, code.schedule.milestones) == (50, (15, 30, 45))
+    assert [lr_at(e, 1, code.optim.lr, code.schedule) for e in (14, 15, 30, 45)] == pytest.approx([1e-2, 1e-3, 1e-4,
+                                                                                                    1e-5])
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_d15_jigsaw_normalises_each_tile_per_channel_and_transfers_the_same_way(per_channel: bool) -> None:
+    from tests.test_jigsaw import EXACT, make_task
+
+    assert _paper("pretrain", "jigsaw").component.cfg.tile_norm_per_channel  # the PyTorch port's normalisation
+    task = make_task([*EXACT, "task.tile_norm=true", f"task.tile_norm_per_channel={str(per_channel).lower()}"])
+    images = torch.randint(0, 256, (2, 3, 72, 72), dtype=torch.uint8)
+    images[:, 0] //= 4  # a colour cast: the red channel darker
+    tiles = task.make_batch(images, {}, torch.Generator().manual_seed(0))["tiles"]  # [2, 9, 3, 24, 24]
+    channel_means = tiles.mean((3, 4))
+    assert torch.allclose(channel_means, torch.zeros_like(channel_means), atol=1e-5) == per_channel
+    assert task.transfer_input() == ("per-channel-std" if per_channel else "per-image-std")
+    from sslbench.transforms import TRANSFER_INPUTS
+
+    x = TRANSFER_INPUTS.get(task.transfer_input())(images)
+    assert torch.allclose(x.mean((2, 3)), torch.zeros(2, 3), atol=1e-5) == per_channel
+
+
+def test_d11_selective_search_runs_rcnns_fast_mode_in_the_paper_recipe() -> None:
+    from sslbench.data.synthetic import render_sample
+    from sslbench.protocols._proposals import cache_path, selective_search
+
+    cfg = _paper("protocol", "voc-det").component.cfg
+    assert (cfg.search_k, cfg.min_proposal_size) == (50, 20)
+    image = torch.from_numpy(render_sample(0, "test", 3, 96).image).permute(2, 0, 1).contiguous()
+    fine, coarse = selective_search(image, 50), selective_search(image, 150)
+    assert len(fine) > len(coarse)  # a lower k segments finer: more regions to group, more boxes
+    assert cache_path("voc", 96, ["a"], 50) != cache_path("voc", 96, ["a"], 150)  # k keys the cache
+
+
+def test_d6_random_resized_boxes_follow_the_rule_and_the_loader_draws_them_per_item_and_epoch(tmp_path) -> None:  # noqa: ANN001
+    import dataclasses
+
+    from sslbench.data.build import build_dataset
+    from sslbench.data.layouts.imagenet import write_imagenet
+    from sslbench.transforms import random_resized_box
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        top, left, h, w = random_resized_box(120, 80, g)
+        assert 0 <= top and top + h <= 80 and 0 <= left and left + w <= 120
+        fraction, aspect = h * w / (120 * 80), w / h
+        assert 0.06 <= fraction <= 1.0 and 3 / 4 * 0.95 <= aspect <= 4 / 3 * 1.05 or (h, w) == (80, 107)
+    assert random_resized_box(10, 1000, g, scale=(0.99, 1.0)) == (493, 0, 13, 10)  # no fit: centre at ratio 3/4
+
+    assert _paper("pretrain", "rotation", "alexnet").data.train_crop == "random_resized"
+    write_imagenet(tmp_path, 8, 4, 48, 0)
+    recipe = load_recipe("pretrain", "rotation", "mini", ["data.dataset=imagenet", f"data.root={tmp_path}",
+                                                         "data.train_split=train", "data.image_size=32"])
+    data = dataclasses.replace(recipe.data, train_crop="random_resized")
+    ds = build_dataset(data, "train")
+    a = ds.draw(3, torch.Generator().manual_seed(1))[0]
+    assert torch.equal(a, ds.draw(3, torch.Generator().manual_seed(1))[0])  # a pure function of the generator
+    assert not torch.equal(a, ds.draw(3, torch.Generator().manual_seed(2))[0])
+    assert torch.equal(ds[3][0], build_dataset(recipe.data, "train")[3][0])  # [i]: the centre crop, as before
+    assert a.shape == ds[3][0].shape == (3, 32, 32)
+    with pytest.raises(Exception, match="centre crops only"):
+        build_dataset(dataclasses.replace(load_recipe("pretrain", "rotation", "mini").data, train_crop="random"),
+                      "unlabeled")
+
+
+@pytest.mark.parametrize("per_epoch", [74, 530])  # VOC2012 train alone (1464 / 20), train_aug (10582 / 20)
+def test_d4_voc_seg_drops_its_rate_at_50k_and_100k_steps_with_or_without_sbd(per_epoch: int) -> None:
+    recipe = _paper("protocol", "voc-seg")
+    rates = [lr_at(step, per_epoch, recipe.optim.lr, recipe.schedule) for step in (49_999, 50_000, 99_999, 100_000)]
+    assert rates == pytest.approx([1e-4, 1e-5, 1e-5, 1e-6])
+
+
+def test_d4_the_paper_voc_seg_asks_for_sbd_in_one_line() -> None:
+    from sslbench.errors import UserError
+    from sslbench.protocols.voc_seg import segmentation_data
+
+    recipe = _paper("protocol", "voc-seg")
+    assert recipe.component.cfg.sbd == "required"
+    with pytest.raises(UserError, match=r"--data sbd=PATH .*SBD/download"):
+        segmentation_data(recipe.data, recipe.component.cfg.sbd)
+
+
+def test_schedule_milestones_in_epochs_and_in_steps_are_one_or_the_other() -> None:
+    from sslbench.errors import UserError
+
+    with pytest.raises(UserError, match="keep one"):
+        load_recipe("protocol", "voc-seg", "paper", ["schedule.milestones=[5]"])
+
+
+# ---------------------------------------------------------------- --dry-run of every paper recipe (no data here)
+
+
+def _paper_recipes() -> list[tuple[str, str, str]]:
+    from sslbench.plugins import load_all
+    from sslbench.recipes import list_recipes
+
+    load_all()
+    out = []
+    for entry in list_recipes():
+        folder, stem = entry.rsplit("/", 1)
+        if not stem.startswith("paper"):
+            continue
+        flavour = stem.split("-", 1)[1] if "-" in stem else ""
+        kind, name = ("protocol", folder.split("/", 1)[1]) if folder.startswith("protocols/") else ("pretrain", folder)
+        out.append((kind, name, flavour))
+    return out
+
+
+@pytest.mark.parametrize(("kind", "name", "flavour"), _paper_recipes())
+def test_the_dry_run_of_every_paper_recipe_builds_its_network_and_counts_its_steps(kind: str, name: str,
+                                                                                   flavour: str) -> None:
+    from sslbench.dryrun import dry_eval, dry_pretrain
+
+    recipe = _paper("pretrain" if kind == "pretrain" else "protocol", name, flavour)
+    run = dry_pretrain(recipe) if kind == "pretrain" else dry_eval(recipe)
+    assert run.parameters > 0 and run.steps > 0 and run.flops_per_step > 0 and run.taps
+    assert run.images_seen == run.steps * recipe.data.batch_size
+    assert all("needs --data" in line or "embedded" in line for line in run.data)  # paper data, asked for
+
+
+def test_a_paper_run_without_its_data_is_one_line_before_any_work(tmp_path) -> None:  # noqa: ANN001
+    from sslbench.engine import pretrain
+    from sslbench.errors import UserError
+
+    with pytest.raises(UserError, match=r"--scale paper reads the real imagenet: pass --data imagenet=PATH"):
+        pretrain(_paper("pretrain", "rotation", "alexnet"), tmp_path / "runs", "cpu", progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_reproduce_dry_run_lists_every_run_a_table_needs(capsys) -> None:  # noqa: ANN001
+    import sys
+
+    from sslbench.cli import main
+    argv = sys.argv
+    sys.argv = ["sslbench", "reproduce", "rotations", "--scale", "paper", "--dry-run"]
+    try:
+        main()
+    finally:
+        sys.argv = argv
+    out = capsys.readouterr().out
+    assert "pretrain rotation [alexnet] (paper)" in out and "pretrain rotation (paper)" in out
+    assert "eval rotnet-blocks on rotation (paper)" in out and "eval linear on random (paper)" in out
+    assert "eval voc-seg on rotation (paper)" in out and "sbd train_aug: 10,582 images" in out
+    assert "probe dims after pooling: conv1 9,216, conv2 9,408, conv3 9,600, conv4 9,216, conv5 9,216" in out
