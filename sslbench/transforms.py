@@ -22,6 +22,10 @@ from sslbench.registry import Registry
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 MEAN_PIXEL = (MEAN.view(3) * 255.0).round().to(torch.uint8)  # the mean colour: 0 after normalisation
+# CIFAR-10 statistics, what RotNet's CIFAR code normalises with (gidariss/FeatureLearningRotNet dataloader.py l.144-145:
+# mean (125.3, 123.0, 113.9) / 255, std (63.0, 62.1, 66.7) / 255)
+CIFAR_MEAN = (torch.tensor([125.3, 123.0, 113.9]) / 255.0).view(1, 3, 1, 1)
+CIFAR_STD = (torch.tensor([63.0, 62.1, 66.7]) / 255.0).view(1, 3, 1, 1)
 LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601 luma, what PIL's convert('L') uses
 GRID = 3  # the 3x3 grid of Context Prediction's patches and of Jigsaw's tiles; cell c at row c // 3, column c % 3
 
@@ -32,6 +36,11 @@ GRID = 3  # the 3x3 grid of Context Prediction's patches and of Jigsaw's tiles; 
 def normalize(images: Tensor) -> Tensor:
     """uint8 [N,3,H,W] -> float, ImageNet mean/std normalised."""
     return (images.float() / 255.0 - MEAN.to(images.device)) / STD.to(images.device)
+
+
+def normalize_cifar(images: Tensor) -> Tensor:
+    """uint8 [N,3,H,W] -> float, CIFAR-10 mean/std normalised (RotNet's CIFAR experiments)."""
+    return (images.float() / 255.0 - CIFAR_MEAN.to(images.device)) / CIFAR_STD.to(images.device)
 
 
 def luma(rgb: Tensor) -> Tensor:
@@ -208,6 +217,12 @@ TRANSFER_INPUTS: Registry[TransferInput] = Registry(
 def imagenet_input(images: Tensor) -> Tensor:
     """ImageNet mean/std normalisation of the RGB image (RotNet, Context, Context Encoders, random init)."""
     return normalize(images)
+
+
+@TRANSFER_INPUTS.register("cifar")
+def cifar_input(images: Tensor) -> Tensor:
+    """CIFAR-10 mean/std normalisation of the RGB image (RotNet's NIN on CIFAR-10)."""
+    return normalize_cifar(images)
 
 
 @TRANSFER_INPUTS.register("per-image-std")

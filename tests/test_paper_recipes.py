@@ -244,3 +244,32 @@ def test_reproduce_dry_run_lists_every_run_a_table_needs(capsys) -> None:  # noq
     assert "eval rotnet-blocks on rotation (paper)" in out and "eval linear on random (paper)" in out
     assert "eval voc-seg on rotation (paper)" in out and "sbd train_aug: 10,582 images" in out
     assert "probe dims after pooling: conv1 9,216, conv2 9,408, conv3 9,600, conv4 9,216, conv5 9,216" in out
+
+
+def test_rotnet_on_cifar_normalises_with_cifars_statistics_and_transfers_the_same_way() -> None:
+    from sslbench.tasks.rotation import Rotation
+    from sslbench.transforms import TRANSFER_INPUTS
+
+    recipe = _paper("pretrain", "rotation")
+    task = Rotation(recipe.component.cfg, build_backbone(recipe.backbone.name, recipe.backbone.cfg))
+    assert task.transfer_input() == "cifar"
+    mean = torch.tensor([125.3, 123.0, 113.9]).round().to(torch.uint8).view(1, 3, 1, 1).expand(1, 3, 32, 32)
+    x = TRANSFER_INPUTS.get("cifar")(mean.contiguous())
+    assert x.abs().max() < 0.01  # the CIFAR mean colour is ~0 after normalisation
+    inputs = task.make_batch(mean.contiguous(), {}, torch.Generator().manual_seed(0))["inputs"]
+    assert inputs[..., 8:24, 8:24].abs().max() < 0.01  # inside the 4 px of the padded random crop
+
+
+def test_d16_context_colour_dropping_has_the_released_codes_uniform_noise_as_an_option() -> None:
+    from sslbench.tasks.context import drop_colors
+
+    kept = torch.rand(64, 1, 8, 8) * 255
+    keep = torch.randint(0, 3, (64,))
+    out = drop_colors(kept, keep, 0.01, torch.Generator().manual_seed(0), "uniform")
+    rows = torch.arange(64)
+    assert torch.equal(out[rows, keep], kept[:, 0])
+    others = torch.stack([out[rows, (keep + k) % 3] for k in (1, 2)])
+    assert others.min() >= -0.5 and others.max() < 0.5 and others.std() > 0.2  # U(-0.5, 0.5): std 0.29
+    gauss = drop_colors(kept, keep, 0.01, torch.Generator().manual_seed(0))
+    spread = torch.stack([gauss[rows, (keep + k) % 3] for k in (1, 2)]).std(dim=(0, 2, 3))
+    torch.testing.assert_close(spread, 0.01 * kept.flatten(1).std(1), rtol=0.3, atol=0)

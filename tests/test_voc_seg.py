@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -181,3 +182,25 @@ def test_data_sbd_sets_the_protocol_option() -> None:
     assert (r.data.dataset, r.data.root, r.component.cfg.sbd) == ("voc2012", "/data/VOCdevkit", "/data/sbd")
     r = load_recipe("protocol", "voc-seg", "mini", [], None)
     assert r.component.cfg.sbd == "" and r.data.root == ""
+
+
+def test_native_test_scores_every_val_image_at_its_own_size_one_at_a_time() -> None:
+    """D12: FCN's test scored each image at its stored size: the confusion counts every labelled pixel of images
+    of different shapes, none squared or resampled."""
+    from sslbench.checkpoint import TrunkSpec, load_trunk
+    from sslbench.protocols.base import EvalContext
+    from sslbench.protocols.voc_seg import test_confusion
+    from sslbench.runlog import MetricLogger
+    from sslbench.runtime import Dist
+
+    recipe = tiny_protocol("voc-seg", tiny_alexnet(["protocol.pad=10", "protocol.native_test=true"]))
+    trunk = load_trunk(TrunkSpec("random"), recipe.backbone)
+    model = FCN32s(trunk.backbone, recipe.component.cfg, 48)
+    shapes = [(40, 56), (48, 30), (33, 33)]
+    g = torch.Generator().manual_seed(0)
+    items = [(torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8),
+              torch.randint(0, 21, (h, w), generator=g)) for h, w in shapes]
+    items[0][1][:5] = 255  # ignored pixels are not counted
+    ctx = EvalContext(torch.device("cpu"), Dist(), MetricLogger(Path("."), enabled=False), progress=False)
+    confusion = test_confusion(model, trunk, items, recipe, ctx)
+    assert confusion.sum() == sum(h * w for h, w in shapes) - 5 * 56

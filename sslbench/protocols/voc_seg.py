@@ -65,6 +65,9 @@ class VocSegConfig:
     # (SBD's benchmark_RELEASE/dataset; `--data sbd=PATH` sets it), "embedded" (the embedded data in SBD layout),
     # or "required" (the paper recipe: train_aug, and a run without `--data sbd=PATH` is refused)
     sbd: str = ""
+    # score at each val image's stored size, one image at a time (FCN / Zhang et al.: batch 1, native resolution);
+    # false: the val images and masks squared to data.image_size (nearest for masks) like the training images
+    native_test: bool = False
 
 
 # ---------------------------------------------------------------- pure functions
@@ -190,9 +193,10 @@ def segmentation_layouts() -> list[str]:
 SBD_URL = "http://home.bharathh.info/pubs/codes/SBD/download.html"
 
 
-def segmentation_data(d: DataConfig, sbd: str = "") -> tuple[Dataset, Dataset]:
+def segmentation_data(d: DataConfig, sbd: str = "", native_test: bool = False) -> tuple[Dataset, Dataset]:
     """(train, val) segmentation sets: data.root, or the embedded data written in the data set's layout; with
-    `sbd` (a path or "embedded") the training set is train_aug (see `train_aug`)."""
+    `sbd` (a path or "embedded") the training set is train_aug (see `train_aug`); `native_test`: val at the
+    images' stored sizes."""
     if sbd == "required":
         raise UserError(f"voc-seg: the paper setting trains on VOC2012 train + SBD (train_aug, 10582 images); pass "
                         f"--data sbd=PATH (SBD's benchmark_RELEASE/dataset, from {SBD_URL}), or --set protocol.sbd='' "
@@ -211,7 +215,7 @@ def segmentation_data(d: DataConfig, sbd: str = "") -> tuple[Dataset, Dataset]:
     root = d.root or str(embedded_root(sized))
     pairs = LAYOUTS.get(d.dataset).segmentation
     train = pairs(root, d.train_split, d.image_size, 0 if sbd else d.num_images)
-    val = pairs(root, d.test_split, d.image_size, d.num_test)
+    val = pairs(root, d.test_split, 0 if native_test else d.image_size, d.num_test)
     for split, ds in ((d.train_split, train), (d.test_split, val)):
         if len(ds) == 0:
             raise UserError(f"voc-seg: the {d.dataset} {split} split under {root} lists no images")
@@ -283,7 +287,9 @@ def test_confusion(model: FCN32s, trunk: Trunk, ds: Dataset, recipe: Recipe, ctx
     model.eval()
     k = model.upsample.out_channels
     total = np.zeros((k, k), np.int64)
-    loader = shard_loader(ds, recipe.data.batch_size, ctx.ddp, collate_pairs, recipe.data.workers, ctx.unreadable)
+    native = recipe.component.cfg.native_test  # images of their own sizes: one at a time
+    batch = 1 if native else recipe.data.batch_size
+    loader = shard_loader(ds, batch, ctx.ddp, collate_pairs, recipe.data.workers, ctx.unreadable)
     with progress_bar("fcn-32s test", len(loader), ctx.show) as advance:
         for _, (images, masks) in loader:
             if images.numel():
@@ -306,7 +312,7 @@ class VocSeg(Protocol):
         return (backbone.role("fcn_tap", "voc-seg"),)
 
     def run(self, trunk: Trunk, recipe: Recipe, ctx: EvalContext) -> dict[str, float]:
-        train, val = segmentation_data(recipe.data, self.cfg.sbd)
+        train, val = segmentation_data(recipe.data, self.cfg.sbd, self.cfg.native_test)
         ctx.log.write(0, {"train_images": float(len(train)), "test_images": float(len(val))}, prefix="data")
         model = FCN32s(trunk.backbone, self.cfg, recipe.data.image_size).to(ctx.device)
         train_fcn(model, trunk, train, recipe, ctx)

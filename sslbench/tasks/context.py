@@ -55,6 +55,9 @@ class ContextConfig:
     pairs: Literal["all", "center"] = "all"  # all 40 ordered neighbour pairs (released code) or the 8 around the centre
     aberration: Literal["projection", "color-dropping", "none"] = "color-dropping"  # released code: color-dropping
     noise_ratio: Weight = 0.01  # dropped channels: Gaussian noise std / kept channel's std (paper: ~1/100)
+    # the dropped channels' noise: "gaussian" (the paper's text, noise_ratio x the kept channel's std) or "uniform"
+    # (the released code, cdoersch/deepcontext train.py l.98-105: U(0, 1) - 0.5 in pixel units)
+    drop_noise: Literal["gaussian", "uniform"] = "gaussian"
     downsample_prob: Rate = 1 / 3  # share of patches downsampled and upsampled back (released code: 0.33)
     # smallest side they are downsampled to (released code: 10..95 px at 96 px patches)
     downsample_min: Annotated[int, In(1, 4096)] = 10
@@ -134,15 +137,21 @@ def project_out_green_magenta(patches: Tensor) -> Tensor:
     return (a @ patches.flatten(2)).view_as(patches)  # [3,3] @ [M,3,HW]: one batched matrix product
 
 
-def drop_colors(kept: Tensor, keep: Tensor, noise_ratio: float, generator: torch.Generator) -> Tensor:
-    """Kept channels [M,1,H,W], keep [M] -> [M,3,H,W]: channel keep[i] is kept[i], the two others Gaussian
-    noise of noise_ratio x its std. The dropped channels are never read, so they need not be cut."""
+def drop_colors(kept: Tensor, keep: Tensor, noise_ratio: float, generator: torch.Generator,
+                noise: str = "gaussian") -> Tensor:
+    """Kept channels [M,1,H,W] (pixel units, 0..255), keep [M] -> [M,3,H,W]: channel keep[i] is kept[i], the two
+    others noise: Gaussian of noise_ratio x its std, or uniform in [-0.5, 0.5) pixel units (the released code).
+    The dropped channels are never read, so they need not be cut."""
     m, rows = kept.shape[0], torch.arange(kept.shape[0])
-    std = row_std(kept.flatten(1)).clamp_min(1e-6).view(m, 1, 1, 1)
     dropped = (keep[:, None] + torch.tensor([1, 2])) % 3  # [M,2]: the two other channels
     out = torch.empty((m, 3, *kept.shape[2:]), dtype=kept.dtype)
     out[rows, keep] = kept[:, 0]
-    out[rows[:, None], dropped] = torch.randn((m, 2, *kept.shape[2:]), generator=generator).mul_(noise_ratio * std)
+    if noise == "uniform":
+        values = torch.rand((m, 2, *kept.shape[2:]), generator=generator).sub_(0.5)
+    else:
+        std = row_std(kept.flatten(1)).clamp_min(1e-6).view(m, 1, 1, 1)
+        values = torch.randn((m, 2, *kept.shape[2:]), generator=generator).mul_(noise_ratio * std)
+    out[rows[:, None], dropped] = values
     return out
 
 
@@ -203,7 +212,7 @@ class ContextPrediction(PretextTask):
         if cfg.aberration == "color-dropping":  # only the kept channel is cut and resized: a third of the work
             keep = torch.randint(0, 3, (m,), generator=generator)
             kept = downsample(cut_windows(images, ys, xs, self.patch, keep.view(n, -1)).flatten(0, 1).float(), sides)
-            patches = drop_colors(kept, keep, cfg.noise_ratio, generator)
+            patches = drop_colors(kept, keep, cfg.noise_ratio, generator, cfg.drop_noise)
         else:  # float 0..255: every step below is scale-free
             patches = downsample(cut_windows(images, ys, xs, self.patch).flatten(0, 1).float(), sides)  # [9N,3,P,P]
             if cfg.aberration == "projection":

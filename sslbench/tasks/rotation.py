@@ -6,7 +6,7 @@ As in the released code, every image enters the batch in all four rotations, one
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -16,13 +16,16 @@ from sslbench.backbones.base import Backbone
 from sslbench.config import Pixels
 from sslbench.registry import register_task
 from sslbench.tasks.base import PretextTask, TapHead, TinySetup, accuracy
-from sslbench.transforms import normalize, random_crop_flip
+from sslbench.transforms import normalize, normalize_cifar, random_crop_flip
 
 
 @dataclass(frozen=True)
 class RotationConfig:
     crop_pad: Pixels = 4  # random-crop padding before rotating (RotNet CIFAR: 4 px); 0 = no crop
     flip: bool = True  # random horizontal flip (kept: a flip does not change the rotation label)
+    # input statistics: ImageNet's, or CIFAR-10's as RotNet's CIFAR code (dataloader.py l.144-145); the transfer
+    # input the checkpoint records follows
+    normalize: Literal["imagenet", "cifar"] = "imagenet"
 
 
 def rotate_all(images: Tensor) -> tuple[Tensor, Tensor]:
@@ -46,13 +49,16 @@ class Rotation(PretextTask):
         """uint8 [N,3,H,W] -> inputs [4N,3,H,W] (normalised), labels [4N]."""
         if self.cfg.crop_pad or self.cfg.flip:
             images = random_crop_flip(images, self.cfg.crop_pad, self.cfg.flip, generator)
-        inputs, labels = rotate_all(normalize(images))
+        inputs, labels = rotate_all((normalize_cifar if self.cfg.normalize == "cifar" else normalize)(images))
         return {"inputs": inputs, "labels": labels}
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         features = self.backbone(batch["inputs"], taps=(self.head.tap,))[self.head.tap]
         logits = self.head(features)  # [4N, 4]
         return {"loss": F.cross_entropy(logits, batch["labels"]), "acc": accuracy(logits, batch["labels"])}
+
+    def transfer_input(self) -> str:
+        return self.cfg.normalize
 
     @classmethod
     def tiny(cls) -> TinySetup:
