@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from sslbench.backbones.base import Backbone, backbone_label, build_backbone
+from sslbench.backbones.base import Backbone, backbone_label, build_backbone, upgrade_fc_layout
 from sslbench.config import Named, recipe_from_json
 from sslbench.data.build import dataset_label
 from sslbench.errors import UserError
@@ -237,6 +237,7 @@ def _from_file(path: Path, fallback: Named, spec: TrunkSpec, allow_unfinished: b
 
 def load_state_strict(module: torch.nn.Module, weights: dict[str, Any], source: Path) -> None:
     """Load or explain which keys differ (missing, unexpected, wrong shape) in one line."""
+    weights = upgrade_fc_layout(weights)
     own = module.state_dict()
     missing = sorted(set(own) - set(weights))
     unexpected = sorted(set(weights) - set(own))

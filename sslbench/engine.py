@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset
 
-from sslbench.backbones.base import backbone_label, build_backbone
+from sslbench.backbones.base import backbone_label, build_backbone, upgrade_fc_layout
 from sslbench.checkpoint import FORMAT, insane_weights
 from sslbench.config import Recipe, recipe_key
 from sslbench.data.build import build_dataset, check_real_data, dataset_label
@@ -149,7 +149,7 @@ class Trainer:
         ddp = self.ctx.ddp
         self.setup = state.get("setup", {})
         self.task.restore(self.setup)
-        self.task.load_state_dict(state["model"])
+        self.task.load_state_dict(upgrade_fc_layout(state["model"]))
         # format 1 kept the loop's state at the top level, and one RNG state (rank 0's)
         self.fit.load_state_dict(state.get("fit") or {k: state[k] for k in ("step", "optimizer", "scaler")})
         rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]

@@ -273,3 +273,20 @@ def test_d16_context_colour_dropping_has_the_released_codes_uniform_noise_as_an_
     gauss = drop_colors(kept, keep, 0.01, torch.Generator().manual_seed(0))
     spread = torch.stack([gauss[rows, (keep + k) % 3] for k in (1, 2)]).std(dim=(0, 2, 3))
     torch.testing.assert_close(spread, 0.01 * kept.flatten(1).std(1), rtol=0.3, atol=0)
+
+
+@pytest.mark.parametrize("bn", [True, False])
+def test_weights_saved_before_the_dropout_moved_still_load(bn: bool) -> None:
+    import re
+
+    from sslbench.backbones.alexnet import AlexNetConfig
+    from sslbench.backbones.base import upgrade_fc_layout
+
+    net = build_backbone("alexnet", AlexNetConfig(image_size=64, width=0.125, conv1_stride=2, fc_dim=32, bn=bn))
+    new = net.state_dict()
+    assert upgrade_fc_layout(new) is new  # today's layout is left alone
+    old = {re.sub(r"^(fc[67])\.(\d+)\.", lambda m: f"{m.group(1)}.{int(m.group(2)) + 1}.", k): v for k, v in new.items()}
+    assert old.keys() != new.keys()
+    upgraded = upgrade_fc_layout(old)
+    assert upgraded.keys() == new.keys() and all(torch.equal(upgraded[k], new[k]) for k in new)
+    net.load_state_dict(upgraded)

@@ -18,6 +18,7 @@ A role a backbone lacks is a one-line UserError naming the backbones that have i
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -183,6 +184,25 @@ class FcTrunk(Backbone):
     @classmethod
     def label(cls, cfg: Any) -> str:
         return cls.name + ("-bn" if cfg.bn else "") + (f"-w{cfg.width:g}" if cfg.width != 1.0 else "")
+
+
+_OLD_FC = re.compile(r"^(.*\bfc[67])\.(\d+)\.(.+)$")
+
+
+def upgrade_fc_layout(weights: dict[str, Any]) -> dict[str, Any]:
+    """Weights saved before the fully connected stages took Caffe's order (Flatten, Dropout, Linear, [BN], ReLU
+    then; Flatten, Linear, [BN], ReLU, Dropout now) under the module indices they have now: the Linear moved from
+    index 2 to 1 and the BatchNorm from 3 to 2. Recognised by fc6/fc7's index 2 holding a matrix (a Linear's
+    weight; a BatchNorm's is a vector); anything else is returned as it is."""
+    old = any(m and m.group(2) == "2" and m.group(3) == "weight" and getattr(v, "dim", lambda: 0)() == 2
+              for k, v in weights.items() for m in [_OLD_FC.match(k)])
+    if not old:
+        return weights
+    out: dict[str, Any] = {}
+    for k, v in weights.items():
+        m = _OLD_FC.match(k)
+        out[f"{m.group(1)}.{int(m.group(2)) - 1}.{m.group(3)}" if m and m.group(2) in ("2", "3") else k] = v
+    return out
 
 
 def convolutionalise(fc: nn.Sequential, kernel: int, dropout: float | None = None) -> nn.Sequential:
