@@ -20,7 +20,6 @@ from sslbench.checkpoint import TrunkSpec, at_protocol_size, load_trunk
 from sslbench.config import Named, Recipe
 from sslbench.errors import UserError
 from sslbench.plugins import load_all
-from sslbench.recipes import load_recipe
 from sslbench.registry import LAYOUTS, PROTOCOLS, TASKS
 from sslbench.tables import resolve
 from sslbench.training import total_steps
@@ -162,12 +161,17 @@ def dry_eval(recipe: Recipe, trunk: Named | TrunkSpec | None = None, what: str =
         n = min(n, d.num_images) if d.num_images else n
         data.append(f"sbd train_aug: {n:,} images (the training set; "
                     + ("needs --data sbd=PATH)" if sbd == "required" else f"{sbd})"))
-    per_epoch, steps = _schedule(recipe, n)
+    if protocol.trains_by_sgd:
+        per_epoch, steps, epochs, batch = (*_schedule(recipe, n), recipe.schedule.epochs, d.batch_size)
+    else:  # features of every train and test image in one pass, then a solver: the "steps" are that pass
+        n_test, _ = split_size(recipe, d.test_split, d.num_test)
+        per_epoch, steps, epochs, batch = n + n_test, n + n_test, 1, 1
     side = backbone.image_size
     backbone.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         backbone(torch.zeros(PROBE_IMAGES, backbone.in_channels, side, side), taps=taps)
-    notes = []
+    notes = [] if protocol.trains_by_sgd else ["no SGD schedule: one pass of features over train and test "
+                                               "(a step = an image), then the protocol's solver"]
     if not d.image_size:
         notes.append("the images keep their stored sizes (the protocol rescales each): the FLOPs are at the "
                      f"trunk's {side} px")
@@ -183,19 +187,20 @@ def dry_eval(recipe: Recipe, trunk: Named | TrunkSpec | None = None, what: str =
     return DryRun(
         what=what or f"eval {recipe.name}{_flavour(recipe)} ({recipe.scale})", parameters=params, trainable=-1,
         backbone=backbone_label(backbone.name, backbone.cfg), taps=_taps(backbone, taps), data=data,
-        per_epoch=per_epoch,
-        epochs=recipe.schedule.epochs, steps=steps, batch=d.batch_size,
-        flops_per_step=counter.get_total_flops() / PROBE_IMAGES * d.batch_size,
-        flops_of=f"the trunk's forward to {taps[-1]}, {d.batch_size} images at {side} px; heads not counted",
+        per_epoch=per_epoch, epochs=epochs, steps=steps, batch=batch,
+        flops_per_step=counter.get_total_flops() / PROBE_IMAGES * batch,
+        flops_of=f"the trunk's forward to {taps[-1]}, {batch} image{'s' * (batch > 1)} at {side} px; heads and "
+                 "solvers not counted",
         notes=notes,
     )
 
 
 def dry_reproduce(name: str, scale: str, data: dict[str, str] | None = None) -> list[DryRun]:
     """Every run the tables of `name` need, in plan order (a pretraining once, however many tables use it)."""
-    from sslbench.reproduce import plan
+    from sslbench.reproduce import Options, plan, plan_recipe
 
     load_all()
+    opts = Options(scale=scale, data=data)
     out: list[DryRun] = []
     seen: set[tuple[str, str, tuple[str, ...]]] = set()
     for spec in plan(resolve(name)):
@@ -204,16 +209,17 @@ def dry_reproduce(name: str, scale: str, data: dict[str, str] | None = None) -> 
             if spec.pretrained not in TASKS:
                 continue
             flavour, overrides = ("", ()) if spec.like else (spec.flavour, spec.set)
-            pre = load_recipe("pretrain", spec.pretrained, scale, overrides, data, flavour=flavour)
+            pre = plan_recipe("pretrain", spec.pretrained, opts, overrides, flavour)
             trunk = pre.backbone
             if (spec.pretrained, flavour, overrides) not in seen:
                 seen.add((spec.pretrained, flavour, overrides))
-                out.append(dry_pretrain(pre))
+                what = " ".join([f"pretrain {spec.pretrained}{_flavour(pre)}", *overrides, f"({scale})"])
+                out.append(dry_pretrain(pre, what))
         subject = f"random ({spec.like} trunk)" if spec.like else spec.task
         for ev in spec.evals:
             if ev.protocol not in PROTOCOLS:
                 continue
-            recipe = load_recipe("protocol", ev.protocol, scale, ev.set, None, flavour=ev.flavour)
+            recipe = plan_recipe("protocol", ev.protocol, opts, ev.set, ev.flavour)
             rescaled = " (rescaled)" if spec.init == "rescale" else ""
             out.append(dry_eval(recipe, trunk, what=f"eval {ev.describe()} on {subject}{rescaled} ({scale})"))
     return out

@@ -93,6 +93,18 @@ def apply_data(raw: dict[str, Any], data: dict[str, str], kind: Kind, name: str)
             raw.setdefault("data", {}).update(dataset=dataset, root=root)
 
 
+def planned_data(kind: Kind, name: str, scale: str, overrides: list[str] | tuple[str, ...],
+                 data: dict[str, str] | None, flavour: str = "") -> dict[str, str] | None:
+    """The `--data` entries one run of a table's plan takes out of all those given to `reproduce`: its own data
+    set's (the recipe's [data] dataset) and those its task or protocol adds (voc-seg's sbd)."""
+    if not data:
+        return None
+    own = load_recipe(kind, name, scale, overrides, None, flavour=flavour).data.dataset
+    extra = {f.name for f in dataclasses.fields(registry_of(kind).entry(name).config)}
+    mine = {dataset: root for dataset, root in data.items() if dataset == own or dataset in extra}
+    return mine or None
+
+
 def load_recipe(
     kind: Kind,
     name: str,

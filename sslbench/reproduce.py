@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sslbench.checkpoint import TrunkSpec
-from sslbench.config import RESUME_FREE, Recipe, recipe_diff, recipe_key
+from sslbench.config import RESUME_FREE, Kind, Recipe, recipe_diff, recipe_key
+from sslbench.data.build import check_real_data
 from sslbench.engine import pretrain
 from sslbench.errors import Interrupted, UserError
 from sslbench.plugins import load_all
-from sslbench.protocols.base import evaluate
-from sslbench.recipes import load_recipe
+from sslbench.protocols.base import evaluate, preflight
+from sslbench.recipes import load_recipe, planned_data
 from sslbench.registry import PROTOCOLS, TASKS
 from sslbench.results import ResultStore, check_store, default_store
 from sslbench.runs import RunLock, check_runs_writable, read_status, resumable_runs, run_recipe
@@ -36,7 +37,7 @@ class Options:
     device: str = "auto"
     seed: int | None = None
     force: bool = False
-    data: dict[str, str] | None = None  # --data for the pretraining runs
+    data: dict[str, str] | None = None  # --data: each run takes the entries of its own data set (planned_data)
     progress: bool = True
     argv: list[str] | None = None
     seeds: tuple[int, ...] = ()  # run the whole plan once per seed (overrides `seed`); tables print mean ± sd
@@ -70,9 +71,7 @@ def reproduce(name: str, opts: Options) -> tuple[list[str], Summary]:
     summary, fresh = Summary(), {}
     start = time.time()
     specs = plan(names)
-    for spec in specs:  # bad --data / recipes fail here, before any run
-        if spec.task in TASKS:
-            load_recipe("pretrain", spec.task, opts.scale, spec.set, opts.data, opts.seed, flavour=spec.flavour)
+    check_plan(specs, opts)  # bad --data, recipes, a paper run without its data: here, before any run
     check_runs_writable(opts.runs)  # where everything goes, before any work
     check_store(opts.runs)
     store = default_store(opts.runs)
@@ -85,6 +84,26 @@ def reproduce(name: str, opts: Options) -> tuple[list[str], Summary]:
                                "again reuses what finished and continues an interrupted pretraining") from None
     summary.seconds = time.time() - start
     return names, summary
+
+
+def plan_recipe(kind: Kind, name: str, opts: Options, overrides: tuple[str, ...] = (), flavour: str = "",
+                seed: int | None = None) -> Recipe:
+    """One run of the plan's recipe, with the `--data` entries of its own data set (sslbench.recipes.planned_data)."""
+    data = planned_data(kind, name, opts.scale, overrides, opts.data, flavour)
+    return load_recipe(kind, name, opts.scale, overrides, data, seed, flavour=flavour)
+
+
+def check_plan(specs: list[RunSpec], opts: Options) -> None:
+    """Every recipe of the plan loads, and every run has what it needs without reading data (a paper run its data
+    set, voc-seg's paper setting SBD), before the first run starts."""
+    for spec in specs:
+        if spec.pretrained in TASKS:
+            flavour, overrides = ("", ()) if spec.like else (spec.flavour, spec.set)
+            check_real_data(plan_recipe("pretrain", spec.pretrained, opts, overrides, flavour, opts.seed).data,
+                            opts.scale)
+        for ev in spec.evals:
+            if ev.protocol in PROTOCOLS:
+                preflight(plan_recipe("protocol", ev.protocol, opts, ev.set, ev.flavour, opts.seed))
 
 
 def _run_plan(specs: list[RunSpec], opts: Options, store: ResultStore, summary: Summary, fresh: dict[str, str]) -> None:
@@ -103,7 +122,7 @@ def _run_plan(specs: list[RunSpec], opts: Options, store: ResultStore, summary: 
             if ev.protocol not in PROTOCOLS:
                 summary.missing.append(f"{ev.describe()} on {subject} (protocol {ev.protocol!r} not built yet)")
                 continue
-            recipe = load_recipe("protocol", ev.protocol, opts.scale, ev.set, None, opts.seed, flavour=ev.flavour)
+            recipe = plan_recipe("protocol", ev.protocol, opts, ev.set, ev.flavour, opts.seed)
             what = f"{ev.describe()} on {subject}" + (" (rescaled)" if spec.init == "rescale" else "") + seed
             if not opts.force and _evaluated(store, ev.protocol, recipe_key(recipe), str(trunk), spec.init):
                 summary.reused.append(what)
@@ -116,7 +135,7 @@ def _pretrained(task: str, flavour: str, overrides: tuple[str, ...], opts: Optio
                 summary: Summary, fresh: dict[str, str]) -> str:
     """The checkpoint of this pretraining: one this call already made (`fresh`, by recipe key), else the store's
     latest with the same resolved recipe, else a new run."""
-    recipe = load_recipe("pretrain", task, opts.scale, overrides, opts.data, opts.seed, flavour=flavour)
+    recipe = plan_recipe("pretrain", task, opts, overrides, flavour, opts.seed)
     key = recipe_key(recipe)
     done = [r for r in store.pretrain_runs(key) if Path(r.checkpoint).is_file()]
     if key in fresh:

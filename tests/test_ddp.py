@@ -45,7 +45,7 @@ if not dist.is_initialized() or dist.get_rank() == 0:
 SETTINGS = {
     "linear": ["protocol.taps=['conv1','conv3']", "engine.log_every=1"],
     # no dropout, no random rescale / crop / mirror (crops are the whole image), one test crop
-    "voc-cls": ["layers=all", "backbone.dropout=0.0", "protocol.head_dropout=0.0", "protocol.min_scale=1.0",
+    "voc-cls": ["layers=all", "backbone.dropout=0.0", "protocol.fc_dropout=0.0", "protocol.head_dropout=0.0", "protocol.min_scale=1.0",
                 "protocol.max_scale=1.0", "protocol.mirror=false", "protocol.test_crops=1", "data.image_size=32"],
 }
 

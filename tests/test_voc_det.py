@@ -128,7 +128,7 @@ def test_proposal_cache_is_written_once_and_reused(monkeypatch: pytest.MonkeyPat
     assert real.ndim == 2 and real.shape[1] == 4 and len(real) > 0
     assert (real[:, 2] >= real[:, 0]).all() and (real[:, 3] >= real[:, 1]).all() and real.max() <= 31
     calls = []
-    monkeypatch.setattr(rp, "selective_search", lambda image, base_k=150: calls.append(1) or np.array([[0, 0, 9, 9]], np.float32))
+    monkeypatch.setattr(rp, "selective_search", lambda image, mode="opencv-fast": calls.append(1) or np.array([[0, 0, 9, 9]], np.float32))
     first = rp.proposals_for(ds, "", "voc2007-trainval", 32, "synth_seed=0", 0, False)
     assert len(calls) == len(ds) == 4
     ids = rp.image_ids(ds)

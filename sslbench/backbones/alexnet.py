@@ -35,7 +35,9 @@ class AlexNetConfig:
     # towers run at stride 2 on 64 px tiles and transfer as an AlexNet at stride 4 on 227 px images.
     transfer_stride: Annotated[int, In(0, 8)] = 0
     conv1_pad: Annotated[int, In(0, 16)] = 2  # 2 (torchvision, RotNet at 224); 0 Caffe at 227; 5 deepcontext at 96
-    ceil_mode: bool = False  # Caffe's pooling rounds up (96 px: pool5 3x3, not 2x2); at 224/227 both give 6x6
+    # Caffe's pooling rounds up (96 px: pool5 3x3, not 2x2); at 224/227 with conv1 pad 0-2 both give 6x6 (with pad 5,
+    # the Context net's, 224 px gives conv5 14x14 and pool5 7x7)
+    ceil_mode: bool = False
     bn: bool = True  # BatchNorm after each conv/fc (RotNet, PyTorch Jigsaw); False = Caffe original
     bn_affine: bool = True  # False: BatchNorm without scale/shift (deepcontext's BN layers)
     bn_layers: Literal["all", "conv3+"] = "all"  # conv3+: BN on conv3..fc7 only (deepcontext: LRN on conv1/2)

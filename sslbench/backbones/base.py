@@ -171,6 +171,14 @@ class FcTrunk(Backbone):
         layers += [nn.BatchNorm1d(cout, affine=bn_affine)] if bn else []
         return nn.Sequential(*layers, nn.ReLU(inplace=True), nn.Dropout(dropout))
 
+    def set_fc_dropout(self, rate: float) -> None:
+        """The rate of drop6 / drop7 while a protocol fine-tunes fc6 / fc7 (Caffe's protocol nets keep 0.5 whatever
+        the pretraining used: RotNet's and the Context net's trunks have none)."""
+        for stage in self.fc_stages:
+            for m in getattr(self, stage).modules():
+                if isinstance(m, nn.Dropout):
+                    m.p = rate
+
     def region_head(self) -> RegionHead:
         conv5 = self.feature_info[self.region_tap]
         return RegionHead(self.region_tap, conv5.stride, self.pool5_size, nn.Sequential(self.fc6, self.fc7),

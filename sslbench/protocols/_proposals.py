@@ -32,21 +32,35 @@ from sslbench.errors import UserError
 from sslbench.progress import progress_bar
 from sslbench.runtime import atomic, cache_dir
 
-# OpenCV's fast mode (two colour spaces, two strategies) with graph-segmentation thresholds k = base_k, base_k + inc_k
-# and sigma 0.8. OpenCV's default base_k = inc_k = 150 (k 150, 300); R-CNN's fast mode uses k = 50, 100
-# (rbgirshick/rcnn selective_search/selective_search_boxes.m): base_k 50. The version and k key the cache.
-SEARCH_VERSION = "opencv-selective-search-fast-k{k}-{k}-s0.8-v1"
-OPENCV_K = 150
+# Selective search's "fast" mode: HSV and Lab images, graph segmentations at several k (sigma 0.8), and two
+# grouping strategies (colour + texture + size + fill; texture + size + fill). "opencv-fast" is OpenCV's
+# switchToSelectiveSearchFast(): k = 150, 300, 450 with its graph segmentation's minimum region of 100 px.
+# "rcnn-fast" is R-CNN's (rbgirshick/rcnn selective_search/selective_search_boxes.m): k = 50, 100 with a minimum
+# region of k px. The mode keys the cache (opencv-fast's key is the one it always had).
+SEARCH_VERSION = "opencv-selective-search-fast-k150-150-s0.8-v1"
+SEARCH_MODES = {"opencv-fast": SEARCH_VERSION, "rcnn-fast": "rcnn-selective-search-fast-k50-100-min-k-s0.8-v1"}
 
 
-def selective_search(image: Tensor, base_k: int = OPENCV_K) -> np.ndarray:
+def selective_search(image: Tensor, mode: str = "opencv-fast") -> np.ndarray:
     """uint8 image [3,H,W] -> proposals [K,4] (x0, y0, x1, y1 inclusive pixels), OpenCV's rank order."""
     import cv2
 
+    seg = cv2.ximgproc.segmentation
     bgr = np.ascontiguousarray(image.permute(1, 2, 0).numpy()[:, :, ::-1])
-    search = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
+    search = seg.createSelectiveSearchSegmentation()
     search.setBaseImage(bgr)
-    search.switchToSelectiveSearchFast(base_k, base_k, 0.8)
+    if mode == "opencv-fast":
+        search.switchToSelectiveSearchFast()
+    else:  # R-CNN's fast mode, built from the same parts
+        search.clear()
+        search.addImage(cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV))
+        search.addImage(cv2.cvtColor(bgr, cv2.COLOR_BGR2Lab))
+        for k in (50, 100):
+            search.addGraphSegmentation(seg.createGraphSegmentation(0.8, float(k), k))
+        strategy = "createSelectiveSearchSegmentationStrategy"
+        color, fill, texture, size = (getattr(seg, strategy + part) for part in ("Color", "Fill", "Texture", "Size"))
+        search.addStrategy(seg.createSelectiveSearchSegmentationStrategyMultiple(color(), fill(), texture(), size()))
+        search.addStrategy(seg.createSelectiveSearchSegmentationStrategyMultiple(fill(), texture(), size()))
     xywh = search.process().astype(np.float32).reshape(-1, 4)  # [K, 4] x, y, width, height
     return np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:] - 1.0], axis=1)
 
@@ -77,10 +91,10 @@ def image_ids(ds: Dataset) -> list[str]:
     return [Path(p).stem for p in files] if files else [f"{i:06d}" for i in range(len(ds))]  # type: ignore[arg-type]
 
 
-def cache_path(name: str, image_size: int, identity: list[str], base_k: int = OPENCV_K) -> Path:
+def cache_path(name: str, image_size: int, identity: list[str], mode: str = "opencv-fast") -> Path:
     """Where the selective-search boxes of a list of images live; `identity` (the image files, or what
     generates the images) and the search settings make the key, so another list never reads this file."""
-    settings = SEARCH_VERSION.format(k=base_k)
+    settings = SEARCH_MODES[mode]
     key = hashlib.sha1("\n".join([settings, str(image_size), *identity]).encode()).hexdigest()[:16]
     return cache_dir() / "proposals" / f"{name}-{image_size}px-{len(identity)}-{key}.npz"
 
@@ -125,7 +139,7 @@ class _Searched(Dataset):
 
 
 def cached_selective_search(ds: Dataset, ids: list[str], path: Path, workers: int, show: bool,
-                            base_k: int = OPENCV_K) -> dict[str, np.ndarray]:
+                            mode: str = "opencv-fast") -> dict[str, np.ndarray]:
     """Selective-search boxes of every image of `ds`: read from `path`, or computed once and written there."""
     if path.is_file():
         try:
@@ -135,7 +149,7 @@ def cached_selective_search(ds: Dataset, ids: list[str], path: Path, workers: in
     found: dict[str, np.ndarray] = {}
     # Its own generator: a DataLoader otherwise draws its worker seed from the global RNG, which shifted the
     # detector's initialisation and dropout whenever the cache was cold (voc-det mini: 36.6 vs 42.1 mAP, seed 0).
-    search = functools.partial(selective_search, base_k=base_k)
+    search = functools.partial(selective_search, mode=mode)
     loader = DataLoader(_Searched(ds, search), batch_size=1, num_workers=workers, collate_fn=_first,
                         generator=torch.Generator())
     with progress_bar("selective search", len(ids), show) as advance:
@@ -152,7 +166,7 @@ def _first(batch: list[Any]) -> Any:
 
 
 def proposals_for(ds: Dataset, file: str, name: str, image_size: int, generator: str, workers: int,
-                  show: bool, base_k: int = OPENCV_K) -> list[np.ndarray]:
+                  show: bool, mode: str = "opencv-fast") -> list[np.ndarray]:
     """Raw proposals per item of `ds` (in item order): from `file` if given, else cached selective search.
 
     name: data set and split, for the cache file's name; generator: what makes the images of a data set
@@ -164,8 +178,7 @@ def proposals_for(ds: Dataset, file: str, name: str, image_size: int, generator:
         found = load_proposals(Path(file).expanduser(), ids)
     else:
         identity = image_files(ds) or [f"{generator}:{i}" for i in ids]
-        found = cached_selective_search(ds, ids, cache_path(name, image_size, identity, base_k), workers, show,
-                                        base_k)
+        found = cached_selective_search(ds, ids, cache_path(name, image_size, identity, mode), workers, show, mode)
     return [found[i] for i in ids]
 
 

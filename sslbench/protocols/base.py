@@ -51,6 +51,7 @@ class Protocol:
     name: ClassVar[str] = ""  # the registered name: every metric key starts with it
     metric_keys: ClassVar[str] = ""  # regex of the keys after '<name>/' run() returns (table files are checked by it)
     stored_image_size: ClassVar[bool] = False  # takes data.image_size = 0: every image at its stored size
+    trains_by_sgd: ClassVar[bool] = True  # its schedule is SGD steps (voc07-svm: features once, then a solver)
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -62,6 +63,10 @@ class Protocol:
     def run(self, trunk: Trunk, recipe: Recipe, ctx: EvalContext) -> dict[str, float]:
         raise NotImplementedError
 
+    def preflight(self, recipe: Recipe) -> None:
+        """What this protocol can refuse in `recipe` without reading data (a data set it requires and was not
+        given), checked before any work: by `evaluate`, and by `reproduce` for every run of its plan."""
+
     def key(self, *parts: str) -> str:
         """'<protocol>/<part>/...': the metric key of a table column."""
         return "/".join((self.name, *parts))
@@ -70,6 +75,12 @@ class Protocol:
     def fills(cls, key: str) -> bool:
         """Whether `key` is one this protocol can report."""
         return re.fullmatch(f"{re.escape(cls.name)}/(?:{cls.metric_keys})", key) is not None
+
+
+def preflight(recipe: Recipe) -> None:
+    """An evaluation's checks that need no data: a paper run has its data set, the protocol has what it needs."""
+    check_real_data(recipe.data, recipe.scale)
+    PROTOCOLS.get(recipe.name)(recipe.component.cfg).preflight(recipe)
 
 
 @dataclass
@@ -120,7 +131,7 @@ def _evaluate(recipe: Recipe, spec: TrunkSpec, runs: Path, device: str, progress
     if recipe.engine.threads:
         torch.set_num_threads(recipe.engine.threads)
     stop_if_interrupted()
-    check_real_data(recipe.data, recipe.scale)
+    preflight(recipe)
     if ddp.is_main:  # where the results go, before any work
         check_runs_writable(runs)
         if store:

@@ -56,6 +56,9 @@ class VocClsConfig:
     # learning-rate multiplier of every trained bias (Caffe's lr_mult 2 of train_cls.py setLR(t, 1, 2)); their weight
     # decay stays 1x (setDecay(t, 1, 1))
     bias_lr_mult: Annotated[float, In(0, 1e6)] = 2.0
+    # drop6 / drop7 while fc6 / fc7 fine-tune (Krähenbühl et al.'s CaffeNet: 0.5, whatever the trunk's recipe; RotNet's
+    # and the Context net's trunks have none of their own)
+    fc_dropout: Dropout = 0.5
     # dropout before fc8 when fc7's own drop7 does not train (layers = fc8: the frozen trunk is in eval mode), or
     # the trunk has no fully connected stage (ResNet); a trained fc7 ends in its drop7 already
     head_dropout: Dropout = 0.5
@@ -204,6 +207,8 @@ class VocCls(Protocol):
         train_ds = build_dataset(d, d.train_split, d.num_images)
         test_ds = build_dataset(d, d.test_split, d.num_test)
         per_epoch = steps_per_epoch(len(train_ds), d.batch_size, "voc-cls")
+        if trunk.backbone.fc_stages:
+            trunk.backbone.set_fc_dropout(cfg.fc_dropout)
         net = FineTuneNet(trunk.backbone, cfg.layers, len(VOC_CLASSES), cfg)
         net = net.to(ctx.device)
         before = copy.deepcopy(net.frozen.state_dict())

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from torchvision.ops import batched_nms, box_iou, roi_align, roi_pool
 
 from sslbench.backbones.base import Backbone
 from sslbench.checkpoint import Trunk
-from sslbench.config import In, Positive, Rate, Recipe, Weight
+from sslbench.config import Dropout, In, Positive, Rate, Recipe, Weight
 from sslbench.data.build import build_dataset
 from sslbench.data.classes import VOC_CLASSES
 from sslbench.errors import UserError
@@ -57,8 +57,10 @@ class VOCDetConfig:
     max_proposals: Annotated[int, In(1, 100_000)] = 2000  # proposals kept per image, best-ranked first
     # drop proposals with a side under this many pixels (py-faster-rcnn: 2)
     min_proposal_size: Annotated[int, In(0, 8192)] = 2
-    # selective search's graph-segmentation k (fast mode: k and 2k): OpenCV's default 150; R-CNN's fast mode 50
-    search_k: Annotated[int, In(1, 10_000)] = 150
+    # drop6 / drop7 of the region head while it fine-tunes (Fast R-CNN's CaffeNet: 0.5, whatever the trunk's recipe)
+    fc_dropout: Dropout = 0.5
+    # selective search's fast mode (_proposals.py): OpenCV's (k 150, 300, 450) or R-CNN's (k 50, 100, min region k)
+    search: Literal["opencv-fast", "rcnn-fast"] = "opencv-fast"
     # RoIs sampled per training image (Fast R-CNN: R = 128 over N = 2 images)
     rois_per_image: Annotated[int, In(1, 100_000)] = 64
     fg_fraction: Rate = 0.25  # share of foreground RoIs in a sample
@@ -274,7 +276,7 @@ def _proposals(ds: Dataset, cfg: VOCDetConfig, recipe: Recipe, split: str, ctx: 
 
     def find() -> list[np.ndarray]:
         return proposals_for(ds, cfg.proposals, f"{d.dataset}-{split}", d.image_size, f"synth_seed={d.synth_seed}",
-                             d.workers, ctx.show, cfg.search_k)
+                             d.workers, ctx.show, cfg.search)
 
     if not ctx.ddp.enabled:
         return find()
@@ -425,6 +427,8 @@ class VOCDetection(Protocol):
         test_ds = build_dataset(d, d.test_split, d.num_test)
         train_props = _proposals(train_ds, cfg, recipe, d.train_split, ctx)
         test_props = _proposals(test_ds, cfg, recipe, d.test_split, ctx)
+        if trunk.backbone.fc_stages:
+            trunk.backbone.set_fc_dropout(self.cfg.fc_dropout)
         model = FastRCNN(trunk.backbone).to(ctx.device)
         steps = train(model, train_ds, train_props, recipe, cfg, ctx, trunk.prepare)
         detections, annotations = detect(model, test_ds, test_props, cfg, d.workers, trunk.prepare, ctx,

@@ -193,14 +193,18 @@ def segmentation_layouts() -> list[str]:
 SBD_URL = "http://home.bharathh.info/pubs/codes/SBD/download.html"
 
 
+def sbd_required() -> str:
+    return (f"voc-seg: the paper setting trains on VOC2012 train + SBD (train_aug, 10582 images); pass --data "
+            f"sbd=PATH (SBD's benchmark_RELEASE/dataset, from {SBD_URL}), or --set protocol.sbd='' for VOC2012 train "
+            "alone (1464 images; the rows are then another recipe)")
+
+
 def segmentation_data(d: DataConfig, sbd: str = "", native_test: bool = False) -> tuple[Dataset, Dataset]:
     """(train, val) segmentation sets: data.root, or the embedded data written in the data set's layout; with
     `sbd` (a path or "embedded") the training set is train_aug (see `train_aug`); `native_test`: val at the
     images' stored sizes."""
     if sbd == "required":
-        raise UserError(f"voc-seg: the paper setting trains on VOC2012 train + SBD (train_aug, 10582 images); pass "
-                        f"--data sbd=PATH (SBD's benchmark_RELEASE/dataset, from {SBD_URL}), or --set protocol.sbd='' "
-                        "for VOC2012 train alone (1464 images; the rows are then another recipe)")
+        raise UserError(sbd_required())
     if d.dataset not in segmentation_layouts() or d.dataset == "sbd":
         raise UserError(
             f"voc-seg trains and tests on VOC segmentation masks; data.dataset is {d.dataset!r}; "
@@ -310,6 +314,10 @@ class VocSeg(Protocol):
 
     def taps(self, backbone: Backbone) -> tuple[str, ...]:
         return (backbone.role("fcn_tap", "voc-seg"),)
+
+    def preflight(self, recipe: Recipe) -> None:
+        if self.cfg.sbd == "required":
+            raise UserError(sbd_required())
 
     def run(self, trunk: Trunk, recipe: Recipe, ctx: EvalContext) -> dict[str, float]:
         train, val = segmentation_data(recipe.data, self.cfg.sbd, self.cfg.native_test)

@@ -60,6 +60,7 @@ class VocSvm(Protocol):
     """One-vs-rest linear SVMs per tap on VOC2007 (Goyal et al. 2019), C by 3-fold CV; test AP and mAP."""
 
     name = "voc07-svm"
+    trains_by_sgd = False
     metric_keys = r"[\w-]+/(mAP|AP/\w+)"
 
     def taps(self, backbone: Backbone) -> tuple[str, ...]:

@@ -62,8 +62,8 @@ class JigsawConfig(PuzzleConfig):
     channel_jitter: Annotated[int, In(0, 64)] = 0
     gray_prob: Rate = 0.3  # fraction of images made grayscale against colour / chromatic-aberration cues
     # tile_norm per colour channel, as the PyTorch port (bbrattoli/JigsawPuzzlePytorch Dataset/JigsawImageLoader.py
-    # l.52-56: mean/std of each channel of each tile), which also removes a tile's colour cast; false: one
-    # mean/std over the tile's three channels
+    # l.52-56 since commit ec85994: mean/std of each channel of each tile; before it, one over all three), which
+    # also removes a tile's colour cast; false: one mean/std over the tile's three channels
     tile_norm_per_channel: bool = True
 
     def __post_init__(self) -> None:
