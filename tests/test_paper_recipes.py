@@ -292,3 +292,12 @@ def test_reproduce_gives_each_run_the_data_of_its_own_data_set_and_checks_the_pl
     check_plan(specs, with_sbd)
     with pytest.raises(UserError, match="--scale paper reads the real voc2007"):
         check_plan(specs, Options(scale="paper", data={"imagenet": "/data/ilsvrc"}))
+
+
+def test_the_context_fusion_heads_bn7_has_no_scale_or_shift_as_deepcontexts() -> None:
+    from sslbench.tasks.context import ContextPrediction as Context
+
+    recipe = _paper("pretrain", "context")
+    task = Context(recipe.component.cfg, build_backbone(recipe.backbone.name, recipe.backbone.cfg))
+    (bn7,) = [m for m in task.head.modules() if isinstance(m, nn.BatchNorm1d)]
+    assert not bn7.affine and recipe.component.cfg.drop_noise == "gaussian"

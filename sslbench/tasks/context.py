@@ -63,6 +63,8 @@ class ContextConfig:
     downsample_min: Annotated[int, In(1, 4096)] = 10
     # width of the fusion layers fc7, fc8; 0 = the fused vector's (AlexNet: fc6; released code 4096)
     head_dim: Annotated[int, In(0, 65536)] = 0
+    # fc7's BatchNorm with scale/shift; false = deepcontext's bn7 (train.py l.78-81: BatchNorm without them)
+    head_bn_affine: bool = True
 
 
 def neighbour_pairs(mode: str) -> tuple[Tensor, Tensor, Tensor]:
@@ -197,7 +199,8 @@ class ContextPrediction(PretextTask):
         dim = backbone.feature_info[self.fuse].channels
         hidden = cfg.head_dim or dim
         self.head = nn.Sequential(
-            nn.Linear(2 * dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),  # fc7
+            nn.Linear(2 * dim, hidden, bias=False), nn.BatchNorm1d(hidden, affine=cfg.head_bn_affine),  # fc7
+            nn.ReLU(inplace=True),
             nn.Linear(hidden, hidden), nn.ReLU(inplace=True),  # fc8
             nn.Linear(hidden, len(NEIGHBOURS)),  # fc9: the 8-way classifier
         )
