@@ -301,3 +301,9 @@ def test_the_context_fusion_heads_bn7_has_no_scale_or_shift_as_deepcontexts() ->
     task = Context(recipe.component.cfg, build_backbone(recipe.backbone.name, recipe.backbone.cfg))
     (bn7,) = [m for m in task.head.modules() if isinstance(m, nn.BatchNorm1d)]
     assert not bn7.affine and recipe.component.cfg.drop_noise == "gaussian"
+
+
+def test_d22_the_probes_train_on_random_crops_of_256_px_images_not_zero_padded_ones() -> None:
+    for flavour in ("", "zhang"):
+        recipe = _paper("protocol", "linear", flavour)
+        assert (recipe.data.train_crop, recipe.data.load_size, recipe.component.cfg.crop_pad) == ("random", 256, 0)
