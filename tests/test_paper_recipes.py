@@ -307,3 +307,19 @@ def test_d22_the_probes_train_on_random_crops_of_256_px_images_not_zero_padded_o
     for flavour in ("", "zhang"):
         recipe = _paper("protocol", "linear", flavour)
         assert (recipe.data.train_crop, recipe.data.load_size, recipe.component.cfg.crop_pad) == ("random", 256, 0)
+
+
+def test_d19_the_svm_protocol_pools_with_goyals_fixed_windows() -> None:
+    from sslbench.protocols._probing import PoolSpec, pool_features
+
+    recipe = _paper("protocol", "voc07-svm")
+    net = build_backbone(recipe.backbone.name, recipe.backbone.cfg).eval()
+    with torch.no_grad():
+        maps = net(torch.rand(1, 3, 224, 224), taps=recipe.component.cfg.taps)
+    dims = {t: pool_features(m, recipe.component.cfg.pool[t]).shape[1] for t, m in maps.items()}
+    assert dims == {"conv1": 9600, "conv2": 9216, "conv3": 9600, "conv4": 9600, "conv5": 9216}
+    x = torch.arange(2 * 3 * 12 * 12, dtype=torch.float32).view(2, 3, 12, 12)
+    expected = torch.stack([x[..., i:i + 5, j:j + 5].mean((-1, -2)) for i in range(0, 8, 3) for j in range(0, 8, 3)],
+                           -1).flatten(1)  # 5x5 windows at stride 3, by hand
+    torch.testing.assert_close(pool_features(x, PoolSpec(kind="avg_window", kernel=5, stride=3)),
+                               expected.view(2, 3, 3, 3).flatten(1))

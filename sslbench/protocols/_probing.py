@@ -34,8 +34,12 @@ from sslbench.transforms import random_crop_flip
 
 @dataclass(frozen=True)
 class PoolSpec:
-    kind: Literal["adaptive_max", "adaptive_avg", "bilinear", "none"] = "adaptive_max"  # how a map shrinks
+    # how a map shrinks: to `size` x `size` (adaptive max / average, bilinear resize), or "avg_window": a fixed
+    # average-pooling window `kernel` / `stride` (Goyal et al.'s conv1_s4k19 ... blobs), whatever size that gives
+    kind: Literal["adaptive_max", "adaptive_avg", "bilinear", "avg_window", "none"] = "adaptive_max"
     size: Annotated[int, In(1, 1024)] = 6  # output side: 'size x size x channels' features
+    kernel: Annotated[int, In(1, 1024)] = 1  # avg_window: the window's side
+    stride: Annotated[int, In(1, 1024)] = 1  # avg_window: its step
 
 
 def pool_features(x: Tensor, spec: PoolSpec) -> Tensor:
@@ -46,6 +50,8 @@ def pool_features(x: Tensor, spec: PoolSpec) -> Tensor:
         x = F.adaptive_max_pool2d(x, spec.size)
     elif spec.kind == "adaptive_avg":
         x = F.adaptive_avg_pool2d(x, spec.size)
+    elif spec.kind == "avg_window":
+        x = F.avg_pool2d(x, spec.kernel, spec.stride)
     else:
         x = F.interpolate(x, size=(spec.size, spec.size), mode="bilinear", align_corners=False)
     return x.flatten(1)
