@@ -204,3 +204,28 @@ def test_native_test_scores_every_val_image_at_its_own_size_one_at_a_time() -> N
     ctx = EvalContext(torch.device("cpu"), Dist(), MetricLogger(Path("."), enabled=False), progress=False)
     confusion = test_confusion(model, trunk, items, recipe, ctx)
     assert confusion.sum() == sum(h * w for h, w in shapes) - 5 * 56
+
+
+def test_the_score_layers_bias_learns_at_2x_without_decay_as_fcns_score_fr(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sslbench.protocols.voc_seg as vs
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_fit(name, model, groups, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        seen["groups"] = groups
+        raise Stop
+
+    monkeypatch.setattr(vs, "Fit", fake_fit)
+    recipe = tiny_protocol("voc-seg", tiny_alexnet(["protocol.pad=10"]))
+    from sslbench.checkpoint import TrunkSpec, load_trunk
+
+    trunk = load_trunk(TrunkSpec("random"), recipe.backbone)
+    model = FCN32s(trunk.backbone, recipe.component.cfg, 32)
+    with pytest.raises(Stop):
+        vs.train_fcn(model, trunk, list(range(64)), recipe, None)
+    rest, bias = seen["groups"]
+    assert bias["params"] == [model.score[1].bias] and bias["lr_scale"] == 2.0 and bias["weight_decay"] == 0.0
+    assert len(rest["params"]) + 1 == len([p for p in model.parameters() if p.requires_grad])

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from sslbench.backbones.base import Backbone, Geometry, conv_out, layer_geometry
 from sslbench.checkpoint import Trunk
-from sslbench.config import DataConfig, Dropout, Pixels, Recipe
+from sslbench.config import DataConfig, Dropout, In, Pixels, Recipe
 from sslbench.data.build import embedded_root
 from sslbench.data.classes import VOC_SEG_CLASSES
 from sslbench.errors import UserError
@@ -61,6 +61,9 @@ class VocSegConfig:
     # a dropout before the score layer beyond the trunk's own: 0 for AlexNet / VGG (their fc7 ends in drop7, which is
     # FCN's drop7); for a trunk without fc stages (ResNet's res5 head)
     score_dropout: Dropout = 0.0
+    # the score layer's bias learns at this multiple of the rate, without weight decay (FCN's voc-fcn-alexnet/net.py:
+    # score_fr param lr_mult 2, decay_mult 0; its other layers keep Caffe's 1 / 1)
+    score_bias_lr_mult: Annotated[float, In(0, 1e6)] = 2.0
     # SBD (Hariharan et al. 2011) added to the training images, as in the papers: "" = VOC train alone, a path
     # (SBD's benchmark_RELEASE/dataset; `--data sbd=PATH` sets it), "embedded" (the embedded data in SBD layout),
     # or "required" (the paper recipe: train_aug, and a run without `--data sbd=PATH` is refused)
@@ -266,8 +269,11 @@ def check_masks(masks: Tensor, num_classes: int, split: str) -> None:
 def train_fcn(model: FCN32s, trunk: Trunk, ds: Dataset, recipe: Recipe, ctx: EvalContext) -> None:
     d, num_classes = recipe.data, model.upsample.out_channels
     per_epoch = steps_per_epoch(len(ds), d.batch_size, "voc-seg")  # type: ignore[arg-type]
-    fit = Fit("fcn-32s fine-tune", model, [{"params": [p for p in model.parameters() if p.requires_grad]}], recipe,
-              per_epoch, ctx)
+    cfg = recipe.component.cfg
+    bias = model.score[1].bias  # score_fr's bias: lr_mult 2, decay_mult 0 (voc-fcn-alexnet/net.py)
+    rest = [p for p in model.parameters() if p.requires_grad and p is not bias]
+    groups = [{"params": rest}, {"params": [bias], "lr_scale": cfg.score_bias_lr_mult, "weight_decay": 0.0}]
+    fit = Fit("fcn-32s fine-tune", model, groups, recipe, per_epoch, ctx)
 
     def prepare(batch: Any, step: int) -> tuple[Tensor, Tensor] | None:
         _, (images, masks) = batch
