@@ -18,6 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from sslbench.backbones.base import Backbone, backbone_label, build_backbone
 from sslbench.checkpoint import TrunkSpec, at_protocol_size, load_trunk
 from sslbench.config import Named, Recipe
+from sslbench.data.build import embedded_split_size
 from sslbench.errors import UserError
 from sslbench.plugins import load_all
 from sslbench.registry import LAYOUTS, PROTOCOLS, TASKS
@@ -74,7 +75,10 @@ def split_size(recipe: Recipe, split: str, cap: int) -> tuple[int, str]:
     """(images the run reads from `split`, where the figure comes from)."""
     d = recipe.data
     layout = LAYOUTS.get(d.dataset) if d.dataset in LAYOUTS else None
-    real = (layout.sizes.get(split, 0) if layout is not None else 0) if d.root or d.dataset != "embedded" else 0
+    if layout is not None and not d.root and recipe.scale != "paper":  # the embedded sample in that layout
+        n = embedded_split_size(d, split)
+        return (min(cap, n), "the recipe's cap") if cap else (n, f"the embedded {d.dataset} {split}")
+    real = layout.sizes.get(split, 0) if layout is not None else 0
     if cap and (not real or cap < real):
         return cap, "the recipe's cap"
     if real:

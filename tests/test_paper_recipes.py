@@ -323,3 +323,13 @@ def test_d19_the_svm_protocol_pools_with_goyals_fixed_windows() -> None:
                            -1).flatten(1)  # 5x5 windows at stride 3, by hand
     torch.testing.assert_close(pool_features(x, PoolSpec(kind="avg_window", kernel=5, stride=3)),
                                expected.view(2, 3, 3, 3).flatten(1))
+
+
+def test_a_mini_dry_run_counts_the_embedded_sample_not_the_real_release() -> None:
+    from sslbench.data.build import embedded_split_size
+    from sslbench.dryrun import dry_eval
+
+    recipe = load_recipe("protocol", "voc-det", "mini", ["data.num_images=0", "data.num_test=50"])
+    run = dry_eval(recipe)
+    assert embedded_split_size(recipe.data, "trainval") == 100  # 2 x max(num_test, 16) for VOC's paired trainval
+    assert run.per_epoch == 100 // recipe.data.batch_size and "voc2007 trainval: 100 images" in run.data[0]

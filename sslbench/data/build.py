@@ -17,7 +17,7 @@ from sslbench.errors import UserError
 from sslbench.registry import DATASETS, LAYOUTS
 from sslbench.runtime import cache_dir, file_lock
 
-__all__ = ["build_dataset", "check_real_data", "dataset_label", "embedded_root"]
+__all__ = ["build_dataset", "check_real_data", "dataset_label", "embedded_root", "embedded_split_size"]
 
 
 def build_dataset(cfg: DataConfig, split: str, num: int = 0) -> Dataset:
@@ -48,6 +48,14 @@ def dataset_label(cfg: DataConfig) -> str:
     if cfg.root or cfg.dataset not in LAYOUTS:
         return cfg.dataset
     return f"embedded:{cfg.dataset}"
+
+
+def embedded_split_size(cfg: DataConfig, split: str) -> int:
+    """Images per split of the embedded data `embedded_root` writes for `cfg` (trainval of a paired layout: two)."""
+    layout = LAYOUTS.get(cfg.dataset)
+    half = math.ceil(cfg.num_images / 2) if layout.paired_trainval else cfg.num_images
+    per_split = max(cfg.num_test, half, 16)
+    return 2 * per_split if layout.paired_trainval and split == "trainval" else per_split
 
 
 def embedded_root(cfg: DataConfig, dataset: str = "") -> Path:
