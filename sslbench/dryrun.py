@@ -173,7 +173,7 @@ def dry_eval(recipe: Recipe, trunk: Named | TrunkSpec | None = None, what: str =
     side = backbone.image_size
     backbone.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        backbone(torch.zeros(PROBE_IMAGES, backbone.in_channels, side, side), taps=taps)
+        maps = backbone(torch.zeros(PROBE_IMAGES, backbone.in_channels, side, side), taps=taps)
     notes = [] if protocol.trains_by_sgd else ["no SGD schedule: one pass of features over train and test "
                                                "(a step = an image), then the protocol's solver"]
     if not d.image_size:
@@ -183,9 +183,7 @@ def dry_eval(recipe: Recipe, trunk: Named | TrunkSpec | None = None, what: str =
     if pools:
         from sslbench.protocols._probing import PoolSpec, pool_features
 
-        with torch.no_grad():
-            maps = backbone(torch.zeros(1, backbone.in_channels, side, side), taps=taps)
-        dims = {t: pool_features(m, pools.get(t, PoolSpec())).shape[1] for t, m in maps.items()}
+        dims = {t: pool_features(m, pools.get(t, PoolSpec())).shape[1] for t, m in maps.items()}  # the counted pass
         notes.append("probe dims after pooling: " + ", ".join(f"{t} {v:,}" for t, v in dims.items()))
     params = sum(p.numel() for p in backbone.parameters())
     return DryRun(
