@@ -88,11 +88,20 @@ class DataConfig:
     workers: Annotated[int, In(0, 256)] = 0  # DataLoader worker processes
     # how a training image becomes image_size x image_size: "center" (shorter side resized, centre square);
     # "random_resized" (RandomResizedCrop: 8-100 % of the area, ratio 3/4-4/3; RotNet's RandomSizedCrop(224));
-    # "random" (shorter side resized to load_size, a random square: Context Encoders' 350 -> 128). Test splits and
-    # evaluation always take the centre; the draw is a function of (seed, epoch, item), so a resume repeats it.
-    train_crop: Literal["center", "random_resized", "random"] = "center"
+    # "random" (shorter side resized to load_size, a random square: Context Encoders' 350 -> 128); "random_area"
+    # (rescaled, aspect kept, to a total pixel count uniform in load_area, then a random square: Context
+    # Prediction's 150K-450K). Test splits and evaluation always take the centre; the draw is a function of
+    # (seed, epoch, item), so a resume repeats it.
+    train_crop: Literal["center", "random_resized", "random", "random_area"] = "center"
     load_size: Annotated[int, In(0, 4096)] = 0  # train_crop = "random": the shorter side before the crop
+    load_area: tuple[Annotated[int, In(0, 16_777_216)], Annotated[int, In(0, 16_777_216)]] = (0, 0)  # "random_area"
     synth_seed: Seed = 0  # seed of the embedded generator (fixes the images, not the training)
+
+    def __post_init__(self) -> None:
+        lo, hi = self.load_area
+        if self.train_crop == "random_area" and not 0 < lo <= hi:
+            raise UserError(f"data.train_crop = \"random_area\" needs data.load_area = [min, max] pixels with "
+                            f"0 < min <= max, found {list(self.load_area)}; e.g. load_area = [150000, 450000]")
 
 
 @dataclass(frozen=True)

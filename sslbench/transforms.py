@@ -80,6 +80,17 @@ def random_crop_flip(images: Tensor, pad: int, flip: bool, generator: torch.Gene
     return out
 
 
+def random_area_size(width: int, height: int, area: tuple[int, int], side: int,
+                     generator: torch.Generator) -> tuple[int, int]:
+    """(w, h) of an image rescaled, aspect kept, to a total pixel count drawn uniformly from the integers of `area`
+    (deepcontext train.py: `gri_targpixels = random.randint(150000, 450000)`); where that leaves the shorter side
+    under `side`, the scale is raised until it is `side`, so that a `side` x `side` square fits (the released
+    code instead skips images too small for its grid and sizes the grid to the image)."""
+    target = int(torch.randint(area[0], area[1] + 1, (), generator=generator))
+    scale = max(math.sqrt(target / (width * height)), side / min(width, height))
+    return max(side, round(width * scale)), max(side, round(height * scale))
+
+
 def random_resized_box(width: int, height: int, generator: torch.Generator, scale: tuple[float, float] = (0.08, 1.0),
                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
     """(top, left, h, w) of a random-resized crop: area fraction ~ U(scale), aspect ratio w/h log-uniform in

@@ -333,3 +333,61 @@ def test_a_mini_dry_run_counts_the_embedded_sample_not_the_real_release() -> Non
     run = dry_eval(recipe)
     assert embedded_split_size(recipe.data, "trainval") == 100  # 2 x max(num_test, 16) for VOC's paired trainval
     assert run.per_epoch == 100 // recipe.data.batch_size and "voc2007 trainval: 100 images" in run.data[0]
+
+
+def test_d6_the_random_area_rescale_keeps_the_aspect_and_draws_the_pixel_count_in_range() -> None:
+    from sslbench.transforms import random_area_size
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        w, h = random_area_size(500, 375, (150_000, 450_000), 96, g)
+        assert 150_000 * 0.99 <= w * h <= 450_000 * 1.01 and abs(w / h - 500 / 375) < 0.01
+    # too few pixels for a 398 px square: the scale rises until the shorter side is 398
+    w, h = random_area_size(500, 375, (1000, 1000), 398, g)
+    assert (w, h) == (531, 398)
+    a, b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert random_area_size(640, 480, (150_000, 450_000), 96, a) == random_area_size(640, 480, (150_000, 450_000), 96, b)
+
+
+def test_d6_the_random_resized_box_follows_randomresizedcrops_rule() -> None:
+    from sslbench.transforms import random_resized_box
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        top, left, h, w = random_resized_box(320, 240, g)
+        assert 0 <= top <= 240 - h and 0 <= left <= 320 - w
+        if (h, w) != (240, 320):  # a draw, not the fallback: area 8-100 %, w/h in [3/4, 4/3] up to rounding
+            assert 0.08 * 320 * 240 * 0.95 <= h * w <= 320 * 240 and 3 / 4 - 0.05 <= w / h <= 4 / 3 + 0.05
+    # nothing fits a 1000:10 strip at ratios 3/4-4/3: torchvision's fallback, the centre crop at ratio 4/3
+    assert random_resized_box(1000, 10, torch.Generator().manual_seed(0)) == (0, 493, 10, 13)
+
+
+@pytest.mark.parametrize("crop,extra", [("random_resized", {}), ("random", {"load_size": 40}),
+                                        ("random_area", {"load_area": (1500, 3000)})])
+def test_d6_train_crops_are_random_squares_drawn_from_the_items_generator(crop: str, extra: dict) -> None:
+    from sslbench.config import DataConfig
+    from sslbench.data.build import build_dataset
+
+    cfg = DataConfig(dataset="imagenet", train_split="train", image_size=32, train_crop=crop, **extra)
+    ds = build_dataset(cfg, "train", 4)
+
+    def draw(seed: int) -> torch.Tensor:
+        return ds.draw(1, torch.Generator().manual_seed(seed))[0]
+
+    assert draw(0).shape == (3, 32, 32) and torch.equal(draw(0), draw(0))
+    assert not all(torch.equal(draw(0), draw(s)) for s in range(1, 6))  # the crop moves with the draw
+    centre = build_dataset(DataConfig(dataset="imagenet", train_split="train", image_size=32), "train", 4)
+    assert torch.equal(ds[1][0], centre[1][0])  # indexing (and every test split) stays the centre crop
+
+
+def test_d6_context_prediction_rescales_to_150k_450k_pixels_and_crops_its_grid() -> None:
+    from sslbench.config import DataConfig
+    from sslbench.errors import UserError
+    from sslbench.tasks.context import grid_extent
+
+    recipe = _paper("pretrain", "context")
+    cfg = recipe.component.cfg
+    assert (recipe.data.train_crop, recipe.data.load_area) == ("random_area", (150_000, 450_000))
+    assert recipe.data.image_size == grid_extent(recipe.backbone.cfg.image_size, cfg.gap, cfg.jitter) == 398
+    with pytest.raises(UserError, match="load_area"):
+        DataConfig(train_crop="random_area")

@@ -30,7 +30,7 @@ def build_dataset(cfg: DataConfig, split: str, num: int = 0) -> Dataset:
         if crops is None:
             raise UserError(f"data.train_crop = {cfg.train_crop!r}: the {cfg.dataset} loader takes centre crops only "
                             "(random train-time crops: the imagenet layout); set data.train_crop = \"center\"")
-        ds = crops(cfg.train_crop, cfg.load_size)
+        ds = crops(cfg.train_crop, cfg.load_size, cfg.load_area)
     return ds
 
 

@@ -37,7 +37,7 @@ from sslbench.data.layouts._common import (
 from sslbench.data.synthetic import render_sample
 from sslbench.errors import UserError
 from sslbench.runtime import atomic
-from sslbench.transforms import random_resized_box
+from sslbench.transforms import random_area_size, random_resized_box
 
 
 def write_imagenet(out: Path, num_train: int, num_val: int, image_size: int, seed: int) -> Path:
@@ -88,10 +88,12 @@ class ImageFolderItems(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    crop = "center"  # train-time crops (random_crops): "random_resized" or "random"
+    crop = "center"  # train-time crops (random_crops): "random_resized", "random" or "random_area"
     load_size = 0
 
-    def random_crops(self, kind: str, load_size: int) -> ImageFolderItems:
+    load_area = (0, 0)
+
+    def random_crops(self, kind: str, load_size: int, load_area: tuple[int, int] = (0, 0)) -> ImageFolderItems:
         """This split with random train-time crops: `draw(i, generator)` takes them (the training loader calls it
         with a generator of (seed, epoch, i)); `[i]` stays the centre crop."""
         if self.size <= 0:
@@ -100,7 +102,7 @@ class ImageFolderItems(Dataset):
             raise UserError(f"imagenet: data.load_size {load_size} is smaller than data.image_size {self.size}; "
                             "the random crop is taken inside the resized image")
         out = copy.copy(self)
-        out.crop, out.load_size = kind, load_size or self.size
+        out.crop, out.load_size, out.load_area = kind, load_size or self.size, load_area
         return out
 
     def _open(self, i: int) -> tuple[Image.Image | None, int]:
@@ -128,8 +130,12 @@ class ImageFolderItems(Dataset):
         if self.crop == "random_resized":
             top, left, h, w = random_resized_box(img.width, img.height, generator)
             img = TF.resized_crop(img, top, left, h, w, [self.size, self.size])
-        else:  # "random": shorter side to load_size, then a random square of image_size
-            img = TF.resize(img, self.load_size)
+        else:  # "random" / "random_area": resized (shorter side load_size / area in load_area), a random square
+            if self.crop == "random":
+                img = TF.resize(img, self.load_size)
+            else:
+                w, h = random_area_size(img.width, img.height, self.load_area, self.size, generator)
+                img = TF.resize(img, [h, w])
             top = int(torch.randint(0, img.height - self.size + 1, (), generator=generator))
             left = int(torch.randint(0, img.width - self.size + 1, (), generator=generator))
             img = TF.crop(img, top, left, self.size, self.size)
