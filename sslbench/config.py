@@ -125,6 +125,9 @@ class ScheduleConfig:
     milestone_steps: tuple[Annotated[int, In(0, 100_000_000)], ...] = ()
     step_size: Annotated[int, In(1, 100_000)] = 10  # epochs between drops for kind = "step"
     gamma: Annotated[float, In(0, 10, open_lo=True)] = 0.1  # multiplier at each drop
+    # multistep: the rate's multiplier after each milestone, instead of gamma, gamma^2, ... (Colorization's Caffe
+    # stages 3e-5 -> 1e-5 -> 3e-6 -> 1e-6 are 1/3, 1/10, 1/30 of the base rate)
+    lr_factors: tuple[Annotated[float, In(0, 10, open_lo=True)], ...] = ()
     warmup_epochs: Annotated[float, In(0, 100_000)] = 0.0  # linear warm-up length
     max_steps: Count = 0  # stop after this many optimizer steps (0 = run all epochs)
 
@@ -132,6 +135,10 @@ class ScheduleConfig:
         if self.milestones and self.milestone_steps:
             raise UserError(f"schedule: milestones (epochs) {list(self.milestones)} and milestone_steps "
                             f"{list(self.milestone_steps)} both set; keep one")
+        drops = len(self.milestones or self.milestone_steps)
+        if self.lr_factors and len(self.lr_factors) != drops:
+            raise UserError(f"schedule: lr_factors has {len(self.lr_factors)} values for {drops} milestones; give "
+                            "one multiplier per milestone")
 
 
 @dataclass(frozen=True)

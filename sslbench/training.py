@@ -127,10 +127,12 @@ def lr_at(step: int, steps_per_epoch: int, base: float, cfg: ScheduleConfig) -> 
         return base
     if cfg.kind == "step":
         return base * cfg.gamma ** int(epoch // cfg.step_size)
-    if cfg.kind == "multistep" and cfg.milestone_steps:
-        return base * cfg.gamma ** sum(step >= m for m in cfg.milestone_steps)
     if cfg.kind == "multistep":
-        return base * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+        passed = sum(step >= m for m in cfg.milestone_steps) if cfg.milestone_steps else \
+            sum(epoch >= m for m in cfg.milestones)
+        if cfg.lr_factors:
+            return base * (cfg.lr_factors[passed - 1] if passed else 1.0)
+        return base * cfg.gamma**passed
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, epoch / max(1, cfg.epochs))))
 
 

@@ -252,8 +252,28 @@ def per_channel_std_input(images: Tensor) -> Tensor:
 @TRANSFER_INPUTS.register("lab-l-std")
 def lab_lightness_input(images: Tensor) -> Tensor:
     """The L channel of CIE Lab, normalised by the image's own mean and std (Damaged Jigsaw's gray tiles)."""
-    lab = rgb8_to_lab(images) if images.dtype == torch.uint8 else rgb_to_lab(images.float() / 255.0)
-    return standardize_(lab[:, :1].contiguous(), (1, 2, 3))
+    return standardize_(_lab(images)[:, :1].contiguous(), (1, 2, 3))
+
+
+L_CENTRE = 50.0  # Colorization's centred lightness: the released nets' data_l layer, L - 50 (weight 1, bias -50)
+
+
+def _lab(images: Tensor) -> Tensor:
+    return rgb8_to_lab(images) if images.dtype == torch.uint8 else rgb_to_lab(images.float() / 255.0)
+
+
+@TRANSFER_INPUTS.register("lab-l")
+def lab_l_input(images: Tensor) -> Tensor:
+    """L - 50 of CIE Lab, one channel (Colorization's input; the deck's "gray" transfer)."""
+    return _lab(images)[:, :1] - L_CENTRE
+
+
+@TRANSFER_INPUTS.register("lab")
+def lab_input(images: Tensor) -> Tensor:
+    """L - 50, a, b: three channels (Colorization's "color" transfer: conv1 also reads ab)."""
+    lab = _lab(images)
+    lab[:, :1] -= L_CENTRE
+    return lab
 
 
 @TRANSFER_INPUTS.register("gray")

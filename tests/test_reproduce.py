@@ -22,15 +22,13 @@ def test_plan_merges_runs_of_a_group() -> None:
 
 
 @pytest.mark.slow
-def test_reproduce_probe_tables_mini_rotnet_beats_random(tmp_path: Path) -> None:
-    ran = 0
-    for name in ("rotations-cifar", "rotations-linear"):
-        names, summary = reproduce(name, Options(runs=tmp_path, device="cpu", progress=False))
-        assert names == [name]
-        ran += len(summary.ran)
-    assert ran == 7  # two pretrainings, rotnet-blocks x2, linear x3 (rotation, random, random rescaled)
+def test_reproduce_probe_table_mini_rotnet_beats_random(tmp_path: Path) -> None:
+    """The whole path on one table (rotations-cifar's is the same code with the NIN; one table keeps CI short)."""
+    names, summary = reproduce("rotations-linear", Options(runs=tmp_path, device="cpu", progress=False))
+    assert names == ["rotations-linear"]
+    assert len(summary.ran) == 4  # the pretraining, linear x3 (rotation, random, random rescaled)
     store = ResultStore(tmp_path / "results.sqlite")
-    for name in ("rotations-cifar", "rotations-linear"):
+    for name in ("rotations-linear",):
         table = tables.load_table(name)
         rows = {r.method: r for r in report.sslbench_rows(table, store)}
         for i, col in enumerate(table.columns):

@@ -38,6 +38,7 @@ class AlexNetConfig:
     # Caffe's pooling rounds up (96 px: pool5 3x3, not 2x2); at 224/227 with conv1 pad 0-2 both give 6x6 (with pad 5,
     # the Context net's, 224 px gives conv5 14x14 and pool5 7x7)
     ceil_mode: bool = False
+    pool_pad: Annotated[int, In(0, 1)] = 0  # pool1 / pool2 padding (1: Colorization AlexNet train_val.prototxt)
     bn: bool = True  # BatchNorm after each conv/fc (RotNet, PyTorch Jigsaw); False = Caffe original
     bn_affine: bool = True  # False: BatchNorm without scale/shift (deepcontext's BN layers)
     bn_layers: Literal["all", "conv3+"] = "all"  # conv3+: BN on conv3..fc7 only (deepcontext: LRN on conv1/2)
@@ -51,8 +52,9 @@ def _channels(cfg: AlexNetConfig) -> tuple[int, int, int, int, int]:
     return tuple(max(8, int(round(c * cfg.width))) for c in cfg.channels)  # type: ignore[return-value]
 
 
-def _pool_out(size: int, ceil: bool) -> int:
-    """Output side of a 3/2 max pool without padding, rounding down (PyTorch) or up (Caffe)."""
+def _pool_out(size: int, ceil: bool, pad: int = 0) -> int:
+    """Output side of a 3/2 max pool padded by `pad`, rounding down (PyTorch) or up (Caffe)."""
+    size += 2 * pad
     return -(-(size - 3) // 2) + 1 if ceil else (size - 3) // 2 + 1
 
 
@@ -77,7 +79,7 @@ class AlexNet(FcTrunk):
 
         def pool_norm() -> nn.Sequential:
             lrn: list[nn.Module] = [nn.LocalResponseNorm(5, 1e-4, 0.75)] if cfg.lrn else []
-            return nn.Sequential(nn.MaxPool2d(3, 2, ceil_mode=cfg.ceil_mode), *lrn)
+            return nn.Sequential(nn.MaxPool2d(3, 2, cfg.pool_pad, ceil_mode=cfg.ceil_mode), *lrn)
 
         early_bn = cfg.bn and cfg.bn_layers == "all"
         self.conv1 = conv(cfg.in_channels, c1, 11, cfg.conv1_stride, cfg.conv1_pad, bn=early_bn)
@@ -90,8 +92,8 @@ class AlexNet(FcTrunk):
         self.pool5 = nn.MaxPool2d(3, 2, ceil_mode=cfg.ceil_mode)
 
         s1 = conv_out(cfg.image_size, 11, cfg.conv1_stride, cfg.conv1_pad)
-        s2 = _pool_out(s1, cfg.ceil_mode)
-        s3 = _pool_out(s2, cfg.ceil_mode)
+        s2 = _pool_out(s1, cfg.ceil_mode, cfg.pool_pad)
+        s3 = _pool_out(s2, cfg.ceil_mode, cfg.pool_pad)
         s5 = _pool_out(s3, cfg.ceil_mode)
         if min(s1, s2, s3, s5) < 1:
             raise too_small("alexnet", cfg.image_size, f"no pool5 output at conv1_stride {cfg.conv1_stride}")

@@ -189,9 +189,47 @@ class FcTrunk(Backbone):
         head = nn.Sequential(fc6, convolutionalise(self.fc7, 1, dropout))
         return FcnHead(self.fcn_tap, head, self.feature_info["fc7"].channels)
 
+    def dense_fc_head(self) -> FcnHead:
+        """fc6 / fc7 applied densely on conv5: pool5 at stride 1 and fc6 dilated by pool5's stride, the a-trous form
+        of the same weights (the Colorization AlexNet, richzhang/colorization train_alexnet/train_val.prototxt:
+        pool5 3/1 pad 1, fc6 6x6 dilation 2). Output at conv5's stride. Shares fc6 / fc7's parameters with the
+        trunk (a view, not a copy): what a per-pixel pretext head trains here is what transfers."""
+        pool = next(m for m in self.pool5.modules() if isinstance(m, nn.MaxPool2d))
+        kernel = pool.kernel_size if isinstance(pool.kernel_size, int) else pool.kernel_size[0]
+        stride = pool.stride if isinstance(pool.stride, int) else pool.stride[0]
+        head = nn.Sequential(nn.MaxPool2d(kernel, 1, (kernel - 1) // 2),
+                             SharedConvStage(self.fc6, self.pool5_size, stride), SharedConvStage(self.fc7, 1, 1))
+        return FcnHead(self.dense_tap or "conv5", head, self.feature_info["fc7"].channels)
+
     @classmethod
     def label(cls, cfg: Any) -> str:
         return cls.name + ("-bn" if cfg.bn else "") + (f"-w{cfg.width:g}" if cfg.width != 1.0 else "")
+
+
+class SharedConvStage(nn.Module):
+    """A fully connected stage (Flatten, Linear, [BatchNorm1d], ReLU, Dropout) run as a convolution over a map,
+    with the stage's own parameters and BatchNorm statistics (not a copy, unlike `convolutionalise`): the Linear's
+    weight viewed as a `kernel` x `kernel` filter, dilated by `dilation` and padded to keep the map's size. The
+    stage is held by reference, not registered: its parameters stay the trunk's (one copy in the state dict)."""
+
+    def __init__(self, stage: nn.Sequential, kernel: int, dilation: int) -> None:
+        super().__init__()
+        self.kernel, self.dilation = kernel, dilation
+        self.padding = dilation * (kernel - 1) // 2
+        object.__setattr__(self, "stage", stage)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for m in self.stage:
+            if isinstance(m, nn.Flatten):
+                continue
+            if isinstance(m, nn.Linear):
+                w = m.weight.view(m.out_features, m.in_features // self.kernel**2, self.kernel, self.kernel)
+                x = nn.functional.conv2d(x, w, m.bias, padding=self.padding, dilation=self.dilation)
+            elif isinstance(m, nn.BatchNorm1d):
+                x = m(x.flatten(2)).view_as(x)  # per-channel statistics over (N, H, W): BatchNorm2d's
+            else:
+                x = m(x)
+        return x
 
 
 _OLD_FC = re.compile(r"^(.*\bfc[67])\.(\d+)\.(.+)$")
