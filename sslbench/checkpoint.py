@@ -24,7 +24,7 @@ from sslbench.data.build import dataset_label
 from sslbench.errors import UserError
 from sslbench.runs import CHECKPOINT
 from sslbench.runtime import load_weights_only
-from sslbench.transforms import TRANSFER_INPUTS, default_transfer_input
+from sslbench.transforms import TRANSFER_EXTENDS, TRANSFER_INPUTS, TRANSFER_LABELS, default_transfer_input
 
 FORMAT = "sslbench-pretrain-2"  # 2: records the transfer input and the task's setup state
 # Checkpoints of format 1 recorded no transfer input; theirs followed from the task (the only two that differed).
@@ -81,6 +81,49 @@ class Trunk:
     def prepare(self) -> Callable[[Tensor], Tensor]:
         """uint8 images -> the trunk's input (the pretext task's own transform)."""
         return TRANSFER_INPUTS.get(self.transfer_input)
+
+
+def with_transfer_input(trunk: Trunk, name: str) -> Trunk:
+    """`trunk` fed with the transfer input `name` instead of the one its pretraining recorded: the same one, or one
+    that extends it (TRANSFER_EXTENDS: Colorization's "lab" adds a and b to "lab-l"), conv1 widened by filters for
+    the new channels that start at zero (the released colorization segmentation test's conv1_ab), so the network
+    computes what it did until fine-tuning moves them. The row's variant names the input ('gray' -> 'color')."""
+    TRANSFER_INPUTS.get(name)  # an unknown name: the registry's one-line error with the valid names
+    if name == trunk.transfer_input:
+        return trunk
+    if TRANSFER_EXTENDS.get(name) != trunk.transfer_input:
+        takes = [k for k, v in TRANSFER_EXTENDS.items() if v == trunk.transfer_input]
+        raise UserError(f"--input {name}: this trunk was pretrained on {trunk.transfer_input!r}, which {name!r} does "
+                        f"not extend; valid: {', '.join([trunk.transfer_input, *takes])}")
+    backbone = trunk.backbone
+    channels = TRANSFER_INPUTS.get(name)(torch.zeros(1, 3, 8, 8, dtype=torch.uint8)).shape[1]
+    parent, attr, conv = first_conv(backbone)
+    wide = torch.nn.Conv2d(channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                           conv.groups, conv.bias is not None).to(conv.weight.device)
+    with torch.no_grad():
+        wide.weight.zero_()
+        wide.weight[:, : conv.in_channels] = conv.weight
+        if conv.bias is not None:
+            wide.bias.copy_(conv.bias)
+    setattr(parent, attr, wide)
+    backbone.in_channels = channels
+    if hasattr(backbone, "cfg") and hasattr(backbone.cfg, "in_channels"):
+        backbone.cfg = dataclasses.replace(backbone.cfg, in_channels=channels)
+    old, new = TRANSFER_LABELS.get(trunk.transfer_input, trunk.transfer_input), TRANSFER_LABELS.get(name, name)
+    parts = trunk.variant.split("-") if trunk.variant else []
+    variant = "-".join(new if p == old else p for p in parts) if old in parts else "+".join(p for p in (trunk.variant,
+                                                                                                       new) if p)
+    label = backbone_label(backbone.name, backbone.cfg) if hasattr(backbone, "cfg") else trunk.label
+    return dataclasses.replace(trunk, transfer_input=name, variant=variant, label=label)
+
+
+def first_conv(module: torch.nn.Module) -> tuple[torch.nn.Module, str, torch.nn.Conv2d]:
+    """(parent, attribute, conv) of the first convolution of `module`, the one that reads the input."""
+    for parent in module.modules():
+        for attr, child in parent.named_children():
+            if isinstance(child, torch.nn.Conv2d):
+                return parent, attr, child
+    raise UserError(f"{type(module).__name__} has no convolution to widen for another transfer input")
 
 
 def at_protocol_size(trained: Named, protocol: Named) -> Named:

@@ -108,6 +108,9 @@ def eval_(
                              help="default, or rescale: Kraehenbuehl et al.'s data-dependent rescaling first."),
     allow_unfinished: bool = typer.Option(False, "--allow-unfinished",
                                           help="Evaluate an unfinished pretraining's checkpoint (rows say so)."),
+    input_: str = typer.Option("", "--input",
+                               help="Feed the trunk another transfer input than its pretraining's, one that extends "
+                                    "it: lab (Colorization's colour rows: conv1 also reads a, b)."),
     dry_run: bool = DryRunOpt,
 ) -> None:
     """Evaluate a checkpoint (or random init) with a transfer protocol; the numbers go to runs/results.sqlite.
@@ -129,7 +132,7 @@ def eval_(
         raise UsageError("Missing option '--checkpoint': runs/<task>-*/checkpoint.pt, a state dict file, 'random' "
                          "or random:CKPT (only --dry-run goes without one)")
     out = evaluate(r, checkpoint, runs, device, progress=not quiet, argv=sys.argv, init=init,
-                   allow_unfinished=allow_unfinished)
+                   allow_unfinished=allow_unfinished, transfer_input=input_)
     values = _summary(out.metrics)
     prov = out.provenance
     unfinished = f"unfinished pretraining ({prov.unfinished})" if prov.unfinished else ""

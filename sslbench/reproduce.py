@@ -22,7 +22,7 @@ from sslbench.data.build import check_real_data
 from sslbench.engine import pretrain
 from sslbench.errors import Interrupted, UserError
 from sslbench.plugins import load_all
-from sslbench.protocols.base import evaluate, preflight
+from sslbench.protocols.base import evaluate, init_label, preflight
 from sslbench.recipes import load_recipe, planned_data
 from sslbench.registry import PROTOCOLS, TASKS
 from sslbench.results import ResultStore, check_store, default_store
@@ -124,10 +124,12 @@ def _run_plan(specs: list[RunSpec], opts: Options, store: ResultStore, summary: 
                 continue
             recipe = plan_recipe("protocol", ev.protocol, opts, ev.set, ev.flavour, opts.seed)
             what = f"{ev.describe()} on {subject}" + (" (rescaled)" if spec.init == "rescale" else "") + seed
-            if not opts.force and _evaluated(store, ev.protocol, recipe_key(recipe), str(trunk), spec.init):
+            init = init_label(trunk.is_random, spec.init, ev.input)
+            if not opts.force and _evaluated(store, ev.protocol, recipe_key(recipe), str(trunk), init):
                 summary.reused.append(what)
                 continue
-            outcome = evaluate(recipe, trunk, opts.runs, opts.device, opts.progress, opts.argv, init=spec.init)
+            outcome = evaluate(recipe, trunk, opts.runs, opts.device, opts.progress, opts.argv, init=spec.init,
+                               transfer_input=ev.input)
             summary.ran.append(f"{what} ({outcome.run_dir.name}, {outcome.wall_time:.0f} s)")
 
 
@@ -169,9 +171,10 @@ def _unfinished(runs: Path, recipe: Recipe) -> Path | None:
 
 
 def _evaluated(store: ResultStore, protocol: str, key: str, checkpoint: str, init: str) -> bool:
-    rescaled = init == "rescale"
+    """A stored result of this protocol recipe on this trunk with this `init` label (init_label: rescaling, the
+    transfer input)."""
     for row in store.results(protocol + "/"):
         same_run = row.protocol == protocol and row.prov.checkpoint == checkpoint
-        if same_run and row.prov.init.endswith("+rescale") == rescaled and recipe_key(row.prov.recipe) == key:
+        if same_run and row.prov.init == init and recipe_key(row.prov.recipe) == key:
             return True
     return False

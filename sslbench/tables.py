@@ -71,10 +71,12 @@ class EvalSpec:
     protocol: str
     flavour: str = ""  # protocol recipe flavour: recipes/protocols/<protocol>/<scale>-<flavour>.toml
     set: tuple[str, ...] = ()  # recipe overrides, as --set takes them
+    input: str = ""  # the trunk's transfer input, as eval --input takes it ('lab': Colorization's colour rows)
 
     def describe(self) -> str:
         flavour = f"[{self.flavour}]" if self.flavour else ""
-        return self.protocol + flavour + (f" {' '.join(self.set)}" if self.set else "")
+        return (self.protocol + flavour + (f" {' '.join(self.set)}" if self.set else "")
+                + (f" --input {self.input}" if self.input else ""))
 
 
 @dataclass(frozen=True)

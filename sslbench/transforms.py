@@ -282,6 +282,12 @@ def gray_transfer_input(images: Tensor) -> Tensor:
     return gray_input(images)
 
 
+# A transfer input that extends another: its leading channels are the other's, the rest are new (a trunk trained
+# on the other takes it with conv1 widened, the new channels' filters starting at zero), and its row label.
+TRANSFER_EXTENDS = {"lab": "lab-l"}  # Colorization's "color" transfer: L - 50 as in pretraining, plus a and b
+TRANSFER_LABELS = {"lab-l": "gray", "lab": "color"}  # how the deck's rows name them ("Ours (gray)", "(color)")
+
+
 def default_transfer_input(in_channels: int) -> str:
     """The transform of a trunk with no recorded one (random init, a plain state dict): by its input channels."""
     return "imagenet" if in_channels == 3 else "gray"

@@ -68,11 +68,12 @@ def _reference_encoding(ab: np.ndarray, bins: np.ndarray, k: int, sigma: float) 
 
 
 @pytest.mark.parametrize("k", [1, 5, 10])
-def test_soft_encoding_matches_a_brute_force_reference(k: int) -> None:
+@pytest.mark.parametrize("grid", [0, 10])  # all bins compared, or the lattice's 4 x 4 block (+ fallback)
+def test_soft_encoding_matches_a_brute_force_reference(k: int, grid: int) -> None:
     bins = ab_gamut_bins(10)
-    ab = (torch.rand(2, 2, 5, 7, generator=torch.Generator().manual_seed(k)) - 0.5) * 200
-    index, weight = soft_encode(ab, bins, k, 5.0)
-    assert index.shape == weight.shape == (2, k, 5, 7)
+    ab = (torch.rand(2, 2, 9, 11, generator=torch.Generator().manual_seed(k)) - 0.5) * 260  # also out of gamut
+    index, weight = soft_encode(ab, bins, k, 5.0, grid)
+    assert index.shape == weight.shape == (2, k, 9, 11)
     dense = dense_encoding(index, weight, len(bins)).permute(0, 2, 3, 1).reshape(-1, len(bins))
     ref = _reference_encoding(ab.permute(0, 2, 3, 1).reshape(-1, 2).double().numpy(), bins.double().numpy(), k, 5.0)
     np.testing.assert_allclose(dense.double().numpy(), ref, atol=1e-6)
@@ -203,3 +204,46 @@ def test_a_schedule_can_give_each_milestone_its_own_multiplier() -> None:
     r = load_recipe("pretrain", "colorization", "paper")
     rates = [lr_at(s, 16014, r.optim.lr, r.schedule) for s in (0, 239_999, 240_000, 300_000, 400_000, 449_999)]
     np.testing.assert_allclose(rates, [3e-5, 3e-5, 1e-5, 3e-6, 1e-6, 1e-6], rtol=1e-4)
+
+
+def test_the_colour_transfer_widens_conv1_with_zero_filters_so_the_trunk_computes_the_same() -> None:
+    from sslbench.checkpoint import Trunk, with_transfer_input
+    from sslbench.errors import UserError
+
+    task, r = make_task()
+    net = task.backbone.eval()
+    gray = Trunk(backbone=net, method="colorization", label="alexnet-bn-w0.125-s2-gray", checkpoint="x",
+                 transfer_input="lab-l", variant="gray")
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        before = net(gray.prepare(images), taps=("conv5",))["conv5"]
+    colour = with_transfer_input(gray, "lab")
+    assert colour.variant == "color" and colour.backbone.in_channels == 3 and not colour.label.endswith("-gray")
+    with torch.no_grad():
+        after = colour.backbone(colour.prepare(images), taps=("conv5",))["conv5"]
+    torch.testing.assert_close(after, before)
+    assert with_transfer_input(gray, "lab-l") is gray
+    with pytest.raises(UserError, match="does not extend"):
+        with_transfer_input(dataclasses.replace(gray, transfer_input="imagenet"), "lab")
+
+
+def test_a_colour_evaluation_is_its_own_result_in_the_store() -> None:
+    from sslbench.protocols.base import init_label
+
+    assert init_label(False, "default") == "checkpoint"
+    assert init_label(False, "default", "lab") == "checkpoint+input:lab"
+    assert init_label(True, "rescale", "lab") == "random+input:lab+rescale"  # rescaled rows stay recognisable
+
+
+def test_eval_with_the_colour_input_stores_a_color_row(tmp_path: Path) -> None:
+    from sslbench.engine import pretrain
+    from sslbench.protocols.base import evaluate
+    from tests.conftest import tiny_protocol
+
+    out = pretrain(load_recipe("pretrain", "colorization", "mini", TINY), tmp_path, "cpu", progress=False)
+    recipe = tiny_protocol("linear", ["protocol.taps=['conv1','conv2']", "backbone.image_size=32",
+                                      "data.image_size=32"])
+    gray = evaluate(recipe, str(out.checkpoint), tmp_path, "cpu", progress=False)
+    colour = evaluate(recipe, str(out.checkpoint), tmp_path, "cpu", progress=False, transfer_input="lab")
+    assert (gray.provenance.variant, gray.provenance.init) == ("gray", "checkpoint")
+    assert (colour.provenance.variant, colour.provenance.init) == ("color", "checkpoint+input:lab")

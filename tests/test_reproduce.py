@@ -15,10 +15,11 @@ from sslbench.results import ResultStore
 
 def test_plan_merges_runs_of_a_group() -> None:
     specs = plan(tables.resolve("rotations"))
-    random = [s for s in specs if s.task == "random" and s.init == "default"]
+    random = [s for s in specs if s.task == "random" and s.init == "default" and not s.like]
     assert len(random) == 1 and {e.protocol for e in random[0].evals} >= {"rotnet-blocks", "linear"}
-    assert {(s.task, s.flavour, s.init) for s in specs} == {
-        ("rotation", "", "default"), ("rotation", "alexnet", "default"), ("random", "", "default"), ("random", "", "rescale")}
+    assert {(s.task, s.flavour, s.init, s.like) for s in specs} == {
+        ("rotation", "", "default", ""), ("rotation", "alexnet", "default", ""), ("random", "", "default", ""),
+        ("random", "", "rescale", ""), ("colorization", "", "default", ""), ("random", "", "default", "colorization")}
 
 
 @pytest.mark.slow
@@ -60,7 +61,7 @@ def _fake_world(monkeypatch, runs: list[dict]) -> tuple[list, list]:  # noqa: AN
         run_dir = runs_dir / f"{recipe.name}-{recipe.seed}"
         return types.SimpleNamespace(checkpoint=run_dir / "checkpoint.pt", run_dir=run_dir, wall_time=1.0)
 
-    def fake_evaluate(recipe, checkpoint, runs_dir, device, progress, argv, init):  # noqa: ANN001, ANN202
+    def fake_evaluate(recipe, checkpoint, runs_dir, device, progress, argv, init, transfer_input=""):  # noqa: ANN001, ANN202
         evaluated.append((str(checkpoint), recipe.seed))
         return types.SimpleNamespace(run_dir=runs_dir / "eval-1", wall_time=1.0)
 

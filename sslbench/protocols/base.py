@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from sslbench.backbones.base import Backbone
-from sslbench.checkpoint import Trunk, TrunkSpec, load_trunk, require_taps
+from sslbench.checkpoint import Trunk, TrunkSpec, load_trunk, require_taps, with_transfer_input
 from sslbench.config import Recipe
 from sslbench.data.build import build_dataset, check_real_data, dataset_label
 from sslbench.data.datasets import collate_skip_corrupt
@@ -105,25 +105,28 @@ def evaluate(
     store: bool = True,
     init: str = "default",
     allow_unfinished: bool = False,
+    transfer_input: str = "",
 ) -> EvalOutcome:
     """Run `recipe`'s protocol on a checkpoint (or 'random'); `init='rescale'` first applies Kraehenbuehl
     et al.'s data-dependent rescaling (the tables' "-rescale" and "Random rescaled" rows). Under torchrun every
     rank evaluates its share and rank 0 writes the run directory and the store. An unfinished pretraining's
     checkpoint is refused unless `allow_unfinished` (its rows then say where it stopped). An evaluation that does
     not end with a result leaves nothing: its run directory is removed (a crash that is no UserError keeps it,
-    marked failed, for the traceback's context)."""
+    marked failed, for the traceback's context). `transfer_input` feeds the trunk another input than its
+    pretraining recorded (`with_transfer_input`: Colorization's "lab", the deck's colour rows)."""
     if init not in INITS:
         raise UserError(f"--init expects {' or '.join(INITS)}, found {init!r}")
     spec = checkpoint if isinstance(checkpoint, TrunkSpec) else TrunkSpec.parse(checkpoint)
     ddp = init_distributed("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
     try:
-        return _evaluate(recipe, spec, runs, device, progress, argv, store, init, allow_unfinished, ddp)
+        return _evaluate(recipe, spec, runs, device, progress, argv, store, init, allow_unfinished, ddp,
+                         transfer_input)
     finally:
         close_distributed(ddp)
 
 
 def _evaluate(recipe: Recipe, spec: TrunkSpec, runs: Path, device: str, progress: bool, argv: list[str] | None,
-              store: bool, init: str, allow_unfinished: bool, ddp: Any) -> EvalOutcome:
+              store: bool, init: str, allow_unfinished: bool, ddp: Any, transfer_input: str = "") -> EvalOutcome:
     protocol: Protocol = PROTOCOLS.get(recipe.name)(recipe.component.cfg)
     dev = resolve_device(device, ddp)
     if dev.type == "cuda":
@@ -138,6 +141,8 @@ def _evaluate(recipe: Recipe, spec: TrunkSpec, runs: Path, device: str, progress
             check_store(runs)
     seed_everything(recipe.seed)  # before the trunk: `random` init must be the same draw every time (and rank)
     trunk = load_trunk(spec, recipe.backbone, allow_unfinished)
+    if transfer_input:
+        trunk = with_transfer_input(trunk, transfer_input)
     require_taps(trunk, protocol.taps(trunk.backbone))
     if init == "rescale":
         rescaled(trunk, recipe)
@@ -154,7 +159,7 @@ def _evaluate(recipe: Recipe, spec: TrunkSpec, runs: Path, device: str, progress
             log.close()
         wall = time.time() - start
         counts = ctx.unreadable.counts(ddp)
-        prov = _provenance(run, trunk, recipe, spec, init, counts)
+        prov = _provenance(run, trunk, recipe, spec, init, counts, transfer_input)
         if ddp.is_main:
             write_json(run.path / "result.json", {
                 "metrics": metrics, "wall_time": wall, "provenance": prov.__dict__,
@@ -184,15 +189,22 @@ def _evaluate(recipe: Recipe, spec: TrunkSpec, runs: Path, device: str, progress
 
 
 def _provenance(run: Run, trunk: Trunk, recipe: Recipe, spec: TrunkSpec, init: str,
-                counts: dict[str, tuple[int, int]]) -> Provenance:
+                counts: dict[str, tuple[int, int]], transfer_input: str = "") -> Provenance:
     return Provenance(
         run_id=run.path.name, method=trunk.method, variant=trunk.variant, backbone=trunk.label,
         dataset=dataset_label(recipe.data), pretrain_dataset=trunk.pretrain_dataset, scale=recipe.scale,
-        init=("random" if spec.is_random else "checkpoint") + ("+rescale" if init == "rescale" else ""),
+        init=init_label(spec.is_random, init, transfer_input),
         seed=recipe.seed, version=code_version(), checkpoint=trunk.checkpoint, pretrain_run=trunk.pretrain_run,
         recipe=recipe.to_json(), pretrain_recipe=trunk.pretrain_recipe, unfinished=trunk.unfinished,
         skipped=sum(n for n, _ in counts.values()), threads=torch.get_num_threads(),
     )
+
+
+def init_label(random: bool, init: str, transfer_input: str = "") -> str:
+    """The store's `init` of an evaluation: 'random' / 'checkpoint', '+input:NAME' where the transfer input was
+    overridden, '+rescale' last where Kraehenbuehl et al.'s rescaling ran."""
+    return (("random" if random else "checkpoint") + (f"+input:{transfer_input}" if transfer_input else "")
+            + ("+rescale" if init == "rescale" else ""))
 
 
 RESCALE_IMAGES = 32  # images of the protocol's training split the rescaling statistics are measured on

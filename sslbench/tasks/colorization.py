@@ -79,20 +79,58 @@ def ab_gamut_bins(grid: int = 10) -> Tensor:
 # ---------------------------------------------------------------- soft-encoding, prior, decoding
 
 
-def soft_encode(ab: Tensor, bins: Tensor, k: int, sigma: float) -> tuple[Tensor, Tensor]:
+def soft_encode(ab: Tensor, bins: Tensor, k: int, sigma: float, grid: float = 0.0) -> tuple[Tensor, Tensor]:
     """ab [N,2,H,W] -> (index [N,k,H,W] of the k nearest bins, nearest first; weight [N,k,H,W], a Gaussian of the
-    distance, normalised over the k). One distance matrix per batch against all bins, then top-k: the dense
-    [N,Q,H,W] encoding (`dense_encoding`) is never formed."""
+    distance, normalised over the k). The dense [N,Q,H,W] encoding (`dense_encoding`) is never formed.
+
+    `grid` > 0 says the bins lie on a lattice of that step (ab_gamut_bins): the k <= 10 nearest of a point are then
+    among the 4 x 4 lattice points around its cell, and only those 16 are compared (`_lattice_nearest`); pixels
+    where that is not certain (near the gamut's edge) fall back to all bins. The weights are computed from the
+    exact distances in float64."""
     n, _, h, w = ab.shape
-    x = ab.permute(0, 2, 3, 1).reshape(-1, 2)
-    c = bins.to(x)
-    d2 = torch.addmm(c.square().sum(1), x, c.T, alpha=-2).add_(x.square().sum(1, keepdim=True))  # [P, Q]
-    index = torch.topk(d2, k, dim=1, largest=False, sorted=True).indices
-    near = (x[:, None, :] - c[index]).square().sum(-1)  # the k distances again, exactly (the expansion rounds)
-    weight = torch.exp((near - near[:, :1]) * (-0.5 / sigma**2))  # shifted by the nearest: same ratios, no 0/0
-    weight = weight / weight.sum(1, keepdim=True)
+    x = ab.permute(0, 2, 3, 1).reshape(-1, 2).float()
+    index = _lattice_nearest(x, bins, k, grid) if grid > 0 and k <= 10 else _brute_nearest(x, bins, k)
+    near = (x.double()[:, None, :] - bins.to(x.device, torch.float64)[index]).square_().sum(-1)  # [P, k]
+    weight = (near - near[:, :1]).mul_(-0.5 / sigma**2).exp_()  # shifted by the nearest: same ratios, no 0/0
+    weight = weight.div_(weight.sum(1, keepdim=True)).float()
     shape = (n, h, w, k)
     return index.view(shape).permute(0, 3, 1, 2), weight.view(shape).permute(0, 3, 1, 2)
+
+
+def _brute_nearest(x: Tensor, bins: Tensor, k: int) -> Tensor:
+    """[P, k] indices of the k nearest bins of points x [P, 2]: distances to every bin, top-k."""
+    c = bins.to(x)
+    d2 = torch.addmm(c.square().sum(1), x, c.T, alpha=-2).add_(x.square().sum(1, keepdim=True))  # [P, Q]
+    return torch.topk(d2, k, dim=1, largest=False, sorted=True).indices
+
+
+_BLOCK = torch.stack(torch.meshgrid(torch.arange(-1, 3), torch.arange(-1, 3), indexing="ij")).reshape(2, -1)
+
+
+def _lattice_nearest(x: Tensor, bins: Tensor, k: int, grid: float) -> Tensor:
+    """`_brute_nearest` for bins on a lattice of step `grid`: a point in the cell [0, 1)^2 (in grid units) has
+    every lattice point outside the 4 x 4 block of offsets -1..2 at a distance >= 2, so where its k-th nearest
+    block point is closer than 2 the block's top-k is the answer; the other points (bins missing from the block
+    at the gamut's edge) are answered by `_brute_nearest`."""
+    lo = bins.min(0).values - 2 * grid
+    side = int(torch.round((bins.max() - bins.min()) / grid)) + 5
+    slot = torch.full((side, side), -1, dtype=torch.long, device=x.device)
+    ij = torch.round((bins.to(x) - lo.to(x)) / grid).long()
+    slot[ij[:, 0], ij[:, 1]] = torch.arange(len(bins), device=x.device)
+    u = (x - lo.to(x)).mul_(1 / grid)
+    base = u.floor().clamp_(1, side - 3)
+    u -= base  # position in the cell, grid units ([0, 1)^2 inside the lattice's range)
+    oa, ob = _BLOCK.to(x.device)
+    d2 = (u[:, :1] - oa).square_().add_((u[:, 1:] - ob).square_())  # [P, 16]
+    flat = (base[:, 0].long() * side + base[:, 1].long())[:, None] + (oa * side + ob)
+    cand = slot.view(-1).index_select(0, flat.view(-1)).view(flat.shape)
+    d2.masked_fill_(cand < 0, float("inf"))
+    near, j = torch.topk(d2, k, dim=1, largest=False, sorted=True)
+    index = cand.gather(1, j)
+    unsure = ~(near[:, -1] < 4.0) | (u < 0).any(1) | (u >= 1).any(1)
+    if bool(unsure.any()):
+        index[unsure] = _brute_nearest(x[unsure], bins, k)
+    return index
 
 
 def dense_encoding(index: Tensor, weight: Tensor, q: int) -> Tensor:
@@ -178,7 +216,7 @@ class Colorization(PretextTask):
     def bin_counts(self, images: Tensor) -> Tensor:
         """uint8 [N,3,H,W] -> [Q] counts of the target pixels' nearest bins (what the prior is made of)."""
         ab = self._targets_ab(rgb8_to_lab(images)[:, 1:])
-        index, _ = soft_encode(ab, self.bins, 1, self.cfg.sigma)
+        index, _ = soft_encode(ab, self.bins, 1, self.cfg.sigma, self.cfg.grid)
         return torch.bincount(index.flatten(), minlength=len(self.bins)).double()
 
     def setup(self, dataset: Dataset, generator: torch.Generator) -> SetupState:
@@ -225,7 +263,7 @@ class Colorization(PretextTask):
             images = torch.where(flips.view(-1, 1, 1, 1), images.flip(-1), images)
         lab = rgb8_to_lab(images)
         ab = self._targets_ab(lab[:, 1:])
-        index, weight = soft_encode(ab, self.bins, cfg.neighbours, cfg.sigma)
+        index, weight = soft_encode(ab, self.bins, cfg.neighbours, cfg.sigma, cfg.grid)
         nongray = ab.abs().flatten(1).amax(1) > cfg.gray_threshold if cfg.gray_threshold > 0 else \
             torch.ones(images.shape[0], dtype=torch.bool)
         return {"input": lab[:, :1] - L_CENTRE, "bins": index, "weights": weight, "nongray": nongray.float()}
@@ -253,7 +291,8 @@ class Colorization(PretextTask):
         return "lab-l"
 
     def variant(self) -> str:
-        return "" if self.cfg.rebalance else "no-rebalance"
+        """'gray': the trunk transfers on L alone (the deck's "Ours (gray)"); '-no-rebalance' without eq. 4."""
+        return "gray" + ("" if self.cfg.rebalance else "-no-rebalance")
 
     def examples(self, images: Tensor, generator: torch.Generator) -> list[tuple[str, Tensor]]:
         """Gray input, the annealed-mean colourisation, the ground truth (uint8 RGB panels)."""
