@@ -325,7 +325,7 @@ def data_check(spec: str = typer.Argument(..., help="NAME=PATH, e.g. voc2007=syn
 
 @app.command()
 def show(
-    kind: str = typer.Argument(..., help="What to draw: a pretext task whose examples to show (inpainting)."),
+    kind: str = typer.Argument(..., help="A pretext task whose examples to show (inpainting, colorization)."),
     checkpoint: Path = typer.Argument(..., help="runs/<task>-*/checkpoint.pt"),
     out: Path = typer.Argument(..., help="The PNG to write."),
     num: int = typer.Option(8, "--num", help="Images (rows) in the figure."),

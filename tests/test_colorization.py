@@ -247,3 +247,20 @@ def test_eval_with_the_colour_input_stores_a_color_row(tmp_path: Path) -> None:
     colour = evaluate(recipe, str(out.checkpoint), tmp_path, "cpu", progress=False, transfer_input="lab")
     assert (gray.provenance.variant, gray.provenance.init) == ("gray", "checkpoint")
     assert (colour.provenance.variant, colour.provenance.init) == ("color", "checkpoint+input:lab")
+
+
+def test_show_colorization_draws_gray_input_prediction_and_truth(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from sslbench.engine import pretrain
+    from sslbench.show import show
+
+    out = pretrain(load_recipe("pretrain", "colorization", "mini", TINY), tmp_path, "cpu", progress=False)
+    png = show("colorization", out.checkpoint, tmp_path / "col.png", num=3)
+    with Image.open(png) as im:
+        assert im.size[0] > 3 * 32 and im.size[1] > 3 * 32  # three panels side by side, three rows
+    task, _ = __import__("sslbench.show", fromlist=["load_task"]).load_task(out.checkpoint)
+    panels = task.examples(embedded_images("test", 32, 2, 0), torch.Generator().manual_seed(0))
+    assert [name for name, _ in panels] == ["input (L)", "colourised", "original"]
+    gray = panels[0][1].float()
+    assert float((gray - gray.mean(1, keepdim=True)).abs().max()) <= 2  # the input panel has no colour
