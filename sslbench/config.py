@@ -339,10 +339,25 @@ def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# Fields added to the schema after results were stored, with the default that reproduces what those results ran:
+# at that default a field is left out of a recipe's identity, so stored recipes (which lack it) stay the same
+# experiment as today's and their keys stay valid; any other value is a difference as usual.
+LATE_DEFAULTS = (("backbone", "pool_pad", 0), ("data", "load_area", [0, 0]), ("schedule", "lr_factors", []))
+
+
+def _without_late_defaults(d: dict[str, Any]) -> dict[str, Any]:
+    d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    for section, key, default in LATE_DEFAULTS:
+        part = d.get(section)
+        if isinstance(part, dict) and key in part and json.loads(json.dumps(part[key])) == default:
+            del part[key]
+    return d
+
+
 def _as_dict(recipe: Recipe | str | dict[str, Any]) -> dict[str, Any]:
     if isinstance(recipe, Recipe):
-        return recipe.to_dict()
-    return json.loads(recipe) if isinstance(recipe, str) else recipe
+        return _without_late_defaults(recipe.to_dict())
+    return _without_late_defaults(json.loads(recipe) if isinstance(recipe, str) else recipe)
 
 
 def recipe_diff(a: Recipe | str | dict[str, Any], b: Recipe | str | dict[str, Any],
@@ -368,7 +383,7 @@ def recipe_key(recipe: Recipe | str) -> str:
     """Identity of what a run computes (everything but where the recipe came from): reuse is keyed by it.
 
     Accepts a Recipe or its JSON (as stored with every result)."""
-    d = json.loads(recipe) if isinstance(recipe, str) else recipe.to_dict()
+    d = _as_dict(recipe)
     for key in ("source", "overrides"):
         d.pop(key, None)
     d.get("data", {}).pop("workers", None)  # IDENTITY_FREE, hashed as it always was: stored keys stay valid

@@ -75,3 +75,20 @@ def test_recipe_key_ignores_where_the_recipe_came_from() -> None:
     b = load_recipe("pretrain", "rotation", overrides=["data.workers=3"])
     c = load_recipe("pretrain", "rotation", overrides=["optim.lr=0.2"])
     assert recipe_key(a) == recipe_key(b) != recipe_key(c)
+
+
+def test_a_recipe_stored_before_a_field_was_added_is_the_same_experiment_at_its_default() -> None:
+    import json
+
+    from sslbench.config import LATE_DEFAULTS, recipe_diff, recipe_key
+    from sslbench.recipes import load_recipe
+
+    recipe = load_recipe("pretrain", "rotation", "mini", flavour="alexnet")
+    old = json.loads(recipe.to_json())
+    for section, key, _ in LATE_DEFAULTS:
+        old.get(section, {}).pop(key, None)
+    stored = json.dumps(old)
+    assert recipe_key(stored) == recipe_key(recipe) and recipe_diff(stored, recipe) == []
+    other = load_recipe("pretrain", "rotation", "mini", ["backbone.pool_pad=1"], flavour="alexnet")
+    assert recipe_key(other) != recipe_key(recipe)
+    assert [k for k, _, _ in recipe_diff(stored, other)] == ["backbone.pool_pad"]
