@@ -77,7 +77,24 @@ def test_soft_encoding_matches_a_brute_force_reference(k: int, grid: int) -> Non
     dense = dense_encoding(index, weight, len(bins)).permute(0, 2, 3, 1).reshape(-1, len(bins))
     ref = _reference_encoding(ab.permute(0, 2, 3, 1).reshape(-1, 2).double().numpy(), bins.double().numpy(), k, 5.0)
     np.testing.assert_allclose(dense.double().numpy(), ref, atol=1e-6)
-    assert bool((weight[:, :-1] >= weight[:, 1:] - 1e-7).all())  # nearest first
+    assert bool((weight[:, :1] >= weight[:, 1:] - 1e-7).all())  # the nearest first
+    if not grid:
+        assert bool((weight[:, :-1] >= weight[:, 1:] - 1e-7).all())  # all by distance
+
+
+def test_the_lattice_table_is_certain_almost_everywhere_and_right_where_it_is() -> None:
+    from sslbench.tasks.colorization import _BLOCK, LUT_SIDE, _block_table
+
+    for k in (1, 5, 10):
+        members, certain = _block_table(k)
+        assert float(certain.float().mean()) > 0.8, k  # the rest is ranked per pixel
+        u = torch.rand(4000, 2, generator=torch.Generator().manual_seed(k), dtype=torch.float64)
+        row = (u[:, 0] * LUT_SIDE).long() * LUT_SIDE + (u[:, 1] * LUT_SIDE).long()
+        d2 = (u[:, :1] - _BLOCK[0]).square() + (u[:, 1:] - _BLOCK[1]).square()
+        exact = torch.topk(d2, k, dim=1, largest=False).indices.sort(1).values
+        ok = certain[row]
+        assert torch.equal(members[row][ok].sort(1).values, exact[ok])
+        assert torch.equal(members[row][ok, 0], d2[ok].argmin(1))
 
 
 def test_rebalancing_weights_have_expectation_one_under_the_prior_and_follow_eq_4() -> None:

@@ -86,11 +86,11 @@ def soft_encode(ab: Tensor, bins: Tensor, k: int, sigma: float, grid: float = 0.
     `grid` > 0 says the bins lie on a lattice of that step (ab_gamut_bins): the k <= 10 nearest of a point are then
     among the 4 x 4 lattice points around its cell, and only those 16 are compared (`_lattice_nearest`); pixels
     where that is not certain (near the gamut's edge) fall back to all bins. The weights are computed from the
-    exact distances in float64."""
+    k distances again, directly (not from the expansion the ranking used)."""
     n, _, h, w = ab.shape
     x = ab.permute(0, 2, 3, 1).reshape(-1, 2).float()
     index = _lattice_nearest(x, bins, k, grid) if grid > 0 and k <= 10 else _brute_nearest(x, bins, k)
-    near = (x.double()[:, None, :] - bins.to(x.device, torch.float64)[index]).square_().sum(-1)  # [P, k]
+    near = (x[:, None, :] - bins.to(x)[index]).double().square_().sum(-1)  # [P, k], float64: far points keep 1e-7
     weight = (near - near[:, :1]).mul_(-0.5 / sigma**2).exp_()  # shifted by the nearest: same ratios, no 0/0
     weight = weight.div_(weight.sum(1, keepdim=True)).float()
     shape = (n, h, w, k)
@@ -105,25 +105,68 @@ def _brute_nearest(x: Tensor, bins: Tensor, k: int) -> Tensor:
 
 
 _BLOCK = torch.stack(torch.meshgrid(torch.arange(-1, 3), torch.arange(-1, 3), indexing="ij")).reshape(2, -1)
+LUT_SIDE = 128  # sub-squares per cell side of the nearest-set table (even: none straddles the cell's midlines)
+
+
+@functools.lru_cache(maxsize=16)
+def _block_table(k: int, side: int = LUT_SIDE) -> tuple[Tensor, Tensor]:
+    """For each of side x side sub-squares of the unit cell: which k of the 4 x 4 block points (indices into
+    _BLOCK) are the k nearest of every point of the sub-square, the cell corner nearest first; and whether that
+    is certain. It is where the k nearest at the sub-square's 4 corners are the same set S, all closer than 2:
+    d_i^2 - d_j^2 is affine in the point, so i in S nearer than j outside S at the corners holds over the
+    square, and every lattice point outside the block is >= 2 away. -> (members [side^2, k], certain [side^2])."""
+    t = torch.arange(side + 1, dtype=torch.float64) / side
+    pu, pv = (c.reshape(-1, 1) for c in torch.meshgrid(t, t, indexing="ij"))
+    oa, ob = _BLOCK.double()
+    d2 = (pu - oa).square() + (pv - ob).square()  # [(side+1)^2, 16]
+    near, idx = torch.topk(d2, k, dim=1, largest=False)
+    mask = (torch.ones(len(d2), k, dtype=torch.long) << idx).sum(1).view(side + 1, side + 1)
+    far = near[:, -1].view(side + 1, side + 1)
+    corners = [mask[:-1, :-1], mask[1:, :-1], mask[:-1, 1:], mask[1:, 1:]]
+    same = (corners[0] == corners[1]) & (corners[0] == corners[2]) & (corners[0] == corners[3])
+    close = torch.stack([far[:-1, :-1], far[1:, :-1], far[:-1, 1:], far[1:, 1:]]).amax(0) < 4.0
+    centre = (torch.arange(side, dtype=torch.float64) + 0.5) / side
+    cu, cv = (c.reshape(-1, 1) for c in torch.meshgrid(centre, centre, indexing="ij"))
+    members = torch.topk((cu - oa).square() + (cv - ob).square(), k, dim=1, largest=False, sorted=True).indices
+    return members, (same & close).reshape(-1)
 
 
 def _lattice_nearest(x: Tensor, bins: Tensor, k: int, grid: float) -> Tensor:
-    """`_brute_nearest` for bins on a lattice of step `grid`: a point in the cell [0, 1)^2 (in grid units) has
-    every lattice point outside the 4 x 4 block of offsets -1..2 at a distance >= 2, so where its k-th nearest
-    block point is closer than 2 the block's top-k is the answer; the other points (bins missing from the block
-    at the gamut's edge) are answered by `_brute_nearest`."""
+    """`_brute_nearest` for bins on a lattice of step `grid` (index[:, 0] the nearest, the others in no particular
+    order). A point in the cell [0, 1)^2 (grid units) has every lattice point outside the 4 x 4 block of offsets
+    -1..2 at a distance >= 2. Where the point's sub-square of the cell has a certain nearest set (`_block_table`)
+    and all 16 block points are bins, that set is the answer, read from the table; elsewhere the block's 16
+    distances are ranked, and where even that is not certain (bins missing at the gamut's edge) all bins are."""
     lo = bins.min(0).values - 2 * grid
     side = int(torch.round((bins.max() - bins.min()) / grid)) + 5
     slot = torch.full((side, side), -1, dtype=torch.long, device=x.device)
     ij = torch.round((bins.to(x) - lo.to(x)) / grid).long()
     slot[ij[:, 0], ij[:, 1]] = torch.arange(len(bins), device=x.device)
+    present = (slot >= 0).float()[None, None]
+    whole = F.conv2d(present, torch.ones(1, 1, 4, 4, device=x.device))[0, 0] == 16  # the block of cell (i+1, j+1)
+    whole = F.pad(whole, (1, 2, 1, 2)).reshape(-1)
     u = (x - lo.to(x)).mul_(1 / grid)
     base = u.floor().clamp_(1, side - 3)
     u -= base  # position in the cell, grid units ([0, 1)^2 inside the lattice's range)
+    flat = base[:, 0].long() * side + base[:, 1].long()
+    oa, ob = _BLOCK.to(x.device)
+    step = oa * side + ob  # the block's points as offsets in the flat lattice
+    members, certain = (t.to(x.device) for t in _block_table(k))
+    sub = (u * LUT_SIDE).long().clamp_(0, LUT_SIDE - 1)
+    row = sub[:, 0] * LUT_SIDE + sub[:, 1]
+    index = slot.view(-1)[flat[:, None] + step[members[row]]]
+    inside = ((u >= 0) & (u < 1)).all(1)
+    todo = ~(certain[row] & whole[flat] & inside)
+    if bool(todo.any()):
+        index[todo] = _ranked_block(x[todo], u[todo], flat[todo], slot, step, bins, k)
+    return index
+
+
+def _ranked_block(x: Tensor, u: Tensor, flat: Tensor, slot: Tensor, step: Tensor, bins: Tensor, k: int) -> Tensor:
+    """The k nearest among the 4 x 4 block's bins by their 16 distances; all bins where that is not certain."""
     oa, ob = _BLOCK.to(x.device)
     d2 = (u[:, :1] - oa).square_().add_((u[:, 1:] - ob).square_())  # [P, 16]
-    flat = (base[:, 0].long() * side + base[:, 1].long())[:, None] + (oa * side + ob)
-    cand = slot.view(-1).index_select(0, flat.view(-1)).view(flat.shape)
+    cand = slot.view(-1)[flat[:, None] + step]
     d2.masked_fill_(cand < 0, float("inf"))
     near, j = torch.topk(d2, k, dim=1, largest=False, sorted=True)
     index = cand.gather(1, j)
