@@ -22,10 +22,21 @@ def _error_line(p: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("command", ["pretrain", "eval", "table", "reproduce", "list", "data synth", "data check"])
+def in_process(*args: str):  # noqa: ANN201
+    """The CLI's app run in this process (no interpreter start-up: help and listings; the entry point's error
+    handling is what the subprocess tests check)."""
+    from typer.testing import CliRunner
+
+    from sslbench.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.mark.parametrize("command", ["pretrain", "eval", "table", "reproduce", "list", "data synth", "data check",
+                                     "show"])
 def test_every_command_help_has_an_example(command: str) -> None:
-    p = run(*command.split(), "--help")
-    assert p.returncode == 0 and "Example" in p.stdout, p.stdout
+    p = in_process(*command.split(), "--help")
+    assert p.exit_code == 0 and "Example" in p.output, p.output
 
 
 def test_unknown_task_lists_valid_names_and_closest(tmp_path: Path) -> None:
@@ -72,8 +83,8 @@ def test_damaged_checkpoint_file(tmp_path: Path) -> None:
 def test_list_commands() -> None:
     for what, expected in [("tasks", "rotation"), ("protocols", "rotnet-blocks"), ("tables", "rotations-pascal"),
                            ("recipes", "rotation/mini-alexnet"), ("backbones", "alexnet"), ("datasets", "embedded")]:
-        p = run("list", what)
-        assert p.returncode == 0 and expected in p.stdout, (what, p.stdout)
+        p = in_process("list", what)
+        assert p.exit_code == 0 and expected in p.output, (what, p.output)
     assert "Did you mean 'tasks'" in _error_line(run("list", "taks"))
 
 

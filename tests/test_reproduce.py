@@ -23,23 +23,24 @@ def test_plan_merges_runs_of_a_group() -> None:
 
 
 @pytest.mark.slow
-def test_reproduce_probe_table_mini_rotnet_beats_random(tmp_path: Path) -> None:
-    """The whole path on one table (rotations-cifar's is the same code with the NIN; one table keeps CI short)."""
+def test_reproduce_probe_table_mini_rotnet_and_colorization_beat_random(tmp_path: Path) -> None:
+    """The whole path on one table (rotations-cifar's is the same code with the NIN; one table keeps CI short):
+    RotNet beats random init, and Colorization beats random init of its own 1-channel trunk, on every layer."""
     names, summary = reproduce("rotations-linear", Options(runs=tmp_path, device="cpu", progress=False))
     assert names == ["rotations-linear"]
-    assert len(summary.ran) == 4  # the pretraining, linear x3 (rotation, random, random rescaled)
+    # two pretrainings (RotNet, Colorization); linear x5 (rotation, random, random rescaled, colorization, its trunk)
+    assert len(summary.ran) == 7
     store = ResultStore(tmp_path / "results.sqlite")
-    for name in ("rotations-linear",):
-        table = tables.load_table(name)
-        rows = {r.method: r for r in report.sslbench_rows(table, store)}
+    table = tables.load_table("rotations-linear")
+    rows = {r.label.split(" [")[0]: r for r in report.sslbench_rows(table, store)}
+    for ours, rand in (("RotNet", "Random"), ("Colorization (gray)", "Random (colorization trunk)")):
         for i, col in enumerate(table.columns):
-            ours, rand = rows["rotation"].cells[i], rows["random"].cells[i]
-            if ours != report.DASH:
-                assert float(ours) > float(rand), (name, col.flat, ours, rand)
-    labels = {r.label.split(" [")[0] for r in report.sslbench_rows(tables.load_table("rotations-linear"), store)}
-    assert "sslbench: Random rescaled" in labels
+            a, b = rows[f"sslbench: {ours}"].cells[i], rows[f"sslbench: {rand}"].cells[i]
+            if a != report.DASH:
+                assert float(a) > float(b), (ours, col.flat, a, b)
+    assert "sslbench: Random rescaled" in rows
     _, again = reproduce("rotations-linear", Options(runs=tmp_path, device="cpu", progress=False))
-    assert again.ran == [] and len(again.reused) == 4
+    assert again.ran == [] and len(again.reused) == 8  # the 5 evaluations and 3 pretraining lookups
 
 
 def _fake_world(monkeypatch, runs: list[dict]) -> tuple[list, list]:  # noqa: ANN001
