@@ -9,6 +9,7 @@ the protocol recipe's. The input transform a trunk expects is the name its check
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,9 +96,11 @@ def with_transfer_input(trunk: Trunk, name: str) -> Trunk:
         takes = [k for k, v in TRANSFER_EXTENDS.items() if v == trunk.transfer_input]
         raise UserError(f"--input {name}: this trunk was pretrained on {trunk.transfer_input!r}, which {name!r} does "
                         f"not extend; valid: {', '.join([trunk.transfer_input, *takes])}")
-    backbone = trunk.backbone
+    backbone = copy.deepcopy(trunk.backbone)  # the trunk given stays as it was
     channels = TRANSFER_INPUTS.get(name)(torch.zeros(1, 3, 8, 8, dtype=torch.uint8)).shape[1]
     parent, attr, conv = first_conv(backbone)
+    if conv.groups != 1:
+        raise UserError(f"--input {name}: the trunk's first convolution is grouped ({conv.groups}); cannot widen it")
     wide = torch.nn.Conv2d(channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                            conv.groups, conv.bias is not None).to(conv.weight.device)
     with torch.no_grad():
@@ -114,7 +117,7 @@ def with_transfer_input(trunk: Trunk, name: str) -> Trunk:
     variant = "-".join(new if p == old else p for p in parts) if old in parts else "+".join(p for p in (trunk.variant,
                                                                                                        new) if p)
     label = backbone_label(backbone.name, backbone.cfg) if hasattr(backbone, "cfg") else trunk.label
-    return dataclasses.replace(trunk, transfer_input=name, variant=variant, label=label)
+    return dataclasses.replace(trunk, backbone=backbone, transfer_input=name, variant=variant, label=label)
 
 
 def first_conv(module: torch.nn.Module) -> tuple[torch.nn.Module, str, torch.nn.Conv2d]:
@@ -136,6 +139,9 @@ def at_protocol_size(trained: Named, protocol: Named) -> Named:
     changes: dict[str, Any] = {"image_size": size_new}
     if getattr(trained.cfg, "transfer_stride", 0):  # the stride the trunk transfers at (Jigsaw: 2 on tiles, 4 here)
         changes["conv1_stride"] = trained.cfg.transfer_stride
+    for field, target in (("transfer_conv1_pad", "conv1_pad"), ("transfer_pool_pad", "pool_pad")):
+        if getattr(trained.cfg, field, -1) >= 0:  # the padding it transfers at (Colorization: Caffe's AlexNet)
+            changes[target] = getattr(trained.cfg, field)
     return Named(trained.name, dataclasses.replace(trained.cfg, **changes))
 
 

@@ -135,10 +135,12 @@ class ScheduleConfig:
         if self.milestones and self.milestone_steps:
             raise UserError(f"schedule: milestones (epochs) {list(self.milestones)} and milestone_steps "
                             f"{list(self.milestone_steps)} both set; keep one")
-        drops = len(self.milestones or self.milestone_steps)
-        if self.lr_factors and len(self.lr_factors) != drops:
-            raise UserError(f"schedule: lr_factors has {len(self.lr_factors)} values for {drops} milestones; give "
-                            "one multiplier per milestone")
+        marks = list(self.milestones or self.milestone_steps)
+        if marks != sorted(marks):
+            raise UserError(f"schedule: milestones {marks} are not in increasing order; sort them")
+        if self.lr_factors and (len(self.lr_factors) != len(marks) or self.kind != "multistep"):
+            raise UserError(f"schedule: lr_factors {list(self.lr_factors)} needs kind = \"multistep\" (found "
+                            f"{self.kind!r}) and one multiplier per milestone ({len(marks)} given)")
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,15 @@ def make_task(extra: list[str] | None = None):  # noqa: ANN201
     return TASKS.get("colorization")(r.component.cfg, build_backbone(r.backbone.name, r.backbone.cfg)), r
 
 
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny Colorization pretraining, shared by the tests that evaluate or draw it."""
+    from sslbench.engine import pretrain
+
+    runs = tmp_path_factory.mktemp("colorization-runs")
+    return Path(pretrain(load_recipe("pretrain", "colorization", "mini", TINY), runs, "cpu", progress=False).checkpoint)
+
+
 def test_the_derived_bins_are_the_papers_313_in_its_order() -> None:
     bins = ab_gamut_bins(10)
     assert bins.shape == (313, 2) and bool((bins % 10 == 0).all())
@@ -170,6 +179,7 @@ def test_colorization_loss_goes_down_on_embedded_images() -> None:
 
 def test_rebalancing_weighs_each_pixel_by_its_nearest_bins_weight() -> None:
     task, _ = make_task(["task.gray_threshold=0"])
+    task.eval()
     prior = torch.full((313,), 1e-4)
     prior[:10] = (1 - prior[10:].sum()) / 10
     task.restore({"prior": prior})
@@ -181,6 +191,20 @@ def test_rebalancing_weighs_each_pixel_by_its_nearest_bins_weight() -> None:
         unweighted = task.loss(batch)
     assert torch.isclose(weighted["ce"], unweighted["ce"]) and not torch.isclose(weighted["loss"], unweighted["loss"])
     assert torch.isclose(unweighted["loss"], unweighted["ce"])
+    # the reference, pixel by pixel: -sum_q z_q log p_q, times the weight of the nearest bin, averaged
+    with torch.no_grad():
+        logits = torch.nn.functional.interpolate(task.logits(batch["input"]), size=batch["bins"].shape[-2:],
+                                                 mode="bilinear", align_corners=False)
+    logp = torch.log_softmax(logits, 1)
+    total, n = 0.0, 0
+    for i in range(logp.shape[0]):
+        for y in range(logp.shape[2]):
+            for x in range(logp.shape[3]):
+                bins, z = batch["bins"][i, :, y, x], batch["weights"][i, :, y, x]
+                ce = -float((z * logp[i, bins, y, x]).sum())
+                total += float(task.weights[bins[0]]) * ce
+                n += 1
+    assert abs(float(weighted["loss"]) - total / n) < 1e-4
 
 
 def test_gray_images_carry_no_loss() -> None:
@@ -211,10 +235,15 @@ def test_a_resumed_run_restores_the_prior_exactly(tmp_path: Path) -> None:
     first = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
     prior = first["setup"]["prior"]
     assert prior.shape == (313,) and abs(float(prior.sum()) - 1) < 1e-5
+    # a resume reads the prior from the checkpoint, never recomputes it: alter the stored one and it must survive
+    altered = prior.roll(7)
+    first["setup"]["prior"] = altered
+    torch.save(first, run / "checkpoint.pt")
     out = pretrain(recipe, tmp_path, "cpu", progress=False, resume=True)
     final = torch.load(out.checkpoint, map_location="cpu", weights_only=True)
-    assert torch.equal(final["setup"]["prior"], prior)
-    torch.testing.assert_close(final["model"]["weights"], rebalance_weights(prior, 0.5))
+    assert torch.equal(final["setup"]["prior"], altered) and "weights" not in final["model"]
+    task, _ = __import__("sslbench.show", fromlist=["load_task"]).load_task(out.checkpoint)
+    torch.testing.assert_close(task.weights, rebalance_weights(altered, 0.5))
 
 
 def test_a_schedule_can_give_each_milestone_its_own_multiplier() -> None:
@@ -240,6 +269,8 @@ def test_the_colour_transfer_widens_conv1_with_zero_filters_so_the_trunk_compute
         after = colour.backbone(colour.prepare(images), taps=("conv5",))["conv5"]
     torch.testing.assert_close(after, before)
     assert with_transfer_input(gray, "lab-l") is gray
+    with torch.no_grad():  # the trunk it was given is untouched
+        torch.testing.assert_close(net(gray.prepare(images), taps=("conv5",))["conv5"], before)
     with pytest.raises(UserError, match="does not extend"):
         with_transfer_input(dataclasses.replace(gray, transfer_input="imagenet"), "lab")
 
@@ -252,32 +283,81 @@ def test_a_colour_evaluation_is_its_own_result_in_the_store() -> None:
     assert init_label(True, "rescale", "lab") == "random+input:lab+rescale"  # rescaled rows stay recognisable
 
 
-def test_eval_with_the_colour_input_stores_a_color_row(tmp_path: Path) -> None:
-    from sslbench.engine import pretrain
+def test_eval_with_the_colour_input_stores_a_color_row(tmp_path: Path, pretrained: Path) -> None:
     from sslbench.protocols.base import evaluate
     from tests.conftest import tiny_protocol
 
-    out = pretrain(load_recipe("pretrain", "colorization", "mini", TINY), tmp_path, "cpu", progress=False)
     recipe = tiny_protocol("linear", ["protocol.taps=['conv1','conv2']", "backbone.image_size=32",
                                       "data.image_size=32"])
-    gray = evaluate(recipe, str(out.checkpoint), tmp_path, "cpu", progress=False)
-    colour = evaluate(recipe, str(out.checkpoint), tmp_path, "cpu", progress=False, transfer_input="lab")
+    gray = evaluate(recipe, str(pretrained), tmp_path, "cpu", progress=False)
+    colour = evaluate(recipe, str(pretrained), tmp_path, "cpu", progress=False, transfer_input="lab")
     assert (gray.provenance.variant, gray.provenance.init) == ("gray", "checkpoint")
     assert (colour.provenance.variant, colour.provenance.init) == ("color", "checkpoint+input:lab")
 
 
-def test_show_colorization_draws_gray_input_prediction_and_truth(tmp_path: Path) -> None:
+def test_show_colorization_draws_gray_input_prediction_and_truth(tmp_path: Path, pretrained: Path) -> None:
     from PIL import Image
 
-    from sslbench.engine import pretrain
     from sslbench.show import show
 
-    out = pretrain(load_recipe("pretrain", "colorization", "mini", TINY), tmp_path, "cpu", progress=False)
-    png = show("colorization", out.checkpoint, tmp_path / "col.png", num=3)
+    png = show("colorization", pretrained, tmp_path / "col.png", num=3)
     with Image.open(png) as im:
         assert im.size[0] > 3 * 32 and im.size[1] > 3 * 32  # three panels side by side, three rows
-    task, _ = __import__("sslbench.show", fromlist=["load_task"]).load_task(out.checkpoint)
+    task, _ = __import__("sslbench.show", fromlist=["load_task"]).load_task(pretrained)
     panels = task.examples(embedded_images("test", 32, 2, 0), torch.Generator().manual_seed(0))
     assert [name for name, _ in panels] == ["input (L)", "colourised", "original"]
     gray = panels[0][1].float()
     assert float((gray - gray.mean(1, keepdim=True)).abs().max()) <= 2  # the input panel has no colour
+
+
+def test_the_dense_head_at_the_papers_geometry_is_the_strided_fc6_fc7_at_the_matching_cell() -> None:
+    """At 224 px conv5 is 14x14; the trunk's own path pools it to 6x6 (3/2) and applies fc6 / fc7 once; the dense
+    head's cell (6, 6) reads exactly those pool5 cells, with the dilated filter."""
+    r = load_recipe("pretrain", "colorization", "paper", ["backbone.width=0.125", "backbone.fc_dim=32"])
+    net = build_backbone(r.backbone.name, r.backbone.cfg).eval()
+    x = torch.randn(1, 1, 224, 224) * 30
+    with torch.no_grad():
+        maps = net(x, taps=("conv5", "fc7"))
+        dense = net.dense_fc_head().head(maps["conv5"])
+    assert maps["conv5"].shape[-1] == 14 and dense.shape[-1] == 14
+    torch.testing.assert_close(dense[0, :, 6, 6], maps["fc7"][0], rtol=1e-4, atol=1e-4)
+
+
+def test_the_paper_trunk_transfers_at_227_px_without_losing_fc6() -> None:
+    from sslbench.checkpoint import resize_trunk
+
+    r = load_recipe("pretrain", "colorization", "paper")
+    for protocol in ("voc-cls", "voc-det", "voc-seg", "linear"):
+        p = load_recipe("protocol", protocol, "paper")
+        _, reinit = resize_trunk(build_backbone(r.backbone.name, r.backbone.cfg), r.backbone, p.backbone)
+        assert reinit == (), (protocol, reinit)
+
+
+def test_colorization_runs_on_vgg16_at_its_output_stride() -> None:
+    from sslbench.config import build
+    from sslbench.registry import BACKBONES
+
+    r = load_recipe("pretrain", "colorization", "mini")
+    cfg = build(BACKBONES.entry("vgg16").config, {"image_size": 32, "width": 0.125, "fc_dim": 16, "in_channels": 1},
+                "test")
+    task = TASKS.get("colorization")(r.component.cfg, build_backbone("vgg16", cfg)).eval()
+    with torch.no_grad():
+        logits = task.logits(torch.zeros(2, 1, 64, 64))
+    assert logits.shape == (2, 313, 4, 4)  # conv5 of VGG at 64 px: stride 16
+
+
+def test_a_gray_result_is_not_reused_for_a_colour_evaluation(tmp_path: Path, pretrained: Path) -> None:
+    from sslbench.config import recipe_key
+    from sslbench.protocols.base import evaluate, init_label
+    from sslbench.reproduce import _evaluated
+    from sslbench.results import ResultStore
+    from tests.conftest import tiny_protocol
+
+    recipe = tiny_protocol("linear", ["protocol.taps=['conv1']", "backbone.image_size=32", "data.image_size=32"])
+    evaluate(recipe, str(pretrained), tmp_path, "cpu", progress=False)
+    store = ResultStore(tmp_path / "results.sqlite")
+    key, ckpt = recipe_key(recipe), str(pretrained)
+    assert _evaluated(store, "linear", key, ckpt, init_label(False, "default"))
+    assert not _evaluated(store, "linear", key, ckpt, init_label(False, "default", "lab"))
+    again = evaluate(recipe, ckpt, tmp_path, "cpu", progress=False, transfer_input="lab-l")  # its own input
+    assert again.provenance.init == "checkpoint"

@@ -34,6 +34,11 @@ class AlexNetConfig:
     # conv1 stride of this trunk when a protocol rebuilds it at its own input size (0: conv1_stride). Jigsaw's tile
     # towers run at stride 2 on 64 px tiles and transfer as an AlexNet at stride 4 on 227 px images.
     transfer_stride: Annotated[int, In(0, 8)] = 0
+    # conv1 / pool1-2 padding when a protocol rebuilds this trunk at its own size (-1: as trained). The Colorization
+    # net trains at conv1 pad 5, pools padded by 1 (180 px crops -> 12x12) and transfers as Caffe's AlexNet, whose
+    # pool5 is 6x6 at 224 and 227 px (pad 2 and 0 here; pad 5 + 1 would give 7x7 at 227 and lose fc6)
+    transfer_conv1_pad: Annotated[int, In(-1, 16)] = -1
+    transfer_pool_pad: Annotated[int, In(-1, 1)] = -1
     conv1_pad: Annotated[int, In(0, 16)] = 2  # 2 (torchvision, RotNet at 224); 0 Caffe at 227; 5 deepcontext at 96
     # Caffe's pooling rounds up (96 px: pool5 3x3, not 2x2); at 224/227 with conv1 pad 0-2 both give 6x6 (with pad 5,
     # the Context net's, 224 px gives conv5 14x14 and pool5 7x7)

@@ -194,10 +194,13 @@ class FcTrunk(Backbone):
         of the same weights (the Colorization AlexNet, richzhang/colorization train_alexnet/train_val.prototxt:
         pool5 3/1 pad 1, fc6 6x6 dilation 2). Output at conv5's stride. Shares fc6 / fc7's parameters with the
         trunk (a view, not a copy): what a per-pixel pretext head trains here is what transfers."""
-        pool = next(m for m in self.pool5.modules() if isinstance(m, nn.MaxPool2d))
+        pool5 = dict(self.stages())["pool5"]
+        pool = next(m for m in pool5.modules() if isinstance(m, nn.MaxPool2d))
         kernel = pool.kernel_size if isinstance(pool.kernel_size, int) else pool.kernel_size[0]
         stride = pool.stride if isinstance(pool.stride, int) else pool.stride[0]
-        head = nn.Sequential(nn.MaxPool2d(kernel, 1, (kernel - 1) // 2),
+        lo, hi = (kernel - 1) // 2, kernel - 1 - (kernel - 1) // 2  # VGG's 2x2: one more row / column below / right
+        # zero padding is -inf padding here: conv5 ends in a ReLU, so the max never prefers a padded zero
+        head = nn.Sequential(nn.ZeroPad2d((lo, hi, lo, hi)), nn.MaxPool2d(kernel, 1),
                              SharedConvStage(self.fc6, self.pool5_size, stride), SharedConvStage(self.fc7, 1, 1))
         return FcnHead(self.dense_tap or "conv5", head, self.feature_info["fc7"].channels)
 

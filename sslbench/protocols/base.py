@@ -141,6 +141,8 @@ def _evaluate(recipe: Recipe, spec: TrunkSpec, runs: Path, device: str, progress
             check_store(runs)
     seed_everything(recipe.seed)  # before the trunk: `random` init must be the same draw every time (and rank)
     trunk = load_trunk(spec, recipe.backbone, allow_unfinished)
+    if transfer_input == trunk.transfer_input:
+        transfer_input = ""  # the trunk's own input: the same evaluation as without --input
     if transfer_input:
         trunk = with_transfer_input(trunk, transfer_input)
     require_taps(trunk, protocol.taps(trunk.backbone))

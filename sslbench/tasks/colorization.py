@@ -250,9 +250,10 @@ class Colorization(PretextTask):
         self.classifier = nn.Conv2d(fcn.dim, len(bins), 1)  # fc8_313: no filler in the prototxt -> Caffe's zeros
         nn.init.zeros_(self.classifier.weight)
         nn.init.zeros_(self.classifier.bias)
-        self.register_buffer("prior", torch.full((len(bins),), 1.0 / len(bins)))
-        self.register_buffer("weights", torch.ones(len(bins)))
-        self.has_prior = False
+        # the prior lives in the set-up state (saved with the checkpoint, read back by restore) and the weights are
+        # derived from it: neither is part of the model's state dict, which would overwrite them on a resume
+        self.register_buffer("prior", torch.full((len(bins),), 1.0 / len(bins)), persistent=False)
+        self.register_buffer("weights", torch.ones(len(bins)), persistent=False)
 
     # -- the prior (setup)
 
@@ -286,16 +287,23 @@ class Colorization(PretextTask):
             raise ValueError(f"colorization: setup state {sorted(state)} does not hold a [{len(self.bins)}] prior")
         self.prior.copy_(state["prior"])
         self.weights.copy_(rebalance_weights(self.prior, self.cfg.lam))
-        self.has_prior = True
 
     # -- batches and loss
 
     def _targets_ab(self, ab: Tensor) -> Tensor:
+        """ab on the target grid: every target_stride-th pixel (data_ab_ss), or averaged over each cell of the
+        logits' own grid (target_stride 0)."""
         s = self.cfg.target_stride
         if s:
             return ab[..., ::s, ::s]
-        stride = self.backbone.feature_info[self.tap].stride
-        return F.avg_pool2d(ab, stride) if stride > 1 else ab
+        return F.adaptive_avg_pool2d(ab, self.output_size(ab.shape[-2], ab.shape[-1]))
+
+    def output_size(self, h: int, w: int) -> tuple[int, int]:
+        """The logits' grid for an h x w input: the trunk's layers up to the dense tap, then the dense head's
+        size-keeping stride-1 layers."""
+        for k, st, p in self.backbone.tap_geometry(self.tap):
+            h, w = (h + 2 * p - k) // st + 1, (w + 2 * p - k) // st + 1
+        return h, w
 
     def make_batch(self, images: Tensor, targets: dict[str, Any], generator: torch.Generator) -> dict[str, Tensor]:
         """uint8 [N,3,H,W] -> input L - 50 [N,1,H,W]; bins / weights [N,k,h,w], the soft-encoded targets on the
