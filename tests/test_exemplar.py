@@ -1,0 +1,131 @@
+"""Exemplar-CNN: seed selection, each transformation family, the three networks' feature counts, set-up errors
+and the loss going down."""
+
+from __future__ import annotations
+
+import colorsys
+import dataclasses
+
+import pytest
+import torch
+
+from sslbench.backbones.base import build_backbone
+from sslbench.backbones.exemplar import TABLE_NETWORKS, ExemplarNet, ExemplarNetConfig
+from sslbench.data.synthetic import embedded_images
+from sslbench.errors import UserError
+from sslbench.recipes import load_recipe
+from sslbench.registry import TASKS
+from sslbench.tasks.exemplar import (
+    ExemplarConfig,
+    choose_seeds,
+    hsv_to_rgb,
+    identity_transform,
+    rgb_to_hsv,
+    transform_patches,
+)
+from tests.conftest import fit_losses
+
+IDENTITY_PCA = torch.cat([torch.full((1, 3), 0.5), torch.eye(3)])
+
+
+def test_seeds_sit_where_the_gradient_is() -> None:
+    images = torch.full((6, 3, 64, 64), 128, dtype=torch.uint8)
+    images[:, :, 40:, 10:30] = 250  # a bright block: its edges are the only gradient
+    centres = choose_seeds(images, 16, torch.Generator().manual_seed(0))
+    y, x = centres.unbind(1)
+    # every window of 16 px around a centre overlaps the block's edges (rows >= 32, columns 2..38)
+    assert bool(((y + 8 > 40) & (x + 8 > 10) & (x - 8 < 30)).all()), centres
+    flat = torch.full((2, 3, 40, 40), 90, dtype=torch.uint8)  # no gradient at all: any position, still valid
+    c = choose_seeds(flat, 16, torch.Generator().manual_seed(1))
+    assert bool(((c >= 8) & (c <= 32)).all())
+
+
+def test_hsv_round_trips_and_matches_colorsys() -> None:
+    rgb = torch.rand(2, 3, 5, 6, generator=torch.Generator().manual_seed(0))
+    hsv = rgb_to_hsv(rgb)
+    torch.testing.assert_close(hsv_to_rgb(hsv), rgb, atol=1e-5, rtol=0)
+    for (r, g, b), (h, s, v) in zip(rgb[0].reshape(3, -1).T.tolist(), hsv[0].reshape(3, -1).T.tolist()):
+        ref = colorsys.rgb_to_hsv(r, g, b)
+        assert abs((h - ref[0] + 0.5) % 1 - 0.5) < 1e-5 and abs(s - ref[1]) < 1e-5 and abs(v - ref[2]) < 1e-5
+
+
+def _one(images: torch.Tensor, centres: torch.Tensor, cfg: ExemplarConfig, seed: int = 0) -> torch.Tensor:
+    return transform_patches(images, centres, cfg, IDENTITY_PCA, torch.Generator().manual_seed(seed))
+
+
+def test_with_every_family_off_the_seed_patch_is_read_as_it_is() -> None:
+    images = embedded_images("unlabeled", 64, 2, 0)
+    centres = torch.tensor([[20.0, 30.0], [40.0, 24.0]])
+    out = _one(images, centres, identity_transform(16))
+    expected = torch.stack([images[0, :, 12:28, 22:38], images[1, :, 32:48, 16:32]]).float() / 255
+    torch.testing.assert_close(out, expected, atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["translate", "scale", "rotate", "pca_power", "sv_power", "sv_factor", "sv_shift",
+                                    "hue_shift"])
+def test_each_transformation_family_changes_the_patch_and_only_in_its_own_way(family: str) -> None:
+    images = embedded_images("unlabeled", 64, 4, 0)
+    centres = torch.full((4, 2), 32.0)
+    base = identity_transform(16)
+    on = {"translate": {"translate": 0.25}, "scale": {"scale_min": 0.7, "scale_max": 1.4}, "rotate": {"rotate": 20.0},
+          "pca_power": {"pca_power": 1.0}, "sv_power": {"sv_power": 2.0}, "sv_factor": {"sv_factor": 0.5},
+          "sv_shift": {"sv_shift": 0.1}, "hue_shift": {"hue_shift": 0.1}}[family]
+    plain, changed = _one(images, centres, base), _one(images, centres, dataclasses.replace(base, **on))
+    assert float((changed - plain).abs().mean()) > 1e-3, family
+    geometric = family in ("translate", "scale", "rotate")
+    if geometric:  # the colours are only moved: the same mean colour, roughly
+        assert float((changed.mean((2, 3)) - plain.mean((2, 3))).abs().max()) < 0.2
+    else:  # the pixels stay where they are: the gray structure is kept (correlation of luma)
+        luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        a, b = (plain * luma).sum(1).flatten(1), (changed * luma).sum(1).flatten(1)
+        a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+        corr = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + 1e-8)
+        assert float(corr.abs().min()) > 0.5, (family, corr)
+    assert torch.equal(changed, _one(images, centres, dataclasses.replace(base, **on)))  # a pure, seeded function
+
+
+@pytest.mark.parametrize("name", list(TABLE_NETWORKS))
+def test_the_tables_feature_count_comes_from_the_network(name: str) -> None:
+    convs, fc = TABLE_NETWORKS[name]
+    net = ExemplarNet(ExemplarNetConfig(convs=convs, fc=fc))
+    assert net.num_features() == {"64c5-64c5-128f": 256, "64c5-128c5-256c5-512f": 960,
+                                  "92c5-256c5-512c5-1024f": 1884}[name]
+    assert ExemplarNet.label(net.cfg) == "exemplar-" + name
+    out = net(torch.zeros(1, 3, 96, 96), taps=net.default_taps)  # runs on whole images: the fc layer is a conv
+    assert out["fc"].shape[1] == fc and out["fc"].shape[-1] > 1
+
+
+def test_the_released_nets_pool_3x3_after_the_first_two_layers_as_an_option() -> None:
+    net = ExemplarNet(ExemplarNetConfig(pool_kernel=3, pooled=2))
+    assert [net.feature_info[t].size for t in ("conv1", "conv2", "conv3")] == [16, 8, 8]
+
+
+def _task(extra: list[str] | None = None):  # noqa: ANN202
+    r = load_recipe("pretrain", "exemplar", "mini", ["task.num_classes=8", "data.num_images=8", "backbone.width=0.125",
+                                                     "backbone.fc=32", *(extra or [])])
+    return TASKS.get("exemplar")(r.component.cfg, build_backbone(r.backbone.name, r.backbone.cfg)), r
+
+
+def test_set_up_needs_one_image_per_class_and_saves_the_seeds() -> None:
+    task, _ = _task()
+    images = embedded_images("unlabeled", 64, 8, 0)
+    state = task.setup(torch.utils.data.TensorDataset(images), torch.Generator().manual_seed(0))
+    assert state["centres"].shape == (8, 2) and state["pca"].shape == (4, 3)
+    comps = state["pca"][1:]
+    torch.testing.assert_close(comps @ comps.T, torch.eye(3), atol=1e-4, rtol=0)  # orthonormal components
+    task.restore(state)
+    assert torch.equal(task.centres, state["centres"])
+    with pytest.raises(UserError, match="num_images"):
+        task.setup(torch.utils.data.TensorDataset(images[:5]), torch.Generator().manual_seed(0))
+
+
+def test_exemplar_loss_goes_down_and_each_sample_keeps_its_images_class() -> None:
+    torch.manual_seed(0)
+    task, r = _task(["task.views=4"])
+    images = embedded_images("unlabeled", 64, 8, 0)
+    task.restore(task.setup(torch.utils.data.TensorDataset(images), torch.Generator().manual_seed(0)))
+    batch = task.make_batch(images, {"index": torch.arange(8)}, torch.Generator().manual_seed(0))
+    assert batch["input"].shape == (32, 3, 32, 32) and batch["labels"].tolist() == [i // 4 for i in range(32)]
+    opt = torch.optim.Adam(task.parameters(), lr=2e-3)  # the mechanism, not the recipe's schedule
+    losses = fit_losses(task, opt, [batch] * 100)
+    assert losses[-1] < 0.65 * losses[0], losses  # ln 8 = 2.08 to ~1.2 in 100 steps of a width-0.125 net
