@@ -21,7 +21,7 @@ at the chosen C.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -293,6 +293,83 @@ def _fit_one_vs_rest(
     v, _ = newton(Problems.build(basis, y, weight, dtype), chosen.to(z), v0, tol=tol)
     coef, intercept = basis.feature_weights(v)
     return OneVsRest(coef, intercept, chosen, cv_ap)
+
+
+@dataclass(frozen=True)
+class MultiClass:
+    """One-vs-rest linear SVMs of K classes at one shared C, predicting the class of the largest score."""
+
+    coef: Tensor  # [D, K]
+    intercept: Tensor  # [K]
+    cost: float  # the C the cross-validation chose
+    cv_score: Tensor  # [len(costs)] mean held-out score at each C (costs in the order given)
+
+    def decision(self, x: Tensor) -> Tensor:
+        return x.to(self.coef) @ self.coef + self.intercept
+
+    def predict(self, x: Tensor) -> Tensor:
+        return self.decision(x).argmax(1)
+
+
+Score = Callable[[Tensor, Tensor], float]  # (scores [M, K], labels [M]) -> a number to maximise
+
+
+def accuracy_score(scores: Tensor, labels: Tensor) -> float:
+    """Share of samples whose largest score is their class's."""
+    return float((scores.argmax(1) == labels).double().mean())
+
+
+def mean_class_accuracy(scores: Tensor, labels: Tensor) -> float:
+    """Accuracy of each class's samples, averaged over the classes present (Caltech's protocol)."""
+    hit = (scores.argmax(1) == labels).double()
+    present = labels.unique()
+    return float(torch.stack([hit[labels == c].mean() for c in present]).mean())
+
+
+def fit_multiclass(
+    x: Tensor, labels: Tensor, costs: Sequence[float], folds: int = 3, score: Score = accuracy_score,
+    intercept_scaling: float = 1.0, tol: float = 1e-3, dtype: torch.dtype = torch.float32,
+) -> MultiClass:
+    """scikit-learn's `LinearSVC(C)` (one-vs-rest, squared hinge) on features x [N, D] and labels [N] in 0..K-1,
+    with C chosen from `costs` by `score` (default: accuracy of the argmax) averaged over `folds`-fold stratified
+    cross-validation on the multi-class labels (StratifiedKFold, no shuffle; ties to the first C), then refit on
+    every sample at that C. The K x folds x costs problems share one basis and one warm-started C path, as
+    `fit_one_vs_rest`'s do; only the score that picks C differs."""
+    from sklearn.model_selection import StratifiedKFold
+
+    labels = labels.long()
+    k = int(labels.max()) + 1
+    positive = torch.nn.functional.one_hot(labels, k).bool()
+    cost_list = _check(x, positive, torch.zeros_like(positive), costs, 2)
+    counts = torch.bincount(labels, minlength=k)
+    if folds < 2 or int(counts.min()) < folds:
+        raise UserError(f"svm: {folds}-fold stratified cross-validation needs at least {folds} samples of every "
+                        f"class; the smallest class has {int(counts.min())}; use more images or fewer folds")
+    with _small_on_one_thread(x):
+        fold = torch.full((len(labels),), -1, dtype=torch.long)
+        for f, (_, test) in enumerate(StratifiedKFold(folds).split(np.zeros(len(labels)), labels.cpu().numpy())):
+            fold[torch.from_numpy(test)] = f
+        fold = fold.to(x.device)
+        basis = svm_basis(x, intercept_scaling)
+        y = torch.where(positive.to(x.device), 1.0, -1.0).double()  # [N, K]
+        held = torch.stack([fold == f for f in range(folds)], 1)  # [N, F]
+        cv_y = y.repeat(1, folds)  # [N, F*K]: columns (fold, class)
+        cv_w = (~held).double().repeat_interleave(k, 1)
+        ascending = sorted(range(len(cost_list)), key=cost_list.__getitem__)
+        path = solve_path(basis, cv_y, cv_w, torch.tensor([cost_list[i] for i in ascending], dtype=torch.float64),
+                          tol, dtype=dtype)
+        z = basis.z.to(dtype)
+        cv = torch.full((len(cost_list),), float("nan"), dtype=torch.float64)
+        for j, v in zip(ascending, path):
+            margins = (z @ v).view(len(labels), folds, k)
+            cv[j] = float(np.mean([score(margins[held[:, f], f], labels.to(x.device)[held[:, f]])
+                                   for f in range(folds)]))
+        best = int(np.argmax(cv.numpy()))
+        v0 = path[ascending.index(best)].view(-1, folds, k).mean(1)
+        v, _ = newton(Problems.build(basis, y, torch.ones_like(y), dtype), torch.full((k,), cost_list[best]).to(z),
+                      v0, tol=tol)
+        coef, intercept = basis.feature_weights(v)
+    return MultiClass(coef, intercept, cost_list[best], cv)
 
 
 def fold_ids(positive: Tensor, ignore: Tensor, folds: int) -> Tensor:

@@ -129,3 +129,47 @@ def test_exemplar_loss_goes_down_and_each_sample_keeps_its_images_class() -> Non
     opt = torch.optim.Adam(task.parameters(), lr=2e-3)  # the mechanism, not the recipe's schedule
     losses = fit_losses(task, opt, [batch] * 100)
     assert losses[-1] < 0.65 * losses[0], losses  # ln 8 = 2.08 to ~1.2 in 100 steps of a width-0.125 net
+
+
+def test_the_multiclass_svm_chooses_scikit_learns_c_and_weights() -> None:
+    import numpy as np
+    from sklearn.model_selection import cross_val_score
+    from sklearn.svm import LinearSVC
+
+    from sslbench.svm import fit_multiclass, mean_class_accuracy
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 20, generator=g) * 0.7
+    labels = torch.randint(0, 4, (160,), generator=g)
+    x = centres[labels] + torch.randn(160, 20, generator=g)
+    costs = [1e-3, 1e-2, 1e-1, 1.0]
+    fit = fit_multiclass(x, labels, costs, folds=3)
+    ref = [cross_val_score(LinearSVC(C=c, dual=True, max_iter=100_000, tol=1e-6), x.numpy(), labels.numpy(),
+                           cv=3).mean() for c in costs]
+    np.testing.assert_allclose(fit.cv_score.numpy(), ref, atol=1e-9)
+    clf = LinearSVC(C=fit.cost, dual=True, max_iter=100_000, tol=1e-6).fit(x.numpy(), labels.numpy())
+    np.testing.assert_allclose(fit.coef.numpy(), clf.coef_.T, atol=1e-3)
+    assert fit.cost == costs[int(np.argmax(ref))]
+    assert (fit.predict(x) == torch.from_numpy(clf.predict(x.numpy()))).float().mean() > 0.99
+    scores = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
+    assert mean_class_accuracy(scores, torch.tensor([0, 1, 1, 1])) == pytest.approx((1 + 1 / 3) / 2)
+
+
+def test_the_protocols_training_sets_are_the_benchmarks() -> None:
+    from sslbench.protocols.exemplar_svm import ExemplarSvm, stl10_folds
+
+    labels = torch.arange(10).repeat(20)  # 200 training images, 20 per class
+    r = load_recipe("protocol", "exemplar-svm", "mini", flavour="cifar10-400")
+    proto = ExemplarSvm(dataclasses.replace(r.component.cfg, per_class=5, subsets=3))
+    sets = proto._training_sets(labels, r)
+    assert len(sets) == 3 and all(len(s) == 50 for s in sets)
+    assert all(torch.bincount(labels[s]).tolist() == [5] * 10 for s in sets)
+    assert not torch.equal(sets[0], sets[1])  # random subsets, seeded: the same on every call
+    assert all(torch.equal(a, b) for a, b in zip(sets, proto._training_sets(labels, r)))
+    with pytest.raises(UserError, match="per_class"):
+        ExemplarSvm(dataclasses.replace(r.component.cfg, per_class=25))._training_sets(labels, r)
+    stl = load_recipe("protocol", "exemplar-svm", "mini", ["data.num_test=100"], flavour="stl10")
+    folds = stl10_folds(stl)  # the embedded STL-10's fold_indices.txt: 10 folds of a fifth of train
+    assert len(folds) == 10 and all(len(f) == 20 for f in folds) and all(len(set(f.tolist())) == 20 for f in folds)
+    with pytest.raises(UserError, match="fold_indices.txt"):
+        stl10_folds(load_recipe("protocol", "exemplar-svm", "mini", ["data.root=/nonexistent"], flavour="stl10"))

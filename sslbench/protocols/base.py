@@ -52,6 +52,7 @@ class Protocol:
     metric_keys: ClassVar[str] = ""  # regex of the keys after '<name>/' run() returns (table files are checked by it)
     stored_image_size: ClassVar[bool] = False  # takes data.image_size = 0: every image at its stored size
     trains_by_sgd: ClassVar[bool] = True  # its schedule is SGD steps (voc07-svm: features once, then a solver)
+    count_keys: ClassVar[str] = ""  # regex of the keys that are counts, not percentages (exemplar-svm's #features)
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -75,6 +76,11 @@ class Protocol:
     def fills(cls, key: str) -> bool:
         """Whether `key` is one this protocol can report."""
         return re.fullmatch(f"{re.escape(cls.name)}/(?:{cls.metric_keys})", key) is not None
+
+    @classmethod
+    def is_count(cls, key: str) -> bool:
+        """Whether `key` reports a count (>= 0) rather than a percentage."""
+        return bool(cls.count_keys) and re.fullmatch(f"{re.escape(cls.name)}/(?:{cls.count_keys})", key) is not None
 
 
 def preflight(recipe: Recipe) -> None:

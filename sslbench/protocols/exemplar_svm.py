@@ -1,0 +1,159 @@
+"""Exemplar-CNN's SVM protocol (Dosovitskiy et al., NIPS 2014, Sec. 4; released code/testing): the frozen network
+applied to whole images, every layer's map max-pooled over its 4 quadrants, the layers concatenated and
+standardised; one-vs-rest linear SVMs (liblinear's squared hinge) with one C for all classes chosen by
+cross-validated accuracy (sslbench.svm.fit_multiclass); accuracy on the test split.
+
+`benchmark` picks the data set's official protocol (each a recipe flavour):
+- "stl10": the 10 predefined training folds of STL-10 (fold_indices.txt, 1,000 of the 5,000 train images
+  each), each scored on the 8,000 test images; mean and sd over the folds.
+- "cifar10-400": 10 random subsets (seeded) of 400 training images per class; mean and sd.
+- "cifar10": the whole training set, once.
+Reports 'exemplar-svm/<benchmark>' (mean accuracy, percent), '.../sd' and '.../split<i>' where there are
+several, and 'exemplar-svm/features' (the table's #features: the network's units over its layers, where the
+backbone counts them, else the taps' channels). Caltech-101 / 256 (30 per class, spatial pyramid) are not built.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sslbench.backbones.base import Backbone
+from sslbench.checkpoint import Trunk
+from sslbench.config import In, Recipe
+from sslbench.data.build import build_dataset, embedded_root
+from sslbench.errors import UserError
+from sslbench.protocols._probing import FrozenFeatures, PoolSpec, extract, sanity_check
+from sslbench.protocols.base import EvalContext, Protocol
+from sslbench.registry import register_protocol
+from sslbench.runtime import write_json
+from sslbench.svm import fit_multiclass
+
+# log-spaced over the released searches' ranges (code/testing/svm_params_search.m: STL C in [2e-4, 2e-1], CIFAR
+# [1e-3, 1]; drawn at random there, a fixed grid here)
+COSTS = tuple(float(c) for c in np.geomspace(2e-4, 1.0, 12))
+
+
+@dataclass(frozen=True)
+class ExemplarSvmConfig:
+    benchmark: Literal["stl10", "cifar10-400", "cifar10"] = "cifar10"  # the recipe flavours stl10, cifar10-400
+    taps: tuple[str, ...] = ()  # the layers whose responses are features (empty: every tap, as the paper)
+    pool_size: Annotated[int, In(1, 16)] = 2  # each map max-pooled to pool_size x pool_size (2: the paper's quadrants)
+    costs: tuple[Annotated[float, In(0, 1e9, open_lo=True)], ...] = COSTS  # C values searched; ties: first
+    folds: Annotated[int, In(2, 20)] = 3  # cross-validation folds on each training set, scored by accuracy
+    subsets: Annotated[int, In(1, 100)] = 10  # cifar10-400: random training subsets (paper: 10)
+    per_class: Annotated[int, In(1, 10**6)] = 400  # cifar10-400: training images per class (paper: 400)
+    standardize: bool = True  # zero mean, unit variance per feature, from each training set
+    tol: Annotated[float, In(0, 1, open_lo=True)] = 1e-3  # solver stop (sslbench.svm)
+
+
+@register_protocol("exemplar-svm", config=ExemplarSvmConfig)
+class ExemplarSvm(Protocol):
+    """Quadrant-pooled features of every layer, one-vs-rest linear SVMs, C by cross-validated accuracy."""
+
+    name = "exemplar-svm"
+    trains_by_sgd = False
+    count_keys = "features"
+    metric_keys = r"(stl10|cifar10-400|cifar10|caltech101|caltech256)(/sd|/split\d+)?|features"
+
+    def taps(self, backbone: Backbone) -> tuple[str, ...]:
+        return self.cfg.taps or tuple(backbone.default_taps)
+
+    def run(self, trunk: Trunk, recipe: Recipe, ctx: EvalContext) -> dict[str, float]:
+        cfg, d = self.cfg, recipe.data
+        taps = self.taps(trunk.backbone)
+        pools = {t: PoolSpec("adaptive_max", cfg.pool_size) for t in taps}
+        features = FrozenFeatures(trunk, taps, pools, ctx.device)
+        before = copy.deepcopy(trunk.backbone.state_dict())
+        train_x, train_y = _features(features, build_dataset(d, d.train_split, d.num_images), recipe, ctx, taps,
+                                     d.train_split)
+        test_x, test_y = _features(features, build_dataset(d, d.test_split, d.num_test), recipe, ctx, taps,
+                                   d.test_split)
+        sanity_check(trunk.backbone, before)
+        splits = self._training_sets(train_y, recipe)
+        accuracies, chosen = [], []
+        for i, rows in enumerate(splits):
+            x, y = train_x[rows], train_y[rows]
+            if cfg.standardize:
+                mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+                x, xt = (x - mean) / std, (test_x - mean) / std
+            else:
+                xt = test_x
+            fit = fit_multiclass(x.to(ctx.device), y.to(ctx.device), cfg.costs, cfg.folds, tol=cfg.tol)
+            acc = 100.0 * float((fit.predict(xt.to(ctx.device)).cpu() == test_y).double().mean())
+            accuracies.append(acc)
+            chosen.append(fit.cost)
+            ctx.log.write(i, {f"{cfg.benchmark}/accuracy": acc}, prefix="test")
+        if ctx.ddp.is_main:
+            write_json(ctx.run_dir / "svm.json", {"benchmark": cfg.benchmark, "costs": list(cfg.costs),
+                                                  "chosen_cost": chosen, "accuracy": accuracies,
+                                                  "train_sizes": [len(r) for r in splits]})
+        out = {self.key(cfg.benchmark): float(np.mean(accuracies)), self.key("features"): float(_units(trunk, taps))}
+        if len(accuracies) > 1:
+            out[self.key(cfg.benchmark, "sd")] = float(np.std(accuracies, ddof=1))
+            out.update({self.key(cfg.benchmark, f"split{i}"): a for i, a in enumerate(accuracies)})
+        return out
+
+    def _training_sets(self, labels: Tensor, recipe: Recipe) -> list[Tensor]:
+        """Row indices of each training set the benchmark names."""
+        cfg, n = self.cfg, len(labels)
+        if cfg.benchmark == "stl10":
+            folds = stl10_folds(recipe)
+            bad = [i for i, f in enumerate(folds) if len(f) == 0 or int(f.max()) >= n]
+            if bad:
+                raise UserError(f"exemplar-svm: STL-10 fold {bad[0]} names train images beyond the {n} read; read the "
+                                "whole train split (data.num_images = 0)")
+            return folds
+        if cfg.benchmark == "cifar10":
+            return [torch.arange(n)]
+        g = torch.Generator().manual_seed(recipe.seed)
+        out = []
+        for _ in range(cfg.subsets):
+            rows = []
+            for c in labels.unique().tolist():
+                idx = torch.nonzero(labels == c)[:, 0]
+                if len(idx) < cfg.per_class:
+                    raise UserError(f"exemplar-svm: class {c} has {len(idx)} training images, fewer than "
+                                    f"protocol.per_class = {cfg.per_class}; lower it or read more images")
+                rows.append(idx[torch.randperm(len(idx), generator=g)[: cfg.per_class]])
+            out.append(torch.cat(rows).sort().values)
+        return out
+
+
+def _features(features: FrozenFeatures, ds: object, recipe: Recipe, ctx: EvalContext, taps: tuple[str, ...],
+              what: str) -> tuple[Tensor, Tensor]:
+    x, target = extract(features, ds, recipe, ctx, what)
+    labels = target["label"].long()
+    if not len(labels):
+        raise UserError(f"exemplar-svm: no readable image in the {what} split; check the data (sslbench data check)")
+    return torch.cat([x[t] for t in taps], 1), labels
+
+
+def _units(trunk: Trunk, taps: tuple[str, ...]) -> int:
+    """The table's #features: the backbone's own count (ExemplarNet: units over its layers) or the taps' channels."""
+    count = getattr(trunk.backbone, "num_features", None)
+    return count() if count is not None else sum(trunk.backbone.feature_info[t].channels for t in taps)
+
+
+def stl10_folds(recipe: Recipe) -> list[Tensor]:
+    """The 10 predefined training folds of STL-10: fold_indices.txt beside train_X.bin (0-based indices)."""
+    from sslbench.data.layouts._common import find_folder
+
+    d = recipe.data
+    root = d.root or str(embedded_root(d))
+    found = find_folder(Path(root), "stl10_binary", ["fold_indices.txt"])
+    path = found[0] / found[1] / "fold_indices.txt" if found else None
+    if path is None or not path.is_file():
+        raise UserError(f"exemplar-svm: STL-10's fold_indices.txt not found under {root}; it comes with the binary "
+                        "release (stl10_binary/fold_indices.txt)")
+    folds = [torch.tensor([int(v) for v in line.split()]) for line in path.read_text().splitlines() if line.strip()]
+    if len(folds) != 10:
+        raise UserError(f"exemplar-svm: {path} holds {len(folds)} folds; STL-10 defines 10")
+    return folds
+
