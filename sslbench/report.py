@@ -102,6 +102,7 @@ def sslbench_rows(table: Table, store: ResultStore | None) -> list[Row]:
     keys = {c.fills_from for c in table.columns if c.fills_from}
     if store is None or not keys - {PRETRAIN_TIME}:
         return []
+    keys |= {k + SPREAD for k in keys}  # a protocol's own spread over its folds / splits (exemplar-svm)
     # Within a row, each metric keeps the latest result per seed pair (the pretraining's seed, the evaluation's);
     # every pair stored for the row counts, and several print as mean ± sample sd (n).
     # A row holds the runs of one RowKey; runs whose recipes are not the plan's are rows of their own, labelled.
@@ -128,8 +129,8 @@ def _sslbench_row(table: Table, key: RowKey, found: Found, pretrain_time: dict[s
             for i, (run, r) in enumerate(timed.items())
         }
     paper = paper_row(table, key)
-    cells = tuple(_cell(table, c, found.get(c.fills_from), paper.cells[i] if paper else "")
-                  for i, c in enumerate(table.columns))
+    cells = tuple(_cell(table, c, found.get(c.fills_from), paper.cells[i] if paper else "",
+                        found.get(c.fills_from + SPREAD)) for i, c in enumerate(table.columns))
     runs = sorted({(r.prov.run_id, r.created_at[:10]) for r in results})
     dataset = _datasets_label(sorted({r.prov.dataset for r in results}))
     layouts = dataset.split(":")[1] if ":" in dataset else ""
@@ -151,8 +152,13 @@ def _sslbench_row(table: Table, key: RowKey, found: Found, pretrain_time: dict[s
     return Row(f"sslbench: {label}", cells, ("",) * len(cells), method=key.method, source="sslbench", note=note)
 
 
-def _cell(table: Table, column: Column, per_seed: dict[Any, ResultRow] | None, paper_cell: str) -> str:
-    """mean (± sd (n) over seeds) (Δ against the paper cell, when measured on the column's paper data set)."""
+SPREAD = "/sd"  # the key suffix of a protocol's sd over its own folds / splits, printed as "mean ± sd"
+
+
+def _cell(table: Table, column: Column, per_seed: dict[Any, ResultRow] | None, paper_cell: str,
+          spread: dict[Any, ResultRow] | None = None) -> str:
+    """mean (± sd (n) over seeds; with one seed, ± the protocol's own sd over its folds where it reports one)
+    (Δ against the paper cell, when measured on the column's paper data set)."""
     if not per_seed:
         return DASH
     values = [r.value for r in per_seed.values()]
@@ -162,6 +168,8 @@ def _cell(table: Table, column: Column, per_seed: dict[Any, ResultRow] | None, p
         return text
     if len(values) > 1:
         text += f" ± {statistics.stdev(values):.2f} (n={len(values)})"
+    elif spread and set(spread) == set(per_seed):
+        text += f" ± {next(iter(spread.values())).value:.2f}"
     on_paper_data = all(r.prov.dataset == table.column_dataset(column) for r in per_seed.values())
     ref = number(paper_cell) if on_paper_data else None
     return text + (f" (Δ {mean - ref:+.1f})" if ref is not None else "")

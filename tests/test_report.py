@@ -231,3 +231,13 @@ def test_each_column_takes_its_delta_on_its_own_paper_data_set(tmp_path: Path) -
     rows = report.sslbench_rows(t, store)
     flat = {c.fills_from: cell for r in rows for c, cell in zip(t.columns, r.cells) if cell != report.DASH}
     assert flat == {"exemplar-svm/cifar10": "70.00 (Δ -6.5)", "exemplar-svm/stl10": "70.00"}  # paper 64c5-64c5-128f: 76.5
+
+
+def test_a_protocols_own_spread_over_its_folds_prints_as_mean_plus_minus_sd(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path / "results.sqlite")
+    prov = Provenance("eval-exemplar-svm-1", "exemplar", "", "exemplar-64c5-128c5-256c5-512f", "embedded:stl10",
+                      "embedded:stl10", "mini", "checkpoint", 0, "0.1.0+gtest", "c.pt", "exemplar-1", "{}")
+    store.add_results("exemplar-svm", {"exemplar-svm/stl10": 68.45, "exemplar-svm/stl10/sd": 0.94,
+                                       "exemplar-svm/cifar10": 72.8}, prov, 5.0)
+    (row,) = report.sslbench_rows(tables.load_table("exemplar"), store)
+    assert row.cells[0] == "68.45 ± 0.94" and row.cells[2] == "72.80"
