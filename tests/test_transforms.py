@@ -99,7 +99,8 @@ def test_luma_and_standardize_against_loops() -> None:
 
 def test_every_transfer_input_maps_uint8_images_to_a_finite_float_input() -> None:
     images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
-    channels = {"imagenet": 3, "cifar": 3, "per-image-std": 3, "per-channel-std": 3, "lab-l-std": 1, "gray": 1}
+    channels = {"imagenet": 3, "cifar": 3, "per-image-std": 3, "per-channel-std": 3, "lab-l-std": 1, "gray": 1,
+                "lab-l": 1, "lab": 3}
     assert set(TRANSFER_INPUTS.names()) == set(channels)
     for name in TRANSFER_INPUTS.names():
         out = TRANSFER_INPUTS.get(name)(images)
