@@ -51,6 +51,8 @@ def number(text: str) -> float | None:
 def fmt_value(value: float, column: Column) -> str:
     if column.fills_from == PRETRAIN_TIME:
         return f"{value / 60:.1f} min" if value < 3600 else f"{value / 3600:.1f} h"
+    if column.metric == "count":
+        return f"{value:.0f}"
     return f"{value:.2f}" if abs(value) < 100 else f"{value:.1f}"
 
 
@@ -164,11 +166,12 @@ def _cell(table: Table, column: Column, per_seed: dict[Any, ResultRow] | None, p
     values = [r.value for r in per_seed.values()]
     mean = statistics.fmean(values)
     text = fmt_value(mean, column)
-    if column.fills_from == PRETRAIN_TIME:
+    if column.fills_from == PRETRAIN_TIME or column.metric == "count":  # a count (#features): no spread, no Δ
         return text
     if len(values) > 1:
         text += f" ± {statistics.stdev(values):.2f} (n={len(values)})"
-    elif spread and set(spread) == set(per_seed):
+    elif spread and set(spread) == set(per_seed) and all(spread[k].prov.run_id == per_seed[k].prov.run_id
+                                                          for k in per_seed):
         text += f" ± {next(iter(spread.values())).value:.2f}"
     on_paper_data = all(r.prov.dataset == table.column_dataset(column) for r in per_seed.values())
     ref = number(paper_cell) if on_paper_data else None

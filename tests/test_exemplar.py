@@ -173,3 +173,22 @@ def test_the_protocols_training_sets_are_the_benchmarks() -> None:
     assert len(folds) == 10 and all(len(f) == 20 for f in folds) and all(len(set(f.tolist())) == 20 for f in folds)
     with pytest.raises(UserError, match="fold_indices.txt"):
         stl10_folds(load_recipe("protocol", "exemplar-svm", "mini", ["data.root=/nonexistent"], flavour="stl10"))
+
+
+def test_a_rotation_on_a_non_square_image_is_a_rotation() -> None:
+    """On a 40 x 80 image whose red and green channels are the x and y coordinates, every output pixel of a
+    rotated window must hold the colour of the point the rotation maps it to."""
+    h, w = 40, 80
+    ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    images = torch.stack([xs / w * 255, ys / h * 255, torch.full_like(xs, 128)])[None].round().to(torch.uint8)
+    centre = torch.tensor([[20.0, 40.0]])
+    cfg = dataclasses.replace(identity_transform(16), rotate=90.0)
+    turned = transform_patches(images, centre, cfg, IDENTITY_PCA, torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)  # the same draws: translation (2), scale (1), then the angle
+    torch.rand(2, generator=g), torch.rand(1, generator=g)
+    angle = (torch.rand(1, generator=g) * 2 - 1) * torch.pi / 2
+    oy, ox = torch.meshgrid(torch.arange(16) - 7.5, torch.arange(16) - 7.5, indexing="ij")
+    sx = 40.0 + torch.cos(angle) * ox - torch.sin(angle) * oy
+    sy = 20.0 + torch.sin(angle) * ox + torch.cos(angle) * oy
+    torch.testing.assert_close(turned[0, 0] * w, sx, atol=0.5, rtol=0)  # within half a pixel
+    torch.testing.assert_close(turned[0, 1] * h, sy, atol=0.5, rtol=0)

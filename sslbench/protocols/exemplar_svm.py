@@ -60,6 +60,7 @@ class ExemplarSvm(Protocol):
     name = "exemplar-svm"
     trains_by_sgd = False
     count_keys = "features"
+    skipped_train = 0  # train images the loader could not read (the STL-10 folds then no longer fit)
     metric_keys = r"(stl10|cifar10-400|cifar10|caltech101|caltech256)(/sd|/split\d+)?|features"
 
     def taps(self, backbone: Backbone) -> tuple[str, ...]:
@@ -71,8 +72,9 @@ class ExemplarSvm(Protocol):
         pools = {t: PoolSpec("adaptive_max", cfg.pool_size) for t in taps}
         features = FrozenFeatures(trunk, taps, pools, ctx.device)
         before = copy.deepcopy(trunk.backbone.state_dict())
-        train_x, train_y = _features(features, build_dataset(d, d.train_split, d.num_images), recipe, ctx, taps,
-                                     d.train_split)
+        train_ds = build_dataset(d, d.train_split, d.num_images)
+        train_x, train_y = _features(features, train_ds, recipe, ctx, taps, d.train_split)
+        self.skipped_train = len(train_ds) - len(train_y)  # type: ignore[arg-type]
         test_x, test_y = _features(features, build_dataset(d, d.test_split, d.num_test), recipe, ctx, taps,
                                    d.test_split)
         sanity_check(trunk.backbone, before)
@@ -104,6 +106,9 @@ class ExemplarSvm(Protocol):
         """Row indices of each training set the benchmark names."""
         cfg, n = self.cfg, len(labels)
         if cfg.benchmark == "stl10":
+            if self.skipped_train:
+                raise UserError(f"exemplar-svm: {self.skipped_train} STL-10 train image(s) could not be read, so the "
+                                "fold indices (image numbers) no longer name the right rows; repair the data set")
             folds = stl10_folds(recipe)
             bad = [i for i, f in enumerate(folds) if len(f) == 0 or int(f.max()) >= n]
             if bad:

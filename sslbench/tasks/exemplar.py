@@ -111,8 +111,9 @@ def _uniform(n: int, bound: float, generator: torch.Generator) -> Tensor:
 def transform_patches(images: Tensor, centres: Tensor, cfg: ExemplarConfig, pca: Tensor, generator: torch.Generator
                       ) -> Tensor:
     """uint8 images [B,3,H,W] and their seed centres [B,2] (y, x) -> [B, 3, p, p] float patches in [0,1], each a
-    random transformation of its seed: the window (translated by up to translate x p, scaled by 2^U(-s, s),
-    rotated by up to +-rotate degrees) read bilinearly, reflecting at the image border; then the colour
+    random transformation of its seed: the window (translated by up to translate x p, its side multiplied by a
+    factor uniform in [scale_min, scale_max], so the content scales by its inverse; rotated by up to +-rotate
+    degrees) read bilinearly, reflecting at the image border; then the colour
     transformations. `pca` [4,3]: the pixel mean, then the principal components as rows."""
     b, _, h, w = images.shape
     p = cfg.patch
@@ -121,8 +122,9 @@ def transform_patches(images: Tensor, centres: Tensor, cfg: ExemplarConfig, pca:
     angle = _uniform(b, math.radians(cfg.rotate), generator)
     cy, cx = (centres + shift).unbind(1)
     cos, sin = torch.cos(angle) * zoom, torch.sin(angle) * zoom
-    theta = torch.stack([torch.stack([cos * p / w, -sin * p / h, (2 * cx) / w - 1], 1),
-                         torch.stack([sin * p / w, cos * p / h, (2 * cy) / h - 1], 1)], 1)
+    # rows: an x offset normalised by w, a y offset by h (columns would shear a rotation on an H != W image)
+    theta = torch.stack([torch.stack([cos * p / w, -sin * p / w, (2 * cx) / w - 1], 1),
+                         torch.stack([sin * p / h, cos * p / h, (2 * cy) / h - 1], 1)], 1)
     grid = F.affine_grid(theta.to(images.device), [b, 3, p, p], align_corners=False)
     x = F.grid_sample(images.float() / 255.0, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     # contrast 1: the projections on the principal components scaled, one factor per component and patch
@@ -182,6 +184,7 @@ class Exemplar(PretextTask):
             centres.append(c)
             top = (c - self.cfg.patch / 2).long()
             for img, (y, x) in zip(images, top.tolist()):
+                # every 16th pixel of each seed patch (the paper: "the set of all pixels"; a sample keeps it cheap)
                 pixels.append(img[:, y : y + self.cfg.patch, x : x + self.cfg.patch].reshape(3, -1)[:, ::16])
         colours = torch.cat(pixels, 1).T.double() / 255.0  # [M, 3]
         mean = colours.mean(0)
@@ -191,7 +194,8 @@ class Exemplar(PretextTask):
     def restore(self, state: SetupState) -> None:
         if not state:
             return
-        if set(state) != {"centres", "pca"} or state["centres"].shape != self.centres.shape:
+        if set(state) != {"centres", "pca"} or state["centres"].shape != self.centres.shape or \
+                state["pca"].shape != self.pca.shape:
             raise ValueError(f"exemplar: setup state {sorted(state)} does not hold {len(self.centres)} seeds")
         self.centres.copy_(state["centres"])
         self.pca.copy_(state["pca"])
@@ -211,7 +215,7 @@ class Exemplar(PretextTask):
         return {"loss": F.cross_entropy(logits, batch["labels"]), "acc": accuracy(logits, batch["labels"])}
 
     def examples(self, images: Tensor, generator: torch.Generator) -> list[tuple[str, Tensor]]:
-        """The seed of each image (when set up on them, the stored ones; else chosen now) and four samples of it."""
+        """A seed chosen now in each image (the stored ones belong to the training images) and four samples of it."""
         centres = choose_seeds(images, self.cfg.patch, generator)
         plain = identity_transform(self.cfg.patch)
         panels = [("seed", transform_patches(images, centres, plain, self.pca.cpu(), generator))]
