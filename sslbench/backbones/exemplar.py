@@ -66,7 +66,7 @@ class ExemplarNet(Backbone):
             size = -(-(size - cfg.pool_kernel) // 2) + 1 if pool else size
             stride *= 2 if pool else 1
             if size < 1:
-                raise too_small("exemplar-net", cfg.image_size, f"{len(cfg.convs)} 2x2 poolings")
+                raise too_small("exemplar-net", cfg.image_size, f"no map left after conv{i}'s pooling")
             self.feature_info[f"conv{i}"] = TapInfo(cout, stride, size)
             cin = cout
         self.convs = nn.ModuleList(layers)

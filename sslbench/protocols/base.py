@@ -75,12 +75,17 @@ class Protocol:
     @classmethod
     def fills(cls, key: str) -> bool:
         """Whether `key` is one this protocol can report."""
-        return re.fullmatch(f"{re.escape(cls.name)}/(?:{cls.metric_keys})", key) is not None
+        return cls._matches(cls.metric_keys, key)
 
     @classmethod
     def is_count(cls, key: str) -> bool:
         """Whether `key` reports a count (>= 0) rather than a percentage."""
-        return bool(cls.count_keys) and re.fullmatch(f"{re.escape(cls.name)}/(?:{cls.count_keys})", key) is not None
+        return bool(cls.count_keys) and cls._matches(cls.count_keys, key)
+
+    @classmethod
+    def _matches(cls, pattern: str, key: str) -> bool:
+        """Whether `key` is '<name>/' followed by a match of `pattern`."""
+        return re.fullmatch(f"{re.escape(cls.name)}/(?:{pattern})", key) is not None
 
 
 def preflight(recipe: Recipe) -> None:

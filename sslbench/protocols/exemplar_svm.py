@@ -28,6 +28,7 @@ from sslbench.backbones.base import Backbone
 from sslbench.checkpoint import Trunk
 from sslbench.config import In, Recipe
 from sslbench.data.build import build_dataset, embedded_root
+from sslbench.data.layouts.stl10 import read_stl10_folds
 from sslbench.errors import UserError
 from sslbench.protocols._probing import FrozenFeatures, PoolSpec, extract, sanity_check
 from sslbench.protocols.base import EvalContext, Protocol
@@ -60,7 +61,6 @@ class ExemplarSvm(Protocol):
     name = "exemplar-svm"
     trains_by_sgd = False
     count_keys = "features"
-    skipped_train = 0  # train images the loader could not read (the STL-10 folds then no longer fit)
     metric_keys = r"(stl10|cifar10-400|cifar10|caltech101|caltech256)(/sd|/split\d+)?|features"
 
     def taps(self, backbone: Backbone) -> tuple[str, ...]:
@@ -74,11 +74,11 @@ class ExemplarSvm(Protocol):
         before = copy.deepcopy(trunk.backbone.state_dict())
         train_ds = build_dataset(d, d.train_split, d.num_images)
         train_x, train_y = _features(features, train_ds, recipe, ctx, taps, d.train_split)
-        self.skipped_train = len(train_ds) - len(train_y)  # type: ignore[arg-type]
+        skipped = len(train_ds) - len(train_y)  # type: ignore[arg-type]
         test_x, test_y = _features(features, build_dataset(d, d.test_split, d.num_test), recipe, ctx, taps,
                                    d.test_split)
         sanity_check(trunk.backbone, before)
-        splits = self._training_sets(train_y, recipe)
+        splits = self._training_sets(train_y, recipe, skipped)
         accuracies, chosen = [], []
         for i, rows in enumerate(splits):
             x, y = train_x[rows], train_y[rows]
@@ -102,12 +102,13 @@ class ExemplarSvm(Protocol):
             out.update({self.key(cfg.benchmark, f"split{i}"): a for i, a in enumerate(accuracies)})
         return out
 
-    def _training_sets(self, labels: Tensor, recipe: Recipe) -> list[Tensor]:
-        """Row indices of each training set the benchmark names."""
+    def _training_sets(self, labels: Tensor, recipe: Recipe, skipped: int = 0) -> list[Tensor]:
+        """Row indices of each training set the benchmark names; `skipped`: train images the loader could not read
+        (the STL-10 folds, image numbers, then no longer name the right rows)."""
         cfg, n = self.cfg, len(labels)
         if cfg.benchmark == "stl10":
-            if self.skipped_train:
-                raise UserError(f"exemplar-svm: {self.skipped_train} STL-10 train image(s) could not be read, so the "
+            if skipped:
+                raise UserError(f"exemplar-svm: {skipped} STL-10 train image(s) could not be read, so the "
                                 "fold indices (image numbers) no longer name the right rows; repair the data set")
             folds = stl10_folds(recipe)
             bad = [i for i, f in enumerate(folds) if len(f) == 0 or int(f.max()) >= n]
@@ -147,18 +148,6 @@ def _units(trunk: Trunk, taps: tuple[str, ...]) -> int:
 
 
 def stl10_folds(recipe: Recipe) -> list[Tensor]:
-    """The 10 predefined training folds of STL-10: fold_indices.txt beside train_X.bin (0-based indices)."""
-    from sslbench.data.layouts._common import find_folder
-
+    """The 10 predefined training folds of the recipe's STL-10 (its root, or the embedded data's)."""
     d = recipe.data
-    root = d.root or str(embedded_root(d))
-    found = find_folder(Path(root), "stl10_binary", ["fold_indices.txt"])
-    path = found[0] / found[1] / "fold_indices.txt" if found else None
-    if path is None or not path.is_file():
-        raise UserError(f"exemplar-svm: STL-10's fold_indices.txt not found under {root}; it comes with the binary "
-                        "release (stl10_binary/fold_indices.txt)")
-    folds = [torch.tensor([int(v) for v in line.split()]) for line in path.read_text().splitlines() if line.strip()]
-    if len(folds) != 10:
-        raise UserError(f"exemplar-svm: {path} holds {len(folds)} folds; STL-10 defines 10")
-    return folds
-
+    return [torch.from_numpy(f) for f in read_stl10_folds(Path(d.root or str(embedded_root(d))))]

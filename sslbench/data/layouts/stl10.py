@@ -70,6 +70,21 @@ def write_stl10(out: Path, num_train: int, num_test: int, num_unlabeled: int, se
 
 
 
+def read_stl10_folds(root: Path) -> list[np.ndarray]:
+    """STL-10's 10 predefined training folds: stl10_binary/fold_indices.txt under `root`, 0-based train indices
+    (the file the writer above writes and the real release ships)."""
+    found = find_folder(Path(root), "stl10_binary", ["fold_indices.txt"])
+    path = found[0] / found[1] / "fold_indices.txt" if found else None
+    if path is None or not path.is_file():
+        raise UserError(f"stl10: fold_indices.txt not found under {root}; it comes with the binary release "
+                        "(stl10_binary/fold_indices.txt)")
+    folds = [np.array([int(v) for v in line.split()], np.int64) for line in path.read_text().splitlines()
+             if line.strip()]
+    if len(folds) != 10:
+        raise UserError(f"stl10: {path} holds {len(folds)} folds; STL-10 defines 10")
+    return folds
+
+
 _STL_FILES = {
     "train": ["train_X.bin", "train_y.bin"], "test": ["test_X.bin", "test_y.bin"], "unlabeled": ["unlabeled_X.bin"],
 }
