@@ -192,3 +192,63 @@ def test_a_rotation_on_a_non_square_image_is_a_rotation() -> None:
     sy = 20.0 + torch.sin(angle) * ox + torch.cos(angle) * oy
     torch.testing.assert_close(turned[0, 0] * w, sx, atol=0.5, rtol=0)  # within half a pixel
     torch.testing.assert_close(turned[0, 1] * h, sy, atol=0.5, rtol=0)
+
+
+def test_caltech_splits_are_disjoint_per_class_and_sized_as_the_protocol_says() -> None:
+    from sslbench.protocols.exemplar_svm import caltech_splits
+
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate([35, 80, 120])])[torch.randperm(235)]
+    splits = caltech_splits(labels, 4, 30, 50, seed=0, classes=["a", "b", "c"])
+    assert len(splits) == 4
+    for train, test in splits:
+        assert not set(train.tolist()) & set(test.tolist())
+        assert torch.bincount(labels[train]).tolist() == [30, 30, 30]
+        assert torch.bincount(labels[test]).tolist() == [5, 50, 50]  # the rest, at most 50
+    assert not torch.equal(splits[0][0], splits[1][0])  # random splits, seeded: the same on every call
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+               for a, b in zip(splits, caltech_splits(labels, 4, 30, 50, 0, ["a", "b", "c"])))
+    _, rest = caltech_splits(labels, 1, 30, 0, 0, ["a", "b", "c"])[0]
+    assert torch.bincount(labels[rest]).tolist() == [5, 50, 90]  # test_per_class 0: all the rest
+    with pytest.raises(UserError, match="class 'a' has 35 readable images; the split needs protocol.per_class = 35"):
+        caltech_splits(labels, 1, 35, 50, 0, ["a", "b", "c"])
+
+
+def test_the_spatial_pyramid_is_the_max_over_each_grid_cell() -> None:
+    from sslbench.protocols._probing import PoolSpec, pool_features
+
+    x = torch.randn(2, 3, 7, 9)
+    got = pool_features(x, PoolSpec("pyramid", levels=(1, 2, 4)))
+    assert got.shape == (2, 3 * (1 + 4 + 16))
+    ref = []
+    for level in (1, 2, 4):  # adaptive pooling's cells: rows floor(i H / l) .. ceil((i + 1) H / l)
+        cells = torch.empty(2, 3, level, level)
+        for i in range(level):
+            for j in range(level):
+                r0, r1 = (i * 7) // level, -(-((i + 1) * 7) // level)
+                c0, c1 = (j * 9) // level, -(-((j + 1) * 9) // level)
+                cells[:, :, i, j] = x[:, :, r0:r1, c0:c1].amax((2, 3))
+        ref.append(cells.flatten(1))
+    torch.testing.assert_close(got, torch.cat(ref, 1))
+    with pytest.raises(UserError, match="needs levels"):
+        PoolSpec("pyramid", levels=())
+
+
+def test_the_caltech_flavours_run_end_to_end_and_refuse_another_data_set(tmp_path) -> None:  # noqa: ANN001
+    import json
+
+    from sslbench.protocols.base import evaluate
+
+    small = ["protocol.per_class=3", "protocol.test_per_class=2", "protocol.subsets=2", "data.num_images=120",
+             "data.image_size=40", "data.batch_size=40", "backbone.width=0.125"]
+    for name in ("caltech101", "caltech256"):
+        r = load_recipe("protocol", "exemplar-svm", "mini", small, flavour=name)
+        out = evaluate(r, "random", tmp_path / name, "cpu", progress=False, argv=["test"])
+        assert set(out.metrics) == {f"exemplar-svm/{name}", f"exemplar-svm/{name}/sd", f"exemplar-svm/{name}/split0",
+                                    f"exemplar-svm/{name}/split1", "exemplar-svm/features"}
+        svm = json.loads((out.run_dir / "svm.json").read_text())
+        assert svm["train_sizes"] == [60, 60] and svm["test_sizes"] == [40, 40]  # 20 classes x (3, 2)
+        assert svm["score"] == "mean per-class accuracy"
+    wrong = load_recipe("protocol", "exemplar-svm", "mini", ["protocol.benchmark=caltech101"])
+    with pytest.raises(UserError, match="benchmark 'caltech101' is measured on caltech101, the recipe reads cifar10"):
+        evaluate(wrong, "random", tmp_path / "wrong", "cpu", progress=False, argv=["test"])
+    assert not (tmp_path / "wrong").exists()  # refused before any work

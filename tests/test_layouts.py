@@ -326,11 +326,59 @@ def test_imagenet_round_trip(tmp_path: Path) -> None:
         assert CLASSES[label] == Path(path).parent.name
 
 
+# ---------------------------------------------------------------- Caltech-101 / 256 layouts
+
+
+@pytest.mark.parametrize("name", ["caltech101", "caltech256"])
+def test_caltech_is_read_through_torchvision_without_its_background_class(name: str, tmp_path: Path) -> None:
+    from sslbench.data.layouts.caltech import RELEASES
+
+    release = RELEASES[name]
+    folder = synth(name, tmp_path, 40, 40, SEED)  # 2 images of each of the 20 classes, 3 background images
+    tv = release.reader(str(tmp_path))  # torchvision's own reader of the layout
+    assert len(tv.categories) == (20 if name == "caltech101" else 21)  # torchvision keeps Caltech-256's clutter
+    ds = load(name, folder, "all")  # the root may be the release folder itself
+    assert len(ds) == 40 and len(ds.classes) == 20 and ds.classes[0] == "aeroplane"
+    assert sorted(ds.labels) == sorted(list(range(20)) * 2)
+    by_path = {str(folder / release.categories / tv.categories[y] / release.file_name(y, i)): k
+               for k, (y, i) in enumerate(zip(tv.y, tv.index))}
+    for i in range(len(ds)):
+        img, target = ds[i]
+        tv_img, tv_label = tv[by_path[ds.paths[i]]]
+        assert torch.equal(img, torch.from_numpy(np.array(tv_img.convert("RGB"))).permute(2, 0, 1))
+        assert ds.classes[int(target["label"])] in tv.categories[tv_label]
+        assert release.background not in ds.paths[i] and "clutter" not in ds.paths[i]
+    assert load(name, tmp_path, "all", image_size=24)[0][0].shape == (3, 24, 24)
+
+
+@pytest.mark.parametrize("name", ["caltech101", "caltech256"])
+def test_caltech_bad_layouts_are_one_line_errors(name: str, tmp_path: Path) -> None:
+    from sslbench.data.layouts.caltech import RELEASES
+
+    release = RELEASES[name]
+    with pytest.raises(UserError, match=f"{name} has no split 'train'; valid: all"):
+        load(name, tmp_path, "train")
+    with pytest.raises(UserError, match=f"expected <root>/{name}/{release.categories}"):
+        load(name, tmp_path, "all")
+    assert not (tmp_path / name).exists()  # torchvision would have made the folder: nothing is created
+    folder = synth(name, tmp_path, 40, 40, SEED)
+    cls = sorted((folder / release.categories).iterdir())[3]
+    first = sorted(cls.iterdir())[0]
+    first.unlink()  # a gap in the numbering torchvision relies on
+    with pytest.raises(UserError, match=r"not found \(1 such\).*numbered 1..N"):
+        load(name, tmp_path, "all")
+    for f in cls.iterdir():
+        f.unlink()
+    with pytest.raises(UserError, match=f"class folder .*{cls.name} holds no image"):
+        load(name, tmp_path, "all")
+
+
 # ---------------------------------------------------------------- synth, check, atomic writes
 
 
 def test_synth_dispatch_and_unknown_format(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match=r"unknown data format 'coco'; valid: cifar10, imagenet, sbd, stl10, voc, voc2007"):
+    valid = "caltech101, caltech256, cifar10, imagenet, sbd, stl10, voc, voc2007"
+    with pytest.raises(UserError, match=f"unknown data format 'coco'; valid: {valid}"):
         synth("coco", tmp_path, 4, 32, 0)
     with pytest.raises(UserError, match="--num expects 1 to 1000000 images per split, found 0"):
         synth("voc", tmp_path, 0, 32, 0)

@@ -35,17 +35,26 @@ from sslbench.transforms import random_crop_flip
 @dataclass(frozen=True)
 class PoolSpec:
     # how a map shrinks: to `size` x `size` (adaptive max / average, bilinear resize), or "avg_window": a fixed
-    # average-pooling window `kernel` / `stride` (Goyal et al.'s conv1_s4k19 ... blobs), whatever size that gives
-    kind: Literal["adaptive_max", "adaptive_avg", "bilinear", "avg_window", "none"] = "adaptive_max"
+    # average-pooling window `kernel` / `stride` (Goyal et al.'s conv1_s4k19 ... blobs), whatever size that gives;
+    # "pyramid": a spatial pyramid, the map max-pooled to each `levels` x `levels` grid, the grids concatenated
+    kind: Literal["adaptive_max", "adaptive_avg", "bilinear", "avg_window", "pyramid", "none"] = "adaptive_max"
     size: Annotated[int, In(1, 1024)] = 6  # output side: 'size x size x channels' features
     kernel: Annotated[int, In(1, 1024)] = 1  # avg_window: the window's side
     stride: Annotated[int, In(1, 1024)] = 1  # avg_window: its step
+    levels: tuple[Annotated[int, In(1, 64)], ...] = (1, 2, 4)  # pyramid: each grid's side (1 + 4 + 16 cells)
+
+    def __post_init__(self) -> None:
+        if self.kind == "pyramid" and not self.levels:
+            raise UserError("pool kind \"pyramid\" needs levels, e.g. [1, 2, 4]; found none")
 
 
 def pool_features(x: Tensor, spec: PoolSpec) -> Tensor:
-    """[N,C,H,W] -> [N, C*size*size] (or [N,D] unchanged for fc taps)."""
+    """[N,C,H,W] -> [N, C*size*size] (or [N,D] unchanged for fc taps); a pyramid gives [N, C*sum(level^2)],
+    grid by grid, each grid channel-major."""
     if x.dim() == 2 or spec.kind == "none":
         return x.flatten(1)
+    if spec.kind == "pyramid":
+        return torch.cat([F.adaptive_max_pool2d(x, level).flatten(1) for level in spec.levels], 1)
     if spec.kind == "adaptive_max":
         x = F.adaptive_max_pool2d(x, spec.size)
     elif spec.kind == "adaptive_avg":

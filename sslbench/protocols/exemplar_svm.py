@@ -8,9 +8,18 @@ cross-validated accuracy (sslbench.svm.fit_multiclass); accuracy on the test spl
   each), each scored on the 8,000 test images; mean and sd over the folds.
 - "cifar10-400": 10 random subsets (seeded) of 400 training images per class; mean and sd.
 - "cifar10": the whole training set, once.
+- "caltech101" / "caltech256": 10 random splits (seeded) of the one split of images: `per_class` (30) training
+  images of every class, the next `test_per_class` (Caltech-101: at most 50) or all the rest for test; the score
+  is the mean per-class accuracy (its C chosen by that score too); features pooled by a spatial pyramid
+  (`pyramid`, the released code's levels for Caltech: code/testing/run_net_on_Caltech_matcaffe_distr.m). The
+  background / clutter folder is not a class (the loader leaves it out).
 Reports 'exemplar-svm/<benchmark>' (mean accuracy, percent), '.../sd' and '.../split<i>' where there are
 several, and 'exemplar-svm/features' (the table's #features: the network's units over its layers, where the
-backbone counts them, else the taps' channels). Caltech-101 / 256 (30 per class, spatial pyramid) are not built.
+backbone counts them, else the taps' channels).
+
+The release divides each layer's features by their 99.99th percentile and weights a pyramid's grids (coarser
+ones more: code/testing/make_features_from_maps_f1.m); with `standardize` (per-feature zero mean, unit
+variance) any per-feature scale cancels, so neither is applied here.
 """
 
 from __future__ import annotations
@@ -34,22 +43,29 @@ from sslbench.protocols._probing import FrozenFeatures, PoolSpec, extract, sanit
 from sslbench.protocols.base import EvalContext, Protocol
 from sslbench.registry import register_protocol
 from sslbench.runtime import write_json
-from sslbench.svm import fit_multiclass
+from sslbench.svm import Score, accuracy_score, fit_multiclass, mean_class_accuracy
 
 # log-spaced over the released searches' ranges (code/testing/svm_params_search.m: STL C in [2e-4, 2e-1], CIFAR
 # [1e-3, 1]; drawn at random there, a fixed grid here)
 COSTS = tuple(float(c) for c in np.geomspace(2e-4, 1.0, 12))
+# each benchmark's data set (the recipe's data.dataset must be it)
+DATASET = {"stl10": "stl10", "cifar10-400": "cifar10", "cifar10": "cifar10", "caltech101": "caltech101",
+           "caltech256": "caltech256"}
+CALTECH = ("caltech101", "caltech256")
 
 
 @dataclass(frozen=True)
 class ExemplarSvmConfig:
-    benchmark: Literal["stl10", "cifar10-400", "cifar10"] = "cifar10"  # the recipe flavours stl10, cifar10-400
+    # the recipe flavours stl10, cifar10-400, caltech101, caltech256
+    benchmark: Literal["stl10", "cifar10-400", "cifar10", "caltech101", "caltech256"] = "cifar10"
     taps: tuple[str, ...] = ()  # the layers whose responses are features (empty: every tap, as the paper)
     pool_size: Annotated[int, In(1, 16)] = 2  # each map max-pooled to pool_size x pool_size (2: the paper's quadrants)
+    pyramid: tuple[Annotated[int, In(1, 16)], ...] = ()  # instead, a spatial pyramid of these grid sides (Caltech)
     costs: tuple[Annotated[float, In(0, 1e9, open_lo=True)], ...] = COSTS  # C values searched; ties: first
     folds: Annotated[int, In(2, 20)] = 3  # cross-validation folds on each training set, scored by accuracy
-    subsets: Annotated[int, In(1, 100)] = 10  # cifar10-400: random training subsets (paper: 10)
-    per_class: Annotated[int, In(1, 10**6)] = 400  # cifar10-400: training images per class (paper: 400)
+    subsets: Annotated[int, In(1, 100)] = 10  # cifar10-400, caltech: random training subsets / splits (paper: 10)
+    per_class: Annotated[int, In(1, 10**6)] = 400  # cifar10-400, caltech: training images per class (400, 30)
+    test_per_class: Annotated[int, In(0, 10**6)] = 0  # caltech: test images per class at most (0: all the rest)
     standardize: bool = True  # zero mean, unit variance per feature, from each training set
     tol: Annotated[float, In(0, 1, open_lo=True)] = 1e-3  # solver stop (sslbench.svm)
 
@@ -66,36 +82,51 @@ class ExemplarSvm(Protocol):
     def taps(self, backbone: Backbone) -> tuple[str, ...]:
         return self.cfg.taps or tuple(backbone.default_taps)
 
+    def preflight(self, recipe: Recipe) -> None:
+        want = DATASET[self.cfg.benchmark]
+        if recipe.data.dataset != want:
+            raise UserError(f"exemplar-svm: benchmark {self.cfg.benchmark!r} is measured on {want}, the recipe reads "
+                            f"{recipe.data.dataset}; set data.dataset = \"{want}\" or pick the benchmark of that data "
+                            "set (the exemplar-svm flavours)")
+
     def run(self, trunk: Trunk, recipe: Recipe, ctx: EvalContext) -> dict[str, float]:
         cfg, d = self.cfg, recipe.data
+        caltech = cfg.benchmark in CALTECH
         taps = self.taps(trunk.backbone)
-        pools = {t: PoolSpec("adaptive_max", cfg.pool_size) for t in taps}
-        features = FrozenFeatures(trunk, taps, pools, ctx.device)
+        pool = PoolSpec("pyramid", levels=cfg.pyramid) if cfg.pyramid else PoolSpec("adaptive_max", cfg.pool_size)
+        features = FrozenFeatures(trunk, taps, {t: pool for t in taps}, ctx.device)
         before = copy.deepcopy(trunk.backbone.state_dict())
         train_ds = build_dataset(d, d.train_split, d.num_images)
         train_x, train_y = _features(features, train_ds, recipe, ctx, taps, d.train_split)
         skipped = len(train_ds) - len(train_y)  # type: ignore[arg-type]
-        test_x, test_y = _features(features, build_dataset(d, d.test_split, d.num_test), recipe, ctx, taps,
-                                   d.test_split)
+        if caltech:  # one split of images: each training set's test images are drawn beside it
+            test_x, test_y = train_x, train_y
+            splits = caltech_splits(train_y, cfg.subsets, cfg.per_class, cfg.test_per_class, recipe.seed,
+                                    list(getattr(train_ds, "classes", [])))
+        else:
+            test_x, test_y = _features(features, build_dataset(d, d.test_split, d.num_test), recipe, ctx, taps,
+                                       d.test_split)
+            splits = [(rows, None) for rows in self._training_sets(train_y, recipe, skipped)]
         sanity_check(trunk.backbone, before)
-        splits = self._training_sets(train_y, recipe, skipped)
+        score: Score = mean_class_accuracy if caltech else accuracy_score
         accuracies, chosen = [], []
-        for i, rows in enumerate(splits):
+        for i, (rows, test_rows) in enumerate(splits):
             x, y = train_x[rows], train_y[rows]
+            xt, yt = (test_x, test_y) if test_rows is None else (test_x[test_rows], test_y[test_rows])
             if cfg.standardize:
                 mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
-                x, xt = (x - mean) / std, (test_x - mean) / std
-            else:
-                xt = test_x
-            fit = fit_multiclass(x.to(ctx.device), y.to(ctx.device), cfg.costs, cfg.folds, tol=cfg.tol)
-            acc = 100.0 * float((fit.predict(xt.to(ctx.device)).cpu() == test_y).double().mean())
+                x, xt = (x - mean) / std, (xt - mean) / std
+            fit = fit_multiclass(x.to(ctx.device), y.to(ctx.device), cfg.costs, cfg.folds, score=score, tol=cfg.tol)
+            acc = 100.0 * score(fit.decision(xt.to(ctx.device)).cpu(), yt)
             accuracies.append(acc)
             chosen.append(fit.cost)
             ctx.log.write(i, {f"{cfg.benchmark}/accuracy": acc}, prefix="test")
         if ctx.ddp.is_main:
-            write_json(ctx.run_dir / "svm.json", {"benchmark": cfg.benchmark, "costs": list(cfg.costs),
-                                                  "chosen_cost": chosen, "accuracy": accuracies,
-                                                  "train_sizes": [len(r) for r in splits]})
+            write_json(ctx.run_dir / "svm.json", {
+                "benchmark": cfg.benchmark, "score": "mean per-class accuracy" if caltech else "accuracy",
+                "costs": list(cfg.costs), "chosen_cost": chosen, "accuracy": accuracies,
+                "train_sizes": [len(r) for r, _ in splits],
+                "test_sizes": [len(test_y) if t is None else len(t) for _, t in splits]})
         out = {self.key(cfg.benchmark): float(np.mean(accuracies)), self.key("features"): float(_units(trunk, taps))}
         if len(accuracies) > 1:
             out[self.key(cfg.benchmark, "sd")] = float(np.std(accuracies, ddof=1))
@@ -130,6 +161,31 @@ class ExemplarSvm(Protocol):
                 rows.append(idx[torch.randperm(len(idx), generator=g)[: cfg.per_class]])
             out.append(torch.cat(rows).sort().values)
         return out
+
+
+def caltech_splits(labels: Tensor, splits: int, train: int, test: int, seed: int,
+                   classes: list[str]) -> list[tuple[Tensor, Tensor]]:
+    """(train rows, test rows) of each of `splits` random splits (seeded): per class, `train` images for training and
+    the next `test` (0: all the rest) for test, drawn from one random order of the class's images."""
+    g = torch.Generator().manual_seed(seed)
+    present = labels.unique().tolist()
+    members = {c: torch.nonzero(labels == c)[:, 0] for c in present}
+    small = [c for c in present if len(members[c]) <= train]
+    if small:
+        c = small[0]
+        name = classes[c] if c < len(classes) else str(c)
+        raise UserError(f"exemplar-svm: class {name!r} has {len(members[c])} readable images; the split needs "
+                        f"protocol.per_class = {train} for training and at least one for test ({len(small)} such "
+                        "classes); lower per_class or read more images (data.num_images = 0 reads all)")
+    out = []
+    for _ in range(splits):
+        train_rows, test_rows = [], []
+        for c in present:
+            idx = members[c][torch.randperm(len(members[c]), generator=g)]
+            train_rows.append(idx[:train])
+            test_rows.append(idx[train: train + test] if test else idx[train:])
+        out.append((torch.cat(train_rows).sort().values, torch.cat(test_rows).sort().values))
+    return out
 
 
 def _features(features: FrozenFeatures, ds: object, recipe: Recipe, ctx: EvalContext, taps: tuple[str, ...],

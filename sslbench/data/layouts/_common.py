@@ -152,6 +152,16 @@ class SegmentationPairs(Dataset):
         return to_tensor(img), torch.from_numpy(np.array(mask, np.int64))
 
 
+def class_interleaved(labels: list[int]) -> list[int]:
+    """Positions of items with these labels, interleaved across classes: each class's first, then each class's
+    second, ... (within a rank, by label): the first `num` items then cover the classes evenly."""
+    rank: dict[int, int] = {}
+    keyed = []
+    for i, label in enumerate(labels):
+        keyed.append((rank.get(label, 0), label, i))
+        rank[label] = rank.get(label, 0) + 1
+    return [i for _, _, i in sorted(keyed)]
+
 
 def pick_ten_class_samples(seed: int, split: str, num: int, size: int,
                            classes: Sequence[str]) -> list[tuple[int, int, Sample]]:

@@ -28,6 +28,7 @@ from sslbench.data.layouts._common import (
     check_counts,
     check_image_size,
     check_split,
+    class_interleaved,
     label_target,
     need_root,
     open_rgb,
@@ -160,17 +161,6 @@ def imagenet(root: str | None, split: str, image_size: int, num: int, synth_seed
     if not folder.samples:
         raise SplitMissing(f"imagenet: expected {_IMAGENET_LAYOUT}; no images under {p / sub}")
     return ImageFolderItems(folder, image_size, num)
-
-
-def class_interleaved(labels: list[int]) -> list[int]:
-    """Positions of items with these labels, interleaved across classes: each class's first, then each class's
-    second, ... (within a rank, by label): the first `num` items then cover the classes evenly."""
-    rank: dict[int, int] = {}
-    keyed = []
-    for i, label in enumerate(labels):
-        keyed.append((rank.get(label, 0), label, i))
-        rank[label] = rank.get(label, 0) + 1
-    return [i for _, _, i in sorted(keyed)]
 
 
 def imagenet_sources(split: str, num: int, image_size: int, seed: int) -> list[tuple[str, int]]:
