@@ -85,7 +85,8 @@ class Sample:
     seg: np.ndarray | None = None  # [H, W] uint8: 0 background, 1..20 class, 255 boundary
     depth: np.ndarray | None = None  # [H, W] float32 metres-like, larger is farther
     frame2: np.ndarray | None = None  # [H, W, 3] uint8: the scene a moment later
-    motion: np.ndarray | None = None  # [H, W] bool: pixels of objects that moved
+    motion: np.ndarray | None = None  # [H, W] bool: pixels of objects that moved, in either frame
+    moving: np.ndarray | None = None  # [H, W] bool: the pixels of this frame whose object moves (motion seg.)
     classes: np.ndarray | None = None  # [H, W] uint8: the class map without outlines (SBD's masks)
 
 
@@ -252,6 +253,7 @@ def _dense_targets(sample: Sample, placed: list[_Placed], ids: np.ndarray, backg
     sample.seg, sample.depth = seg, depth
     sample.frame2 = _to_uint8(img2 + noise)
     sample.motion = moving[ids2] | moving[ids]  # index -1 hits the trailing False
+    sample.moving = moving[ids]
 
 
 def _to_uint8(img: np.ndarray) -> np.ndarray:

@@ -10,8 +10,8 @@ releases number them); the loader here opens each file once to check it, drops t
 sets have no predefined split: the only split is "all", and protocols draw their training and test images from it.
 
 The embedded data written in these layouts has the embedded data's 20 classes (VOC's names), not 101 or 256:
-`num` scenes of the embedded "trainval" split with at most ceil(num / 20) per class (the first that appear, in
-generator order), each filed under its main object's class folder, and num // 20 + 1 scenes of the "unlabeled"
+`num` scenes of an embedded split (Caltech-101: "trainval", Caltech-256: "test", so that the two columns of a table
+are not one measurement twice) with at most ceil(num / 20) per class (the first that appear, in generator order), each filed under its main object's class folder, and num // 20 + 1 scenes of the "unlabeled"
 split in the background / clutter folder. Class folders that would be empty are not written (the real releases
 have none); Caltech-256's are numbered 001..020 with clutter 021, so that torchvision's file naming holds.
 """
@@ -59,6 +59,7 @@ class Release:
     background: str  # the non-object folder, left out of the classes
     reader: type  # torchvision's class
     images: int  # images of the release without the background folder (what `--dry-run` counts)
+    scenes: str  # the embedded split the writer draws its scenes from
 
     def tree(self) -> str:
         sample = "<class>/image_0001.jpg" if self.name == "caltech101" else "001.<class>/001_0001.jpg"
@@ -74,9 +75,9 @@ class Release:
 
 RELEASES = {
     "caltech101": Release("caltech101", "caltech101", "101_ObjectCategories", "BACKGROUND_Google",
-                          torchvision.datasets.Caltech101, 8677),  # 9,144 with the 467 background images
+                          torchvision.datasets.Caltech101, 8677, "trainval"),  # 9,144 with the 467 background images
     "caltech256": Release("caltech256", "caltech256", "256_ObjectCategories", "257.clutter",
-                          torchvision.datasets.Caltech256, 29_780),  # 30,607 with the 827 clutter images
+                          torchvision.datasets.Caltech256, 29_780, "test"),  # 30,607 with the 827 clutter images
 }
 SPLITS = ("all",)
 
@@ -84,7 +85,7 @@ SPLITS = ("all",)
 def _embedded_classes(release: Release, num: int, size: int, seed: int) -> list[tuple[str, list[int]]]:
     """(class folder name, generator indices of its images in file order) of the embedded data, classes sorted as
     the reader sorts them (background / clutter last: its own folder name sorts after, see `write_caltech`)."""
-    picked = pick_ten_class_samples(seed, "trainval", num, size, VOC_CLASSES) if num else []
+    picked = pick_ten_class_samples(seed, release.scenes, num, size, VOC_CLASSES) if num else []
     per_class: dict[int, list[int]] = {}
     for index, label, _ in picked:
         per_class.setdefault(label, []).append(index)
@@ -105,7 +106,7 @@ def write_caltech(out: Path, name: str, num: int, image_size: int, seed: int) ->
         for k, (folder, indices) in enumerate(classes):
             (root / folder).mkdir(parents=True)
             for i, index in enumerate(indices, 1):
-                img = render_sample(seed, "trainval", index, image_size).image
+                img = render_sample(seed, release.scenes, index, image_size).image
                 Image.fromarray(img).save(root / folder / release.file_name(k, i), **JPEG)
         k = len(classes)
         background = release.background if name == "caltech101" else f"{k + 1:03d}.clutter"
@@ -178,9 +179,10 @@ def read_caltech(name: str, root: str | None, split: str, image_size: int, num: 
 
 def caltech_sources(name: str, num: int, size: int, seed: int) -> list[tuple[str, int]]:
     """The embedded sample behind each item of the "all" split in reading order, for a writer call with `num`."""
-    classes = _embedded_classes(RELEASES[name], num, size, seed)
+    release = RELEASES[name]
+    classes = _embedded_classes(release, num, size, seed)
     flat = [(k, index) for k, (_, indices) in enumerate(classes) for index in indices]
-    return [("trainval", flat[i][1]) for i in class_interleaved([k for k, _ in flat])]
+    return [(release.scenes, flat[i][1]) for i in class_interleaved([k for k, _ in flat])]
 
 
 def _summary(name: str) -> Callable[[str], str]:
