@@ -207,7 +207,9 @@ def _asdict(obj: Any) -> dict[str, Any]:
 
 
 def build(cls: type, raw: dict[str, Any], where: str) -> Any:
-    """raw TOML table -> frozen dataclass `cls`; unknown keys and wrong types raise UserError."""
+    """raw TOML table -> frozen dataclass `cls`; unknown keys and wrong types raise UserError. A class whose
+    fields' types depend on another field (a multi-task recipe's sub-task configs: their type is the named task's)
+    defines `validated(where) -> instance`, called last, so that its errors name the file and key too."""
     if not isinstance(raw, dict):
         raise UserError(f"{where}: expected a table, found {type(raw).__name__}")
     hints = typing.get_type_hints(cls, include_extras=True)
@@ -218,7 +220,9 @@ def build(cls: type, raw: dict[str, Any], where: str) -> Any:
             f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(fields))}"
         )
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in raw.items()}
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    validated = getattr(obj, "validated", None)
+    return validated(where) if callable(validated) else obj
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:

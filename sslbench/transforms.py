@@ -268,6 +268,16 @@ def lab_l_input(images: Tensor) -> Tensor:
     return _lab(images)[:, :1] - L_CENTRE
 
 
+def lab_l_of_rgb8(images: Tensor) -> Tensor:
+    """uint8 RGB [N,3,H,W] -> L - 50 [N,1,H,W] (the harmonised input of the Task Ensemble's sub-tasks)."""
+    return rgb8_to_lab(images)[:, :1] - L_CENTRE
+
+
+def lab_l_of_rgb01(rgb: Tensor) -> Tensor:
+    """float RGB in [0, 1] [N,3,H,W] -> L - 50 [N,1,H,W]."""
+    return rgb_to_lab(rgb.clamp(0.0, 1.0))[:, :1] - L_CENTRE
+
+
 @TRANSFER_INPUTS.register("lab")
 def lab_input(images: Tensor) -> Tensor:
     """L - 50, a, b: three channels (Colorization's "color" transfer: conv1 also reads ab)."""

@@ -71,7 +71,7 @@ def test_task_batch_and_loss_at_tiny_size(name: str) -> None:
     task = cls(build(TASKS.entry(name).config, dict(setup.cfg), "test"), build_backbone(setup.backbone, cfg))
     images = torch.randint(0, 256, (4, 3, setup.image_size, setup.image_size), dtype=torch.uint8)
     task.restore(task.setup(torch.utils.data.TensorDataset(images), torch.Generator().manual_seed(0)))
-    batch = task.make_batch(images, {"index": torch.arange(4)}, torch.Generator().manual_seed(0))
+    batch = task.make_batch(images, {"index": torch.arange(4), **setup.targets}, torch.Generator().manual_seed(0))
     out = task(batch)
     assert out["loss"].ndim == 0 and torch.isfinite(out["loss"])
     out["loss"].backward()

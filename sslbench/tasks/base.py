@@ -31,10 +31,15 @@ class TinySetup:
     backbone_cfg: dict[str, Any]
     image_size: int  # side of the uint8 images make_batch is given
     cfg: dict[str, Any] = field(default_factory=dict)
+    targets: dict[str, Any] = field(default_factory=dict)  # targets make_batch needs beyond "index" (4 images')
 
 
 class PretextTask(nn.Module):
     display_name: ClassVar[str] = ""  # the method's name in tables ("RotNet", "Context Encoders")
+    # Input harmonisation (Doersch & Zisserman 2017): the transfer inputs this task can feed the trunk instead of its
+    # own when a multi-task composite sets `harmonize` to one of them, so that every sub-task's input looks alike.
+    harmonizable: ClassVar[tuple[str, ...]] = ()
+    harmonize: str = ""
 
     def __init__(self, cfg: Any, backbone: Backbone) -> None:
         super().__init__()

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from sslbench.backbones.base import Backbone
+from sslbench.backbones.base import Backbone, FcnHead
 from sslbench.config import In, Positive, Rate
 from sslbench.errors import UserError
 from sslbench.registry import register_task
@@ -231,6 +231,7 @@ class Colorization(PretextTask):
     """Per-pixel classification of ab into in-gamut bins from L, soft-encoded targets, class rebalancing."""
 
     display_name = "Colorization"
+    harmonizable = ("lab-l",)  # its own input: L - 50
 
     def __init__(self, cfg: ColorizationConfig, backbone: Backbone) -> None:
         super().__init__(cfg, backbone)
@@ -238,10 +239,11 @@ class Colorization(PretextTask):
             raise UserError(f"colorization: the network sees the L channel only, but backbone.in_channels is "
                             f"{backbone.in_channels}; set backbone.in_channels=1")
         dense = getattr(backbone, "dense_fc_head", None)
-        if dense is None:
-            raise UserError(f"colorization needs a trunk with fully connected stages to run densely (alexnet, "
-                            f"vgg16); {backbone.name} has none")
-        fcn = dense()
+        if dense is not None:  # AlexNet / VGG: fc6, fc7 run densely on conv5, as the release
+            fcn = dense()
+        else:  # a fully convolutional trunk (ResNet): the classifier reads its dense tap directly
+            tap = backbone.role("dense_tap", "colorization (its per-pixel classifier reads it)")
+            fcn = FcnHead(tap, nn.Identity(), backbone.feature_info[tap].channels)
         self.tap, self.head = fcn.tap, fcn.head
         bins = ab_gamut_bins(cfg.grid)
         if cfg.neighbours > len(bins):

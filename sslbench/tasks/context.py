@@ -41,7 +41,7 @@ from sslbench.config import In, Pixels, Rate, Weight
 from sslbench.errors import UserError
 from sslbench.registry import register_task
 from sslbench.tasks.base import PretextTask, TinySetup, accuracy
-from sslbench.transforms import GRID, cut_windows
+from sslbench.transforms import GRID, cut_windows, lab_l_of_rgb01
 
 # (dx, dy) of the second patch relative to the first for labels 0..7 (x right, y down): reading order.
 NEIGHBOURS = ((-1, -1), (0, -1), (1, -1), (-1, 0), (1, 0), (-1, 1), (0, 1), (1, 1))
@@ -181,6 +181,7 @@ class ContextPrediction(PretextTask):
     """Context Prediction: 8-way relative position of two patches, late-fusion siamese network."""
 
     display_name = "Context"
+    harmonizable = ("lab-l",)  # in a Task Ensemble: L - 50 patches (no chromatic aberration left to handle)
 
     def __init__(self, cfg: ContextConfig, backbone: Backbone) -> None:
         super().__init__(cfg, backbone)
@@ -212,7 +213,10 @@ class ContextPrediction(PretextTask):
         ys, xs = grid_positions(n, images.shape[2], images.shape[3], self.patch, cfg.gap, cfg.jitter, generator)
         m = n * GRID * GRID
         sides = downsample_sides(m, self.patch, cfg.downsample_min, cfg.downsample_prob, generator)
-        if cfg.aberration == "color-dropping":  # only the kept channel is cut and resized: a third of the work
+        if self.harmonize == "lab-l":  # Colorization's preprocessing (the Task Ensemble's harmonisation)
+            rgb = downsample(cut_windows(images, ys, xs, self.patch).flatten(0, 1).float() / 255.0, sides)
+            patches = lab_l_of_rgb01(rgb)
+        elif cfg.aberration == "color-dropping":  # only the kept channel is cut and resized: a third of the work
             keep = torch.randint(0, 3, (m,), generator=generator)
             kept = downsample(cut_windows(images, ys, xs, self.patch, keep.view(n, -1)).flatten(0, 1).float(), sides)
             patches = drop_colors(kept, keep, cfg.noise_ratio, generator, cfg.drop_noise)
@@ -223,7 +227,7 @@ class ContextPrediction(PretextTask):
         first, second, labels = self.pairs
         base = (torch.arange(n) * GRID * GRID)[:, None]  # image i's cells start at row 9i
         return {
-            "patches": normalize_patches_(patches),
+            "patches": patches if self.harmonize else normalize_patches_(patches),
             "first": (base + first).flatten(),
             "second": (base + second).flatten(),
             "labels": labels.repeat(n),
@@ -240,6 +244,9 @@ class ContextPrediction(PretextTask):
 
     def variant(self) -> str:
         return self.cfg.aberration
+
+    def transfer_input(self) -> str:
+        return self.harmonize or "imagenet"
 
     @classmethod
     def tiny(cls) -> TinySetup:

@@ -28,7 +28,7 @@ from sslbench.config import Dropout, In, Rate
 from sslbench.errors import UserError
 from sslbench.registry import register_task
 from sslbench.tasks.base import PretextTask, SetupState, TinySetup, accuracy
-from sslbench.transforms import MEAN, STD, luma
+from sslbench.transforms import MEAN, STD, lab_l_of_rgb01, luma
 
 
 @dataclass(frozen=True)
@@ -151,6 +151,7 @@ class Exemplar(PretextTask):
     """Classify random transformations of seed patches by the image they come from (N surrogate classes)."""
 
     display_name = "Exemplar-CNN"
+    harmonizable = ("lab-l",)  # in a Task Ensemble: the transformed patches' L - 50
 
     def __init__(self, cfg: ExemplarConfig, backbone: Backbone) -> None:
         super().__init__(cfg, backbone)
@@ -208,11 +209,15 @@ class Exemplar(PretextTask):
         rep = images.repeat_interleave(v, 0) if v > 1 else images
         centres = self.centres.cpu()[index].repeat_interleave(v, 0)
         x = transform_patches(rep, centres, self.cfg, self.pca.cpu(), generator)
-        return {"input": (x - MEAN) / STD, "labels": index.repeat_interleave(v, 0)}
+        x = lab_l_of_rgb01(x) if self.harmonize == "lab-l" else (x - MEAN) / STD
+        return {"input": x, "labels": index.repeat_interleave(v, 0)}
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         logits = self.head(self.backbone(batch["input"], taps=(self.tap,))[self.tap])
         return {"loss": F.cross_entropy(logits, batch["labels"]), "acc": accuracy(logits, batch["labels"])}
+
+    def transfer_input(self) -> str:
+        return self.harmonize or "imagenet"
 
     def examples(self, images: Tensor, generator: torch.Generator) -> list[tuple[str, Tensor]]:
         """A seed chosen now in each image (the stored ones belong to the training images) and four samples of it."""

@@ -11,8 +11,9 @@ sets have no predefined split: the only split is "all", and protocols draw their
 
 The embedded data written in these layouts has the embedded data's 20 classes (VOC's names), not 101 or 256:
 `num` scenes of an embedded split (Caltech-101: "trainval", Caltech-256: "test", so that the two columns of a table
-are not one measurement twice) with at most ceil(num / 20) per class (the first that appear, in generator order), each filed under its main object's class folder, and num // 20 + 1 scenes of the "unlabeled"
-split in the background / clutter folder. Class folders that would be empty are not written (the real releases
+are not one measurement twice) with at most ceil(num / 20) per class (the first that appear, in generator order),
+each filed under its main object's class folder, and num // 20 + 1 scenes of the "unlabeled" split in the
+background / clutter folder. Class folders that would be empty are not written (the real releases
 have none); Caltech-256's are numbered 001..020 with clutter 021, so that torchvision's file naming holds.
 """
 

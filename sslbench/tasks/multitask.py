@@ -1,0 +1,264 @@
+"""The Task Ensemble (Doersch & Zisserman, "Multi-task Self-Supervised Visual Learning", ICCV 2017): several pretext
+tasks train one shared trunk, each through its own head.
+
+A recipe names its sub-tasks, each a registered task with its own config, validated as that task's [task] section
+is (an unknown task or key names the file and the key):
+
+    [[task.tasks]]
+    name = "context"
+    weight = 1.0
+    [task.tasks.cfg]
+    gap = 8
+
+Every step, every sub-task builds its batch from the same images (its own pretext transformation of them) and the
+loss is the weighted sum of the sub-tasks' losses. The paper trains each task on workers of its own and sums their
+gradients on the shared parameters (a synchronous update of the sum); one process computing the summed loss takes
+the same step. Under torchrun every rank runs every sub-task on its shard of the batch (DDP averages the summed
+gradients); `unused_heads` is false when every head gets a gradient every step, as here.
+
+Input harmonisation (`harmonize`, the paper's Sec. 3.2): every sub-task feeds the trunk the same kind of input,
+so that the trunk cannot tell which task it is solving from its input. "lab-l": all feed L - 50 (Colorization's
+input; the paper replaces relative position's preprocessing with Colorization's), one channel; each task says
+which inputs it can feed (`PretextTask.harmonizable`). "none": each feeds its own, and they must agree.
+
+The lasso (`lasso`, Sec. 3.3): each sub-task's head reads, instead of the last unit of `lasso_stage`, a learned
+linear combination of the outputs of every residual unit of that stage ("each head receives a linear combination of
+unit outputs within block3, weighted by the matrix alpha, which is trained to be sparse"), with an L1 penalty
+`lasso_l1` x sum |alpha| on the combination weights. The weights start at the last unit alone (the network
+without the lasso); the paper's initialisation and penalty weight could not be confirmed. The lasso is part of
+pretraining only: a checkpoint's trunk transfers through its own taps (the protocols' eval-side lasso reads units
+with weights of its own).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from sslbench.backbones.base import Backbone
+from sslbench.config import In, Weight, build
+from sslbench.errors import UserError
+from sslbench.registry import TASKS, register_task, unknown_name_message
+from sslbench.tasks.base import ParamGroups, PretextTask, SetupState, TinySetup
+
+# the paper's abbreviations of the sub-tasks, for the table's rows ("RP+Col+Ex+MS")
+SHORT = {"context": "rp", "colorization": "col", "exemplar": "ex", "motion-seg": "ms"}
+
+
+@dataclass(frozen=True)
+class SubTask:
+    name: str  # a registered pretext task
+    weight: Weight = 1.0  # its loss's weight in the sum
+    cfg: Any = field(default_factory=dict)  # its [task] keys: validated as that task's config
+
+    def validated(self, where: str) -> SubTask:
+        if self.name == "multitask":
+            raise UserError(f"{where}: a multitask sub-task cannot be multitask itself")
+        if self.name not in TASKS:
+            raise UserError(f"{where}.name: {unknown_name_message('task', self.name, TASKS.names())}")
+        cfg = self.cfg
+        if not dataclasses.is_dataclass(cfg):
+            cfg = build(TASKS.entry(self.name).config, dict(cfg), f"{where}.cfg ({self.name})")
+        return dataclasses.replace(self, cfg=cfg)
+
+
+@dataclass(frozen=True)
+class MultitaskConfig:
+    tasks: tuple[SubTask, ...] = ()  # the sub-tasks, each once
+    harmonize: Literal["lab-l", "none"] = "lab-l"  # the input every sub-task feeds the trunk (module docstring)
+    lasso: bool = False  # each head reads a sparse learned combination of `lasso_stage`'s unit outputs
+    lasso_stage: str = "res4"  # the stage whose units the lasso combines (the paper: block 3, ResNet-101's res4)
+    lasso_l1: Annotated[float, In(0, 1e3)] = 1e-3  # the L1 penalty's weight on the combination weights
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise UserError("multitask: task.tasks is empty; name the sub-tasks ([[task.tasks]] name = ...)")
+        names = [t.name for t in self.tasks]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise UserError(f"multitask: sub-task {twice[0]!r} appears twice in task.tasks; name each once")
+
+
+class LassoCombination(nn.Module):
+    """sum_k alpha_k x_k over K same-shaped maps, alpha [K] learned; `penalty()` = sum |alpha| (the L1 term)."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        alpha = torch.zeros(k)
+        alpha[-1] = 1.0  # the last unit alone: the network without the lasso
+        self.alpha = nn.Parameter(alpha)
+
+    def forward(self, maps: list[Tensor]) -> Tensor:
+        out = maps[0] * self.alpha[0]
+        for a, x in zip(self.alpha[1:], maps[1:]):
+            out = out + a * x
+        return out
+
+    def penalty(self) -> Tensor:
+        return self.alpha.abs().sum()
+
+
+class TrunkView(nn.Module):
+    """A sub-task's view of the shared trunk: the trunk's taps, with `stage` (and the pooled vector after it)
+    replaced by the lasso combination of the stage's unit outputs where a lasso is given. The trunk is held by
+    reference, not registered (its parameters stay the composite's, once in the state dict); every other
+    attribute (roles, feature_info, tap_geometry, ...) is the trunk's."""
+
+    def __init__(self, trunk: Backbone, stage: str = "", lasso: LassoCombination | None = None) -> None:
+        super().__init__()
+        object.__setattr__(self, "trunk", trunk)
+        self.stage, self.lasso = stage, lasso
+        self.units = [t for t in trunk.feature_info if t.startswith(f"{stage}_")] if lasso is not None else []
+        self.frozen_after: str | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["trunk"], name)
+
+    def freeze_after(self, tap: str) -> None:
+        """Recorded, not applied: the trunk's later stages may serve the other sub-tasks."""
+        self.frozen_after = tap
+
+    def forward(self, x: Tensor, taps: tuple[str, ...] | None = None) -> dict[str, Tensor]:
+        trunk = self.__dict__["trunk"]
+        taps = tuple(taps) if taps is not None else trunk.default_taps
+        replaced = {self.stage, "pool"} & set(taps) if self.lasso is not None else set()
+        if not replaced:
+            return trunk(x, taps=taps)
+        out = trunk(x, taps=tuple(sorted((set(taps) - replaced) | set(self.units), key=list(trunk.feature_info).index)))
+        combined = self.lasso([out[u] for u in self.units])
+        if self.stage in replaced:
+            out[self.stage] = combined
+        if "pool" in replaced:
+            out["pool"] = torch.flatten(nn.functional.adaptive_avg_pool2d(combined, 1), 1)
+        return out
+
+
+@register_task("multitask", config=MultitaskConfig)
+class Multitask(PretextTask):
+    """Several pretext tasks on one trunk: summed weighted losses, harmonised inputs, optionally the lasso."""
+
+    display_name = "Task Ensemble"
+
+    def __init__(self, cfg: MultitaskConfig, backbone: Backbone) -> None:
+        super().__init__(cfg, backbone)
+        if cfg.lasso:
+            if cfg.lasso_stage not in backbone.feature_info or backbone.spatial_tap != cfg.lasso_stage:
+                raise UserError(f"multitask: task.lasso_stage {cfg.lasso_stage!r} must be the trunk's last stage "
+                                f"({backbone.spatial_tap}: the pooled vector after it is then the combination's); "
+                                "e.g. resnet with backbone.stages = 3 and lasso_stage = \"res4\"")
+            if not any(t.startswith(f"{cfg.lasso_stage}_") for t in backbone.feature_info):
+                raise UserError(f"multitask: {backbone.name} has no unit taps in {cfg.lasso_stage} for the lasso")
+        if cfg.harmonize != "none" and backbone.in_channels != 1:
+            raise UserError(f"multitask: task.harmonize = {cfg.harmonize!r} feeds the trunk one channel (L - 50), "
+                            f"but backbone.in_channels is {backbone.in_channels}; set backbone.in_channels = 1")
+        self.subtasks = nn.ModuleDict()
+        self.weights = {t.name: t.weight for t in cfg.tasks}
+        for t in cfg.tasks:
+            cls = TASKS.get(t.name)
+            if cfg.harmonize != "none" and cfg.harmonize not in cls.harmonizable:
+                able = sorted(n for n in TASKS.names() if cfg.harmonize in TASKS.get(n).harmonizable)
+                raise UserError(f"multitask: {t.name} cannot feed the harmonised input {cfg.harmonize!r}; the "
+                                f"tasks that can: {', '.join(able)} (or set task.harmonize = \"none\")")
+            lasso = LassoCombination(self._units(backbone)) if cfg.lasso else None
+            view = TrunkView(backbone, cfg.lasso_stage, lasso)
+            sub = cls(t.cfg, view)  # type: ignore[arg-type]
+            sub.harmonize = "" if cfg.harmonize == "none" else cfg.harmonize
+            self.subtasks[t.name] = sub
+        inputs = {name: sub.transfer_input() for name, sub in self.subtasks.items()}
+        if len(set(inputs.values())) > 1:
+            listed = ", ".join(f"{n} {i}" for n, i in inputs.items())
+            raise UserError(f"multitask: the sub-tasks feed the trunk different inputs ({listed}); the trunk cannot "
+                            "be shared so: set task.harmonize = \"lab-l\" (the paper's harmonisation)")
+        self._input = next(iter(inputs.values()))
+
+    def _units(self, backbone: Backbone) -> int:
+        return sum(1 for t in backbone.feature_info if t.startswith(f"{self.cfg.lasso_stage}_"))
+
+    # -- set-up state: each sub-task's, its keys prefixed by the sub-task's name
+
+    def setup(self, dataset: Dataset, generator: torch.Generator) -> SetupState:
+        out: SetupState = {}
+        for name, sub in self.subtasks.items():
+            out.update({f"{name}/{k}": v for k, v in sub.setup(dataset, generator).items()})
+        return out
+
+    def restore(self, state: SetupState) -> None:
+        unknown = [k for k in state if k.split("/", 1)[0] not in self.subtasks]
+        if unknown:
+            raise ValueError(f"multitask: setup state {unknown[0]!r} belongs to no sub-task of this recipe")
+        for name, sub in self.subtasks.items():
+            sub.restore({k.split("/", 1)[1]: v for k, v in state.items() if k.startswith(f"{name}/")})
+
+    # -- batches and the loss
+
+    def make_batch(self, images: Tensor, targets: dict[str, Any], generator: torch.Generator) -> dict[str, Tensor]:
+        """Each sub-task's batch of the same images, its keys prefixed '<sub-task>/'."""
+        out: dict[str, Tensor] = {}
+        for name, sub in self.subtasks.items():
+            out.update({f"{name}/{k}": v for k, v in sub.make_batch(images, targets, generator).items()})
+        return out
+
+    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        total: Tensor | None = None
+        logs: dict[str, Tensor] = {}
+        for name, sub in self.subtasks.items():
+            part = sub.loss({k.split("/", 1)[1]: v for k, v in batch.items() if k.startswith(f"{name}/")})
+            weighted = self.weights[name] * part["loss"]
+            total = weighted if total is None else total + weighted
+            logs.update({f"{name}/{k}": v.detach() for k, v in part.items()})
+        assert total is not None
+        if self.cfg.lasso:
+            l1 = torch.stack([sub.backbone.lasso.penalty() for sub in self.subtasks.values()]).sum()
+            logs["lasso_l1"] = l1.detach()
+            total = total + self.cfg.lasso_l1 * l1
+        return {"loss": total, **logs}
+
+    def param_groups(self) -> ParamGroups:
+        """The sub-tasks' groups (heads, lasso weights), then the shared trunk's parameters, each once."""
+        seen: set[int] = set()
+        groups: ParamGroups = []
+        for sub in self.subtasks.values():
+            for g in sub.param_groups():
+                params = [p for p in g["params"] if id(p) not in seen]
+                seen.update(id(p) for p in params)
+                if params:
+                    groups.append({**g, "params": params})
+        trunk = [p for p in self.backbone.parameters() if p.requires_grad and id(p) not in seen]
+        if trunk:
+            groups.append({"params": trunk})
+        return groups
+
+    def transfer_input(self) -> str:
+        return self._input
+
+    def variant(self) -> str:
+        """'rp+col+ex+ms' (the paper's row label, lower case), '+lasso' when the lasso trains."""
+        return "+".join(SHORT.get(n, n) for n in self.subtasks) + ("+lasso" if self.cfg.lasso else "")
+
+    def examples(self, images: Tensor, generator: torch.Generator) -> list[tuple[str, Tensor]]:
+        panels: list[tuple[str, Tensor]] = []
+        for name, sub in self.subtasks.items():
+            try:
+                panels += [(f"{name}: {label}", x) for label, x in sub.examples(images, generator)]
+            except NotImplementedError:
+                continue
+        if not panels:
+            raise NotImplementedError
+        return panels
+
+    @classmethod
+    def tiny(cls) -> TinySetup:
+        cfg = {"tasks": ({"name": "context", "cfg": {"gap": 4, "jitter": 1, "head_dim": 16}},
+                         {"name": "colorization", "cfg": {}},
+                         {"name": "motion-seg", "cfg": {}}), "lasso": True}
+        masks = (torch.arange(112)[None, :, None] < torch.arange(4)[:, None, None] * 28).expand(4, 112, 112).long()
+        return TinySetup("resnet", {"depth": 50, "width": 0.0625, "image_size": 32, "stages": 3, "version": 2,
+                                    "in_channels": 1}, 112, cfg, {"motion": masks})
