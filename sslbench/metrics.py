@@ -262,3 +262,31 @@ def average_precision(scores: torch.Tensor, positive: torch.Tensor, valid: torch
     last[:-1] = s[1:] != s[:-1]
     group_end = torch.where(last, rows, s.shape[0] - 1).flip(0).cummin(0).values.flip(0)
     return (pos * precision.gather(0, group_end)).sum(0) / pos.sum(0)  # 0/0 = NaN without positives
+
+
+def depth_errors(pred: torch.Tensor, target: torch.Tensor,
+                 valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Sums over the valid pixels (target > 0 and `valid`) of the usual depth-error terms (Eigen et al. 2014), so
+    that splits and ranks add up: 'n' pixels, 'delta1' / 'delta2' / 'delta3' pixels with max(d/d*, d*/d) below
+    1.25, 1.25^2, 1.25^3, 'sq' sum of (d - d*)^2, 'rel' sum of |d - d*| / d*, 'log10' sum of |log10 d - log10 d*|.
+    `depth_metrics` turns them into percentages and means. Predictions are clamped to >= 1e-3."""
+    ok = target > 0
+    if valid is not None:
+        ok &= valid
+    d, t = pred[ok].double().clamp_min(1e-3), target[ok].double()
+    ratio = torch.maximum(d / t, t / d)
+    return {"n": torch.tensor(float(ok.sum()), dtype=torch.float64),
+            "delta1": (ratio < 1.25).double().sum(), "delta2": (ratio < 1.25**2).double().sum(),
+            "delta3": (ratio < 1.25**3).double().sum(), "sq": (d - t).square().sum(),
+            "rel": ((d - t).abs() / t).sum(), "log10": (d.log10() - t.log10()).abs().sum()}
+
+
+def depth_metrics(sums: dict[str, torch.Tensor]) -> dict[str, float]:
+    """`depth_errors` sums -> 'pct-within-1.25' (and 1.25^2, 1.25^3) in percent, 'rmse', 'abs-rel', 'log10'."""
+    n = float(sums["n"])
+    if n == 0:
+        raise ValueError("depth metrics: no valid pixel")
+    pct = {f"pct-within-1.25{power}": 100.0 * float(sums[f"delta{i}"]) / n
+           for i, power in ((1, ""), (2, "^2"), (3, "^3"))}
+    return {**pct, "rmse": (float(sums["sq"]) / n) ** 0.5, "abs-rel": float(sums["rel"]) / n,
+            "log10": float(sums["log10"]) / n}

@@ -74,3 +74,85 @@ def test_two_gloo_processes_match_one_process(protocol: str, port: int, tmp_path
     for k, v in one_metrics.items():
         assert abs(v - two_metrics[k]) < 1e-3, (k, v, two_metrics[k])
     assert len(list((tmp_path / "two" / "runs").glob("eval-*"))) == 1  # rank 0 alone made the run directory
+
+
+MULTITASK_SCRIPT = """
+import json, sys, torch
+import torch.distributed as dist
+from pathlib import Path
+from sslbench.backbones.base import build_backbone
+from sslbench.recipes import load_recipe
+from sslbench.registry import TASKS
+from sslbench.runtime import Dist
+from sslbench.training import distributed
+from tests.test_multitask import _images_and_masks, _recipe_file
+
+torch.set_num_threads(1)
+world = int(sys.argv[2])
+if world > 1:
+    dist.init_process_group("gloo")
+out = Path(sys.argv[1])
+tmp = out / f"recipe{dist.get_rank() if world > 1 else 0}"  # each rank its own file: no rank reads another's write
+tmp.mkdir()
+sub = '[[task.tasks]]\\nname = "motion-seg"'
+path = _recipe_file(tmp, sub, classes=8)
+path.write_text(path.read_text().replace("views = 2", "views = 2\\ndropout = 0.0"))  # no per-process dropout masks
+r = load_recipe("pretrain", "multitask", overrides=["backbone.width=0.0625", "task.rank_tasks=true",
+                "task.lasso=true"], path=path)
+torch.manual_seed(0)
+task = TASKS.get("multitask")(r.component.cfg, build_backbone(r.backbone.name, r.backbone.cfg))
+images, masks = _images_and_masks(8, 120)
+task.restore(task.setup(torch.utils.data.TensorDataset(images), torch.Generator().manual_seed(0)))
+ddp = Dist(dist.get_rank() if world > 1 else 0, world)
+model = distributed(task, torch.device("cpu"), ddp, False)
+opt = torch.optim.SGD([p for g in task.param_groups() for p in g["params"]], 0.01)
+losses = []
+for step in range(3):
+    # every rank the same batch and the same draws: the ranks differ only in the sub-tasks they run
+    batch = task.make_batch(images, {"index": torch.arange(8), "motion": masks}, torch.Generator().manual_seed(step))
+    got = model(batch)
+    opt.zero_grad()
+    got["loss"].backward()
+    opt.step()
+    if step == 0 and (world == 1 or dist.get_rank() == 0):
+        torch.save({k: v.clone() for k, v in task.backbone.state_dict().items()}, out / "trunk.pt")
+    logged = torch.stack([v.detach() for v in got.values()])
+    if world > 1:
+        dist.all_reduce(logged)
+        logged /= world
+    losses.append(dict(zip(got, logged.tolist())))
+if world == 1 or dist.get_rank() == 0:
+    (out / "losses.json").write_text(json.dumps(losses))
+if world > 1:
+    dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_ranks_assigned_to_sub_tasks_match_one_process_running_them_all(tmp_path: Path) -> None:
+    """Two gloo ranks, each running half of the four sub-tasks on the same batch: the trunk after the first step
+    and the logged losses (the ranks' means) of three steps match one process that runs all four. (The trunks agree
+    to float rounding after one step; later steps are compared by their losses: at 1/16 width a rounding-level
+    difference flips max-pool and ReLU decisions, after which the two runs' weights drift apart at ~1e-3 even in
+    one process that merely sums the sub-tasks' losses in another order.)"""
+    script = tmp_path / "mt.py"
+    script.write_text(MULTITASK_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    results = {}
+    for world in (1, 2):
+        out = tmp_path / f"w{world}"
+        out.mkdir()
+        launcher = [sys.executable] if world == 1 else [sys.executable, "-m", "torch.distributed.run",
+                                                         f"--nproc_per_node={world}", "--master_port=29541"]
+        done = subprocess.run([*launcher, str(script), str(out), str(world)], env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        results[world] = json.loads((out / "losses.json").read_text()), torch.load(out / "trunk.pt")
+    (one, one_trunk), (two, two_trunk) = results[1], results[2]
+    assert len(one) == len(two) == 3
+    for a, b in zip(one, two):
+        for key in ("loss", "context/loss", "colorization/loss", "exemplar/loss", "motion-seg/loss", "lasso_l1"):
+            assert abs(a[key] - b[key]) < 1e-3 * max(1.0, abs(a[key])), (key, a[key], b[key])
+    for k in one_trunk:
+        if one_trunk[k].dtype.is_floating_point and "running" not in k:  # BN statistics: one update per forward
+            torch.testing.assert_close(one_trunk[k], two_trunk[k], rtol=0, atol=1e-6, msg=k)

@@ -377,7 +377,7 @@ def test_caltech_bad_layouts_are_one_line_errors(name: str, tmp_path: Path) -> N
 
 
 def test_synth_dispatch_and_unknown_format(tmp_path: Path) -> None:
-    valid = "caltech101, caltech256, cifar10, imagenet, motion, sbd, stl10, voc, voc2007"
+    valid = "caltech101, caltech256, cifar10, imagenet, motion, nyu, sbd, stl10, voc, voc2007"
     with pytest.raises(UserError, match=f"unknown data format 'coco'; valid: {valid}"):
         synth("coco", tmp_path, 4, 32, 0)
     with pytest.raises(UserError, match="--num expects 1 to 1000000 images per split, found 0"):

@@ -64,7 +64,7 @@ def test_unit_taps_and_the_truncated_trunk(version: int) -> None:
     assert out["res4"].shape[-1] == net.feature_info["res4"].size == 4  # stride 16
     with pytest.raises(UserError, match="region tap"):
         net.region_head()
-    assert net.label(net.cfg) == f"resnet{'-v2' if version == 2 else ''}101-to-res4-w0.0625"
+    assert net.label(net.cfg) == f"resnet101{'-v2' if version == 2 else ''}-to-res4-w0.0625"
 
 
 # ---------------------------------------------------------------- motion segmentation

@@ -195,7 +195,7 @@ class ResNet(Backbone):
     def label(cls, cfg: ResNetConfig) -> str:
         version = "-v2" if cfg.version == 2 else ""
         stages = f"-to-res{cfg.stages + 1}" if cfg.stages != 4 else ""
-        return f"resnet{version}{cfg.depth}{stages}" + (f"-w{cfg.width:g}" if cfg.width != 1.0 else "")
+        return f"resnet{cfg.depth}{version}{stages}" + (f"-w{cfg.width:g}" if cfg.width != 1.0 else "")
 
     @classmethod
     def tiny(cls) -> dict[str, object]:

@@ -11,10 +11,16 @@ is (an unknown task or key names the file and the key):
     gap = 8
 
 Every step, every sub-task builds its batch from the same images (its own pretext transformation of them) and the
-loss is the weighted sum of the sub-tasks' losses. The paper trains each task on workers of its own and sums their
-gradients on the shared parameters (a synchronous update of the sum); one process computing the summed loss takes
-the same step. Under torchrun every rank runs every sub-task on its shard of the batch (DDP averages the summed
-gradients); `unused_heads` is false when every head gets a gradient every step, as here.
+loss is the weighted sum of the sub-tasks' losses. The paper trains each task on workers of its own and combines
+their gradients on the shared parameters; summing them, as one process computing the summed loss does, is the
+synchronous form of that update (the paper's workers update asynchronously: not reproduced). Under torchrun every
+rank runs every sub-task on its shard of the batch by default; with `rank_tasks` the ranks are the per-task workers:
+rank r runs the sub-tasks i with i % world == r on its batch, its loss scaled by the world size so that DDP's mean
+of the ranks' gradients is the gradient of the summed loss; the heads a rank does not run enter its loss with a
+zero weight, so that DDP sees every parameter used on every rank (DDP's find_unused_parameters, tried first,
+gave gradients that drift from the single process's from the second step where a rank runs two sub-tasks through
+the shared trunk). Every rank then logs each sub-task's loss (its own tasks' times
+the world size, 0 for the others), so that the logged means are the tasks' losses.
 
 Input harmonisation (`harmonize`, the paper's Sec. 3.2): every sub-task feeds the trunk the same kind of input,
 so that the trunk cannot tell which task it is solving from its input. "lab-l": all feed L - 50 (Colorization's
@@ -74,6 +80,7 @@ class MultitaskConfig:
     lasso: bool = False  # each head reads a sparse learned combination of `lasso_stage`'s unit outputs
     lasso_stage: str = "res4"  # the stage whose units the lasso combines (the paper: block 3, ResNet-101's res4)
     lasso_l1: Annotated[float, In(0, 1e3)] = 1e-3  # the L1 penalty's weight on the combination weights
+    rank_tasks: bool = False  # under torchrun: each rank runs its own sub-tasks (the paper's per-task workers)
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -179,6 +186,18 @@ class Multitask(PretextTask):
                             "be shared so: set task.harmonize = \"lab-l\" (the paper's harmonisation)")
         self._input = next(iter(inputs.values()))
 
+    def _placement(self) -> tuple[set[str], int]:
+        """(the sub-tasks this process runs, the world size): all of them, 1, unless `rank_tasks` under torchrun."""
+        import torch.distributed as dist
+
+        if not self.cfg.rank_tasks or not (dist.is_available() and dist.is_initialized()):
+            return set(self.subtasks), 1
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if world > len(self.subtasks):
+            raise UserError(f"multitask: task.rank_tasks puts each sub-task on a rank, but there are {world} ranks "
+                            f"for {len(self.subtasks)} sub-tasks; run at most {len(self.subtasks)} processes")
+        return {n for i, n in enumerate(self.subtasks) if i % world == rank}, world
+
     def _units(self, backbone: Backbone) -> int:
         return sum(1 for t in backbone.feature_info if t.startswith(f"{self.cfg.lasso_stage}_"))
 
@@ -200,26 +219,46 @@ class Multitask(PretextTask):
     # -- batches and the loss
 
     def make_batch(self, images: Tensor, targets: dict[str, Any], generator: torch.Generator) -> dict[str, Tensor]:
-        """Each sub-task's batch of the same images, its keys prefixed '<sub-task>/'."""
+        """Each sub-task's batch of the same images (this rank's sub-tasks under `rank_tasks`), keys prefixed
+        '<sub-task>/'."""
+        mine, _ = self._placement()
+        base = int(torch.randint(0, 2**62, (), generator=generator))  # one draw: each sub-task's own stream
         out: dict[str, Tensor] = {}
-        for name, sub in self.subtasks.items():
-            out.update({f"{name}/{k}": v for k, v in sub.make_batch(images, targets, generator).items()})
+        for i, (name, sub) in enumerate(self.subtasks.items()):
+            if name in mine:  # a sub-task's batch does not depend on which others run in this process
+                own = torch.Generator().manual_seed(base + i)
+                out.update({f"{name}/{k}": v for k, v in sub.make_batch(images, targets, own).items()})
         return out
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        mine, world = self._placement()
         total: Tensor | None = None
         logs: dict[str, Tensor] = {}
+        l1: list[Tensor] = []
         for name, sub in self.subtasks.items():
+            if name not in mine:  # its head (and lasso) stay in the graph with a zero weight: DDP sees every
+                idle = torch.stack([p.sum() for p in sub.parameters() if p.requires_grad]).sum() * 0.0
+                total = idle if total is None else total + idle  # parameter used on every rank, no unused-search
+                continue
             part = sub.loss({k.split("/", 1)[1]: v for k, v in batch.items() if k.startswith(f"{name}/")})
             weighted = self.weights[name] * part["loss"]
             total = weighted if total is None else total + weighted
-            logs.update({f"{name}/{k}": v.detach() for k, v in part.items()})
+            logs.update({f"{name}/{k}": v.detach() * world for k, v in part.items()})
+            if self.cfg.lasso:
+                l1.append(sub.backbone.lasso.penalty())
         assert total is not None
-        if self.cfg.lasso:
-            l1 = torch.stack([sub.backbone.lasso.penalty() for sub in self.subtasks.values()]).sum()
-            logs["lasso_l1"] = l1.detach()
-            total = total + self.cfg.lasso_l1 * l1
-        return {"loss": total, **logs}
+        if l1:
+            penalty = torch.stack(l1).sum()
+            logs["lasso_l1"] = penalty.detach() * world
+            total = total + self.cfg.lasso_l1 * penalty
+        if world > 1:  # the same keys on every rank, in one order (the loop all-reduces them)
+            logs = {key: logs.get(key, torch.zeros((), device=total.device)) for key in self._log_keys()}
+        return {"loss": total * world, **logs}
+
+    def _log_keys(self) -> list[str]:
+        """What every rank logs under `rank_tasks`: each sub-task's loss (a rank cannot know the other tasks' other
+        keys), and the lasso's L1."""
+        return [f"{name}/loss" for name in self.subtasks] + (["lasso_l1"] if self.cfg.lasso else [])
 
     def param_groups(self) -> ParamGroups:
         """The sub-tasks' groups (heads, lasso weights), then the shared trunk's parameters, each once."""
