@@ -220,3 +220,41 @@ def test_a_cold_proposal_cache_gives_the_same_result_as_a_warm_one(tmp_path, mon
         losses.append([json.loads(line).get("loss") for line in (out.run_dir / "metrics.jsonl").read_text().splitlines()])
         assert list((tmp_path / "cache" / "proposals").glob("*.npz"))
     assert losses[0] == losses[1] and len([v for v in losses[0] if v is not None]) == 3
+
+
+# ---------------------------------------------------------------- Faster R-CNN (ResNet C4, torchvision)
+
+
+def test_faster_rcnn_boxes_go_to_torchvision_and_back() -> None:
+    from sslbench.protocols._faster_rcnn import to_torchvision
+
+    target = {"boxes": torch.tensor([[2.0, 3.0, 10.0, 20.0], [0.0, 0.0, 5.0, 5.0]]),
+              "box_labels": torch.tensor([4, 7]), "box_difficult": torch.tensor([False, True])}
+    t = to_torchvision(target)
+    assert t["boxes"].tolist() == [[2.0, 3.0, 11.0, 21.0]] and t["labels"].tolist() == [5]  # difficult left out
+    flipped = to_torchvision(target, flip_width=32)  # inclusive x 2..10 of a 32 px row -> 21..29, then +1
+    assert flipped["boxes"].tolist() == [[21.0, 3.0, 30.0, 21.0]]
+
+
+@pytest.mark.parametrize("stages", [3, 4])
+def test_faster_rcnn_trains_and_tests_through_voc_eval(stages: int, tmp_path: Path) -> None:
+    """A tiny train / test run on the embedded VOC layout, for a truncated trunk (a new res5 head) and a full one
+    (the trunk's own res5); its mAP comes from sslbench.metrics.voc_eval."""
+    from sslbench.backbones.alexnet import AlexNet, AlexNetConfig
+    from sslbench.protocols._faster_rcnn import build_faster_rcnn
+
+    extra = ["data.num_images=8", "data.num_test=4", "schedule.epochs=1", "backbone.width=0.0625",
+             f"backbone.stages={stages}", "protocol.rpn_pre_nms=200", "protocol.rpn_post_nms=50"]
+    recipe = load_recipe("protocol", "voc-det", "mini", extra, flavour="faster-rcnn")
+    out = evaluate(recipe, "random", tmp_path, "cpu", progress=False, argv=["test"])
+    assert "voc-det/mAP" in out.metrics and 0.0 <= out.metrics["voc-det/mAP"] <= 100.0
+    from sslbench.backbones.base import build_backbone
+
+    trunk = build_backbone(recipe.backbone.name, recipe.backbone.cfg)
+    model = build_faster_rcnn(trunk, recipe.component.cfg)
+    if stages == 4:
+        assert model.roi_heads.box_head.res5 is trunk.layer4  # the trunk's own res5 where it has one
+    else:
+        assert not hasattr(trunk, "layer4") and len(model.roi_heads.box_head.res5) == 3  # a new one of its kind
+    with pytest.raises(UserError, match="reads a res4 map"):
+        build_faster_rcnn(build_backbone("alexnet", AlexNetConfig(**AlexNet.tiny())), recipe.component.cfg)

@@ -1,4 +1,5 @@
-"""VOC07 detection transfer: Fast R-CNN (Girshick 2015) on the trunk, the protocol the papers used.
+"""VOC07 detection transfer: Fast R-CNN (Girshick 2015) on the trunk, the protocol the papers used (and, with
+`detector = "faster-rcnn"`, Faster R-CNN on a ResNet trunk: _faster_rcnn.py).
 
 Selective-search proposals (_proposals.py) are pooled from the trunk's region head (AlexNet / VGG: RoI max
 pooling of conv5 to the trunk's own pool5 grid, 6x6 for a 224 px AlexNet, then the trunk's fc6 and fc7;
@@ -47,6 +48,9 @@ _MAX_LOG_SCALE = math.log(1000.0 / 16.0)  # Detectron's clamp on dw, dh before e
 
 @dataclass(frozen=True)
 class VOCDetConfig:
+    # "fast-rcnn": selective-search proposals on the trunk's region head (the AlexNet-era papers' protocol);
+    # "faster-rcnn": torchvision's Faster R-CNN, RPN on res4 and a res5 box head (ResNet trunks: _faster_rcnn.py)
+    detector: Literal["fast-rcnn", "faster-rcnn"] = "fast-rcnn"
     # shorter side, one drawn per training image
     train_scales: tuple[Annotated[int, In(8, 8192)], ...] = (480, 576, 688, 864, 1200)
     test_scale: Annotated[int, In(8, 8192)] = 600  # shorter side at test (single scale)
@@ -75,6 +79,12 @@ class VOCDetConfig:
     score_thresh: Rate = 0.05  # class score below which a box is not a detection
     nms_iou: Rate = 0.3  # per-class non-maximum suppression IoU
     max_per_image: Annotated[int, In(1, 100_000)] = 100  # detections kept per image over all classes
+    # faster-rcnn only: the RPN's anchors (one feature map: every size x every ratio) and its proposals kept before /
+    # after NMS while training (half of each at test)
+    anchor_sizes: tuple[Annotated[int, In(1, 8192)], ...] = (32, 64, 128, 256, 512)
+    aspect_ratios: tuple[Positive, ...] = (0.5, 1.0, 2.0)
+    rpn_pre_nms: Annotated[int, In(2, 100_000)] = 6000
+    rpn_post_nms: Annotated[int, In(2, 100_000)] = 2000
 
 
 # ---------------------------------------------------------------- box math (pure)
@@ -415,6 +425,8 @@ class VOCDetection(Protocol):
     stored_image_size = True  # data.image_size = 0: the photos at their stored sizes (the paper recipe)
 
     def taps(self, backbone: Backbone) -> tuple[str, ...]:
+        if self.cfg.detector == "faster-rcnn":
+            return ("res4",) if "res4" in backbone.feature_info else (backbone.role("region_tap", "voc-det"),)
         return (backbone.role("region_tap", "voc-det"),)
 
     def run(self, trunk: Trunk, recipe: Recipe, ctx: EvalContext) -> dict[str, float]:
@@ -425,6 +437,16 @@ class VOCDetection(Protocol):
                             f"pass --data {d.dataset}=/path/holding/VOCdevkit, or use the mini recipe")
         train_ds = build_dataset(d, d.train_split, d.num_images)
         test_ds = build_dataset(d, d.test_split, d.num_test)
+        if cfg.detector == "faster-rcnn":
+            from sslbench.protocols._faster_rcnn import build_faster_rcnn, detect_faster, train_faster
+
+            frcnn = build_faster_rcnn(trunk.backbone, cfg).to(ctx.device)
+            steps = train_faster(frcnn, train_ds, recipe, cfg, ctx, trunk.prepare)
+            detections, annotations = detect_faster(frcnn, test_ds, cfg, d.workers, trunk.prepare, ctx,
+                                                    recipe.engine.amp)
+            metrics = detection_metrics(detections, annotations)
+            ctx.log.write(steps, {"mAP": metrics["voc-det/mAP"], "test_images": len(detections)}, prefix="test")
+            return metrics
         train_props = _proposals(train_ds, cfg, recipe, d.train_split, ctx)
         test_props = _proposals(test_ds, cfg, recipe, d.test_split, ctx)
         if trunk.backbone.fc_stages:
