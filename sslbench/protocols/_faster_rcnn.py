@@ -28,9 +28,9 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from sslbench.backbones.base import Backbone, build_backbone
 from sslbench.errors import UserError
-from sslbench.progress import progress_bar
+from sslbench.protocols._detection import detect_shards, set_trainable
 from sslbench.protocols.base import EvalContext
-from sslbench.training import Fit, autocast, epoch_loader, gather, shard_loader, steps_per_epoch
+from sslbench.training import Fit, epoch_loader, steps_per_epoch
 
 NUM_CLASSES = 20
 
@@ -107,16 +107,7 @@ def train_faster(model: FasterRCNN, ds: Dataset, recipe: Any, cfg: Any, ctx: Eva
                  prepare: Callable[[Tensor], Tensor]) -> int:
     d = recipe.data
     per_epoch = steps_per_epoch(len(ds), d.batch_size, "voc-det")  # type: ignore[arg-type]
-    for name in cfg.freeze:
-        stages = dict(model.backbone.trunk.stages())
-        if name not in stages:
-            raise UserError(f"voc-det freeze: the trunk has no stage {name!r}; its stages are {', '.join(stages)}")
-        stages[name].requires_grad_(False)
-    if cfg.freeze_bn:
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-                m.requires_grad_(False)
+    set_trainable(model, model.backbone.trunk, cfg, bn_affine=False)
     fit = Fit("faster r-cnn train", model, [{"params": [p for p in model.parameters() if p.requires_grad]}],
               recipe, per_epoch, ctx)
 
@@ -138,11 +129,6 @@ def train_faster(model: FasterRCNN, ds: Dataset, recipe: Any, cfg: Any, ctx: Eva
         parts = net(*b)
         return {"loss": sum(parts.values()), **{k.removeprefix("loss_"): v.detach() for k, v in parts.items()}}
 
-    model.train()
-    if cfg.freeze_bn:
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
     fit.run(lambda epoch, start: epoch_loader(ds, d.batch_size, recipe.seed, epoch, ctx.ddp, list, d.workers,
                                               start, ctx.unreadable), sample, loss)
     return fit.step
@@ -156,19 +142,11 @@ def detect_faster(model: FasterRCNN, ds: Dataset, cfg: Any, workers: int, prepar
     model.eval()
     model.transform.min_size = (cfg.test_scale,)
     model.transform.max_size = cfg.max_size_test
-    found, indices = [], []
-    loader = shard_loader(ds, 1, ctx.ddp, list, workers, ctx.unreadable)
-    with progress_bar("faster r-cnn test", len(loader), ctx.show) as advance:
-        for index, items in loader:
-            for i, (image, target) in zip(index.tolist(), items):
-                with autocast(ctx.device, amp):
-                    out = model([prepare(image[None])[0].to(ctx.device)])[0]
-                boxes = out["boxes"].float().cpu()
-                boxes[:, 2:] -= 1.0
-                detections = (boxes.numpy(), out["scores"].float().cpu().numpy(), (out["labels"].cpu() - 1).numpy())
-                truth = (target["boxes"].numpy(), target["box_labels"].numpy(), target["box_difficult"].numpy())
-                found.append((detections, truth))
-                indices.append(i)
-            advance()
-    pairs = gather(indices, found, ctx.ddp)
-    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+    def detect_one(i: int, image: Tensor) -> tuple[Any, Any, Any]:
+        out = model([prepare(image[None])[0].to(ctx.device)])[0]
+        boxes = out["boxes"].float().cpu()
+        boxes[:, 2:] -= 1.0  # continuous corners -> VOC's inclusive pixels
+        return boxes.numpy(), out["scores"].float().cpu().numpy(), (out["labels"].cpu() - 1).numpy()
+
+    return detect_shards(ds, "faster r-cnn test", workers, ctx, amp, detect_one)

@@ -34,12 +34,12 @@ from sslbench.data.build import build_dataset
 from sslbench.data.classes import VOC_CLASSES
 from sslbench.errors import UserError
 from sslbench.metrics import mean_ap, voc_eval
-from sslbench.progress import progress_bar
+from sslbench.protocols._detection import detect_shards, set_trainable
 from sslbench.protocols._proposals import as_tensor, clean_proposals, proposals_for
 from sslbench.protocols.base import EvalContext, Protocol
 from sslbench.registry import register_protocol
 from sslbench.runtime import step_generator
-from sslbench.training import Fit, autocast, epoch_loader, gather, shard_loader, steps_per_epoch
+from sslbench.training import Fit, epoch_loader, steps_per_epoch
 
 NUM_CLASSES = len(VOC_CLASSES)  # 20 VOC classes; the classifier adds background as class 0
 _PLUS_ONE = (0.0, 0.0, 1.0, 1.0)  # inclusive pixel corners -> exclusive: VOC's "+1" widths in torchvision's ops
@@ -304,22 +304,6 @@ def image_proposals(raw: np.ndarray, image: Tensor, cfg: VOCDetConfig) -> Tensor
 # ---------------------------------------------------------------- train / test
 
 
-def _set_trainable(model: FastRCNN, cfg: VOCDetConfig) -> None:
-    """Train mode, except the frozen stages (weights and BN statistics) and, with freeze_bn, every BN."""
-    model.train()
-    stages = dict(model.trunk.stages())
-    for name in cfg.freeze:
-        if name not in stages:
-            raise UserError(f"voc-det freeze: the trunk has no stage {name!r}; its stages are {', '.join(stages)}")
-        stages[name].eval()
-        for p in stages[name].parameters():
-            p.requires_grad_(False)
-    if cfg.freeze_bn:
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-
-
 def _as_list(items: list[Any]) -> list[Any]:
     return items  # Fast R-CNN batches are lists of differently sized images
 
@@ -329,7 +313,7 @@ def train(model: FastRCNN, ds: Dataset, proposals: list[np.ndarray], recipe: Rec
     """Fine-tune on the training split on the fit loop; returns the number of optimizer steps."""
     d = recipe.data
     per_epoch = steps_per_epoch(len(ds), d.batch_size, "voc-det")  # type: ignore[arg-type]
-    _set_trainable(model, cfg)
+    set_trainable(model, model.trunk, cfg)
     fit = Fit("fast r-cnn train", model, [{"params": [p for p in model.parameters() if p.requires_grad]}], recipe,
               per_epoch, ctx)
 
@@ -372,19 +356,8 @@ def detect(model: FastRCNN, ds: Dataset, proposals: list[np.ndarray], cfg: VOCDe
     """Detections and ground truth of every readable test image, in voc_eval's format and data set order (each
     rank detects its shard)."""
     model.eval()
-    found, indices = [], []
-    loader = shard_loader(ds, 1, ctx.ddp, _as_list, workers, ctx.unreadable)
-    with progress_bar("fast r-cnn test", len(loader), ctx.show) as advance:
-        for index, items in loader:
-            for i, (image, target) in zip(index.tolist(), items):
-                with autocast(ctx.device, amp):  # the model as it trained (engine.amp)
-                    detections = detect_image(model, image, proposals[i], cfg, prepare, ctx.device)
-                truth = (target["boxes"].numpy(), target["box_labels"].numpy(), target["box_difficult"].numpy())
-                found.append((detections, truth))
-                indices.append(i)
-            advance()
-    pairs = gather(indices, found, ctx.ddp)
-    return [p[0] for p in pairs], [p[1] for p in pairs]
+    return detect_shards(ds, "fast r-cnn test", workers, ctx, amp,
+                         lambda i, image: detect_image(model, image, proposals[i], cfg, prepare, ctx.device))
 
 
 def detection_metrics(detections: list[Any], annotations: list[Any]) -> dict[str, float]:
