@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from sslbench.backbones.base import build_backbone
+from sslbench.backbones.lasso import LassoCombination
 from sslbench.backbones.resnet import PreActBottleneck, ResNetConfig
 from sslbench.data.layouts import synth
 from sslbench.data.synthetic import render_sample
@@ -18,7 +19,6 @@ from sslbench.errors import UserError
 from sslbench.recipes import load_recipe
 from sslbench.registry import DATASETS, TASKS
 from sslbench.tasks.motion_seg import cell_targets
-from sslbench.tasks.multitask import LassoCombination
 from tests.conftest import fit_losses
 
 TINY = ["backbone.width=0.0625", "data.num_images=8", "data.image_size=120", "data.batch_size=4",

@@ -125,9 +125,16 @@ def train_faster(model: FasterRCNN, ds: Dataset, recipe: Any, cfg: Any, ctx: Eva
             targets.append({k: v.to(ctx.device) for k, v in t.items()})
         return (images, targets) if images else None
 
+    lasso = getattr(model.backbone.trunk, "lasso", None)  # an eval-side lasso's combination (sslbench.backbones.lasso)
+
     def loss(net: nn.Module, b: tuple[list[Tensor], list[dict[str, Tensor]]], step: int) -> dict[str, Tensor]:
         parts = net(*b)
-        return {"loss": sum(parts.values()), **{k.removeprefix("loss_"): v.detach() for k, v in parts.items()}}
+        out = {"loss": sum(parts.values()), **{k.removeprefix("loss_"): v.detach() for k, v in parts.items()}}
+        if lasso is not None:
+            l1 = lasso.penalty()
+            out["loss"] = out["loss"] + cfg.lasso.l1 * l1
+            out["lasso_l1"] = l1.detach()
+        return out
 
     fit.run(lambda epoch, start: epoch_loader(ds, d.batch_size, recipe.seed, epoch, ctx.ddp, list, d.workers,
                                               start, ctx.unreadable), sample, loss)

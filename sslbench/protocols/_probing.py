@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sslbench.backbones.lasso import LassoCombination, LassoEval, unit_taps
 from sslbench.checkpoint import Trunk
 from sslbench.config import In, Recipe
 from sslbench.data.build import build_dataset
@@ -75,23 +76,64 @@ class ProbeReport:
     top5: dict[str, float]
 
 
-class FrozenFeatures:
-    """Pooled features of the frozen trunk for a set of taps."""
+LINEAR_POOLS = ("adaptive_avg", "avg_window", "bilinear", "none")  # pool(sum_k a_k x_k) = sum_k a_k pool(x_k)
 
-    def __init__(self, trunk: Trunk, taps: tuple[str, ...], pools: dict[str, PoolSpec], device: torch.device) -> None:
+
+class FrozenFeatures:
+    """Pooled features of the frozen trunk for a set of taps: [N, D] per tap; a tap in `units` (an eval-side lasso's
+    stage) gives its units' pooled features stacked, [N, K, D], for the head's learned combination (exact for a
+    linear pooling: the combination of the pooled units is the pooled combination)."""
+
+    def __init__(self, trunk: Trunk, taps: tuple[str, ...], pools: dict[str, PoolSpec], device: torch.device,
+                 units: dict[str, list[str]] | None = None) -> None:
         self.backbone = trunk.backbone.to(device).eval()
         self.prepare = trunk.prepare
         self.taps, self.pools, self.device = taps, pools, device
+        self.units = units or {}
+        order = list(self.backbone.feature_info).index
+        self.reads = tuple(sorted({u for t in taps for u in self.units.get(t, [t])}, key=order))
 
     @torch.no_grad()
     def __call__(self, images: Tensor) -> dict[str, Tensor]:
         x = self.prepare(images).to(self.device)
-        maps = self.backbone(x, taps=self.taps)
-        return {t: pool_features(maps[t], self.pools.get(t, PoolSpec())).float() for t in self.taps}
+        maps = self.backbone(x, taps=self.reads)
+        pooled = lambda t, m: pool_features(m, self.pools.get(t, PoolSpec())).float()  # noqa: E731
+        return {t: torch.stack([pooled(t, maps[u]) for u in self.units[t]], 1) if t in self.units
+                else pooled(t, maps[t]) for t in self.taps}
 
     def dims(self, image_size: int) -> dict[str, int]:
         probe = self(torch.zeros(2, 3, image_size, image_size, dtype=torch.uint8))
-        return {t: v.shape[1] for t, v in probe.items()}
+        return {t: v.shape[-1] for t, v in probe.items()}
+
+
+class LassoHead(nn.Module):
+    """[N, K, D] units' features -> the lasso combination sum_k alpha_k x_k -> `head`; `penalty()` = sum |alpha|."""
+
+    def __init__(self, units: int, head: nn.Module) -> None:
+        super().__init__()
+        self.lasso, self.head = LassoCombination(units), head
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.lasso(list(x.unbind(1))))
+
+    def penalty(self) -> Tensor:
+        return self.lasso.penalty()
+
+
+def lasso_units(trunk: Trunk, taps: tuple[str, ...], pools: dict[str, PoolSpec], lasso: LassoEval | None,
+                who: str) -> dict[str, list[str]]:
+    """{the lasso's stage: its unit taps} for an eval-side lasso (else {}); the stage must be probed, pooled
+    linearly."""
+    if lasso is None:
+        return {}
+    if lasso.stage not in taps:
+        raise UserError(f"{who}: protocol.lasso.stage {lasso.stage!r} is not among the probed taps "
+                        f"({', '.join(taps)}); add it to protocol.taps or set protocol.lasso.stage")
+    kind = pools.get(lasso.stage, PoolSpec()).kind
+    if kind not in LINEAR_POOLS:
+        raise UserError(f"{who}: the lasso combines pooled units, which is the pooled combination only for a linear "
+                        f"pooling; pool.{lasso.stage} is {kind!r}: use one of {', '.join(LINEAR_POOLS)}")
+    return {lasso.stage: unit_taps(trunk.backbone, lasso.stage, who)}
 
 
 def extract(features: FrozenFeatures, ds: Any, recipe: Recipe, ctx: EvalContext, what: str,
@@ -129,8 +171,11 @@ class Probes(nn.Module):
 
 
 def train_probes(trunk: Trunk, recipe: Recipe, taps: tuple[str, ...], pools: dict[str, PoolSpec], head: HeadFactory,
-                 num_classes: int, cache: bool, crop_pad: int, ctx: EvalContext) -> ProbeReport:
-    """Train one head per tap on the frozen trunk; report top-1/top-5 (%) per tap on the test split."""
+                 num_classes: int, cache: bool, crop_pad: int, ctx: EvalContext,
+                 lasso: LassoEval | None = None) -> ProbeReport:
+    """Train one head per tap on the frozen trunk; report top-1/top-5 (%) per tap on the test split. With `lasso`,
+    the head of its stage reads a learned combination of the stage's units, `lasso.l1` x sum |alpha| added to the
+    loss."""
     d = recipe.data
     train_ds = build_dataset(d, d.train_split, d.num_images)
     test_ds = build_dataset(d, d.test_split, d.num_test)
@@ -139,10 +184,12 @@ def train_probes(trunk: Trunk, recipe: Recipe, taps: tuple[str, ...], pools: dic
         if len(classes) > num_classes:
             raise UserError(f"{recipe.name}: {d.dataset} has {len(classes)} classes but protocol.num_classes is "
                             f"{num_classes}; set --set num_classes={len(classes)}")
-    features = FrozenFeatures(trunk, taps, pools, ctx.device)
+    units = lasso_units(trunk, taps, pools, lasso, recipe.name)
+    features = FrozenFeatures(trunk, taps, pools, ctx.device, units)
     before = copy.deepcopy(trunk.backbone.state_dict())
     dims = features.dims(d.image_size)
-    probes = Probes({t: head(dims[t], num_classes) for t in taps}).to(ctx.device)
+    probes = Probes({t: LassoHead(len(units[t]), head(dims[t], num_classes)) if t in units
+                     else head(dims[t], num_classes) for t in taps}).to(ctx.device)
     if cache:  # the readable items' features, once; an epoch is their full batches
         train_x, train_y = extract(features, train_ds, recipe, ctx, "train")
         per_epoch = steps_per_epoch(len(train_y["label"]), d.batch_size, "probe")
@@ -162,7 +209,12 @@ def train_probes(trunk: Trunk, recipe: Recipe, taps: tuple[str, ...], pools: dic
     def loss(model: nn.Module, batch: tuple[dict[str, Tensor], Tensor], step: int) -> dict[str, Tensor]:
         feats, labels = batch
         losses = {f"loss_{t}": F.cross_entropy(v, labels) for t, v in model(feats).items()}
-        return {"loss": torch.stack(list(losses.values())).sum(), **losses}  # heads are independent: one backward
+        total = torch.stack(list(losses.values())).sum()  # heads are independent: one backward
+        if lasso is not None:
+            l1 = torch.stack([h.penalty() for h in probes.heads.values() if isinstance(h, LassoHead)]).sum()
+            losses["lasso_l1"] = l1.detach()
+            total = total + lasso.l1 * l1
+        return {"loss": total, **losses}
 
     probes.train()
     fit.run(batches, prepare, loss)

@@ -8,6 +8,7 @@ load the trunk (checkpoint or random), make the run directory, time it, and writ
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from sslbench.backbones.base import Backbone
+from sslbench.backbones.lasso import LassoEval, unit_taps
 from sslbench.checkpoint import Trunk, TrunkSpec, load_trunk, require_taps, with_transfer_input
 from sslbench.config import Recipe
 from sslbench.data.build import build_dataset, check_real_data, dataset_label
@@ -63,6 +65,12 @@ class Protocol:
 
     def run(self, trunk: Trunk, recipe: Recipe, ctx: EvalContext) -> dict[str, float]:
         raise NotImplementedError
+
+    def lasso(self) -> LassoEval | None:
+        """The eval-side lasso of this run (its config's `lasso`, where it has one and it is enabled), else None:
+        the head then reads a learned combination of the stage's units, and the row's variant says 'eval-lasso'."""
+        spec = getattr(self.cfg, "lasso", None)
+        return spec if isinstance(spec, LassoEval) and spec.enabled else None
 
     def preflight(self, recipe: Recipe) -> None:
         """What this protocol can refuse in `recipe` without reading data (a data set it requires and was not
@@ -157,6 +165,10 @@ def _evaluate(recipe: Recipe, spec: TrunkSpec, runs: Path, device: str, progress
     if transfer_input:
         trunk = with_transfer_input(trunk, transfer_input)
     require_taps(trunk, protocol.taps(trunk.backbone))
+    lasso = protocol.lasso()
+    if lasso is not None:  # the stage's units exist, before any work; the row is the trunk's, with an eval lasso
+        unit_taps(trunk.backbone, lasso.stage, f"{recipe.name}: protocol.lasso.stage")
+        trunk = dataclasses.replace(trunk, variant="+".join(v for v in (trunk.variant, "eval-lasso") if v))
     if init == "rescale":
         rescaled(trunk, recipe)
     run = open_run(runs, f"eval-{recipe.name}", ddp, lock=False)

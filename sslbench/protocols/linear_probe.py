@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from sslbench.backbones.base import Backbone
+from sslbench.backbones.lasso import LassoEval
 from sslbench.checkpoint import Trunk
 from sslbench.config import In, Pixels, Recipe
 from sslbench.protocols._probing import PoolSpec, linear_head, train_probes
@@ -26,6 +27,9 @@ class LinearProbeConfig:
     num_classes: Annotated[int, In(2, 100_000)] = 20
     cache_features: bool = True  # compute pooled features once (no augmentation); paper scale: false
     crop_pad: Pixels = 0  # random-crop padding when streaming (paper: crops + flips each epoch)
+    # eval-side lasso: the head of `lasso.stage` (a probed tap, pooled linearly) reads a learned combination of the
+    # stage's unit outputs (the Task Ensemble's "eval lasso" rows; sslbench.backbones.lasso)
+    lasso: LassoEval = LassoEval()
 
 
 @register_protocol("linear", config=LinearProbeConfig)
@@ -41,7 +45,7 @@ class LinearProbe(Protocol):
     def run(self, trunk: Trunk, recipe: Recipe, ctx: EvalContext) -> dict[str, float]:
         cfg = self.cfg
         report = train_probes(trunk, recipe, cfg.taps, cfg.pool, linear_head, cfg.num_classes, cfg.cache_features,
-                              cfg.crop_pad, ctx)
+                              cfg.crop_pad, ctx, self.lasso())
         metrics = {self.key(t): v for t, v in report.top1.items()}
         best = max(report.top1, key=report.top1.__getitem__)
         metrics[self.key("top5-best")] = report.top5[best]

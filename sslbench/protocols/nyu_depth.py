@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sslbench.backbones.base import Backbone
+from sslbench.backbones.lasso import LassoEval, lasso_view
 from sslbench.checkpoint import Trunk
 from sslbench.config import In, Recipe
 from sslbench.data.build import build_dataset
@@ -41,6 +42,9 @@ class NyuDepthConfig:
     head_dim: Annotated[int, In(1, 4096)] = 128  # channels of the head's 3 x 3 convolution
     finetune: bool = True  # train the trunk too (false: the head on a frozen trunk)
     flip: bool = True  # random horizontal flips of image and depth while training
+    # eval-side lasso: the head reads a learned combination of the dense tap's units (the Task Ensemble's "eval
+    # lasso" rows; sslbench.backbones.lasso); lasso.stage must be the dense tap
+    lasso: LassoEval = LassoEval()
 
 
 class DepthHead(nn.Module):
@@ -90,9 +94,16 @@ class NyuDepthProtocol(Protocol):
 
     def run(self, trunk: Trunk, recipe: Recipe, ctx: EvalContext) -> dict[str, float]:
         cfg, d = self.cfg, recipe.data
-        model = DepthHead(trunk.backbone, self.taps(trunk.backbone)[0], cfg.head_dim).to(ctx.device)
+        tap, lasso = self.taps(trunk.backbone)[0], self.lasso()
         if not cfg.finetune:
             trunk.backbone.requires_grad_(False)
+        body: Backbone = trunk.backbone
+        if lasso is not None:
+            if lasso.stage != tap:
+                raise UserError(f"nyu-depth: protocol.lasso.stage is {lasso.stage!r} but the head reads {tap!r}; set "
+                                f"protocol.lasso.stage = \"{tap}\"")
+            body = lasso_view(trunk.backbone, lasso, "nyu-depth: protocol.lasso.stage")  # type: ignore[assignment]
+        model = DepthHead(body, tap, cfg.head_dim).to(ctx.device)
         train = build_dataset(d, d.train_split, d.num_images)
         test = build_dataset(d, d.test_split, d.num_test)
         ctx.log.write(0, {"train_images": float(len(train)), "test_images": float(len(test))},  # type: ignore[arg-type]
@@ -118,9 +129,15 @@ class NyuDepthProtocol(Protocol):
                 depth = torch.where(flips.view(-1, 1, 1), depth.flip(-1), depth)
             return trunk.prepare(images).to(ctx.device), depth.to(ctx.device)
 
+        lasso = self.lasso()
+
         def loss(net: nn.Module, batch: tuple[Tensor, Tensor], step: int) -> dict[str, Tensor]:
             x, y = batch
-            return {"loss": log_l1(net(x).float(), y)}
+            out = {"loss": log_l1(net(x).float(), y)}
+            if lasso is not None:
+                l1 = model.trunk.lasso.penalty()
+                out = {"loss": out["loss"] + lasso.l1 * l1, "log_l1": out["loss"].detach(), "lasso_l1": l1.detach()}
+            return out
 
         model.train()
         fit.run(lambda epoch, start: epoch_loader(ds, d.batch_size, recipe.seed, epoch, ctx.ddp, collate_depth,

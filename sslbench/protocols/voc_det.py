@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 from torchvision.ops import batched_nms, box_iou, roi_align, roi_pool
 
 from sslbench.backbones.base import Backbone
+from sslbench.backbones.lasso import LassoEval, lasso_view
 from sslbench.checkpoint import Trunk
 from sslbench.config import Dropout, In, Positive, Rate, Recipe, Weight
 from sslbench.data.build import build_dataset
@@ -51,6 +52,9 @@ class VOCDetConfig:
     # "fast-rcnn": selective-search proposals on the trunk's region head (the AlexNet-era papers' protocol);
     # "faster-rcnn": torchvision's Faster R-CNN, RPN on res4 and a res5 box head (ResNet trunks: _faster_rcnn.py)
     detector: Literal["fast-rcnn", "faster-rcnn"] = "fast-rcnn"
+    # faster-rcnn only: eval-side lasso, the detector's body is a learned combination of res4's units (the Task
+    # Ensemble's "eval lasso" rows; sslbench.backbones.lasso)
+    lasso: LassoEval = LassoEval()
     # shorter side, one drawn per training image
     train_scales: tuple[Annotated[int, In(8, 8192)], ...] = (480, 576, 688, 864, 1200)
     test_scale: Annotated[int, In(8, 8192)] = 600  # shorter side at test (single scale)
@@ -387,6 +391,10 @@ def check_config(cfg: VOCDetConfig) -> None:
     for bad, key, expected in problems:
         if bad:
             raise UserError(f"voc-det: {key} = {getattr(cfg, key)!r}; expected {expected}")
+    if cfg.lasso.enabled and (cfg.detector != "faster-rcnn" or cfg.lasso.stage != "res4"):
+        raise UserError(f"voc-det: protocol.lasso combines the units of the detector's body, res4 of Faster R-CNN; "
+                        f"found detector = {cfg.detector!r}, lasso.stage = {cfg.lasso.stage!r}: set detector = "
+                        "\"faster-rcnn\" and lasso.stage = \"res4\", or lasso.enabled = false")
 
 
 @register_protocol("voc-det", config=VOCDetConfig)
@@ -402,6 +410,9 @@ class VOCDetection(Protocol):
             return ("res4",) if "res4" in backbone.feature_info else (backbone.role("region_tap", "voc-det"),)
         return (backbone.role("region_tap", "voc-det"),)
 
+    def preflight(self, recipe: Recipe) -> None:
+        check_config(self.cfg)
+
     def run(self, trunk: Trunk, recipe: Recipe, ctx: EvalContext) -> dict[str, float]:
         d, cfg = recipe.data, self.cfg
         check_config(cfg)
@@ -413,7 +424,9 @@ class VOCDetection(Protocol):
         if cfg.detector == "faster-rcnn":
             from sslbench.protocols._faster_rcnn import build_faster_rcnn, detect_faster, train_faster
 
-            frcnn = build_faster_rcnn(trunk.backbone, cfg).to(ctx.device)
+            lasso = self.lasso()
+            body = trunk.backbone if lasso is None else lasso_view(trunk.backbone, lasso, "voc-det: protocol.lasso")
+            frcnn = build_faster_rcnn(body, cfg).to(ctx.device)  # type: ignore[arg-type]
             steps = train_faster(frcnn, train_ds, recipe, cfg, ctx, trunk.prepare)
             detections, annotations = detect_faster(frcnn, test_ds, cfg, d.workers, trunk.prepare, ctx,
                                                     recipe.engine.amp)

@@ -27,13 +27,11 @@ so that the trunk cannot tell which task it is solving from its input. "lab-l": 
 input; the paper replaces relative position's preprocessing with Colorization's), one channel; each task says
 which inputs it can feed (`PretextTask.harmonizable`). "none": each feeds its own, and they must agree.
 
-The lasso (`lasso`, Sec. 3.3): each sub-task's head reads, instead of the last unit of `lasso_stage`, a learned
-linear combination of the outputs of every residual unit of that stage ("each head receives a linear combination of
-unit outputs within block3, weighted by the matrix alpha, which is trained to be sparse"), with an L1 penalty
-`lasso_l1` x sum |alpha| on the combination weights. The weights start at the last unit alone (the network
-without the lasso); the paper's initialisation and penalty weight could not be confirmed. The lasso is part of
-pretraining only: a checkpoint's trunk transfers through its own taps (the protocols' eval-side lasso reads units
-with weights of its own).
+The lasso (`lasso`, Sec. 3.3; sslbench.backbones.lasso): each sub-task's head reads, instead of the last unit of
+`lasso_stage`, a learned linear combination of the outputs of every residual unit of that stage, with an L1 penalty
+`lasso_l1` x sum |alpha| on the combination weights. The pretraining's combinations stay with its heads: a
+checkpoint's trunk transfers through its own taps, and a protocol's eval-side lasso (its `lasso` option) learns
+weights of its own.
 """
 
 from __future__ import annotations
@@ -47,6 +45,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from sslbench.backbones.base import Backbone
+from sslbench.backbones.lasso import LassoCombination, TrunkView, unit_taps
 from sslbench.config import In, Weight, build
 from sslbench.errors import UserError
 from sslbench.registry import TASKS, register_task, unknown_name_message
@@ -91,63 +90,6 @@ class MultitaskConfig:
             raise UserError(f"multitask: sub-task {twice[0]!r} appears twice in task.tasks; name each once")
 
 
-class LassoCombination(nn.Module):
-    """sum_k alpha_k x_k over K same-shaped maps, alpha [K] learned; `penalty()` = sum |alpha| (the L1 term)."""
-
-    def __init__(self, k: int) -> None:
-        super().__init__()
-        alpha = torch.zeros(k)
-        alpha[-1] = 1.0  # the last unit alone: the network without the lasso
-        self.alpha = nn.Parameter(alpha)
-
-    def forward(self, maps: list[Tensor]) -> Tensor:
-        out = maps[0] * self.alpha[0]
-        for a, x in zip(self.alpha[1:], maps[1:]):
-            out = out + a * x
-        return out
-
-    def penalty(self) -> Tensor:
-        return self.alpha.abs().sum()
-
-
-class TrunkView(nn.Module):
-    """A sub-task's view of the shared trunk: the trunk's taps, with `stage` (and the pooled vector after it)
-    replaced by the lasso combination of the stage's unit outputs where a lasso is given. The trunk is held by
-    reference, not registered (its parameters stay the composite's, once in the state dict); every other
-    attribute (roles, feature_info, tap_geometry, ...) is the trunk's."""
-
-    def __init__(self, trunk: Backbone, stage: str = "", lasso: LassoCombination | None = None) -> None:
-        super().__init__()
-        object.__setattr__(self, "trunk", trunk)
-        self.stage, self.lasso = stage, lasso
-        self.units = [t for t in trunk.feature_info if t.startswith(f"{stage}_")] if lasso is not None else []
-        self.frozen_after: str | None = None
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.__dict__["trunk"], name)
-
-    def freeze_after(self, tap: str) -> None:
-        """Recorded, not applied: the trunk's later stages may serve the other sub-tasks."""
-        self.frozen_after = tap
-
-    def forward(self, x: Tensor, taps: tuple[str, ...] | None = None) -> dict[str, Tensor]:
-        trunk = self.__dict__["trunk"]
-        taps = tuple(taps) if taps is not None else trunk.default_taps
-        replaced = {self.stage, "pool"} & set(taps) if self.lasso is not None else set()
-        if not replaced:
-            return trunk(x, taps=taps)
-        out = trunk(x, taps=tuple(sorted((set(taps) - replaced) | set(self.units), key=list(trunk.feature_info).index)))
-        combined = self.lasso([out[u] for u in self.units])
-        if self.stage in replaced:
-            out[self.stage] = combined
-        if "pool" in replaced:
-            out["pool"] = torch.flatten(nn.functional.adaptive_avg_pool2d(combined, 1), 1)
-        return out
-
-
 @register_task("multitask", config=MultitaskConfig)
 class Multitask(PretextTask):
     """Several pretext tasks on one trunk: summed weighted losses, harmonised inputs, optionally the lasso."""
@@ -156,13 +98,7 @@ class Multitask(PretextTask):
 
     def __init__(self, cfg: MultitaskConfig, backbone: Backbone) -> None:
         super().__init__(cfg, backbone)
-        if cfg.lasso:
-            if cfg.lasso_stage not in backbone.feature_info or backbone.spatial_tap != cfg.lasso_stage:
-                raise UserError(f"multitask: task.lasso_stage {cfg.lasso_stage!r} must be the trunk's last stage "
-                                f"({backbone.spatial_tap}: the pooled vector after it is then the combination's); "
-                                "e.g. resnet with backbone.stages = 3 and lasso_stage = \"res4\"")
-            if not any(t.startswith(f"{cfg.lasso_stage}_") for t in backbone.feature_info):
-                raise UserError(f"multitask: {backbone.name} has no unit taps in {cfg.lasso_stage} for the lasso")
+        units = len(unit_taps(backbone, cfg.lasso_stage, "multitask: task.lasso_stage")) if cfg.lasso else 0
         if cfg.harmonize != "none" and backbone.in_channels != 1:
             raise UserError(f"multitask: task.harmonize = {cfg.harmonize!r} feeds the trunk one channel (L - 50), "
                             f"but backbone.in_channels is {backbone.in_channels}; set backbone.in_channels = 1")
@@ -174,7 +110,7 @@ class Multitask(PretextTask):
                 able = sorted(n for n in TASKS.names() if cfg.harmonize in TASKS.get(n).harmonizable)
                 raise UserError(f"multitask: {t.name} cannot feed the harmonised input {cfg.harmonize!r}; the "
                                 f"tasks that can: {', '.join(able)} (or set task.harmonize = \"none\")")
-            lasso = LassoCombination(self._units(backbone)) if cfg.lasso else None
+            lasso = LassoCombination(units) if cfg.lasso else None
             view = TrunkView(backbone, cfg.lasso_stage, lasso)
             sub = cls(t.cfg, view)  # type: ignore[arg-type]
             sub.harmonize = "" if cfg.harmonize == "none" else cfg.harmonize
@@ -197,9 +133,6 @@ class Multitask(PretextTask):
             raise UserError(f"multitask: task.rank_tasks puts each sub-task on a rank, but there are {world} ranks "
                             f"for {len(self.subtasks)} sub-tasks; run at most {len(self.subtasks)} processes")
         return {n for i, n in enumerate(self.subtasks) if i % world == rank}, world
-
-    def _units(self, backbone: Backbone) -> int:
-        return sum(1 for t in backbone.feature_info if t.startswith(f"{self.cfg.lasso_stage}_"))
 
     # -- set-up state: each sub-task's, its keys prefixed by the sub-task's name
 
