@@ -129,6 +129,8 @@ def dry_pretrain(recipe: Recipe, what: str = "") -> DryRun:
     per_epoch, steps = _schedule(recipe, n)
     side = recipe.data.image_size or backbone.image_size
     targets = {"index": torch.arange(PROBE_IMAGES), "label": torch.zeros(PROBE_IMAGES, dtype=torch.int64)}
+    if recipe.data.dataset == "motion":  # the layout's frames come with their motion masks (motion-seg reads them)
+        targets["motion"] = torch.zeros(PROBE_IMAGES, side, side, dtype=torch.uint8)
     batch = task.make_batch(_images(recipe, side), targets, torch.Generator().manual_seed(0))
     with FlopCounterMode(display=False) as counter:
         task(batch)["loss"].backward()
