@@ -22,6 +22,33 @@ def test_plan_merges_runs_of_a_group() -> None:
         ("random", "", "rescale", ""), ("colorization", "", "default", ""), ("random", "", "default", "colorization")}
 
 
+@pytest.mark.parametrize("name", ["task-ensemble-pretraining", "task-ensemble-lasso"])
+def test_every_paper_row_of_the_task_ensemble_has_a_planned_run_of_its_setting(name: str) -> None:
+    """Each paper row (method, variant) is what one run of the table's plan will store: the pretraining's task and
+    variant as its recipe builds it, '+eval-lasso' where the evaluation's head reads the lasso."""
+    from sslbench.backbones.base import build_backbone
+    from sslbench.plugins import load_all
+    from sslbench.recipes import load_recipe
+    from sslbench.registry import TASKS
+
+    load_all()
+    table = tables.load_table(name)
+    planned: set[tuple[str, str]] = set()
+    for spec in table.reproduce.runs:
+        variant = ""
+        if spec.pretrained:
+            recipe = load_recipe("pretrain", spec.pretrained, "mini", spec.set, flavour=spec.flavour)
+            task = TASKS.get(spec.pretrained)(recipe.component.cfg, build_backbone(recipe.backbone.name,
+                                                                                  recipe.backbone.cfg))
+            variant = task.variant()
+        for ev in spec.evals:
+            lasso = "protocol.lasso.enabled=true" in ev.set
+            planned.add((spec.task, "+".join(v for v in (variant, "eval-lasso" if lasso else "") if v)))
+    for row in table.rows:
+        ok = (row.method, row.variant) in planned or (not row.variant and row.method in {m for m, _ in planned})
+        assert ok, f"{name}: paper row {row.label!r} ({row.method}, {row.variant!r}) has no planned run: {planned}"
+
+
 @pytest.mark.slow
 def test_reproduce_probe_table_mini_rotnet_and_colorization_beat_random(tmp_path: Path) -> None:
     """The whole path on one table (rotations-cifar's is the same code with the NIN; one table keeps CI short):
