@@ -21,31 +21,38 @@ from sslbench.config import SCALES, Kind, Recipe, recipe_from_dict, registry_of,
 from sslbench.errors import UserError
 from sslbench.plugins import load_all
 from sslbench.registry import DATASETS, unknown_name_message
-from sslbench.runtime import repo_root
+from sslbench.runtime import bundled, search_path
 
 
 def recipes_dir() -> Path:
-    return repo_root() / "recipes"
+    """sslbench's own recipes (the installed package's copy, or the checkout's)."""
+    return bundled("recipes")
+
+
+def recipe_dirs() -> list[Path]:
+    """Where recipes are looked up, first match wins: $SSLBENCH_RECIPES's folders, then sslbench's own."""
+    return [*search_path("recipes")[:-1], recipes_dir()]
 
 
 def recipe_path(kind: str, name: str, scale: str, flavour: str = "") -> Path:
-    """recipes/[protocols/]<name>/<scale>[-<flavour>].toml; a flavour is a variant such as 'alexnet'."""
+    """[protocols/]<name>/<scale>[-<flavour>].toml in the first recipe folder that has it (recipe_dirs); a flavour
+    is a variant such as 'alexnet'."""
     if scale not in SCALES:
         raise UserError(f"unknown scale {scale!r}; valid: {', '.join(SCALES)}")
-    base = recipes_dir() / ("protocols" if kind == "protocol" else "") / name
-    path = base / (f"{scale}-{flavour}.toml" if flavour else f"{scale}.toml")
-    if not path.is_file():
-        available = sorted(p.stem for p in base.glob("*.toml")) if base.is_dir() else []
-        raise UserError(
-            f"no recipe {path.stem!r} for {kind} {name!r}: expected {path}"
-            + (f"; available recipes: {', '.join(available)}" if available else "")
-        )
-    return path
+    relative = Path("protocols" if kind == "protocol" else "") / name
+    stem = f"{scale}-{flavour}" if flavour else scale
+    for root in recipe_dirs():
+        if (root / relative / f"{stem}.toml").is_file():
+            return root / relative / f"{stem}.toml"
+    available = sorted({p.stem for root in recipe_dirs() for p in (root / relative).glob("*.toml")})
+    raise UserError(
+        f"no recipe {stem!r} for {kind} {name!r}: expected {recipes_dir() / relative / (stem + '.toml')}"
+        + (f"; available recipes: {', '.join(available)}" if available else "")
+    )
 
 
 def list_recipes() -> list[str]:
-    root = recipes_dir()
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.toml"))
+    return sorted({str(p.relative_to(root).with_suffix("")) for root in recipe_dirs() for p in root.rglob("*.toml")})
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

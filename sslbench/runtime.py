@@ -133,6 +133,31 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+USER_FOLDERS = {"recipes": "SSLBENCH_RECIPES", "tables": "SSLBENCH_TABLES"}  # extra folders, os.pathsep-separated
+
+
+def bundled(folder: str) -> Path:
+    """sslbench's own `folder` ("recipes" or "tables"): the copy inside the installed package (a wheel:
+    sslbench/_data/<folder>), else the checkout's (an editable install)."""
+    from importlib import resources
+
+    packaged = Path(str(resources.files("sslbench") / "_data" / folder))
+    return packaged if packaged.is_dir() else repo_root() / folder
+
+
+def search_path(folder: str) -> list[Path]:
+    """Where recipes / tables are looked up, first match wins: the user's folders ($SSLBENCH_RECIPES,
+    $SSLBENCH_TABLES: os.pathsep-separated), then sslbench's own (`bundled`). A user folder that is not a directory
+    is an error naming the variable."""
+    variable = USER_FOLDERS[folder]
+    extra = [Path(p).expanduser() for p in os.environ.get(variable, "").split(os.pathsep) if p]
+    for path in extra:
+        if not path.is_dir():
+            raise UserError(f"${variable} names {path}, which is not a directory; point it at a folder of "
+                            f"{folder} laid out as sslbench's own ({bundled(folder)})")
+    return [*extra, bundled(folder)]
+
+
 def cache_dir() -> Path:
     """Where rendered embedded data, written layouts and region proposals are cached (SSLBENCH_CACHE moves it)."""
     return Path(os.environ.get("SSLBENCH_CACHE", Path.home() / ".cache" / "sslbench"))

@@ -24,14 +24,24 @@ from sslbench.config import build
 from sslbench.errors import UserError
 from sslbench.plugins import load_all
 from sslbench.registry import PROTOCOLS, unknown_name_message
-from sslbench.runtime import repo_root
+from sslbench.runtime import bundled, search_path
 
 PRETRAIN_TIME = "pretrain/time"  # the pseudo-metric of a "Pretraining time" column: the pretraining's wall time
 MARKS = ("", "bold", "underline")
 
 
 def tables_dir() -> Path:
-    return repo_root() / "tables"
+    """sslbench's own table files (the installed package's copy, or the checkout's)."""
+    return bundled("tables")
+
+
+def table_dirs() -> list[Path]:
+    """Where table files are looked up, first match wins: $SSLBENCH_TABLES's folders, then sslbench's own."""
+    return [*search_path("tables")[:-1], tables_dir()]
+
+
+def _table_file(name: str) -> Path | None:
+    return next((d / f"{name}.toml" for d in table_dirs() if (d / f"{name}.toml").is_file()), None)
 
 
 # ---------------------------------------------------------------- the schema
@@ -136,12 +146,16 @@ class Table:
 
 
 def table_names() -> list[str]:
-    return sorted(p.stem for p in tables_dir().glob("*.toml") if p.stem != "groups")
+    return sorted({p.stem for d in table_dirs() for p in d.glob("*.toml") if p.stem != "groups"})
 
 
 def groups() -> dict[str, list[str]]:
-    path = tables_dir() / "groups.toml"
-    found = tomllib.loads(path.read_text()) if path.is_file() else {}
+    """Every folder's groups.toml (a user folder's groups first: a name it repeats is its own), and "all"."""
+    found: dict[str, list[str]] = {}
+    for d in reversed(table_dirs()):
+        path = d / "groups.toml"
+        if path.is_file():
+            found.update(tomllib.loads(path.read_text()))
     return {**found, "all": table_names()}
 
 
@@ -158,10 +172,10 @@ def resolve(name: str) -> list[str]:
 def load_table(name: str) -> Table:
     """tables/<name>.toml, validated (UserError naming the file and the key)."""
     load_all()  # the metric keys are checked against the registered protocols
-    path = tables_dir() / f"{name}.toml"
-    if not path.is_file():
+    path = _table_file(name)
+    if path is None:
         raise UserError(unknown_name_message("table", name, table_names()))
-    where = f"tables/{name}.toml"
+    where = f"tables/{name}.toml" if path.parent == tables_dir() else str(path)  # a user's file: its own path
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
