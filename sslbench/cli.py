@@ -242,16 +242,26 @@ def reproduce(
 
         typer.echo(report(dry_reproduce(name, scale or "mini", _data(data))))
         return
-    options = Options(scale or "mini", runs, device, seed, force, _data(data), not quiet, sys.argv, seed_list)
+    options = Options(scale or "mini", runs, device, seed, force, _data(data), not quiet, sys.argv, seed_list,
+                      echo=lambda line: typer.echo(line, err=True))  # one line per run, as it finishes
     names, summary = run(name, options)
     _print_tables(name, fmt, runs, plot)
-    for item in summary.ran:
-        typer.echo(f"  ran     {item}", err=True)
-    for item in summary.reused:
-        typer.echo(f"  reused  {item}", err=True)
-    for item in summary.missing:
-        typer.echo(f"  missing {item}", err=True)
     typer.echo(summary.line(), err=True)
+
+
+@app.command("doctor")
+def doctor() -> None:
+    """Versions, the device, selective search, the cache and the recipe / table folders; exit 1 when the default
+    run lacks something.
+
+    Example: [bold]sslbench doctor[/bold]
+    """
+    from sslbench.doctor import report
+
+    text, ok = report()
+    typer.echo(text)
+    if not ok:
+        raise typer.Exit(1)
 
 
 @app.command("list")

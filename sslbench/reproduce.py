@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,7 @@ class Options:
     progress: bool = True
     argv: list[str] | None = None
     seeds: tuple[int, ...] = ()  # run the whole plan once per seed (overrides `seed`); tables print mean ± sd
+    echo: Callable[[str], None] | None = None  # told one line per run as it finishes ("ran ...", "reused ...")
 
 
 @dataclass
@@ -50,6 +52,13 @@ class Summary:
     reused: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    echo: Callable[[str], None] | None = None
+
+    def add(self, kind: str, line: str) -> None:
+        """Record a run ("ran", "reused" or "missing") and tell `echo` at once: one line per run."""
+        getattr(self, kind).append(line)
+        if self.echo is not None:
+            self.echo(f"{kind:<7} {line}")
 
     def line(self) -> str:
         return (f"reproduce: {len(self.ran)} ran, {len(self.reused)} reused, {len(self.missing)} not available yet, "
@@ -69,7 +78,7 @@ def plan(names: list[str]) -> list[RunSpec]:
 def reproduce(name: str, opts: Options) -> tuple[list[str], Summary]:
     load_all()
     names = resolve(name)
-    summary, fresh = Summary(), {}
+    summary, fresh = Summary(echo=opts.echo), {}
     start = time.time()
     specs = plan(names)
     check_plan(specs, opts)  # bad --data, recipes, a paper run without its data: here, before any run
@@ -117,7 +126,7 @@ def _run_plan(specs: list[RunSpec], opts: Options, store: ResultStore, summary: 
         trunk = TrunkSpec("random")
         if spec.pretrained:
             if spec.pretrained not in TASKS:
-                summary.missing.append(f"task {spec.pretrained!r} (not built yet)")
+                summary.add("missing", f"task {spec.pretrained!r} (not built yet)")
                 continue
             flavour, overrides = ("", ()) if spec.like else (spec.flavour, spec.set)
             checkpoint = _pretrained(spec.pretrained, flavour, overrides, opts, store, summary, fresh)
@@ -125,17 +134,18 @@ def _run_plan(specs: list[RunSpec], opts: Options, store: ResultStore, summary: 
         subject = f"random ({spec.like} trunk)" if spec.like else spec.task
         for ev in spec.evals:
             if ev.protocol not in PROTOCOLS:
-                summary.missing.append(f"{ev.describe()} on {subject} (protocol {ev.protocol!r} not built yet)")
+                summary.add("missing", f"{ev.describe()} on {subject} (protocol {ev.protocol!r} not built yet)")
                 continue
             recipe = plan_recipe("protocol", ev.protocol, opts, ev.set, ev.flavour, opts.seed)
             what = f"{ev.describe()} on {subject}" + (" (rescaled)" if spec.init == "rescale" else "") + seed
             init = init_label(trunk.is_random, spec.init, ev.input)
             if not opts.force and _evaluated(store, ev.protocol, recipe_key(recipe), str(trunk), init):
-                summary.reused.append(what)
+                summary.add("reused", what)
                 continue
             outcome = evaluate(recipe, trunk, opts.runs, opts.device, opts.progress, opts.argv, init=spec.init,
                                transfer_input=ev.input)
-            summary.ran.append(f"{what} ({outcome.run_dir.name}, {outcome.wall_time:.0f} s)")
+            took = f"{outcome.run_dir.name}, {outcome.wall_time:.0f} s"
+            summary.add("ran", f"{what} ({took}): {headline(outcome.metrics)}")
 
 
 def _pretrained(task: str, flavour: str, overrides: tuple[str, ...], opts: Options, store: ResultStore,
@@ -148,18 +158,29 @@ def _pretrained(task: str, flavour: str, overrides: tuple[str, ...], opts: Optio
     # finds its run); the store holds few pretrainings
     done = [r for r in store.pretrain_runs() if recipe_key(r.recipe) == key and Path(r.checkpoint).is_file()]
     if key in fresh:
-        summary.reused.append(f"pretrain {task} ({Path(fresh[key]).parent.name})")
+        summary.add("reused", f"pretrain {task}{_flavoured(flavour)} ({Path(fresh[key]).parent.name})")
         return fresh[key]
     if done and not opts.force:
-        summary.reused.append(f"pretrain {task} ({done[-1].run_id})")
+        summary.add("reused", f"pretrain {task}{_flavoured(flavour)} ({done[-1].run_id})")
         return done[-1].checkpoint
     unfinished = None if opts.force else _unfinished(opts.runs, recipe)
     how = f"resumed at step {read_status(unfinished).get('step', '?')}, " if unfinished else ""
     outcome = pretrain(recipe, opts.runs, opts.device, resume=unfinished or False, progress=opts.progress,
                        argv=opts.argv)
-    summary.ran.append(f"pretrain {task} ({outcome.run_dir.name}, {how}{outcome.wall_time:.0f} s)")
+    took = f"{outcome.run_dir.name}, {how}{outcome.wall_time:.0f} s"
+    summary.add("ran", f"pretrain {task}{_flavoured(flavour)} ({took}): {headline(outcome.metrics)}")
     fresh[key] = str(outcome.checkpoint)
     return fresh[key]
+
+
+def _flavoured(flavour: str) -> str:
+    return f" [{flavour}]" if flavour else ""
+
+
+def headline(metrics: dict[str, float], most: int = 3) -> str:
+    """A run's first few values, 'res4 16.60, top5-best 52.60' (per-class APs and spreads left out)."""
+    keys = [k for k in metrics if "/AP/" not in k and not k.endswith("/sd")][:most]
+    return ", ".join(f"{k.split('/', 1)[-1]} {metrics[k]:.2f}" for k in keys) or "no values"
 
 
 def _unfinished(runs: Path, recipe: Recipe) -> Path | None:

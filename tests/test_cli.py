@@ -33,7 +33,7 @@ def in_process(*args: str):  # noqa: ANN201
 
 
 @pytest.mark.parametrize("command", ["pretrain", "eval", "table", "reproduce", "list", "data synth", "data check",
-                                     "show"])
+                                     "show", "doctor"])
 def test_every_command_help_has_an_example(command: str) -> None:
     p = in_process(*command.split(), "--help")
     assert p.exit_code == 0 and "Example" in p.output, p.output
@@ -115,3 +115,18 @@ def test_bad_seeds_are_one_line_errors(tmp_path: Path) -> None:
     assert "--seed and --seeds" in _error_line(run("reproduce", "jigsaw", "--seeds", "0,1", "--seed", "2",
                                                    "--runs", str(tmp_path)))
     assert not any(tmp_path.iterdir())
+
+
+def test_doctor_names_what_it_found_and_fails_on_what_the_default_run_lacks(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision
+
+    p = in_process("doctor")
+    assert p.exit_code == 0, p.output
+    lines = p.output.splitlines()
+    assert any(line.startswith("ok") and "torchvision" in line and torchvision.__version__ in line for line in lines)
+    assert {line.split()[1] for line in lines} >= {"python", "torch", "device", "selective", "cache", "recipes",
+                                                     "tables"}
+    monkeypatch.setenv("SSLBENCH_TABLES", str(tmp_path / "nowhere"))
+    p = in_process("doctor")
+    assert p.exit_code == 1 and any(line.startswith("MISSING tables") for line in p.output.splitlines())

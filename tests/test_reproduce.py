@@ -87,11 +87,13 @@ def _fake_world(monkeypatch, runs: list[dict]) -> tuple[list, list]:  # noqa: AN
     def fake_pretrain(recipe, runs_dir, device, progress, argv, resume=False):  # noqa: ANN001, ANN202
         trained.append((recipe.name, recipe.seed))
         run_dir = runs_dir / f"{recipe.name}-{recipe.seed}"
-        return types.SimpleNamespace(checkpoint=run_dir / "checkpoint.pt", run_dir=run_dir, wall_time=1.0)
+        return types.SimpleNamespace(checkpoint=run_dir / "checkpoint.pt", run_dir=run_dir, wall_time=1.0,
+                                     metrics={"loss": 1.5})
 
     def fake_evaluate(recipe, checkpoint, runs_dir, device, progress, argv, init, transfer_input=""):  # noqa: ANN001, ANN202
         evaluated.append((str(checkpoint), recipe.seed))
-        return types.SimpleNamespace(run_dir=runs_dir / "eval-1", wall_time=1.0)
+        return types.SimpleNamespace(run_dir=runs_dir / "eval-1", wall_time=1.0,
+                                     metrics={"voc-det/mAP": 50.0, "voc-det/AP/cat": 3.0})
 
     monkeypatch.setattr(rp, "pretrain", fake_pretrain)
     monkeypatch.setattr(rp, "evaluate", fake_evaluate)
@@ -120,6 +122,22 @@ def test_seeds_run_the_whole_plan_once_per_seed(tmp_path: Path, monkeypatch) -> 
     like = [(c, s) for c, s in evaluated if c.startswith("random:")]
     assert like == [("random:" + str(tmp_path / f"context-{s}" / "checkpoint.pt"), s) for s in (0, 1)]
     assert len(evaluated) == 6 and any(line.startswith("voc-det on random [seed 1]") for line in summary.ran)
+
+
+def test_each_run_is_one_line_as_it_finishes_and_a_log_gets_no_bars(tmp_path: Path, monkeypatch, capsys) -> None:
+    from sslbench.progress import progress_bar
+
+    _fake_world(monkeypatch, LIKE_RUNS)
+    lines: list[str] = []
+    reproduce("fake", Options(runs=tmp_path, device="cpu", progress=True, echo=lines.append))
+    assert lines == ["ran     pretrain context (context-0, 1 s): loss 1.50",
+                     "ran     voc-det on context (eval-1, 1 s): mAP 50.00",
+                     "ran     voc-det on random (eval-1, 1 s): mAP 50.00",
+                     "reused  pretrain context (context-0)",
+                     "ran     voc-det on random (context trunk) (eval-1, 1 s): mAP 50.00"]
+    with progress_bar("steps", 3) as advance:  # stderr is not a terminal here: no bar, no blank line
+        advance(3, "loss 1.0")
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("bad", [{"task": "jigsaw", "like": "context"},

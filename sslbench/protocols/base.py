@@ -204,7 +204,7 @@ def _evaluate(recipe: Recipe, spec: TrunkSpec, runs: Path, device: str, progress
     except BaseException as exc:
         run.status("failed", error=f"{type(exc).__name__}: {exc}")
         raise
-    if ddp.is_main and progress:
+    if ddp.is_main and progress and console.is_terminal:  # a log gets the command's one line per run
         reinit = ", ".join(trunk.reinitialised)
         note = f" (re-initialised at the protocol's size: {reinit})" if reinit else ""
         console.print(f"[dim]{run.path}{note}[/dim]")

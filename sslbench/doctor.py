@@ -1,0 +1,89 @@
+"""`sslbench doctor`: what this installation has and where it looks, one line each, and whether the default run
+(`sslbench reproduce rotations` at mini scale) has everything it needs."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from sslbench.recipes import recipe_dirs
+from sslbench.runtime import cache_dir
+from sslbench.tables import table_dirs
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    value: str
+    ok: bool = True
+    needed: bool = True  # the default run cannot do without it
+    hint: str = ""
+
+    def line(self) -> str:
+        mark = "ok  " if self.ok else ("MISSING" if self.needed else "absent")
+        return f"{mark:<7} {self.name:<18} {self.value}" + (f"  ({self.hint})" if self.hint and not self.ok else "")
+
+
+def _version(module: str) -> Check:
+    try:
+        return Check(module, str(importlib.import_module(module).__version__))
+    except ImportError as exc:
+        return Check(module, f"not importable: {exc}", ok=False, hint=f"pip install {module}")
+
+
+def _device() -> Check:
+    import torch
+
+    if torch.cuda.is_available():
+        names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        return Check("device", f"cuda {torch.version.cuda}: {names}")
+    return Check("device", f"cpu ({os.cpu_count()} cores; no CUDA device: `--device auto` runs on the CPU)")
+
+
+def _selective_search() -> Check:
+    try:
+        import cv2
+
+        cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
+        return Check("selective search", f"cv2.ximgproc (opencv {cv2.__version__})")
+    except (ImportError, AttributeError) as exc:
+        return Check("selective search", f"cv2.ximgproc not usable: {exc}", ok=False,
+                     hint="voc-det's proposals need it: pip install opencv-contrib-python-headless")
+
+
+def _writable(path: Path) -> Check:
+    probe = path if path.exists() else next((p for p in path.parents if p.exists()), path)
+    ok = os.access(probe, os.W_OK)
+    return Check("cache", str(path), ok=ok, hint="set SSLBENCH_CACHE to a writable folder")
+
+
+def _folders(name: str, folders: list[Path]) -> Check:
+    ok = bool(folders) and folders[-1].is_dir() and any(folders[-1].rglob("*.toml"))
+    return Check(name, os.pathsep.join(str(f) for f in folders), ok=ok,
+                 hint=f"sslbench's own {name} are not installed: reinstall sslbench")
+
+
+def checks() -> list[Check]:
+    from sslbench.errors import UserError
+
+    out = [Check("python", f"{platform.python_version()} ({sys.executable})")]
+    out += [_version(m) for m in ("torch", "torchvision", "numpy", "h5py", "sklearn")]
+    if out[1].ok:
+        out.append(_device())
+    out += [_selective_search(), _writable(cache_dir())]
+    for name, dirs in (("recipes", recipe_dirs), ("tables", table_dirs)):
+        try:
+            out.append(_folders(name, dirs()))
+        except UserError as exc:  # a user folder variable naming no directory
+            out.append(Check(name, str(exc), ok=False))
+    return out
+
+
+def report() -> tuple[str, bool]:
+    """(the lines, whether everything the default run needs is there)."""
+    found = checks()
+    return "\n".join(c.line() for c in found), all(c.ok or not c.needed for c in found)
