@@ -174,6 +174,9 @@ def test_every_sub_task_learns_inside_the_composite(lasso: bool, tmp_path: Path)
     assert ("lasso_l1" in out) == lasso
     grouped = [p for g in task.param_groups() for p in g["params"]]
     assert len(grouped) == len({id(p) for p in grouped}) == len(list(task.parameters()))
+    if lasso:  # the combination weights train at task.lasso_lr_scale of the rate, in a group of their own
+        (alphas,) = [g for g in task.param_groups() if g.get("lr_scale") == task.cfg.lasso_lr_scale]
+        assert {id(p) for p in alphas["params"]} == {id(s.backbone.lasso.alpha) for s in task.subtasks.values()}
     state = task.state_dict()
     assert not any(k.startswith("subtasks.") and ".backbone.trunk." in k for k in state)  # the trunk once
     assert task.transfer_input() == "lab-l" and task.variant() == "rp+col+ex+ms" + ("+lasso" if lasso else "")

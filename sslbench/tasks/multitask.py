@@ -79,6 +79,10 @@ class MultitaskConfig:
     lasso: bool = False  # each head reads a sparse learned combination of `lasso_stage`'s unit outputs
     lasso_stage: str = "res4"  # the stage whose units the lasso combines (the paper: block 3, ResNet-101's res4)
     lasso_l1: Annotated[float, In(0, 1e3)] = 1e-3  # the L1 penalty's weight on the combination weights
+    # the combination weights' learning rate, a fraction of optim.lr: each weight's gradient sums over every element
+    # of a unit's map, orders of magnitude above a filter weight's (at 1.0 the mini run diverged at step 21, at 0.1
+    # and 0.01 it did not; the paper's handling could not be confirmed)
+    lasso_lr_scale: Annotated[float, In(0, 1e3)] = 0.1
     rank_tasks: bool = False  # under torchrun: each rank runs its own sub-tasks (the paper's per-task workers)
 
     def __post_init__(self) -> None:
@@ -194,9 +198,14 @@ class Multitask(PretextTask):
         return [f"{name}/loss" for name in self.subtasks] + (["lasso_l1"] if self.cfg.lasso else [])
 
     def param_groups(self) -> ParamGroups:
-        """The sub-tasks' groups (heads, lasso weights), then the shared trunk's parameters, each once."""
+        """The lasso weights (at `lasso_lr_scale`), the sub-tasks' groups (their heads), then the shared trunk's
+        parameters, each once."""
         seen: set[int] = set()
         groups: ParamGroups = []
+        if self.cfg.lasso:
+            alphas = [sub.backbone.lasso.alpha for sub in self.subtasks.values()]
+            seen.update(id(p) for p in alphas)
+            groups.append({"params": alphas, "lr_scale": self.cfg.lasso_lr_scale})
         for sub in self.subtasks.values():
             for g in sub.param_groups():
                 params = [p for p in g["params"] if id(p) not in seen]
