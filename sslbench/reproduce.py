@@ -145,7 +145,7 @@ def _run_plan(specs: list[RunSpec], opts: Options, store: ResultStore, summary: 
             outcome = evaluate(recipe, trunk, opts.runs, opts.device, opts.progress, opts.argv, init=spec.init,
                                transfer_input=ev.input)
             took = f"{outcome.run_dir.name}, {outcome.wall_time:.0f} s"
-            summary.add("ran", f"{what} ({took}): {headline(outcome.metrics)}")
+            summary.add("ran", f"{what} ({took}): {headline(outcome.metrics, ev.protocol)}")
 
 
 def _pretrained(task: str, flavour: str, overrides: tuple[str, ...], opts: Options, store: ResultStore,
@@ -177,10 +177,12 @@ def _flavoured(flavour: str) -> str:
     return f" [{flavour}]" if flavour else ""
 
 
-def headline(metrics: dict[str, float], most: int = 3) -> str:
-    """A run's first few values, 'res4 16.60, top5-best 52.60' (per-class APs and spreads left out)."""
+def headline(metrics: dict[str, float], protocol: str = "", most: int = 3) -> str:
+    """A run's first few values, 'res4 16.60, top5-best 52.60' (the protocol's prefix dropped; per-class APs and
+    spreads left out)."""
     keys = [k for k in metrics if "/AP/" not in k and not k.endswith("/sd")][:most]
-    return ", ".join(f"{k.split('/', 1)[-1]} {metrics[k]:.2f}" for k in keys) or "no values"
+    shown = [(k.removeprefix(protocol + "/") if protocol else k, metrics[k]) for k in keys]
+    return ", ".join(f"{k} {v:.2f}" for k, v in shown) or "no values"
 
 
 def _unfinished(runs: Path, recipe: Recipe) -> Path | None:
