@@ -131,7 +131,7 @@ def _run_plan(specs: list[RunSpec], opts: Options, store: ResultStore, summary: 
             flavour, overrides = ("", ()) if spec.like else (spec.flavour, spec.set)
             checkpoint = _pretrained(spec.pretrained, flavour, overrides, opts, store, summary, fresh)
             trunk = TrunkSpec.like(checkpoint) if spec.like else TrunkSpec("file", checkpoint)
-        subject = f"random ({spec.like} trunk)" if spec.like else spec.task
+        subject = f"random ({spec.like} trunk)" if spec.like else spec.task + _flavoured(spec.flavour)
         for ev in spec.evals:
             if ev.protocol not in PROTOCOLS:
                 summary.add("missing", f"{ev.describe()} on {subject} (protocol {ev.protocol!r} not built yet)")
