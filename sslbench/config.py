@@ -381,8 +381,15 @@ def describe_diff(diffs: list[tuple[str, Any, Any]], limit: int = 3, other: str 
     return ", ".join(parts) + (f" +{len(diffs) - limit} more" if len(diffs) > limit else "")
 
 
-def _short(v: Any) -> str:
-    return "unset" if v is None else json.dumps(v) if isinstance(v, (list, str)) else str(v)
+def _short(v: Any, most: int = 60) -> str:
+    """A value as a difference names it: a list of named tables (multitask's sub-tasks) by its names, anything
+    longer than `most` characters cut."""
+    if v is None:
+        return "unset"
+    if isinstance(v, list) and v and all(isinstance(x, dict) and "name" in x for x in v):
+        return "[" + ", ".join(str(x["name"]) for x in v) + "]"
+    text = json.dumps(v) if isinstance(v, (list, str, dict)) else str(v)
+    return text if len(text) <= most else text[:most - 3] + "..."
 
 
 def recipe_key(recipe: Recipe | str) -> str:

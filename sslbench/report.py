@@ -135,8 +135,10 @@ def _sslbench_row(table: Table, key: RowKey, found: Found, pretrain_time: dict[s
                         found.get(c.fills_from + SPREAD)) for i, c in enumerate(table.columns))
     runs = sorted({(r.prov.run_id, r.created_at[:10]) for r in results})
     dataset = _datasets_label(sorted({r.prov.dataset for r in results}))
-    layouts = dataset.split(":")[1] if ":" in dataset else ""
-    where = (f"the embedded synthetic data{' in ' + layouts + ' layout' if layouts else ''}"
+    names = dataset.split(":")[1].split("+") if ":" in dataset else []
+    layouts = ", ".join("its own form" if n == "own" else n for n in names)
+    layouts += " layouts" if len(names) > 1 else " layout"
+    where = (f"the embedded synthetic data{' in ' + layouts if names else ''}"
              " (not the paper's data set)" if dataset.startswith("embedded") else dataset)
     label = f"{key.name} [{key.backbone}, {dataset}, {key.scale}]"
     if key.differs:
@@ -182,6 +184,8 @@ def _datasets_label(datasets: list[str]) -> str:
     """'embedded:voc2007' + 'embedded:voc2012' -> 'embedded:voc2007+voc2012'; real ones joined with '+'."""
     if datasets and all(d.startswith("embedded:") for d in datasets):
         return "embedded:" + "+".join(d.split(":", 1)[1] for d in datasets)
+    if len(datasets) > 1 and all(d == "embedded" or d.startswith("embedded:") for d in datasets):
+        return "embedded:" + "+".join(d.split(":", 1)[1] if ":" in d else "own" for d in datasets)  # + its own form
     return "+".join(datasets)
 
 

@@ -92,3 +92,12 @@ def test_a_recipe_stored_before_a_field_was_added_is_the_same_experiment_at_its_
     other = load_recipe("pretrain", "rotation", "mini", ["backbone.pool_pad=1"], flavour="alexnet")
     assert recipe_key(other) != recipe_key(recipe)
     assert [k for k, _, _ in recipe_diff(stored, other)] == ["backbone.pool_pad"]
+
+
+def test_a_difference_names_sub_tasks_by_name_and_cuts_long_values() -> None:
+    from sslbench.config import describe_diff
+
+    tasks = [{"name": "context", "cfg": {"gap": 8}}, {"name": "colorization", "cfg": {}}]
+    assert describe_diff([("task.tasks", tasks, tasks[:1])]) == "task.tasks=[context] (not [context, colorization])"
+    long = describe_diff([("data.root", "x" * 100, "y")])
+    assert long.startswith('data.root="y" (not "xxx') and long.endswith('...)') and len(long) < 90

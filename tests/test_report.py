@@ -241,3 +241,11 @@ def test_a_protocols_own_spread_over_its_folds_prints_as_mean_plus_minus_sd(tmp_
                                        "exemplar-svm/cifar10": 72.8}, prov, 5.0)
     (row,) = report.sslbench_rows(tables.load_table("exemplar"), store)
     assert row.cells[0] == "68.45 ± 0.94" and row.cells[2] == "72.80"
+
+
+def test_mixed_embedded_data_sets_are_named_once() -> None:
+    from sslbench.report import _datasets_label
+
+    assert _datasets_label(["embedded", "embedded:nyu", "embedded:voc2007"]) == "embedded:own+nyu+voc2007"
+    assert _datasets_label(["embedded:voc2007", "embedded:voc2012"]) == "embedded:voc2007+voc2012"
+    assert _datasets_label(["embedded"]) == "embedded" and _datasets_label(["voc2007", "nyu"]) == "voc2007+nyu"
