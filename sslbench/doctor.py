@@ -10,10 +10,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from sslbench.recipes import recipe_dirs
-from sslbench.runtime import cache_dir
-from sslbench.tables import table_dirs
-
 
 @dataclass(frozen=True)
 class Check:
@@ -68,12 +64,16 @@ def _folders(name: str, folders: list[Path]) -> Check:
 
 
 def checks() -> list[Check]:
-    from sslbench.errors import UserError
-
     out = [Check("python", f"{platform.python_version()} ({sys.executable})")]
     out += [_version(m) for m in ("torch", "torchvision", "numpy", "h5py", "sklearn")]
-    if out[1].ok:
-        out.append(_device())
+    if not all(c.ok for c in out[1:4]):  # sslbench itself imports torch and numpy: nothing further can be checked
+        return out
+    from sslbench.errors import UserError
+    from sslbench.recipes import recipe_dirs
+    from sslbench.runtime import cache_dir
+    from sslbench.tables import table_dirs
+
+    out.append(_device())
     out += [_selective_search(), _writable(cache_dir())]
     for name, dirs in (("recipes", recipe_dirs), ("tables", table_dirs)):
         try:

@@ -46,7 +46,8 @@ def recipe_path(kind: str, name: str, scale: str, flavour: str = "") -> Path:
             return root / relative / f"{stem}.toml"
     available = sorted({p.stem for root in recipe_dirs() for p in (root / relative).glob("*.toml")})
     raise UserError(
-        f"no recipe {stem!r} for {kind} {name!r}: expected {recipes_dir() / relative / (stem + '.toml')}"
+        f"no recipe {stem!r} for {kind} {name!r}: expected {relative / (stem + '.toml')} in "
+        f"{', '.join(str(r) for r in recipe_dirs())}"
         + (f"; available recipes: {', '.join(available)}" if available else "")
     )
 

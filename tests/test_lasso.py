@@ -70,7 +70,8 @@ def test_eval_lasso_trains_its_weights_and_labels_the_row(protocol: str, tmp_pat
 
 @pytest.mark.parametrize("protocol,extra,match", [
     ("linear", ["protocol.pool.res4={kind=\"adaptive_max\", size=4}"], "only for a linear pooling"),
-    ("linear", ["protocol.lasso.stage=res3", "protocol.taps=[\"res3\", \"res4\"]"], "must be the trunk's last stage"),
+    ("linear", ["protocol.lasso.stage=res3", "protocol.taps=[\"res3\", \"res4\"]",
+                "protocol.pool.res3={kind=\"adaptive_avg\", size=4}"], "must be the trunk's last stage"),
     ("linear", ["protocol.taps=[\"res3\"]"], "is not among the probed taps"),
     ("nyu-depth", ["protocol.lasso.stage=res3"], "must be the trunk's last stage"),
     ("voc-det", ["protocol.detector=fast-rcnn"], "res4 of Faster R-CNN"),

@@ -126,6 +126,12 @@ def lasso_units(trunk: Trunk, taps: tuple[str, ...], pools: dict[str, PoolSpec],
     linearly."""
     if lasso is None:
         return {}
+    check_lasso_probe(taps, pools, lasso, who)
+    return {lasso.stage: unit_taps(trunk.backbone, lasso.stage, who)}
+
+
+def check_lasso_probe(taps: tuple[str, ...], pools: dict[str, PoolSpec], lasso: LassoEval, who: str) -> None:
+    """What an eval-side lasso needs of a probe recipe (no trunk, no data): its stage probed, pooled linearly."""
     if lasso.stage not in taps:
         raise UserError(f"{who}: protocol.lasso.stage {lasso.stage!r} is not among the probed taps "
                         f"({', '.join(taps)}); add it to protocol.taps or set protocol.lasso.stage")
@@ -133,7 +139,6 @@ def lasso_units(trunk: Trunk, taps: tuple[str, ...], pools: dict[str, PoolSpec],
     if kind not in LINEAR_POOLS:
         raise UserError(f"{who}: the lasso combines pooled units, which is the pooled combination only for a linear "
                         f"pooling; pool.{lasso.stage} is {kind!r}: use one of {', '.join(LINEAR_POOLS)}")
-    return {lasso.stage: unit_taps(trunk.backbone, lasso.stage, who)}
 
 
 def extract(features: FrozenFeatures, ds: Any, recipe: Recipe, ctx: EvalContext, what: str,

@@ -14,7 +14,7 @@ from sslbench.backbones.base import Backbone
 from sslbench.backbones.lasso import LassoEval
 from sslbench.checkpoint import Trunk
 from sslbench.config import In, Pixels, Recipe
-from sslbench.protocols._probing import PoolSpec, linear_head, train_probes
+from sslbench.protocols._probing import PoolSpec, check_lasso_probe, linear_head, train_probes
 from sslbench.protocols.base import EvalContext, Protocol
 from sslbench.registry import register_protocol
 
@@ -41,6 +41,11 @@ class LinearProbe(Protocol):
 
     def taps(self, backbone: Backbone) -> tuple[str, ...]:
         return self.cfg.taps
+
+    def preflight(self, recipe: Recipe) -> None:
+        lasso = self.lasso()
+        if lasso is not None:  # before any run directory or data
+            check_lasso_probe(self.cfg.taps, self.cfg.pool, lasso, recipe.name)
 
     def run(self, trunk: Trunk, recipe: Recipe, ctx: EvalContext) -> dict[str, float]:
         cfg = self.cfg
