@@ -348,7 +348,9 @@ def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 # Fields added to the schema after results were stored, with the default that reproduces what those results ran:
 # at that default a field is left out of a recipe's identity, so stored recipes (which lack it) stay the same
 # experiment as today's and their keys stay valid; any other value is a difference as usual.
-LATE_DEFAULTS = (("backbone", "pool_pad", 0), ("data", "load_area", [0, 0]), ("schedule", "lr_factors", []))
+LATE_DEFAULTS = (("backbone", "pool_pad", 0), ("data", "load_area", [0, 0]), ("schedule", "lr_factors", []),
+                 # the eval-side lasso (linear, nyu-depth, voc-det), off
+                 ("protocol", "lasso", {"enabled": False, "stage": "res4", "l1": 1e-3, "lr_scale": 1.0}))
 
 
 def _without_late_defaults(d: dict[str, Any]) -> dict[str, Any]:

@@ -94,6 +94,21 @@ def test_a_recipe_stored_before_a_field_was_added_is_the_same_experiment_at_its_
     assert [k for k, _, _ in recipe_diff(stored, other)] == ["backbone.pool_pad"]
 
 
+@pytest.mark.parametrize(("name", "flavour"), [("linear", ""), ("voc-det", ""), ("nyu-depth", "")])
+def test_a_protocol_recipe_stored_before_the_eval_lasso_is_the_same_experiment(name: str, flavour: str) -> None:
+    import json
+
+    from sslbench.config import recipe_diff, recipe_key
+    from sslbench.recipes import load_recipe
+
+    recipe = load_recipe("protocol", name, "mini", flavour=flavour)
+    old = json.loads(recipe.to_json())
+    del old["protocol"]["lasso"]
+    assert recipe_key(json.dumps(old)) == recipe_key(recipe) and recipe_diff(json.dumps(old), recipe) == []
+    lasso = load_recipe("protocol", name, "mini", ["protocol.lasso.enabled=true"], flavour=flavour)
+    assert recipe_key(lasso) != recipe_key(recipe)
+
+
 def test_a_difference_names_sub_tasks_by_name_and_cuts_long_values() -> None:
     from sslbench.config import describe_diff
 

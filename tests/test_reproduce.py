@@ -92,8 +92,9 @@ def _fake_world(monkeypatch, runs: list[dict]) -> tuple[list, list]:  # noqa: AN
 
     def fake_evaluate(recipe, checkpoint, runs_dir, device, progress, argv, init, transfer_input=""):  # noqa: ANN001, ANN202
         evaluated.append((str(checkpoint), recipe.seed))
+        rebuilt = ("fc6",) if str(checkpoint) == "random" else ()
         return types.SimpleNamespace(run_dir=runs_dir / "eval-1", wall_time=1.0,
-                                     metrics={"voc-det/mAP": 50.0, "voc-det/AP/cat": 3.0})
+                                     metrics={"voc-det/mAP": 50.0, "voc-det/AP/cat": 3.0}, reinitialised=rebuilt)
 
     monkeypatch.setattr(rp, "pretrain", fake_pretrain)
     monkeypatch.setattr(rp, "evaluate", fake_evaluate)
@@ -132,7 +133,7 @@ def test_each_run_is_one_line_as_it_finishes_and_a_log_gets_no_bars(tmp_path: Pa
     reproduce("fake", Options(runs=tmp_path, device="cpu", progress=True, echo=lines.append))
     assert lines == ["ran     pretrain context (context-0, 1 s): loss 1.50",
                      "ran     voc-det on context (eval-1, 1 s): mAP 50.00",
-                     "ran     voc-det on random (eval-1, 1 s): mAP 50.00",
+                     "ran     voc-det on random (eval-1, 1 s): mAP 50.00 (re-initialised at the protocol's size: fc6)",
                      "reused  pretrain context (context-0)",
                      "ran     voc-det on random (context trunk) (eval-1, 1 s): mAP 50.00"]
     with progress_bar("steps", 3) as advance:  # stderr is not a terminal here: no bar, no blank line

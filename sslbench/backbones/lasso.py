@@ -30,6 +30,9 @@ class LassoEval:
     enabled: bool = False
     stage: str = "res4"  # the stage whose units are combined (the paper: block 3, ResNet-101's res4)
     l1: Annotated[float, In(0, 1e3)] = 1e-3  # the L1 penalty's weight on the combination weights
+    # the combination weights' learning rate, a fraction of optim.lr (pretraining's lasso needs 0.1: multitask's
+    # lasso_lr_scale; the mini evaluations trained at 1.0 without diverging)
+    lr_scale: Annotated[float, In(0, 1e3)] = 1.0
 
 
 class LassoCombination(nn.Module):
@@ -109,3 +112,10 @@ class TrunkView(nn.Module):
 def lasso_view(trunk: Backbone, spec: LassoEval, who: str) -> TrunkView:
     """`trunk` behind a fresh eval-side lasso on `spec.stage` (the trunk registered: it fine-tunes with the head)."""
     return TrunkView(trunk, spec.stage, LassoCombination(len(unit_taps(trunk, spec.stage, who))), owns=True)
+
+
+def lasso_groups(params: list[nn.Parameter], alphas: list[nn.Parameter], lr_scale: float) -> list[dict[str, Any]]:
+    """Optimizer groups: the combination weights `alphas` at `lr_scale` of the rate, the other `params` at the rate."""
+    ids = {id(a) for a in alphas}
+    rest = [p for p in params if id(p) not in ids]
+    return ([{"params": alphas, "lr_scale": lr_scale}] if alphas else []) + ([{"params": rest}] if rest else [])

@@ -27,6 +27,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign
 
 from sslbench.backbones.base import Backbone, build_backbone
+from sslbench.backbones.lasso import lasso_groups
 from sslbench.errors import UserError
 from sslbench.protocols._detection import detect_shards, set_trainable
 from sslbench.protocols.base import EvalContext
@@ -108,8 +109,10 @@ def train_faster(model: FasterRCNN, ds: Dataset, recipe: Any, cfg: Any, ctx: Eva
     d = recipe.data
     per_epoch = steps_per_epoch(len(ds), d.batch_size, "voc-det")  # type: ignore[arg-type]
     set_trainable(model, model.backbone.trunk, cfg, bn_affine=False)
-    fit = Fit("faster r-cnn train", model, [{"params": [p for p in model.parameters() if p.requires_grad]}],
-              recipe, per_epoch, ctx)
+    lasso = getattr(model.backbone.trunk, "lasso", None)  # an eval-side lasso's combination (sslbench.backbones.lasso)
+    groups = lasso_groups([p for p in model.parameters() if p.requires_grad],
+                          [lasso.alpha] if lasso is not None else [], cfg.lasso.lr_scale)
+    fit = Fit("faster r-cnn train", model, groups, recipe, per_epoch, ctx)
 
     def sample(batch: Any, step: int) -> tuple[list[Tensor], list[dict[str, Tensor]]] | None:
         _, items = batch
@@ -125,7 +128,6 @@ def train_faster(model: FasterRCNN, ds: Dataset, recipe: Any, cfg: Any, ctx: Eva
             targets.append({k: v.to(ctx.device) for k, v in t.items()})
         return (images, targets) if images else None
 
-    lasso = getattr(model.backbone.trunk, "lasso", None)  # an eval-side lasso's combination (sslbench.backbones.lasso)
 
     def loss(net: nn.Module, b: tuple[list[Tensor], list[dict[str, Tensor]]], step: int) -> dict[str, Tensor]:
         parts = net(*b)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sslbench.backbones.lasso import LassoCombination, LassoEval, unit_taps
+from sslbench.backbones.lasso import LassoCombination, LassoEval, lasso_groups, unit_taps
 from sslbench.checkpoint import Trunk
 from sslbench.config import In, Recipe
 from sslbench.data.build import build_dataset
@@ -202,7 +202,9 @@ def train_probes(trunk: Trunk, recipe: Recipe, taps: tuple[str, ...], pools: dic
     else:
         per_epoch = steps_per_epoch(len(train_ds), d.batch_size, "probe")
         batches = lambda epoch, start: _streamed(features, train_ds, recipe, epoch, crop_pad, ctx, start)  # noqa: E731
-    fit = Fit(f"probe {'/'.join(taps)}", probes, [{"params": list(probes.parameters())}], recipe, per_epoch, ctx)
+    alphas = [h.lasso.alpha for h in probes.heads.values() if isinstance(h, LassoHead)]
+    groups = lasso_groups(list(probes.parameters()), alphas, lasso.lr_scale if lasso is not None else 1.0)
+    fit = Fit(f"probe {'/'.join(taps)}", probes, groups, recipe, per_epoch, ctx)
 
     def prepare(batch: tuple[dict[str, Tensor], Tensor], step: int) -> tuple[dict[str, Tensor], Tensor]:
         feats, labels = batch

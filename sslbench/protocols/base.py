@@ -109,6 +109,7 @@ class EvalOutcome:
     wall_time: float
     provenance: Provenance
     unreadable: str = ""  # '1 of 60 test images unreadable (skipped)'
+    reinitialised: tuple[str, ...] = ()  # the trunk's layers rebuilt at the protocol's size (fresh weights)
 
 
 INITS = ("default", "rescale")
@@ -210,7 +211,7 @@ def _evaluate(recipe: Recipe, spec: TrunkSpec, runs: Path, device: str, progress
         console.print(f"[dim]{run.path}{note}[/dim]")
     if ddp.enabled:
         dist.barrier()
-    return EvalOutcome(run.path, metrics, wall, prov, describe_unreadable(counts))
+    return EvalOutcome(run.path, metrics, wall, prov, describe_unreadable(counts), tuple(trunk.reinitialised))
 
 
 def _provenance(run: Run, trunk: Trunk, recipe: Recipe, spec: TrunkSpec, init: str,

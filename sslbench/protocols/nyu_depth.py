@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sslbench.backbones.base import Backbone
-from sslbench.backbones.lasso import LassoEval, lasso_view
+from sslbench.backbones.lasso import LassoEval, lasso_groups, lasso_view
 from sslbench.checkpoint import Trunk
 from sslbench.config import In, Recipe
 from sslbench.data.build import build_dataset
@@ -114,7 +114,10 @@ class NyuDepthProtocol(Protocol):
     def _train(self, model: DepthHead, trunk: Trunk, ds: Any, recipe: Recipe, ctx: EvalContext) -> None:
         d = recipe.data
         per_epoch = steps_per_epoch(len(ds), d.batch_size, "nyu-depth")
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        lasso = self.lasso()
+        alphas = [model.trunk.lasso.alpha] if lasso is not None else []
+        groups = lasso_groups([p for p in model.parameters() if p.requires_grad], alphas,
+                              lasso.lr_scale if lasso is not None else 1.0)
         fit = Fit("nyu-depth fine-tune", model, groups, recipe, per_epoch, ctx)
         flip = self.cfg.flip
 
@@ -129,7 +132,6 @@ class NyuDepthProtocol(Protocol):
                 depth = torch.where(flips.view(-1, 1, 1), depth.flip(-1), depth)
             return trunk.prepare(images).to(ctx.device), depth.to(ctx.device)
 
-        lasso = self.lasso()
 
         def loss(net: nn.Module, batch: tuple[Tensor, Tensor], step: int) -> dict[str, Tensor]:
             x, y = batch
