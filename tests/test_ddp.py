@@ -123,7 +123,9 @@ for step in range(3):
     losses.append(dict(zip(got, logged.tolist())))
 if world == 1 or dist.get_rank() == 0:
     (out / "losses.json").write_text(json.dumps(losses))
-if world > 1:
+if world > 1:  # DDP's reducer released and both ranks done before the group goes (else gloo may abort at exit)
+    del model
+    dist.barrier()
     dist.destroy_process_group()
 """
 
