@@ -21,7 +21,7 @@ from sslbench.config import SCALES, Kind, Recipe, recipe_from_dict, registry_of,
 from sslbench.errors import UserError
 from sslbench.plugins import load_all
 from sslbench.registry import DATASETS, unknown_name_message
-from sslbench.runtime import bundled, search_path
+from sslbench.runtime import bundled, user_folders
 
 
 def recipes_dir() -> Path:
@@ -31,7 +31,7 @@ def recipes_dir() -> Path:
 
 def recipe_dirs() -> list[Path]:
     """Where recipes are looked up, first match wins: $SSLBENCH_RECIPES's folders, then sslbench's own."""
-    return [*search_path("recipes")[:-1], recipes_dir()]
+    return [*user_folders("recipes"), recipes_dir()]
 
 
 def recipe_path(kind: str, name: str, scale: str, flavour: str = "") -> Path:

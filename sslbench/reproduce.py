@@ -145,7 +145,7 @@ def _run_plan(specs: list[RunSpec], opts: Options, store: ResultStore, summary: 
             outcome = evaluate(recipe, trunk, opts.runs, opts.device, opts.progress, opts.argv, init=spec.init,
                                transfer_input=ev.input)
             took = f"{outcome.run_dir.name}, {outcome.wall_time:.0f} s"
-            rebuilt = getattr(outcome, "reinitialised", ())
+            rebuilt = outcome.reinitialised
             note = f" (re-initialised at the protocol's size: {', '.join(rebuilt)})" if rebuilt else ""
             summary.add("ran", f"{what} ({took}): {headline(outcome.metrics, ev.protocol)}{note}")
 

@@ -145,17 +145,16 @@ def bundled(folder: str) -> Path:
     return packaged if packaged.is_dir() else repo_root() / folder
 
 
-def search_path(folder: str) -> list[Path]:
-    """Where recipes / tables are looked up, first match wins: the user's folders ($SSLBENCH_RECIPES,
-    $SSLBENCH_TABLES: os.pathsep-separated), then sslbench's own (`bundled`). A user folder that is not a directory
-    is an error naming the variable."""
+def user_folders(folder: str) -> list[Path]:
+    """The user's folders of recipes / tables ($SSLBENCH_RECIPES, $SSLBENCH_TABLES: os.pathsep-separated), searched
+    before sslbench's own (`bundled`). A user folder that is not a directory is an error naming the variable."""
     variable = USER_FOLDERS[folder]
     extra = [Path(p).expanduser() for p in os.environ.get(variable, "").split(os.pathsep) if p]
     for path in extra:
         if not path.is_dir():
             raise UserError(f"${variable} names {path}, which is not a directory; point it at a folder of "
                             f"{folder} laid out as sslbench's own ({bundled(folder)})")
-    return [*extra, bundled(folder)]
+    return extra
 
 
 def cache_dir() -> Path:

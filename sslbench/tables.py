@@ -24,7 +24,7 @@ from sslbench.config import build
 from sslbench.errors import UserError
 from sslbench.plugins import load_all
 from sslbench.registry import PROTOCOLS, unknown_name_message
-from sslbench.runtime import bundled, search_path
+from sslbench.runtime import bundled, user_folders
 
 PRETRAIN_TIME = "pretrain/time"  # the pseudo-metric of a "Pretraining time" column: the pretraining's wall time
 MARKS = ("", "bold", "underline")
@@ -37,7 +37,7 @@ def tables_dir() -> Path:
 
 def table_dirs() -> list[Path]:
     """Where table files are looked up, first match wins: $SSLBENCH_TABLES's folders, then sslbench's own."""
-    return [*search_path("tables")[:-1], tables_dir()]
+    return [*user_folders("tables"), tables_dir()]
 
 
 def _table_file(name: str) -> Path | None:

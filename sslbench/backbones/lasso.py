@@ -114,6 +114,11 @@ def lasso_view(trunk: Backbone, spec: LassoEval, who: str) -> TrunkView:
     return TrunkView(trunk, spec.stage, LassoCombination(len(unit_taps(trunk, spec.stage, who))), owns=True)
 
 
+def with_penalty(out: dict[str, Tensor], penalty: Tensor, weight: float) -> dict[str, Tensor]:
+    """A loss dict with `weight` x the lasso's `penalty` added to its "loss" and the penalty logged as "lasso_l1"."""
+    return {**out, "loss": out["loss"] + weight * penalty, "lasso_l1": penalty.detach()}
+
+
 def lasso_groups(params: list[nn.Parameter], alphas: list[nn.Parameter], lr_scale: float) -> list[dict[str, Any]]:
     """Optimizer groups: the combination weights `alphas` at `lr_scale` of the rate, the other `params` at the rate."""
     ids = {id(a) for a in alphas}

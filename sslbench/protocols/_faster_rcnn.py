@@ -27,7 +27,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign
 
 from sslbench.backbones.base import Backbone, build_backbone
-from sslbench.backbones.lasso import lasso_groups
+from sslbench.backbones.lasso import lasso_groups, with_penalty
 from sslbench.errors import UserError
 from sslbench.protocols._detection import detect_shards, set_trainable
 from sslbench.protocols.base import EvalContext
@@ -128,15 +128,10 @@ def train_faster(model: FasterRCNN, ds: Dataset, recipe: Any, cfg: Any, ctx: Eva
             targets.append({k: v.to(ctx.device) for k, v in t.items()})
         return (images, targets) if images else None
 
-
     def loss(net: nn.Module, b: tuple[list[Tensor], list[dict[str, Tensor]]], step: int) -> dict[str, Tensor]:
         parts = net(*b)
         out = {"loss": sum(parts.values()), **{k.removeprefix("loss_"): v.detach() for k, v in parts.items()}}
-        if lasso is not None:
-            l1 = lasso.penalty()
-            out["loss"] = out["loss"] + cfg.lasso.l1 * l1
-            out["lasso_l1"] = l1.detach()
-        return out
+        return out if lasso is None else with_penalty(out, lasso.penalty(), cfg.lasso.l1)
 
     fit.run(lambda epoch, start: epoch_loader(ds, d.batch_size, recipe.seed, epoch, ctx.ddp, list, d.workers,
                                               start, ctx.unreadable), sample, loss)

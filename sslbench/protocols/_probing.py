@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sslbench.backbones.lasso import LassoCombination, LassoEval, lasso_groups, unit_taps
+from sslbench.backbones.lasso import LassoCombination, LassoEval, lasso_groups, unit_taps, with_penalty
 from sslbench.checkpoint import Trunk
 from sslbench.config import In, Recipe
 from sslbench.data.build import build_dataset
@@ -216,12 +216,11 @@ def train_probes(trunk: Trunk, recipe: Recipe, taps: tuple[str, ...], pools: dic
     def loss(model: nn.Module, batch: tuple[dict[str, Tensor], Tensor], step: int) -> dict[str, Tensor]:
         feats, labels = batch
         losses = {f"loss_{t}": F.cross_entropy(v, labels) for t, v in model(feats).items()}
-        total = torch.stack(list(losses.values())).sum()  # heads are independent: one backward
-        if lasso is not None:
-            l1 = torch.stack([h.penalty() for h in probes.heads.values() if isinstance(h, LassoHead)]).sum()
-            losses["lasso_l1"] = l1.detach()
-            total = total + lasso.l1 * l1
-        return {"loss": total, **losses}
+        out = {"loss": torch.stack(list(losses.values())).sum(), **losses}  # heads are independent: one backward
+        if lasso is None:
+            return out
+        l1 = torch.stack([h.penalty() for h in probes.heads.values() if isinstance(h, LassoHead)]).sum()
+        return with_penalty(out, l1, lasso.l1)
 
     probes.train()
     fit.run(batches, prepare, loss)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sslbench.backbones.base import Backbone
-from sslbench.backbones.lasso import LassoEval, lasso_groups, lasso_view
+from sslbench.backbones.lasso import LassoEval, lasso_groups, lasso_view, with_penalty
 from sslbench.checkpoint import Trunk
 from sslbench.config import In, Recipe
 from sslbench.data.build import build_dataset
@@ -132,14 +132,12 @@ class NyuDepthProtocol(Protocol):
                 depth = torch.where(flips.view(-1, 1, 1), depth.flip(-1), depth)
             return trunk.prepare(images).to(ctx.device), depth.to(ctx.device)
 
-
         def loss(net: nn.Module, batch: tuple[Tensor, Tensor], step: int) -> dict[str, Tensor]:
             x, y = batch
-            out = {"loss": log_l1(net(x).float(), y)}
-            if lasso is not None:
-                l1 = model.trunk.lasso.penalty()
-                out = {"loss": out["loss"] + lasso.l1 * l1, "log_l1": out["loss"].detach(), "lasso_l1": l1.detach()}
-            return out
+            error = log_l1(net(x).float(), y)
+            if lasso is None:
+                return {"loss": error}
+            return with_penalty({"loss": error, "log_l1": error.detach()}, model.trunk.lasso.penalty(), lasso.l1)
 
         model.train()
         fit.run(lambda epoch, start: epoch_loader(ds, d.batch_size, recipe.seed, epoch, ctx.ddp, collate_depth,
