@@ -9,12 +9,12 @@ LaTeX, CSV, JSON, HTML; `plot` draws the probe tables.
 
 from __future__ import annotations
 
-import csv
 import html
 import io
 import json
 import re
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -221,26 +221,23 @@ def render_group(tables: list[Table], store: ResultStore | None, fmt: str) -> st
     if len(tables) == 1:
         return render(tables[0], store, fmt)
     if fmt == "json":
-        docs = [json.loads(to_json(t, all_rows(t, store))) for t in tables]
+        docs = [json.loads(to_json(table_frame(t, store))) for t in tables]
         return json.dumps({"tables": docs}, indent=2, ensure_ascii=False) + "\n"
     if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["table", "source", "row", "column", "cell"])
-        for t in tables:
-            for r in all_rows(t, store):
-                for c, cell in zip(t.columns, r.cells):
-                    writer.writerow([t.name, r.source, r.label, c.flat or c.fills_from, cell])
-        return buf.getvalue()
+        import pandas as pd
+
+        long = pd.concat([_long(table_frame(t, store)) for t in tables], ignore_index=True)
+        return long.to_csv(index=False, lineterminator="\n")
     return "\n".join(render(t, store, fmt) for t in tables)
 
 
 def render(table: Table, store: ResultStore | None, fmt: str) -> str:
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
-    rows = all_rows(table, store)
-    return {"markdown": to_markdown, "latex": to_latex, "csv": to_csv, "json": to_json, "html": to_html,
-            "rich": to_text}[fmt](table, rows)
+    if fmt == "rich":
+        return to_text(table, all_rows(table, store))
+    return {"markdown": to_markdown, "latex": to_latex, "csv": to_csv, "json": to_json,
+            "html": to_html}[fmt](table_frame(table, store))
 
 
 def _footnotes(table: Table, rows: list[Row]) -> list[str]:
@@ -264,35 +261,115 @@ def _header_rows(table: Table) -> list[list[str]]:
     return out
 
 
-def _md_cell(text: str, mark: str) -> str:
-    text = text.replace("|", "\\|")
+def _marks(r: Row) -> tuple[str, ...]:
+    return r.marks if r.marks else ("",) * len(r.cells)
+
+
+# ---------------------------------------------------------------- the table as a DataFrame
+
+
+def table_frame(table: Table | str, store: ResultStore | None = None):  # noqa: ANN201 - pandas.DataFrame
+    """The table as a pandas DataFrame, for notebooks and for every renderer but rich.
+
+    One row per paper row then per sslbench row, indexed by (source, row label); the columns are the deck's
+    header levels (a MultiIndex where the table has several, their names the row-label column's header at each
+    level); cells are the printed text ('56.5%', '60.1 ± 1', '31.20 (Δ -4.3)', '—'). `frame.attrs` holds the
+    table's name, title, paper, venue, paper_table, fields (each column's flat CSV / JSON name), footnotes, and
+    the bold / underline marks: `marks` (one tuple per row, like the cells) and `label_marks`."""
+    import pandas as pd
+
+    if isinstance(table, str):
+        table = load_table(table)
+    rows = all_rows(table, store)
+    headers = _header_rows(table)
+    names = [h[0] or None for h in headers]
+    if table.levels == 1:
+        columns = pd.Index([c.header[0] for c in table.columns], name=names[0])
+    else:
+        columns = pd.MultiIndex.from_tuples([c.header for c in table.columns], names=names)
+    index = pd.MultiIndex.from_tuples([(r.source, r.label) for r in rows], names=["source", "row"])
+    frame = pd.DataFrame([list(r.cells) for r in rows], index=index, columns=columns, dtype=object)
+    fields: dict[str, str] = {"table": "", "source": "", "/".join(h for h in table.headers if h) or "row": ""}
+    for c in table.columns:
+        fields[_unique_key(fields, c.flat or c.fills_from or "col")] = ""
+    frame.attrs.update(name=table.name, title=table.title, paper=table.paper, venue=table.venue,
+                       paper_table=table.paper_table, fields=list(fields)[2:],
+                       footnotes=_footnotes(table, rows), marks=[_marks(r) for r in rows],
+                       label_marks=[r.label_mark for r in rows])
+    return frame
+
+
+def _marked(frame, mark: Callable[[str, str], str], escape: Callable[[str], str]):  # noqa: ANN001, ANN202
+    """A copy of `frame` with every cell and row label escaped for the output format and its mark applied;
+    indexed by the row label alone (the renderers' first column)."""
+    import pandas as pd
+
+    marks, label_marks = frame.attrs["marks"], frame.attrs["label_marks"]
+    cells = [[mark(escape(c), m) for c, m in zip(row, row_marks)]
+             for row, row_marks in zip(frame.itertuples(index=False), marks)]
+    labels = [mark(escape(label), m) for (_, label), m in zip(frame.index, label_marks)]
+    if isinstance(frame.columns, pd.MultiIndex):
+        columns = pd.MultiIndex.from_tuples([tuple(escape(h) for h in c) for c in frame.columns],
+                                            names=[escape(n) if n else None for n in frame.columns.names])
+    else:
+        columns = pd.Index([escape(h) for h in frame.columns], name=escape(frame.columns.name or "") or None)
+    return pd.DataFrame(cells, index=pd.Index(labels), columns=columns, dtype=object)
+
+
+def _sslbench_start(frame) -> int | None:  # noqa: ANN001
+    """The position of the first sslbench row (renderers draw a rule above it), or None."""
+    sources = list(frame.index.get_level_values("source"))
+    return sources.index("sslbench") if "sslbench" in sources else None
+
+
+def _long(frame):  # noqa: ANN001, ANN202
+    """The table in long form (table, source, row, column, cell): the CSV of a group of tables."""
+    import pandas as pd
+
+    flat = _flat(frame)
+    label = flat.columns[2]
+    long = flat.melt(id_vars=["table", "source", label], var_name="column", value_name="cell")
+    long = long.rename(columns={label: "row"})
+    order = {f: i for i, f in enumerate(frame.attrs["fields"][1:])}  # row by row, columns in the table's order
+    long["_row"] = pd.Categorical(long["row"], categories=list(dict.fromkeys(long["row"])), ordered=True)
+    long = long.sort_values(["_row", "column"], key=lambda s: s.map(order) if s.name == "column" else s,
+                            kind="stable")
+    return long.drop(columns="_row").reset_index(drop=True)
+
+
+def _flat(frame):  # noqa: ANN001, ANN202
+    """One record per row: table, source, row label, then each cell under its flat (unique) column name."""
+    import pandas as pd
+
+    label_key, *fields = frame.attrs["fields"]
+    flat = pd.DataFrame(frame.to_numpy(), columns=fields, dtype=object)
+    flat.insert(0, label_key, list(frame.index.get_level_values("row")))
+    flat.insert(0, "source", list(frame.index.get_level_values("source")))
+    flat.insert(0, "table", frame.attrs["name"])
+    return flat
+
+
+def _md_mark(text: str, mark: str) -> str:
     if not text:
         return ""
     return f"**{text}**" if mark == "bold" else f"<u>{text}</u>" if mark == "underline" else text
 
 
-def to_markdown(table: Table, rows: list[Row]) -> str:
-    headers = _header_rows(table)
-    top = headers[-1] if table.levels == 1 else [
-        " / ".join(dict.fromkeys(p for p in parts if p)) for parts in zip(*headers)
-    ]
-    lines = [f"**{table.title}** ({table.name})", "", "| " + " | ".join(h.replace("|", "\\|") for h in top) + " |",
-             "|" + "|".join(["---"] * len(top)) + "|"]
-    for r in rows:
-        cells = [_md_cell(r.label, r.label_mark)] + [_md_cell(c, m) for c, m in zip(r.cells, _marks(r))]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    lines += [f"- {n}" for n in _footnotes(table, rows)]
-    return "\n".join(lines) + "\n"
+def to_markdown(frame) -> str:  # noqa: ANN001
+    """A pipe table (tabulate), the header levels joined with ' / ', then the footnotes as a list."""
+    from tabulate import tabulate
 
-
-def _marks(r: Row) -> tuple[str, ...]:
-    return r.marks if r.marks else ("",) * len(r.cells)
-
-
-def first_sslbench(rows: list[Row], row: Row) -> bool:
-    """Whether `row` opens the sslbench rows (renderers draw a rule above it)."""
-    return row.source == "sslbench" and next(r for r in rows if r.source == "sslbench") is row
+    body = _marked(frame, _md_mark, lambda t: t.replace("|", "\\|"))
+    levels = [frame.columns.get_level_values(i) for i in range(frame.columns.nlevels)]
+    names = [n or "" for n in frame.columns.names]
+    top = [" / ".join(dict.fromkeys(n for n in names if n))]
+    top += [" / ".join(dict.fromkeys(p for p in parts if p)) for parts in zip(*levels)]
+    top = [h.replace("|", "\\|") for h in top]
+    rows = [[label, *cells] for label, cells in zip(body.index, body.itertuples(index=False))]
+    text = tabulate(rows, headers=top, tablefmt="github", disable_numparse=True,
+                    colalign=("left",) + ("right",) * len(frame.columns))
+    notes = [f"- {n}" for n in frame.attrs["footnotes"]]
+    return "\n".join([f"**{frame.attrs['title']}** ({frame.attrs['name']})", "", text, "", *notes]) + "\n"
 
 
 LATEX_ESCAPES = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
@@ -305,52 +382,68 @@ def latex_escape(text: str) -> str:
     return "".join(LATEX_ESCAPES.get(ch, ch) for ch in text)
 
 
-def _tex_cell(text: str, mark: str) -> str:
-    t = latex_escape(text)
-    return rf"\textbf{{{t}}}" if mark == "bold" and t else rf"\underline{{{t}}}" if mark == "underline" and t else t
+def _tex_mark(text: str, mark: str) -> str:
+    return rf"\textbf{{{text}}}" if mark == "bold" and text else (
+        rf"\underline{{{text}}}" if mark == "underline" and text else text)
 
 
-def to_latex(table: Table, rows: list[Row]) -> str:
-    n = len(table.columns)
-    caption = rf"\caption{{{latex_escape(table.title)} ({latex_escape(table.name)})}}"
-    lines = [r"\begin{table}[t]", r"\centering", caption,
-             rf"\begin{{tabular}}{{l{'c' * n}}}", r"\toprule"]
-    for level, header in enumerate(_header_rows(table)):
-        if level < table.levels - 1:  # group level: merge runs of equal names into \multicolumn
-            cells, i = [latex_escape(header[0])], 1
-            while i < len(header):
-                j = i
-                while j + 1 < len(header) and header[j + 1] == header[i]:
-                    j += 1
-                span = j - i + 1
-                text = latex_escape(header[i])
-                cells.append(rf"\multicolumn{{{span}}}{{c}}{{{text}}}" if span > 1 else text)
-                i = j + 1
-            lines.append(" & ".join(cells) + r" \\")
-        else:
-            lines.append(" & ".join(latex_escape(h) for h in header) + r" \\")
-    lines.append(r"\midrule")
-    for r in rows:
-        if first_sslbench(rows, r):
-            lines.append(r"\midrule")
-        cells = [_tex_cell(r.label, r.label_mark)] + [_tex_cell(c, m) for c, m in zip(r.cells, _marks(r))]
-        lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    lines += [rf"\par\footnotesize {latex_escape(n_)}" for n_ in _footnotes(table, rows)]
-    lines.append(r"\end{table}")
-    return "\n".join(lines) + "\n"
+def to_latex(frame) -> str:  # noqa: ANN001
+    """A booktabs table (pandas' Styler.to_latex; group headers as \\multicolumn), a rule above the sslbench rows,
+    the footnotes under the tabular."""
+    body = _marked(frame, _tex_mark, latex_escape)
+    caption = f"{latex_escape(frame.attrs['title'])} ({latex_escape(frame.attrs['name'])})"
+    text = body.style.to_latex(environment="table", position="t", position_float="centering", hrules=True,
+                               caption=caption, multicol_align="c", column_format="l" + "c" * len(frame.columns))
+    lines = text.rstrip("\n").splitlines()
+    first = _sslbench_start(frame)
+    if first is not None:  # the rule above the sslbench rows: before the first body line of that row
+        at = lines.index(r"\midrule") + 1 + first
+        lines.insert(at, r"\midrule")
+    notes = [rf"\par\footnotesize {latex_escape(n)}" for n in frame.attrs["footnotes"]]
+    end = lines.index(r"\end{table}")
+    return "\n".join(lines[:end] + notes + lines[end:]) + "\n"
 
 
-def records(table: Table, rows: list[Row]) -> list[dict[str, str]]:
-    """One record per row: table, source, row label, then each cell under its flattened header."""
-    label_key = "/".join(h for h in table.headers if h) or "row"
-    out = []
-    for r in rows:
-        rec = {"table": table.name, "source": r.source, label_key: r.label}
-        for c, cell in zip(table.columns, r.cells):
-            rec[_unique_key(rec, c.flat or c.fills_from or "col")] = cell
-        out.append(rec)
-    return out
+def _html_mark(text: str, mark: str) -> str:
+    return f"<b>{text}</b>" if mark == "bold" and text else f"<u>{text}</u>" if mark == "underline" and text else text
+
+
+def to_html(frame) -> str:  # noqa: ANN001
+    """A <section> holding the table (pandas' Styler.to_html: group headers span their columns; sslbench rows
+    carry class "sslbench") and its footnotes as a list."""
+    import pandas as pd
+
+    body = _marked(frame, _html_mark, html.escape)
+    name = frame.attrs["name"]
+    styler = body.style
+    styler.set_uuid(re.sub(r"[^A-Za-z0-9_-]", "_", name))
+    source = list(frame.index.get_level_values("source"))
+    classes = pd.DataFrame([[s] * len(frame.columns) for s in source], index=body.index, columns=body.columns)
+    if body.index.is_unique and body.columns.is_unique:
+        styler.set_td_classes(classes)
+    table = styler.to_html(table_attributes='class="sslbench"', caption=html.escape(frame.attrs["title"]),
+                           exclude_styles=True)
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in frame.attrs["footnotes"])
+    return (f"<section class=\"sslbench-table\" id=\"{html.escape(name)}\">\n{table.strip()}\n"
+            f"<ol class=\"footnotes\">{notes}</ol>\n</section>\n")
+
+
+def to_csv(frame) -> str:  # noqa: ANN001
+    """One record per row (table, source, row label, each column under its flat name)."""
+    return _flat(frame).to_csv(index=False, lineterminator="\n")
+
+
+def to_json(frame) -> str:  # noqa: ANN001
+    rows = json.loads(_flat(frame).to_json(orient="records", force_ascii=False))
+    a = frame.attrs
+    return json.dumps({"table": a["name"], "title": a["title"], "paper": a["paper"], "venue": a["venue"],
+                       "paper_table": a["paper_table"], "rows": rows, "footnotes": a["footnotes"]},
+                      indent=2, ensure_ascii=False) + "\n"
+
+
+def first_sslbench(rows: list[Row], row: Row) -> bool:
+    """Whether `row` opens the sslbench rows (rich draws a rule above it)."""
+    return row.source == "sslbench" and next(r for r in rows if r.source == "sslbench") is row
 
 
 def _unique_key(rec: dict[str, str], key: str) -> str:
@@ -360,46 +453,6 @@ def _unique_key(rec: dict[str, str], key: str) -> str:
     while f"{key} ({i})" in rec:
         i += 1
     return f"{key} ({i})"
-
-
-def to_csv(table: Table, rows: list[Row]) -> str:
-    recs = records(table, rows)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(list(recs[0]))
-    for rec in recs:
-        writer.writerow(list(rec.values()))
-    return buf.getvalue()
-
-
-def to_json(table: Table, rows: list[Row]) -> str:
-    return json.dumps({"table": table.name, "title": table.title, "paper": table.paper, "venue": table.venue,
-                       "paper_table": table.paper_table, "rows": records(table, rows),
-                       "footnotes": _footnotes(table, rows)}, indent=2, ensure_ascii=False) + "\n"
-
-
-def _html_cell(tag: str, text: str, mark: str) -> str:
-    t = html.escape(text)
-    t = f"<b>{t}</b>" if mark == "bold" and t else f"<u>{t}</u>" if mark == "underline" and t else t
-    return f"<{tag}>{t}</{tag}>"
-
-
-def to_html(table: Table, rows: list[Row]) -> str:
-    parts = [f"<table class=\"sslbench\" id=\"{html.escape(table.name)}\">",
-             f"<caption>{html.escape(table.title)}</caption>", "<thead>"]
-    for header in _header_rows(table):
-        parts.append("<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
-    parts.append("</thead>")
-    parts.append("<tbody>")
-    for r in rows:
-        cls = f" class=\"{r.source}\""
-        parts.append(f"<tr{cls}>" + _html_cell("th", r.label, r.label_mark)
-                     + "".join(_html_cell("td", c, m) for c, m in zip(r.cells, _marks(r))) + "</tr>")
-    parts.append("</tbody>")
-    parts.append("<tfoot>" + "".join(f"<tr><td colspan=\"{len(table.columns) + 1}\">{html.escape(n)}</td></tr>"
-                                     for n in _footnotes(table, rows)) + "</tfoot>")
-    parts.append("</table>")
-    return "\n".join(parts) + "\n"
 
 
 RICH_WIDTH = 200  # when stdout is not a terminal: wide enough for the 21-column VOC table

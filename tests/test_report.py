@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -34,17 +35,27 @@ def _store(tmp_path: Path, dataset: str = "embedded") -> ResultStore:
     return store
 
 
+def _md_cells(line: str) -> list[str]:
+    """The cells of a pipe-table line, escaped pipes restored, bold / underline marks dropped."""
+    cells = re.split(r"(?<!\\)\|", line.strip())[1:-1]
+    return [re.sub(r"^\*\*(.*)\*\*$|^<u>(.*)</u>$", lambda m: m.group(1) or m.group(2), c.strip()).replace("\\|", "|")
+            for c in cells]
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_markdown_is_a_pipe_table_with_the_right_column_count(name: str, tmp_path: Path) -> None:
+def test_markdown_is_a_pipe_table_that_parses_back_to_the_cells(name: str, tmp_path: Path) -> None:
     t = tables.load_table(name)
-    text = report.render(t, _store(tmp_path), "markdown")
+    store = _store(tmp_path)
+    frame = report.table_frame(t, store)
+    text = report.render(t, store, "markdown")
     rows = [line for line in text.splitlines() if line.startswith("|")]
     n = len(t.columns) + 1
-    assert rows[1] == "|" + "|".join(["---"] * n) + "|"
-    for line in rows:
-        cells = line.replace("\\|", "").strip("|").split("|")
-        assert len(cells) == n, line
-    assert len(rows) - 2 >= len(t.rows)
+    assert re.fullmatch(r"\|(:?-+:?\|)" + f"{{{n}}}", rows[1]), rows[1]
+    parsed = [_md_cells(line) for line in rows[2:]]
+    assert all(len(cells) == n for cells in parsed)
+    assert [cells[0] for cells in parsed] == list(frame.index.get_level_values("row"))
+    assert [cells[1:] for cells in parsed] == frame.to_numpy().tolist()
+    assert len(parsed) >= len(t.rows)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -84,9 +95,57 @@ class _Collector(HTMLParser):
 @pytest.mark.parametrize("name", NAMES)
 def test_html_parses_with_balanced_tags(name: str, tmp_path: Path) -> None:
     t = tables.load_table(name)
+    store = _store(tmp_path)
+    frame = report.table_frame(t, store)
     parser = _Collector()
-    parser.feed(report.render(t, _store(tmp_path), "html"))
+    parser.feed(report.render(t, store, "html"))
     assert parser.errors == 0 and not parser.stack
+    body = parser.rows[t.levels:]  # header rows first, then one row per table row
+    assert ["".join(cells[:1]) for cells in body] == list(frame.index.get_level_values("row"))
+    assert [cells[1:] for cells in body] == [[c for c in row if c] for row in frame.to_numpy().tolist()]
+
+
+def test_the_frame_has_the_decks_header_levels_and_keeps_marks_as_text(tmp_path: Path) -> None:
+    multi = next(n for n in NAMES if tables.load_table(n).levels > 1)
+    t = tables.load_table(multi)
+    frame = report.table_frame(multi, _store(tmp_path))  # by name, as a notebook calls it
+    assert frame.columns.nlevels == t.levels and list(frame.columns) == [c.header for c in t.columns]
+    assert list(frame.index.names) == ["source", "row"]
+    assert frame.loc["paper"].shape == (len(t.rows), len(t.columns))
+    assert frame.attrs["name"] == multi and frame.attrs["footnotes"][0].startswith("Paper:")
+    cifar = report.table_frame("rotations-cifar")
+    (bold,) = [(i, j) for i, marks in enumerate(cifar.attrs["marks"]) for j, m in enumerate(marks) if m == "bold"]
+    assert cifar.iat[bold] == "89.76"  # the mark beside the cell, the cell's text as the paper prints it
+    assert len(set(frame.attrs["fields"])) == len(frame.attrs["fields"]) == len(t.columns) + 1
+    assert r"\multicolumn" in report.render(t, None, "latex")
+    lines = report.render(tables.load_table("rotations-linear"), _store(tmp_path), "latex").splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("sslbench: "))
+    assert lines[first - 1] == r"\midrule"  # a rule between the paper's rows and ours
+
+
+@pytest.mark.parametrize("group", sorted(tables.groups()))
+def test_a_group_is_one_json_document_and_one_csv_with_a_table_column(group: str, tmp_path: Path) -> None:
+    import pandas as pd
+
+    names = tables.resolve(group)
+    loaded = [tables.load_table(n) for n in names]
+    store = _store(tmp_path)
+    doc = json.loads(report.render_group(loaded, store, "json"))
+    frames = [report.table_frame(t, store) for t in loaded]
+    if len(names) == 1:
+        doc = {"tables": [doc]}
+    assert [d["table"] for d in doc["tables"]] == names
+    assert [len(d["rows"]) for d in doc["tables"]] == [len(f) for f in frames]
+    long = pd.read_csv(io.StringIO(report.render_group(loaded, store, "csv")), dtype=str, keep_default_na=False)
+    if len(names) == 1:
+        assert list(long["table"].unique()) == names
+        return
+    assert list(long.columns) == ["table", "source", "row", "column", "cell"]
+    assert list(long["table"].unique()) == names
+    for name, f in zip(names, frames):
+        part = long[long["table"] == name]
+        assert list(part["cell"]) == [c for row in f.to_numpy().tolist() for c in row]
+        assert list(part["column"].unique()) == f.attrs["fields"][1:]
 
 
 @pytest.mark.parametrize("name", NAMES)
