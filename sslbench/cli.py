@@ -201,6 +201,22 @@ def _print_tables(name: str, fmt: str, runs: Path, plot: Path | None) -> None:
             typer.echo(f"plot: {target}", err=True)
 
 
+@app.command("report")
+def report_(
+    out: Path = typer.Argument(..., help="The HTML file to write, e.g. report.html."),
+    tables: str = typer.Option("all", "--tables", help="Table or group (sslbench list tables)."),
+    runs: Path = RunsOpt,
+) -> None:
+    """One self-contained HTML page: every table (paper vs ours, Δ, provenance), the probe plots, and sample grids
+    of the checkpoints the tables read. No network needed to view it.
+
+    Example: [bold]sslbench report report.html --tables rotations[/bold]
+    """
+    from sslbench.page import write_report
+
+    typer.echo(f"report: {write_report(out, tables, runs)}")
+
+
 def _seeds(text: str | None, seed: int | None) -> tuple[int, ...]:
     if text is None:
         return ()

@@ -415,14 +415,15 @@ def to_html(frame) -> str:  # noqa: ANN001
 
     body = _marked(frame, _html_mark, html.escape)
     name = frame.attrs["name"]
-    styler = body.style
-    styler.set_uuid(re.sub(r"[^A-Za-z0-9_-]", "_", name))
+    from pandas.io.formats.style import Styler
+
+    styler = Styler(body, uuid=re.sub(r"[^A-Za-z0-9_-]", "_", name), cell_ids=False)
     source = list(frame.index.get_level_values("source"))
     classes = pd.DataFrame([[s] * len(frame.columns) for s in source], index=body.index, columns=body.columns)
     if body.index.is_unique and body.columns.is_unique:
         styler.set_td_classes(classes)
-    table = styler.to_html(table_attributes='class="sslbench"', caption=html.escape(frame.attrs["title"]),
-                           exclude_styles=True)
+    table = styler.to_html(table_attributes='class="sslbench"', caption=html.escape(frame.attrs["title"]))
+    table = re.sub(r"<style type=\"text/css\">\s*</style>\s*", "", table)  # no per-cell styles: no empty block
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in frame.attrs["footnotes"])
     return (f"<section class=\"sslbench-table\" id=\"{html.escape(name)}\">\n{table.strip()}\n"
             f"<ol class=\"footnotes\">{notes}</ol>\n</section>\n")
@@ -519,7 +520,19 @@ def check_plot(target: Path, tables: list[Table]) -> None:
 
 
 def plot(table: Table, store: ResultStore | None, out: Path) -> Path:
-    """Accuracy by layer, a line per method: paper rows dashed, sslbench rows solid."""
+    """Accuracy by layer, a line per method: paper rows dashed, sslbench rows solid; written to `out`."""
+    import matplotlib.pyplot as plt
+
+    fig = plot_figure(table, store)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic(out) as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def plot_figure(table: Table, store: ResultStore | None):  # noqa: ANN201 - matplotlib.figure.Figure
+    """The figure `plot` writes (the caller closes it)."""
     if not table.plot:
         raise UserError(f"--plot draws the probe tables only ({', '.join(plottable())}); {table.name!r} is not one")
     import matplotlib
@@ -543,11 +556,7 @@ def plot(table: Table, store: ResultStore | None, out: Path) -> Path:
     ax.set_title(table.title)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic(out) as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    return out
+    return fig
 
 
 def plottable() -> list[str]:

@@ -46,6 +46,11 @@ def showable() -> list[str]:
 
 def show(kind: str, checkpoint: str | Path, out: str | Path, num: int = 8, split: str = "") -> Path:
     """A figure of `kind` from `checkpoint`, written to `out` (PNG); returns its path."""
+    return save_png(figure(kind, checkpoint, num, split), Path(out))
+
+
+def figure(kind: str, checkpoint: str | Path, num: int = 8, split: str = "") -> Image.Image:
+    """The figure of `kind` from `checkpoint`: the task's example panels on `num` held-out images, one row each."""
     load_all()
     if kind not in showable():
         raise UserError(f"unknown figure {kind!r}; valid: {', '.join(showable())} (a checkpoint of that task)")
@@ -55,8 +60,9 @@ def show(kind: str, checkpoint: str | Path, out: str | Path, num: int = 8, split
     if num < 1:
         raise UserError(f"--num must be >= 1 (got {num})")
     images = held_out_images(recipe.data, split, num)
-    panels = task.examples(images, torch.Generator().manual_seed(0))
-    return save_png(grid(panels), Path(out))
+    with torch.no_grad():
+        panels = task.examples(images, torch.Generator().manual_seed(0))
+    return grid(panels)
 
 
 def held_out_images(data: DataConfig, split: str, num: int) -> Tensor:

@@ -1,0 +1,151 @@
+"""`sslbench report OUT.html`: the tables, their probe plots and the sample grids of their checkpoints, one page.
+
+The page stands alone: the CSS is inline, the figures are PNGs embedded as data URIs, nothing is fetched. Each
+table is the HTML renderer's section (the paper's rows, ours with their Δ, the footnotes with every row's
+provenance); a probe table is followed by its accuracy-by-layer plot, and any table whose sslbench rows read a
+pretraining with example panels (Context Encoders' completions, Colorization's colourings, ...) by the grid of
+that checkpoint on held-out images (`sslbench show`'s figure). A checkpoint no longer on disk is named, not drawn.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import time
+from pathlib import Path
+
+from sslbench import report
+from sslbench.errors import UserError
+from sslbench.plugins import load_all
+from sslbench.results import STORE, PretrainRow, ResultStore
+from sslbench.runtime import atomic, code_version
+from sslbench.show import figure, showable
+from sslbench.tables import PRETRAIN_TIME, Table, load_table, resolve
+
+SAMPLES = 6  # images (rows) per sample grid
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto; max-width: 1400px;
+       padding: 0 1rem; color: #1d232a; background: #fff; line-height: 1.4; }
+h1 { font-size: 1.7rem; margin-bottom: .2rem; }
+h2 { font-size: 1.25rem; margin-top: 2.5rem; border-bottom: 2px solid #2b6cb0; padding-bottom: .2rem; }
+p.meta, p.source { color: #4a5568; font-size: .9rem; margin: .2rem 0 .8rem; }
+nav ol { columns: 2; font-size: .92rem; }
+table.sslbench { border-collapse: collapse; font-size: .85rem; margin: .5rem 0; }
+table.sslbench caption { text-align: left; font-weight: 600; padding-bottom: .3rem; }
+table.sslbench th, table.sslbench td { border: 1px solid #cbd5e0; padding: .25rem .5rem; text-align: right; }
+table.sslbench th.row_heading, table.sslbench th.index_name { text-align: left; }
+table.sslbench thead th { background: #edf2f7; text-align: center; }
+table.sslbench td.sslbench, table.sslbench tr:has(td.sslbench) th { background: #e6fffa; }
+ol.footnotes { font-size: .78rem; color: #4a5568; max-width: 1300px; }
+figure { margin: 1rem 0; }
+figure img { max-width: 100%; border: 1px solid #e2e8f0; image-rendering: pixelated; }
+figcaption { font-size: .8rem; color: #4a5568; }
+"""
+
+
+def check_target(out: Path) -> None:
+    """Before any work: OUT names an .html file that can be written."""
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"report {out}: a directory; give a file name, e.g. {out / 'report.html'}")
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise UserError(f"report {out}: expected a file name ending in .html, found "
+                        f"{out.suffix or 'no extension'}; e.g. {out.with_suffix('.html')}")
+    parent = next((p for p in (out.parent, *out.parent.parents) if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise UserError(f"report {out}: {parent} is not a directory; choose another place for the page")
+
+
+def write_report(out: Path, name: str = "all", runs: Path = Path("runs")) -> Path:
+    """The page of the tables `name` (a table or group) and the store in `runs`, written atomically to `out`."""
+    load_all()
+    out = Path(out)
+    check_target(out)
+    tables = [load_table(n) for n in resolve(name)]
+    store_path = Path(runs) / STORE
+    store = ResultStore(store_path) if store_path.is_file() else None
+    text = page(tables, store, store_path)
+    with atomic(out) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return out
+
+
+def page(tables: list[Table], store: ResultStore | None, store_path: Path) -> str:
+    """The whole document."""
+    grids: dict[str, str] = {}  # pretraining run -> its figure's id: drawn once however many tables read it
+    results = len(store.results()) if store is not None else 0
+    stored = f"{store_path} ({results} results)" if store is not None else \
+        f"{store_path} (none yet: the tables show the papers' rows)"
+    head = [
+        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        "<title>sslbench report</title>", f"<style>{CSS}</style>", "</head>", "<body>",
+        "<header>", "<h1>sslbench report</h1>",
+        f'<p class="meta">sslbench {html.escape(code_version())}, {time.strftime("%Y-%m-%d %H:%M")}; '
+        f"results store {html.escape(str(stored))}. Paper rows are the deck's; sslbench rows (shaded) come from "
+        "the store, with Δ against the paper's row of the same setting where measured on the paper's data set."
+        "</p>",
+        "<nav><ol>" + "".join(f'<li><a href="#t-{html.escape(t.name)}">{html.escape(t.title)}</a> '
+                              f"({html.escape(t.name)})</li>" for t in tables) + "</ol></nav>", "</header>", "<main>",
+    ]
+    body = [_table_section(t, store, grids) for t in tables]
+    return "\n".join(head + body + ["</main>", "</body>", "</html>"]) + "\n"
+
+
+def _table_section(table: Table, store: ResultStore | None, grids: dict[str, str]) -> str:
+    frame = report.table_frame(table, store)
+    parts = [f'<section class="table" id="t-{html.escape(table.name)}">',
+             f"<h2>{html.escape(table.title)}</h2>",
+             f'<p class="source">{html.escape(table.paper)}, {html.escape(table.venue)}'
+             + (f", {html.escape(table.paper_table)}" if table.paper_table else "")
+             + (f"; seed heading: {html.escape(table.seed_heading)}" if table.seed_heading else "") + "</p>",
+             report.to_html(frame)]
+    if table.plot:
+        import matplotlib.pyplot as plt
+
+        fig = report.plot_figure(table, store)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        plt.close(fig)
+        parts.append(_figure(buf.getvalue(), f"{table.name}: accuracy by layer (paper rows dashed, sslbench rows "
+                                             "solid)", f"plot-{table.name}"))
+    for run in used_pretrainings(table, store):
+        if run.run_id in grids:  # drawn under an earlier table: a link to it, not the image again
+            parts.append(f'<p class="meta">{html.escape(run.method)} samples of {html.escape(run.run_id)}: '
+                         f'<a href="#{grids[run.run_id]}">drawn above</a></p>')
+            continue
+        parts.append(_grid(run))
+        grids[run.run_id] = f"samples-{run.run_id}"
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def used_pretrainings(table: Table, store: ResultStore | None) -> list[PretrainRow]:
+    """The pretrainings the table's sslbench cells read whose task draws example panels, in store order."""
+    if store is None:
+        return []
+    keys = {c.fills_from for c in table.columns if c.fills_from and c.fills_from != PRETRAIN_TIME}
+    read = {r.prov.pretrain_run for r in store.results() if r.metric in keys}
+    drawable = set(showable())
+    return [r for r in store.pretrain_runs() if r.run_id in read and r.method in drawable]
+
+
+def _grid(run: PretrainRow) -> str:
+    caption = f"{run.method} samples from {run.run_id} ({run.backbone}, {run.dataset}, seed {run.seed})"
+    if not Path(run.checkpoint).is_file():
+        return f'<p class="meta">{html.escape(caption)}: checkpoint {html.escape(run.checkpoint)} is no longer on ' \
+               "disk, not drawn.</p>"
+    image = figure(run.method, run.checkpoint, SAMPLES)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return _figure(buf.getvalue(), caption + ": inputs, predictions and targets on held-out images",
+                   f"samples-{run.run_id}", width=image.width * 2)
+
+
+def _figure(png: bytes, caption: str, ident: str, width: int | None = None) -> str:
+    size = f' width="{width}"' if width else ""
+    data = base64.b64encode(png).decode("ascii")
+    return (f'<figure id="{html.escape(ident)}"><img alt="{html.escape(caption)}"{size} '
+            f'src="data:image/png;base64,{data}"><figcaption>{html.escape(caption)}</figcaption></figure>')
