@@ -19,7 +19,8 @@ def test_plan_merges_runs_of_a_group() -> None:
     assert len(random) == 1 and {e.protocol for e in random[0].evals} >= {"rotnet-blocks", "linear"}
     assert {(s.task, s.flavour, s.init, s.like) for s in specs} == {
         ("rotation", "", "default", ""), ("rotation", "alexnet", "default", ""), ("random", "", "default", ""),
-        ("random", "", "rescale", ""), ("colorization", "", "default", ""), ("random", "", "default", "colorization")}
+        ("random", "", "rescale", ""), ("colorization", "", "default", ""), ("random", "", "default", "colorization"),
+        ("supervised", "alexnet", "default", "")}
 
 
 @pytest.mark.parametrize("name", ["task-ensemble-pretraining", "task-ensemble-lasso"])
@@ -55,8 +56,9 @@ def test_reproduce_probe_table_mini_rotnet_and_colorization_beat_random(tmp_path
     RotNet beats random init, and Colorization beats random init of its own 1-channel trunk, on every layer."""
     names, summary = reproduce("rotations-linear", Options(runs=tmp_path, device="cpu", progress=False))
     assert names == ["rotations-linear"]
-    # two pretrainings (RotNet, Colorization); linear x5 (rotation, random, random rescaled, colorization, its trunk)
-    assert len(summary.ran) == 7
+    # three pretrainings (RotNet, Colorization, supervised); linear x6 (rotation, random, random rescaled,
+    # colorization, its trunk, supervised)
+    assert len(summary.ran) == 9
     store = ResultStore(tmp_path / "results.sqlite")
     table = tables.load_table("rotations-linear")
     rows = {r.label.split(" [")[0]: r for r in report.sslbench_rows(table, store)}
@@ -65,9 +67,9 @@ def test_reproduce_probe_table_mini_rotnet_and_colorization_beat_random(tmp_path
             a, b = rows[f"sslbench: {ours}"].cells[i], rows[f"sslbench: {rand}"].cells[i]
             if a != report.DASH:
                 assert float(a) > float(b), (ours, col.flat, a, b)
-    assert "sslbench: Random rescaled" in rows
+    assert "sslbench: Random rescaled" in rows and "sslbench: Supervised" in rows  # beside "ImageNet labels"
     _, again = reproduce("rotations-linear", Options(runs=tmp_path, device="cpu", progress=False))
-    assert again.ran == [] and len(again.reused) == 8  # the 5 evaluations and 3 pretraining lookups
+    assert again.ran == [] and len(again.reused) == 10  # the 6 evaluations and 4 pretraining lookups
 
 
 def _fake_world(monkeypatch, runs: list[dict]) -> tuple[list, list]:  # noqa: ANN001
