@@ -96,11 +96,14 @@ def page(tables: list[Table], store: ResultStore | None, store_path: Path) -> st
 
 def _table_section(table: Table, store: ResultStore | None, grids: dict[str, str]) -> str:
     frame = report.table_frame(table, store)
+    if table.own:
+        source = "sslbench's own table: every row measured by sslbench, no paper rows"
+    else:
+        source = f"{table.paper}, {table.venue}" + (f", {table.paper_table}" if table.paper_table else "")
+    if table.seed_heading:
+        source += f"; seed heading: {table.seed_heading}"
     parts = [f'<section class="table" id="t-{html.escape(table.name)}">',
-             f"<h2>{html.escape(table.title)}</h2>",
-             f'<p class="source">{html.escape(table.paper)}, {html.escape(table.venue)}'
-             + (f", {html.escape(table.paper_table)}" if table.paper_table else "")
-             + (f"; seed heading: {html.escape(table.seed_heading)}" if table.seed_heading else "") + "</p>",
+             f"<h2>{html.escape(table.title)}</h2>", f'<p class="source">{html.escape(source)}</p>',
              report.to_html(frame)]
     if table.plot:
         import matplotlib.pyplot as plt

@@ -242,7 +242,10 @@ def render(table: Table, store: ResultStore | None, fmt: str) -> str:
 
 def _footnotes(table: Table, rows: list[Row]) -> list[str]:
     caption = f" {table.caption}" if table.caption else ""
-    notes = [f"Paper: {table.paper}, {table.venue}, {table.paper_table}." + caption]
+    if table.own:
+        notes = ["sslbench's own table (no paper has it; every row is measured by sslbench)." + caption]
+    else:
+        notes = [f"Paper: {table.paper}, {table.venue}, {table.paper_table}." + caption]
     notes += [r.note for r in rows if r.note]
     missing = missing_tasks(table) + missing_columns(table)
     if missing:
@@ -472,7 +475,8 @@ def rich_table(table: Table, rows: list[Row]):  # noqa: ANN201 - rich.table.Tabl
     from rich.markup import escape
     from rich.table import Table as RichTable
 
-    title = f"{table.name}: {table.title} ({table.venue}" + (f", {table.paper_table})" if table.paper_table else ")")
+    title = f"{table.name}: {table.title} ({table.venue or 'sslbench'}" + (
+        f", {table.paper_table})" if table.paper_table else ")")
     t = RichTable(title=escape(title), title_justify="left", show_lines=False)
     headers = _header_rows(table)
     for i in range(len(headers[0])):

@@ -131,6 +131,11 @@ class Table:
     reproduce: Reproduce = field(default_factory=Reproduce)
 
     @property
+    def own(self) -> bool:
+        """A table of sslbench's own (`compare`): no paper, no paper rows, every row from the store."""
+        return not self.paper
+
+    @property
     def levels(self) -> int:
         return len(self.columns[0].header) if self.columns else 1
 
@@ -197,8 +202,14 @@ def check_table(t: Table, where: str, name: str) -> None:
 
     if t.name != name:
         fail("name", f"{t.name!r} differs from the file name {name!r}")
-    if not t.columns or not t.rows:
-        fail("columns" if not t.columns else "rows", "a table needs at least one column and one row")
+    if not t.columns:
+        fail("columns", "a table needs at least one column")
+    if not t.rows and t.paper:
+        fail("rows", f"a table of a paper ({t.paper!r}) needs its rows; a table of sslbench's own (no paper rows, "
+                     "filled from the store alone) has paper = \"\"")
+    if t.own and (t.venue or t.paper_table):
+        fail("venue" if t.venue else "paper_table", "a table of sslbench's own (paper = \"\") names no venue or "
+                                                     "paper table")
     if len({len(c.header) for c in t.columns}) != 1 or len(t.headers) != t.levels:
         fail("columns[].header", f"every header and row_header needs {t.levels} level(s)")
     planned = {e.protocol for run in t.reproduce.runs for e in run.evals}

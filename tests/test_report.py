@@ -18,8 +18,9 @@ from sslbench.results import Provenance, ResultStore
 NAMES = tables.table_names()
 
 
-def test_all_eleven_tables_and_groups_exist() -> None:
-    assert len(NAMES) == 11
+def test_the_decks_eleven_tables_sslbenchs_own_and_the_groups_exist() -> None:
+    assert len(NAMES) == 12 and len(tables.resolve("deck")) == 11
+    assert set(NAMES) - set(tables.resolve("deck")) == {"compare"}
     g = tables.groups()
     assert g["rotations"] == ["rotations-cifar", "rotations-linear", "rotations-pascal"]
     assert tables.resolve("all") == NAMES
@@ -163,8 +164,9 @@ def test_csv_and_json_round_trip_the_paper_cells(name: str) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_rich_rendering(name: str) -> None:
-    text = report.render(tables.load_table(name), None, "rich")
-    assert tables.load_table(name).rows[0].label.split()[0] in text
+    t = tables.load_table(name)
+    text = report.render(t, None, "rich")
+    assert (t.rows[0].label.split()[0] if t.rows else t.title.split()[0]) in text
 
 
 def test_sslbench_rows_fill_columns_and_say_where_they_were_measured(tmp_path: Path) -> None:

@@ -79,6 +79,7 @@ EXPECTED = {
 GROUPS = {
     "rotations": ["rotations-cifar", "rotations-linear", "rotations-pascal"],
     "task-ensemble": ["task-ensemble-lasso", "task-ensemble-pretraining"],
+    "deck": sorted(EXPECTED),
 }
 
 TAG = re.compile(r"</?(?:b|i|u|math)>")
@@ -142,8 +143,12 @@ def seed_row(lines: list[str], name: str, label: str) -> tuple[int, str]:
 # --------------------------------------------------------------------------- schema
 
 
+OWN = {"compare"}  # sslbench's own tables: no paper rows, nothing transcribed from the deck
+
+
 def test_table_files_are_the_expected_ones():
-    assert table_files() == sorted(EXPECTED)
+    assert table_files() == sorted([*EXPECTED, *OWN])
+    assert all(load_table(name).own for name in OWN) and not any(load_table(name).own for name in EXPECTED)
 
 
 def test_groups():

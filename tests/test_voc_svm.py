@@ -131,12 +131,23 @@ def test_voc07_svm_protocol_end_to_end_on_random_init(tmp_path) -> None:
                                                       "data.num_test=40"]))
     out = evaluate(recipe, "random", tmp_path, "cpu", progress=False, argv=["test"])
     assert {"voc07-svm/conv1/mAP", "voc07-svm/conv5/mAP"} <= set(out.metrics)
-    assert all(k.startswith("voc07-svm/conv") for k in out.metrics)
+    assert all(k.startswith("voc07-svm/conv") for k in out.metrics if k != "voc07-svm/best/mAP")
+    assert out.metrics["voc07-svm/best/mAP"] == max(out.metrics["voc07-svm/conv1/mAP"], out.metrics["voc07-svm/conv5/mAP"])
     assert all(0.0 <= v <= 100.0 for v in out.metrics.values())
     per_class = [v for k, v in out.metrics.items() if k.startswith("voc07-svm/conv5/AP/")]
     assert per_class and out.metrics["voc07-svm/conv5/mAP"] == pytest.approx(np.mean(per_class))
     detail = json.loads((out.run_dir / "svm-conv5.json").read_text())
     assert len(detail["chosen_cost"]) == len(detail["classes"]) and all(c in detail["costs"] for c in detail["chosen_cost"])
+
+
+def test_the_best_tap_is_the_highest_test_map_and_the_first_of_equals() -> None:
+    from sslbench.protocols.voc_svm import best_tap
+
+    taps = ("conv1", "conv2", "conv3")
+    assert best_tap({"voc07-svm/conv1/mAP": 20.0, "voc07-svm/conv2/mAP": 31.5, "voc07-svm/conv3/mAP": 30.0}, taps) \
+        == "conv2"
+    assert best_tap({"voc07-svm/conv1/mAP": 25.0, "voc07-svm/conv2/mAP": 25.0, "voc07-svm/conv3/mAP": 1.0}, taps) \
+        == "conv1"
 
 
 def test_voc07_svm_recipes_load_and_refuse_bad_options() -> None:
