@@ -310,3 +310,26 @@ def test_mixed_embedded_data_sets_are_named_once() -> None:
     assert _datasets_label(["embedded", "embedded:nyu", "embedded:voc2007"]) == "embedded:own+nyu+voc2007"
     assert _datasets_label(["embedded:voc2007", "embedded:voc2012"]) == "embedded:voc2007+voc2012"
     assert _datasets_label(["embedded"]) == "embedded" and _datasets_label(["voc2007", "nyu"]) == "voc2007+nyu"
+
+
+def test_compare_has_no_paper_rows_and_fills_one_row_per_method_and_trunk_from_the_store(tmp_path: Path) -> None:
+    t = tables.load_table("compare")
+    assert t.own and not t.rows and t.levels == 2
+    store = ResultStore(tmp_path / "results.sqlite")
+    for method, backbone, base in (("rotation", "alexnet-bn-w0.25-s2", 50.0), ("multitask", "alexnet-bn-w0.25-s1-gray",
+                                                                               40.0)):
+        for protocol, metrics in (("linear", {f"linear/conv{i}": base + i for i in range(1, 6)}),
+                                  ("voc07-svm", {"voc07-svm/conv3/mAP": base / 2, "voc07-svm/best/mAP": base / 2})):
+            prov = Provenance(f"eval-{protocol}-{method}", method, "", backbone, "embedded", "embedded", "mini",
+                              "checkpoint", 0, "0.1.0+gtest", "c.pt", f"{method}-1", "{}")
+            store.add_results(protocol, metrics, prov, 1.0)
+    frame = report.table_frame(t, store)
+    assert list(frame.index.get_level_values("source")) == ["sslbench", "sslbench"]
+    rows = dict(zip(frame.index.get_level_values("row"), frame.to_numpy().tolist()))
+    rot = next(v for k, v in rows.items() if k.startswith("sslbench: RotNet [alexnet-bn-w0.25-s2,"))
+    ens = next(v for k, v in rows.items() if k.startswith("sslbench: Task Ensemble [alexnet-bn-w0.25-s1-gray,"))
+    assert rot == ["51.00", "52.00", "53.00", "54.00", "55.00", "25.00", report.DASH, report.DASH, report.DASH]
+    assert ens[:6] == ["41.00", "42.00", "43.00", "44.00", "45.00", "20.00"]
+    assert frame.attrs["footnotes"][0].startswith("sslbench's own table")
+    for fmt in ("markdown", "latex", "html", "csv", "json"):  # every renderer takes a table without paper rows
+        assert "sslbench: RotNet" in report.render(t, store, fmt)

@@ -153,3 +153,19 @@ def test_like_belongs_to_a_plain_random_run(bad: dict) -> None:
     table = dataclasses.replace(load_table("jigsaw"), reproduce=build(Reproduce, {"runs": [{**bad, "protocols": ["voc-det"]}]}, "x"))
     with pytest.raises(UserError, match="like = 'context' belongs to a task"):
         check_table(table, "tables/jigsaw.toml", "jigsaw")
+
+
+@pytest.mark.parametrize("scale", ["mini", "paper"])
+@pytest.mark.parametrize("name", tables.table_names())
+def test_every_recipe_of_every_tables_plan_loads_at_both_scales(name: str, scale: str) -> None:
+    from sslbench.registry import PROTOCOLS, TASKS
+    from sslbench.reproduce import plan_recipe
+
+    opts = Options(scale=scale)
+    for spec in plan([name]):
+        if spec.pretrained in TASKS:
+            flavour, overrides = ("", ()) if spec.like else (spec.flavour, spec.set)
+            assert plan_recipe("pretrain", spec.pretrained, opts, overrides, flavour).name == spec.pretrained
+        for ev in spec.evals:
+            if ev.protocol in PROTOCOLS:
+                assert plan_recipe("protocol", ev.protocol, opts, ev.set, ev.flavour).name == ev.protocol
