@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 import time
 from pathlib import Path
 
@@ -56,6 +57,8 @@ def check_target(out: Path) -> None:
     parent = next((p for p in (out.parent, *out.parent.parents) if p.exists()), Path("."))
     if not parent.is_dir():
         raise UserError(f"report {out}: {parent} is not a directory; choose another place for the page")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"report {out}: {parent} is not writable; choose another place for the page")
 
 
 def write_report(out: Path, name: str = "all", runs: Path = Path("runs")) -> Path:
@@ -67,8 +70,12 @@ def write_report(out: Path, name: str = "all", runs: Path = Path("runs")) -> Pat
     store_path = Path(runs) / STORE
     store = ResultStore(store_path) if store_path.is_file() else None
     text = page(tables, store, store_path)
-    with atomic(out) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    try:
+        with atomic(out) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"report {out}: could not write the page ({exc.strerror or exc}); choose another place") \
+            from None
     return out
 
 
@@ -117,10 +124,12 @@ def _table_section(table: Table, store: ResultStore | None, grids: dict[str, str
     for run in used_pretrainings(table, store):
         if run.run_id in grids:  # drawn under an earlier table: a link to it, not the image again
             parts.append(f'<p class="meta">{html.escape(run.method)} samples of {html.escape(run.run_id)}: '
-                         f'<a href="#{grids[run.run_id]}">drawn above</a></p>')
+                         f'<a href="#{html.escape(grids[run.run_id])}">drawn above</a></p>')
             continue
-        parts.append(_grid(run))
-        grids[run.run_id] = f"samples-{run.run_id}"
+        drawn, text = _grid(run)
+        parts.append(text)
+        if drawn:
+            grids[run.run_id] = f"samples-{run.run_id}"
     parts.append("</section>")
     return "\n".join(parts)
 
@@ -135,16 +144,23 @@ def used_pretrainings(table: Table, store: ResultStore | None) -> list[PretrainR
     return [r for r in store.pretrain_runs() if r.run_id in read and r.method in drawable]
 
 
-def _grid(run: PretrainRow) -> str:
+def _grid(run: PretrainRow) -> tuple[bool, str]:
+    """(whether it was drawn, its HTML): the figure, or a line saying why it is not drawn."""
     caption = f"{run.method} samples from {run.run_id} ({run.backbone}, {run.dataset}, seed {run.seed})"
     if not Path(run.checkpoint).is_file():
-        return f'<p class="meta">{html.escape(caption)}: checkpoint {html.escape(run.checkpoint)} is no longer on ' \
-               "disk, not drawn.</p>"
-    image = figure(run.method, run.checkpoint, SAMPLES)
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return _figure(buf.getvalue(), caption + ": inputs, predictions and targets on held-out images",
-                   f"samples-{run.run_id}", width=image.width * 2)
+        why = f"checkpoint {run.checkpoint} is no longer on disk"
+    else:
+        try:
+            image = figure(run.method, run.checkpoint, SAMPLES)
+        except UserError as exc:  # a damaged checkpoint, its data set not on this machine: the page goes on
+            why = str(exc)
+        else:
+            buf = io.BytesIO()
+            image.save(buf, format="PNG")
+            return True, _figure(buf.getvalue(), caption + ": inputs, predictions and targets on held-out images",
+                                 f"samples-{run.run_id}", width=image.width * 2)
+    return False, f'<p class="meta">{html.escape(caption)}: not drawn ({html.escape(why)}).</p>'
+
 
 
 def _figure(png: bytes, caption: str, ident: str, width: int | None = None) -> str:

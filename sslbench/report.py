@@ -278,7 +278,8 @@ def table_frame(table: Table | str, store: ResultStore | None = None):  # noqa: 
     header levels (a MultiIndex where the table has several, their names the row-label column's header at each
     level); cells are the printed text ('56.5%', '60.1 ± 1', '31.20 (Δ -4.3)', '—'). `frame.attrs` holds the
     table's name, title, paper, venue, paper_table, fields (each column's flat CSV / JSON name), footnotes, and
-    the bold / underline marks: `marks` (one tuple per row, like the cells) and `label_marks`."""
+    the bold / underline marks: `marks` ({(source, row): one mark per cell}) and `label_marks` ({(source, row):
+    the label's mark}), keyed like the index so that a slice of the frame keeps its rows' marks."""
     import pandas as pd
 
     if isinstance(table, str):
@@ -292,13 +293,14 @@ def table_frame(table: Table | str, store: ResultStore | None = None):  # noqa: 
         columns = pd.MultiIndex.from_tuples([c.header for c in table.columns], names=names)
     index = pd.MultiIndex.from_tuples([(r.source, r.label) for r in rows], names=["source", "row"])
     frame = pd.DataFrame([list(r.cells) for r in rows], index=index, columns=columns, dtype=object)
-    fields: dict[str, str] = {"table": "", "source": "", "/".join(h for h in table.headers if h) or "row": ""}
+    fields: dict[str, str] = {"table": "", "source": ""}
+    fields[_unique_key(fields, "/".join(h for h in table.headers if h) or "row")] = ""
     for c in table.columns:
         fields[_unique_key(fields, c.flat or c.fills_from or "col")] = ""
     frame.attrs.update(name=table.name, title=table.title, paper=table.paper, venue=table.venue,
                        paper_table=table.paper_table, fields=list(fields)[2:],
-                       footnotes=_footnotes(table, rows), marks=[_marks(r) for r in rows],
-                       label_marks=[r.label_mark for r in rows])
+                       footnotes=_footnotes(table, rows), marks={(r.source, r.label): _marks(r) for r in rows},
+                       label_marks={(r.source, r.label): r.label_mark for r in rows})
     return frame
 
 
@@ -308,9 +310,9 @@ def _marked(frame, mark: Callable[[str, str], str], escape: Callable[[str], str]
     import pandas as pd
 
     marks, label_marks = frame.attrs["marks"], frame.attrs["label_marks"]
-    cells = [[mark(escape(c), m) for c, m in zip(row, row_marks)]
-             for row, row_marks in zip(frame.itertuples(index=False), marks)]
-    labels = [mark(escape(label), m) for (_, label), m in zip(frame.index, label_marks)]
+    cells = [[mark(escape(c), m) for c, m in zip(row, marks[key], strict=True)]
+             for key, row in zip(frame.index, frame.itertuples(index=False))]
+    labels = [mark(escape(label), label_marks[(source, label)]) for source, label in frame.index]
     if isinstance(frame.columns, pd.MultiIndex):
         columns = pd.MultiIndex.from_tuples([tuple(escape(h) for h in c) for c in frame.columns],
                                             names=[escape(n) if n else None for n in frame.columns.names])
@@ -327,17 +329,15 @@ def _sslbench_start(frame) -> int | None:  # noqa: ANN001
 
 def _long(frame):  # noqa: ANN001, ANN202
     """The table in long form (table, source, row, column, cell): the CSV of a group of tables."""
-    import pandas as pd
-
     flat = _flat(frame)
     label = flat.columns[2]
-    long = flat.melt(id_vars=["table", "source", label], var_name="column", value_name="cell")
+    flat.insert(0, "_row", range(len(flat)))  # row by row, columns in the table's order
+    long = flat.melt(id_vars=["_row", "table", "source", label], var_name="column", value_name="cell")
     long = long.rename(columns={label: "row"})
-    order = {f: i for i, f in enumerate(frame.attrs["fields"][1:])}  # row by row, columns in the table's order
-    long["_row"] = pd.Categorical(long["row"], categories=list(dict.fromkeys(long["row"])), ordered=True)
-    long = long.sort_values(["_row", "column"], key=lambda s: s.map(order) if s.name == "column" else s,
-                            kind="stable")
-    return long.drop(columns="_row").reset_index(drop=True)
+    order = {f: i for i, f in enumerate(frame.attrs["fields"][1:])}
+    long["_column"] = long["column"].map(order)
+    long = long.sort_values(["_row", "_column"], kind="stable")
+    return long.drop(columns=["_row", "_column"]).reset_index(drop=True)
 
 
 def _flat(frame):  # noqa: ANN001, ANN202
@@ -358,16 +358,21 @@ def _md_mark(text: str, mark: str) -> str:
     return f"**{text}**" if mark == "bold" else f"<u>{text}</u>" if mark == "underline" else text
 
 
+def _md_escape(text: str) -> str:
+    """Backslashes, then pipes, escaped: a pipe in a cell cannot end it."""
+    return text.replace("\\", "\\\\").replace("|", "\\|")
+
+
 def to_markdown(frame) -> str:  # noqa: ANN001
     """A pipe table (tabulate), the header levels joined with ' / ', then the footnotes as a list."""
     from tabulate import tabulate
 
-    body = _marked(frame, _md_mark, lambda t: t.replace("|", "\\|"))
+    body = _marked(frame, _md_mark, _md_escape)
     levels = [frame.columns.get_level_values(i) for i in range(frame.columns.nlevels)]
     names = [n or "" for n in frame.columns.names]
     top = [" / ".join(dict.fromkeys(n for n in names if n))]
     top += [" / ".join(dict.fromkeys(p for p in parts if p)) for parts in zip(*levels)]
-    top = [h.replace("|", "\\|") for h in top]
+    top = [_md_escape(h) for h in top]
     rows = [[label, *cells] for label, cells in zip(body.index, body.itertuples(index=False))]
     text = tabulate(rows, headers=top, tablefmt="github", disable_numparse=True,
                     colalign=("left",) + ("right",) * len(frame.columns))
@@ -399,7 +404,7 @@ def to_latex(frame) -> str:  # noqa: ANN001
                                caption=caption, multicol_align="c", column_format="l" + "c" * len(frame.columns))
     lines = text.rstrip("\n").splitlines()
     first = _sslbench_start(frame)
-    if first is not None:  # the rule above the sslbench rows: before the first body line of that row
+    if first:  # the rule above the sslbench rows (none when there are no paper rows above them)
         at = lines.index(r"\midrule") + 1 + first
         lines.insert(at, r"\midrule")
     notes = [rf"\par\footnotesize {latex_escape(n)}" for n in frame.attrs["footnotes"]]
@@ -423,8 +428,7 @@ def to_html(frame) -> str:  # noqa: ANN001
     styler = Styler(body, uuid=re.sub(r"[^A-Za-z0-9_-]", "_", name), cell_ids=False)
     source = list(frame.index.get_level_values("source"))
     classes = pd.DataFrame([[s] * len(frame.columns) for s in source], index=body.index, columns=body.columns)
-    if body.index.is_unique and body.columns.is_unique:
-        styler.set_td_classes(classes)
+    styler.set_td_classes(classes)  # row labels and column headers are unique (check_table, sslbench_rows)
     table = styler.to_html(table_attributes='class="sslbench"', caption=html.escape(frame.attrs["title"]))
     table = re.sub(r"<style type=\"text/css\">\s*</style>\s*", "", table)  # no per-cell styles: no empty block
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in frame.attrs["footnotes"])

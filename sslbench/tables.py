@@ -212,6 +212,11 @@ def check_table(t: Table, where: str, name: str) -> None:
                                                      "paper table")
     if len({len(c.header) for c in t.columns}) != 1 or len(t.headers) != t.levels:
         fail("columns[].header", f"every header and row_header needs {t.levels} level(s)")
+    headers = [c.header for c in t.columns]
+    for i, c in enumerate(t.columns):
+        if headers.index(c.header) != i:
+            fail(f"columns[{i}].header", f"{list(c.header)} repeats columns[{headers.index(c.header)}]'s header; a "
+                                         "reader could not tell the two columns apart")
     planned = {e.protocol for run in t.reproduce.runs for e in run.evals}
     keys = [c.fills_from for c in t.columns if c.fills_from]
     for i, c in enumerate(t.columns):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
 import shutil
 import subprocess
@@ -81,7 +83,24 @@ def test_bad_targets_fail_before_any_work(tmp_path: Path) -> None:
         page.write_report(tmp_path, "all", tmp_path / "runs")
     with pytest.raises(UserError, match="unknown table"):
         page.write_report(tmp_path / "r.html", "jigsow", tmp_path / "runs")
-    assert not list(tmp_path.iterdir())  # nothing half-written
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if not os.access(locked, os.W_OK):  # root writes anywhere: the check cannot be exercised there
+        with pytest.raises(UserError, match="not writable"):
+            page.write_report(locked / "r.html", "all", tmp_path / "runs")
+    assert list(tmp_path.iterdir()) == [locked] and not list(locked.iterdir())  # nothing half-written
+
+
+def test_a_checkpoint_that_cannot_be_drawn_is_named_and_the_page_goes_on(report: Path, tmp_path: Path) -> None:
+    from sslbench.results import PretrainRow
+
+    row = PretrainRow("inpainting-x", "inpainting", "", "alexnet", "embedded", "mini", 0, "v", 1.0,
+                      str(tmp_path / "gone.pt"), "k", "{}", {}, "2026-12-03")
+    drawn, text = page._grid(row)
+    assert not drawn and "no longer on disk" in text and "<img" not in text
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    drawn, text = page._grid(dataclasses.replace(row, checkpoint=str(tmp_path / "bad.pt")))
+    assert not drawn and "not drawn (" in text
 
 
 @pytest.mark.skipif(BROWSER is None, reason="needs Debian's chromium (the README's set-up installs it)")

@@ -37,10 +37,23 @@ def _store(tmp_path: Path, dataset: str = "embedded") -> ResultStore:
 
 
 def _md_cells(line: str) -> list[str]:
-    """The cells of a pipe-table line, escaped pipes restored, bold / underline marks dropped."""
-    cells = re.split(r"(?<!\\)\|", line.strip())[1:-1]
-    return [re.sub(r"^\*\*(.*)\*\*$|^<u>(.*)</u>$", lambda m: m.group(1) or m.group(2), c.strip()).replace("\\|", "|")
-            for c in cells]
+    """The cells of a pipe-table line as GitHub reads it (a backslash escapes the next character), bold / underline
+    marks dropped."""
+    cells, cell, chars = [], "", iter(line.strip())
+    for ch in chars:
+        if ch == "\\":
+            cell += next(chars, "")
+        elif ch == "|":
+            cells.append(cell)
+            cell = ""
+        else:
+            cell += ch
+    cells.append(cell)
+    return [re.sub(r"^\*\*(.*)\*\*$|^<u>(.*)</u>$", lambda m: m.group(1) or m.group(2), c.strip()) for c in cells[1:-1]]
+
+
+def test_markdown_escapes_pipes_and_backslashes_as_github_reads_them() -> None:
+    assert _md_cells("| " + report._md_escape("a\\|b") + " | c\\\\ |") == ["a\\|b", "c\\"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -115,8 +128,9 @@ def test_the_frame_has_the_decks_header_levels_and_keeps_marks_as_text(tmp_path:
     assert frame.loc["paper"].shape == (len(t.rows), len(t.columns))
     assert frame.attrs["name"] == multi and frame.attrs["footnotes"][0].startswith("Paper:")
     cifar = report.table_frame("rotations-cifar")
-    (bold,) = [(i, j) for i, marks in enumerate(cifar.attrs["marks"]) for j, m in enumerate(marks) if m == "bold"]
-    assert cifar.iat[bold] == "89.76"  # the mark beside the cell, the cell's text as the paper prints it
+    (bold,) = [(key, j) for key, marks in cifar.attrs["marks"].items() for j, m in enumerate(marks) if m == "bold"]
+    assert cifar.loc[bold[0]].iloc[bold[1]] == "89.76"  # the mark beside the cell, the text as the paper prints it
+    assert "**89.76**" in report.to_markdown(cifar.iloc[1:])  # a slice keeps its rows' marks
     assert len(set(frame.attrs["fields"])) == len(frame.attrs["fields"]) == len(t.columns) + 1
     assert r"\multicolumn" in report.render(t, None, "latex")
     lines = report.render(tables.load_table("rotations-linear"), _store(tmp_path), "latex").splitlines()
