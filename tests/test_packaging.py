@@ -1,5 +1,5 @@
-"""The distribution carries sslbench's recipes and tables: a wheel built from the checkout, installed on its own
-and run from a folder outside the repository, lists the tables and prints one; and the user's own recipe and table
+"""The distribution carries sslbench's recipes and tables: a wheel built from the checkout, installed into a fresh
+virtual environment and run from a folder outside the repository, lists the tables and prints one; and the user's own recipe and table
 folders ($SSLBENCH_RECIPES, $SSLBENCH_TABLES) are searched before sslbench's."""
 
 from __future__ import annotations
@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import sysconfig
+import venv
 import zipfile
 from pathlib import Path
 
@@ -27,17 +29,26 @@ def test_the_installed_wheel_finds_its_recipes_and_tables_outside_the_checkout(t
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"sslbench/_data/recipes/rotation/mini.toml", "sslbench/_data/tables/jigsaw.toml",
             "sslbench/_data/recipes/protocols/linear/mini.toml", "sslbench/_data/tables/groups.toml"} <= names
-    site = tmp_path / "site"
+    # A fresh virtual environment holding the wheel alone; the dependencies (torch & co.) are this environment's,
+    # reached through a .pth path line (which adds the folder, not the .pth files in it: this checkout's editable
+    # install stays out), so the check needs no download.
+    venv_dir = tmp_path / "venv"
+    venv.create(venv_dir, with_pip=False)
+    python = venv_dir / "bin" / "python"
+    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+    (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
                    check=True, cwd=tmp_path)
     outside = tmp_path / "elsewhere"
     outside.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(site), "SSLBENCH_CACHE": str(tmp_path / "cache")}
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["SSLBENCH_CACHE"] = str(tmp_path / "cache")
 
     def sslbench(*args: str) -> str:
         code = ("import sys, sslbench; assert sslbench.__file__.startswith(sys.argv[1]), sslbench.__file__; "
                 "from sslbench.cli import main; sys.argv = ['sslbench', *sys.argv[2:]]; main()")
-        out = subprocess.run([sys.executable, "-c", code, str(site), *args], cwd=outside, env=env, text=True,
+        out = subprocess.run([str(python), "-c", code, str(site), *args], cwd=outside, env=env, text=True,
                              capture_output=True)
         assert out.returncode == 0, out.stderr
         return out.stdout
