@@ -24,6 +24,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(no_args_is_help=True, help="The embedded data set and real data sets on disk.")
 app.add_typer(data_app, name="data")
+export_app = typer.Typer(no_args_is_help=True, help="Pretrained trunks in other libraries' weight formats.")
+app.add_typer(export_app, name="export")
 
 ScaleOpt = typer.Option(None, "--scale", show_default=False,
                         help="mini (embedded data, CPU minutes; the default) or paper (real data, papers' schedules).")
@@ -364,6 +366,20 @@ def show(
     from sslbench.show import show as draw
 
     typer.echo(draw(kind, checkpoint, out, num, split))
+
+
+@export_app.command("torchvision")
+def export_torchvision(
+    checkpoint: Path = typer.Argument(..., help="runs/<task>-*/checkpoint.pt of a ResNet-50 / ResNet-101 trunk"),
+    out: Path = typer.Argument(..., help="The .pth to write."),
+) -> None:
+    """A ResNet trunk as torchvision's state dict: torchvision.models.resnet50() loads it (strict, apart from fc).
+
+    Example: [bold]sslbench export torchvision runs/supervised-20261203-104242/checkpoint.pt r50.pth[/bold]
+    """
+    from sslbench.export import export_torchvision as export
+
+    typer.echo(f"export: {export(checkpoint, out)}")
 
 
 USAGE_EXIT = 2  # a usage error (unknown option, missing argument, a value of the wrong type), as click and argparse

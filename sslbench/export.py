@@ -1,0 +1,68 @@
+"""`sslbench export torchvision CKPT OUT.pth`: a pretrained ResNet trunk as the state dict torchvision loads.
+
+sslbench's ResNet v1 is torchvision's (its Bottleneck blocks and module names conv1, bn1, layer1..layer4), so the
+export is the trunk's weights under the same names, checked against `torchvision.models.resnet50()` /
+`resnet101()`: the result loads with `strict=True` apart from `fc` (the trunk ends at the global pool; a
+classifier is the user's). Only trunks torchvision can hold are taken: version 1, all four stages, width 1, three
+input channels; anything else is one line naming what differs, before anything is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sslbench.checkpoint import is_pretrain, read_checkpoint
+from sslbench.config import recipe_from_json
+from sslbench.errors import UserError
+from sslbench.runtime import atomic_torch_save
+
+HEAD = ("fc.weight", "fc.bias")  # torchvision's classifier: not part of a trunk
+
+
+def torchvision_state(checkpoint: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """(the state dict, the torchvision constructor's name) of a pretraining checkpoint's ResNet trunk."""
+    import torchvision
+
+    checkpoint = Path(checkpoint)
+    state = read_checkpoint(checkpoint)
+    if not is_pretrain(state):
+        raise UserError(f"{checkpoint}: not an sslbench pretraining checkpoint; pass a runs/<task>-*/checkpoint.pt "
+                        "of a ResNet trunk")
+    backbone = recipe_from_json(state["recipe"]).backbone
+    if backbone.name != "resnet":
+        raise UserError(f"{checkpoint}: its trunk is {backbone.name}; export torchvision takes ResNet-50 / ResNet-101 "
+                        "trunks (torchvision's AlexNet and VGG have other layer shapes)")
+    cfg = backbone.cfg
+    wanted = {"version": 1, "stages": 4, "width": 1.0, "in_channels": 3}
+    differs = [f"backbone.{k} = {getattr(cfg, k)!r} (torchvision's: {v!r})" for k, v in wanted.items()
+               if getattr(cfg, k) != v]
+    if differs:
+        raise UserError(f"{checkpoint}: torchvision's ResNet cannot hold this trunk: {'; '.join(differs)}")
+    name = f"resnet{cfg.depth}"
+    expected = getattr(torchvision.models, name)(weights=None).state_dict()
+    weights: dict[str, Any] = state["backbone_state"]
+    missing = sorted(set(expected) - set(weights) - set(HEAD))
+    unexpected = sorted(set(weights) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(weights) if tuple(expected[k].shape) != tuple(weights[k].shape))
+    if missing or unexpected or shapes:
+        what = "; ".join(f"{label}: {', '.join(keys[:4])}" + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+                         for label, keys in (("missing", missing), ("not in torchvision", unexpected),
+                                             ("wrong shape", shapes)) if keys)
+        raise UserError(f"{checkpoint}: its trunk does not map onto torchvision's {name} ({what})")
+    return {k: weights[k].detach().clone() for k in expected if k not in HEAD}, name
+
+
+def export_torchvision(checkpoint: Path, out: Path) -> Path:
+    """Write the trunk of `checkpoint` to `out` (.pth / .pt) as torchvision's ResNet state dict, without `fc`."""
+    out = Path(out)
+    if out.suffix not in (".pth", ".pt"):
+        raise UserError(f"export {out}: expected a file name ending in .pth or .pt, found "
+                        f"{out.suffix or 'no extension'}; e.g. {out.with_suffix('.pth')}")
+    if out.is_dir():
+        raise UserError(f"export {out}: a directory; give a file name, e.g. {out / 'resnet50.pth'}")
+    weights, _ = torchvision_state(checkpoint)
+    atomic_torch_save(weights, out)
+    return out
