@@ -382,6 +382,21 @@ def export_torchvision(
     typer.echo(f"export: {export(checkpoint, out)}")
 
 
+@app.command("import")
+def import_(
+    path: Path = typer.Argument(..., help="The released checkpoint file."),
+    out: Path = typer.Argument(..., help="The sslbench checkpoint to write (.pt)."),
+    source: str = typer.Option(..., "--from", help="Whose release: rotnet (FeatureLearningRotNet's ImageNet AlexNet)."),
+) -> None:
+    """The authors' released weights as an sslbench checkpoint every protocol takes (--checkpoint OUT.pt).
+
+    Example: [bold]sslbench import --from rotnet ImageNet_RotNet_AlexNet/model_net_epoch50 rotnet.pt[/bold]
+    """
+    from sslbench.released import import_released
+
+    typer.echo(f"import: {import_released(source, path, out)}")
+
+
 USAGE_EXIT = 2  # a usage error (unknown option, missing argument, a value of the wrong type), as click and argparse
 
 

@@ -33,7 +33,7 @@ def in_process(*args: str):  # noqa: ANN201
 
 
 @pytest.mark.parametrize("command", ["pretrain", "eval", "table", "reproduce", "list", "data synth", "data check",
-                                     "show", "doctor", "report", "export torchvision"])
+                                     "show", "doctor", "report", "export torchvision", "import"])
 def test_every_command_help_has_an_example(command: str) -> None:
     p = in_process(*command.split(), "--help")
     assert p.exit_code == 0 and "Example" in p.output, p.output
