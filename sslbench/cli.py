@@ -386,7 +386,8 @@ def export_torchvision(
 def import_(
     path: Path = typer.Argument(..., help="The released checkpoint file."),
     out: Path = typer.Argument(..., help="The sslbench checkpoint to write (.pt)."),
-    source: str = typer.Option(..., "--from", help="Whose release: rotnet (FeatureLearningRotNet's ImageNet AlexNet)."),
+    source: str = typer.Option(..., "--from",
+                               help="Whose release: rotnet (FeatureLearningRotNet's ImageNet AlexNet or CIFAR NIN)."),
 ) -> None:
     """The authors' released weights as an sslbench checkpoint every protocol takes (--checkpoint OUT.pt).
 

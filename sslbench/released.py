@@ -11,11 +11,17 @@ Sources:
   ReLU, Linear, BatchNorm1d, ReLU), the classifier one Linear (4 rotations). sslbench's is rotation/paper-alexnet's
   trunk, whose convolutions have no bias before BatchNorm: each released bias is folded into its BatchNorm's
   running mean (BN(x + b) with mean m is BN(x) with mean m - b; in training BatchNorm removes a bias anyway), so
-  the imported trunk computes what the released one does. RotNet's NIN (CIFAR) models are not importable yet.
+  the imported trunk computes what the released one does.
+  And its CIFAR Network-in-Network (architectures/NetworkInNetwork.py): `_feature_blocks.<s>.Block<s+1>_ConvB<j>`
+  (`.layers.Conv` without bias, `.layers.BatchNorm`) for 3-5 stages, then `Classifier`; sslbench's is
+  rotation/paper.toml's NIN with as many blocks. RotNet's CIFAR configs build it with use_avg_on_conv3 = False
+  (no pooling after block 3), as sslbench's NIN is; a model trained with True has the same weights but pools there,
+  which no key shows, so sslbench's trunk would not compute what it did.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +67,9 @@ def import_released(source: str, path: Path, out: Path) -> Path:
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise UserError(f"{path}: expected RotNet's checkpoint ({{'epoch', 'network': state_dict}}) or a state dict "
                         "of tensors")
-    state = _rotnet_alexnet(weights, path, raw.get("epoch") if isinstance(raw, dict) else None)
+    epoch = raw.get("epoch") if isinstance(raw, dict) else None
+    nin = any(".Block1_ConvB1." in k for k in weights)
+    state = _rotnet_nin(weights, path, epoch) if nin else _rotnet_alexnet(weights, path, epoch)
     atomic_torch_save(state, out)
     return out
 
@@ -70,8 +78,9 @@ def _rotnet_alexnet(weights: dict[str, torch.Tensor], path: Path, epoch: Any) ->
     first = weights.get("_feature_blocks.0.0.weight")
     if first is None or tuple(first.shape) != (64, 3, 11, 11):
         found = ", ".join(sorted(weights)[:3])
-        raise UserError(f"{path}: not RotNet's ImageNet AlexNet (expected _feature_blocks.0.0.weight of shape "
-                        f"[64, 3, 11, 11]; found keys {found}, ...); RotNet's NIN models are not importable yet")
+        raise UserError(f"{path}: neither RotNet's ImageNet AlexNet (_feature_blocks.0.0.weight of shape "
+                        f"[64, 3, 11, 11]) nor its CIFAR NIN (_feature_blocks.0.Block1_ConvB1...); found keys {found}, "
+                        "...")
     weights = dict(weights)
     for conv, bn in CONV_BN:  # fold each conv bias into its BatchNorm's running mean
         bias = weights.pop(f"{conv}.bias", None)
@@ -86,10 +95,42 @@ def _rotnet_alexnet(weights: dict[str, torch.Tensor], path: Path, epoch: Any) ->
             head[f"fc.{leaf}"] = value
         else:
             unmapped.append(key)
+    _refuse_unmapped(unmapped, path, "AlexNet")
+    return _checkpoint(load_recipe("pretrain", "rotation", "paper", flavour="alexnet"), trunk, head, path, epoch)
+
+
+NIN_KEY = re.compile(r"_feature_blocks\.(\d+)\.Block(\d+)_ConvB([123])\.layers\.(Conv|BatchNorm)\.(\w+)")
+
+
+def _rotnet_nin(weights: dict[str, torch.Tensor], path: Path, epoch: Any) -> dict[str, Any]:
+    stages = 1 + max((int(m.group(1)) for k in weights if (m := NIN_KEY.fullmatch(k))), default=-1)
+    if not 3 <= stages <= 5:
+        raise UserError(f"{path}: a RotNet NIN with {stages} stages; sslbench's NIN has 3, 4 or 5 blocks")
+    trunk, head, unmapped = {}, {}, []
+    for key, value in weights.items():
+        m = NIN_KEY.fullmatch(key)
+        if m and int(m.group(2)) == int(m.group(1)) + 1:
+            stage, layer = int(m.group(1)), int(m.group(3)) - 1
+            block = f"block{stage + 1}" if stage < 2 else f"extra.{stage - 2}"
+            trunk[f"{block}.{layer}.{0 if m.group(4) == 'Conv' else 1}.{m.group(5)}"] = value
+        elif key.startswith(f"_feature_blocks.{stages}.Classifier."):
+            head[f"fc.{key.rsplit('.', 1)[1]}"] = value
+        else:
+            unmapped.append(key)
+    _refuse_unmapped(unmapped, path, "NIN")
+    recipe = load_recipe("pretrain", "rotation", "paper", [f"backbone.blocks={stages}"])
+    return _checkpoint(recipe, trunk, head, path, epoch)
+
+
+def _refuse_unmapped(unmapped: list[str], path: Path, net: str) -> None:
     if unmapped:
-        raise UserError(f"{path}: keys with no place in the RotNet AlexNet mapping: {', '.join(unmapped[:4])}"
+        raise UserError(f"{path}: keys with no place in the RotNet {net} mapping: {', '.join(unmapped[:4])}"
                         + (f" (+{len(unmapped) - 4} more)" if len(unmapped) > 4 else ""))
-    recipe = load_recipe("pretrain", "rotation", "paper", flavour="alexnet")
+
+
+def _checkpoint(recipe: Any, trunk: dict[str, torch.Tensor], head: dict[str, torch.Tensor], path: Path,
+                epoch: Any) -> dict[str, Any]:
+    """A finished rotation checkpoint of `recipe` holding the mapped trunk (and head, if the release has it)."""
     task = TASKS.get("rotation")(recipe.component.cfg, build_backbone(recipe.backbone.name, recipe.backbone.cfg))
     load_state_strict(task.backbone, trunk, path)
     if head:
