@@ -287,20 +287,28 @@ def _from_file(path: Path, fallback: Named, spec: TrunkSpec, allow_unfinished: b
 def load_state_strict(module: torch.nn.Module, weights: dict[str, Any], source: Path) -> None:
     """Load or explain which keys differ (missing, unexpected, wrong shape) in one line."""
     weights = upgrade_fc_layout(weights)
-    own = module.state_dict()
-    missing = sorted(set(own) - set(weights))
-    unexpected = sorted(set(weights) - set(own))
-    shapes = sorted(k for k in set(own) & set(weights) if tuple(own[k].shape) != tuple(weights[k].shape))
-    if missing or unexpected or shapes:
-        parts = []
-        for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
-            if keys:
-                parts.append(f"{what}: {', '.join(keys[:4])}" + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else ""))
+    differ = key_differences(module.state_dict(), weights)
+    if differ:
         raise UserError(
-            f"{source} does not match backbone {type(module).__name__} ({'; '.join(parts)}); "
+            f"{source} does not match backbone {type(module).__name__} ({differ}); "
             "is it a checkpoint of another architecture? set --set backbone.name=... to match it"
         )
     module.load_state_dict(weights)
+
+
+def key_differences(expected: dict[str, Any], weights: dict[str, Any], unexpected: str = "unexpected") -> str:
+    """How `weights` differs from the state dict `expected` ('' if it does not): 'missing: a, b; unexpected: c;
+    wrong shape: d', each list cut after four keys."""
+    missing = sorted(set(expected) - set(weights))
+    extra = sorted(set(weights) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(weights) if tuple(expected[k].shape) != tuple(weights[k].shape))
+    return "; ".join(f"{what}: {key_list(keys)}" for what, keys in
+                     (("missing", missing), (unexpected, extra), ("wrong shape", shapes)) if keys)
+
+
+def key_list(keys: list[str], most: int = 4) -> str:
+    """'a, b, c, d (+3 more)'."""
+    return ", ".join(keys[:most]) + (f" (+{len(keys) - most} more)" if len(keys) > most else "")
 
 
 def require_taps(trunk: Trunk, taps: tuple[str, ...]) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from sslbench.checkpoint import is_pretrain, read_checkpoint
+from sslbench.checkpoint import is_pretrain, key_differences, read_checkpoint
 from sslbench.config import recipe_from_json
 from sslbench.errors import UserError
 from sslbench.runtime import atomic_torch_save
@@ -43,16 +43,12 @@ def torchvision_state(checkpoint: Path) -> tuple[dict[str, torch.Tensor], str]:
         raise UserError(f"{checkpoint}: torchvision's ResNet cannot hold this trunk: {'; '.join(differs)}")
     name = f"resnet{cfg.depth}"
     expected = getattr(torchvision.models, name)(weights=None).state_dict()
+    expected = {k: v for k, v in expected.items() if k not in HEAD}
     weights: dict[str, Any] = state["backbone_state"]
-    missing = sorted(set(expected) - set(weights) - set(HEAD))
-    unexpected = sorted(set(weights) - set(expected))
-    shapes = sorted(k for k in set(expected) & set(weights) if tuple(expected[k].shape) != tuple(weights[k].shape))
-    if missing or unexpected or shapes:
-        what = "; ".join(f"{label}: {', '.join(keys[:4])}" + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
-                         for label, keys in (("missing", missing), ("not in torchvision", unexpected),
-                                             ("wrong shape", shapes)) if keys)
-        raise UserError(f"{checkpoint}: its trunk does not map onto torchvision's {name} ({what})")
-    return {k: weights[k].detach().clone() for k in expected if k not in HEAD}, name
+    differ = key_differences(expected, weights, unexpected="not in torchvision")
+    if differ:
+        raise UserError(f"{checkpoint}: its trunk does not map onto torchvision's {name} ({differ})")
+    return {k: weights[k].detach().clone() for k in expected}, name
 
 
 def export_torchvision(checkpoint: Path, out: Path) -> Path:

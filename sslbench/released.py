@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from sslbench.backbones.base import backbone_label, build_backbone
-from sslbench.checkpoint import FORMAT, load_state_strict
+from sslbench.checkpoint import FORMAT, key_list, load_state_strict
 from sslbench.errors import UserError
 from sslbench.plugins import load_all
 from sslbench.recipes import load_recipe
@@ -124,8 +124,7 @@ def _rotnet_nin(weights: dict[str, torch.Tensor], path: Path, epoch: Any) -> dic
 
 def _refuse_unmapped(unmapped: list[str], path: Path, net: str) -> None:
     if unmapped:
-        raise UserError(f"{path}: keys with no place in the RotNet {net} mapping: {', '.join(unmapped[:4])}"
-                        + (f" (+{len(unmapped) - 4} more)" if len(unmapped) > 4 else ""))
+        raise UserError(f"{path}: keys with no place in the RotNet {net} mapping: {key_list(unmapped)}")
 
 
 def _checkpoint(recipe: Any, trunk: dict[str, torch.Tensor], head: dict[str, torch.Tensor], path: Path,

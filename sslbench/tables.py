@@ -204,7 +204,7 @@ def check_table(t: Table, where: str, name: str) -> None:
         fail("name", f"{t.name!r} differs from the file name {name!r}")
     if not t.columns:
         fail("columns", "a table needs at least one column")
-    if not t.rows and t.paper:
+    if not t.rows and not t.own:
         fail("rows", f"a table of a paper ({t.paper!r}) needs its rows; a table of sslbench's own (no paper rows, "
                      "filled from the store alone) has paper = \"\"")
     if t.own and (t.venue or t.paper_table):
