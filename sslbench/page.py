@@ -19,7 +19,7 @@ from pathlib import Path
 from sslbench import report
 from sslbench.errors import UserError
 from sslbench.plugins import load_all
-from sslbench.results import STORE, PretrainRow, ResultStore
+from sslbench.results import STORE, PretrainRow, ResultRow, ResultStore
 from sslbench.runtime import atomic, code_version
 from sslbench.show import figure, showable
 from sslbench.tables import PRETRAIN_TIME, Table, load_table, resolve
@@ -82,8 +82,9 @@ def write_report(out: Path, name: str = "all", runs: Path = Path("runs")) -> Pat
 def page(tables: list[Table], store: ResultStore | None, store_path: Path) -> str:
     """The whole document."""
     grids: dict[str, str] = {}  # pretraining run -> its figure's id: drawn once however many tables read it
-    results = len(store.results()) if store is not None else 0
-    stored = f"{store_path} ({results} results)" if store is not None else \
+    results = store.results() if store is not None else []  # read once for every table's sample grids
+    pretrains = store.pretrain_runs() if store is not None else []
+    stored = f"{store_path} ({len(results)} results)" if store is not None else \
         f"{store_path} (none yet: the tables show the papers' rows)"
     head = [
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
@@ -97,12 +98,13 @@ def page(tables: list[Table], store: ResultStore | None, store_path: Path) -> st
         "<nav><ol>" + "".join(f'<li><a href="#t-{html.escape(t.name)}">{html.escape(t.title)}</a> '
                               f"({html.escape(t.name)})</li>" for t in tables) + "</ol></nav>", "</header>", "<main>",
     ]
-    body = [_table_section(t, store, grids) for t in tables]
+    body = [_table_section(t, store, used_pretrainings(t, results, pretrains), grids) for t in tables]
     return "\n".join(head + body + ["</main>", "</body>", "</html>"]) + "\n"
 
 
-def _table_section(table: Table, store: ResultStore | None, grids: dict[str, str]) -> str:
-    frame = report.table_frame(table, store)
+def _table_section(table: Table, store: ResultStore | None, drawable: list[PretrainRow], grids: dict[str, str]) -> str:
+    rows = report.all_rows(table, store)  # once for the table and its plot
+    frame = report.frame_of(table, rows)
     if table.own:
         source = "sslbench's own table: every row measured by sslbench, no paper rows"
     else:
@@ -115,13 +117,13 @@ def _table_section(table: Table, store: ResultStore | None, grids: dict[str, str
     if table.plot:
         import matplotlib.pyplot as plt
 
-        fig = report.plot_figure(table, store)
+        fig = report.plot_figure(table, rows)
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=100)
         plt.close(fig)
         parts.append(_figure(buf.getvalue(), f"{table.name}: accuracy by layer (paper rows dashed, sslbench rows "
                                              "solid)", f"plot-{table.name}"))
-    for run in used_pretrainings(table, store):
+    for run in drawable:
         if run.run_id in grids:  # drawn under an earlier table: a link to it, not the image again
             parts.append(f'<p class="meta">{html.escape(run.method)} samples of {html.escape(run.run_id)}: '
                          f'<a href="#{html.escape(grids[run.run_id])}">drawn above</a></p>')
@@ -134,14 +136,13 @@ def _table_section(table: Table, store: ResultStore | None, grids: dict[str, str
     return "\n".join(parts)
 
 
-def used_pretrainings(table: Table, store: ResultStore | None) -> list[PretrainRow]:
-    """The pretrainings the table's sslbench cells read whose task draws example panels, in store order."""
-    if store is None:
-        return []
+def used_pretrainings(table: Table, results: list[ResultRow], pretrains: list[PretrainRow]) -> list[PretrainRow]:
+    """The pretrainings (of the store's `pretrains`) the table's sslbench cells read among `results`, whose task
+    draws example panels, in store order."""
     keys = {c.fills_from for c in table.columns if c.fills_from and c.fills_from != PRETRAIN_TIME}
-    read = {r.prov.pretrain_run for r in store.results() if r.metric in keys}
+    read = {r.prov.pretrain_run for r in results if r.metric in keys}
     drawable = set(showable())
-    return [r for r in store.pretrain_runs() if r.run_id in read and r.method in drawable]
+    return [r for r in pretrains if r.run_id in read and r.method in drawable]
 
 
 def _grid(run: PretrainRow) -> tuple[bool, str]:
@@ -160,8 +161,6 @@ def _grid(run: PretrainRow) -> tuple[bool, str]:
             return True, _figure(buf.getvalue(), caption + ": inputs, predictions and targets on held-out images",
                                  f"samples-{run.run_id}", width=image.width * 2)
     return False, f'<p class="meta">{html.escape(caption)}: not drawn ({html.escape(why)}).</p>'
-
-
 
 def _figure(png: bytes, caption: str, ident: str, width: int | None = None) -> str:
     size = f' width="{width}"' if width else ""

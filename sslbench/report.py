@@ -280,11 +280,15 @@ def table_frame(table: Table | str, store: ResultStore | None = None):  # noqa: 
     table's name, title, paper, venue, paper_table, fields (each column's flat CSV / JSON name), footnotes, and
     the bold / underline marks: `marks` ({(source, row): one mark per cell}) and `label_marks` ({(source, row):
     the label's mark}), keyed like the index so that a slice of the frame keeps its rows' marks."""
-    import pandas as pd
-
     if isinstance(table, str):
         table = load_table(table)
-    rows = all_rows(table, store)
+    return frame_of(table, all_rows(table, store))
+
+
+def frame_of(table: Table, rows: list[Row]):  # noqa: ANN201 - pandas.DataFrame
+    """`table_frame` of rows already built (`all_rows`)."""
+    import pandas as pd
+
     headers = _header_rows(table)
     names = [h[0] or None for h in headers]
     if table.levels == 1:
@@ -420,11 +424,10 @@ def to_html(frame) -> str:  # noqa: ANN001
     """A <section> holding the table (pandas' Styler.to_html: group headers span their columns; sslbench rows
     carry class "sslbench") and its footnotes as a list."""
     import pandas as pd
+    from pandas.io.formats.style import Styler
 
     body = _marked(frame, _html_mark, html.escape)
     name = frame.attrs["name"]
-    from pandas.io.formats.style import Styler
-
     styler = Styler(body, uuid=re.sub(r"[^A-Za-z0-9_-]", "_", name), cell_ids=False)
     source = list(frame.index.get_level_values("source"))
     classes = pd.DataFrame([[s] * len(frame.columns) for s in source], index=body.index, columns=body.columns)
@@ -531,7 +534,7 @@ def plot(table: Table, store: ResultStore | None, out: Path) -> Path:
     """Accuracy by layer, a line per method: paper rows dashed, sslbench rows solid; written to `out`."""
     import matplotlib.pyplot as plt
 
-    fig = plot_figure(table, store)
+    fig = plot_figure(table, all_rows(table, store))
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic(out) as tmp:
         fig.savefig(tmp, dpi=120)
@@ -539,8 +542,8 @@ def plot(table: Table, store: ResultStore | None, out: Path) -> Path:
     return out
 
 
-def plot_figure(table: Table, store: ResultStore | None):  # noqa: ANN201 - matplotlib.figure.Figure
-    """The figure `plot` writes (the caller closes it)."""
+def plot_figure(table: Table, rows: list[Row]):  # noqa: ANN201 - matplotlib.figure.Figure
+    """The figure `plot` writes, of the table's rows (`all_rows`); the caller closes it."""
     if not table.plot:
         raise UserError(f"--plot draws the probe tables only ({', '.join(plottable())}); {table.name!r} is not one")
     import matplotlib
@@ -550,7 +553,6 @@ def plot_figure(table: Table, store: ResultStore | None):  # noqa: ANN201 - matp
 
     layers = [c.flat for c in table.columns]
     fig, ax = plt.subplots(figsize=(11, 5))
-    rows = all_rows(table, store)
     colours = plt.get_cmap("tab20")(range(len(rows)))
     for r, colour in zip(rows, colours):
         values = [number(c.split(" (Δ")[0]) if c != DASH else None for c in r.cells]
