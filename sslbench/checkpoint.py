@@ -24,7 +24,7 @@ from sslbench.config import Named, recipe_from_json
 from sslbench.data.build import dataset_label
 from sslbench.errors import UserError
 from sslbench.runs import CHECKPOINT
-from sslbench.runtime import load_weights_only
+from sslbench.runtime import code_version, load_weights_only
 from sslbench.transforms import TRANSFER_EXTENDS, TRANSFER_INPUTS, TRANSFER_LABELS, default_transfer_input
 
 FORMAT = "sslbench-pretrain-2"  # 2: records the transfer input and the task's setup state
@@ -226,6 +226,24 @@ def progress_of(state: dict[str, Any]) -> str:
     fit = state.get("fit") or state
     total = state.get("total")
     return f"step {fit.get('step', '?')}" + (f" of {total}" if total else "")
+
+
+def pretrain_state(recipe: Any, task: Any, *, finished: bool, total: int = 0, wall_time: float = 0.0,
+                   setup: dict[str, Any] | None = None, fit: dict[str, Any] | None = None,
+                   rng: list[dict[str, Any]] | None = None, unreadable: dict[str, Any] | None = None,
+                   **extra: Any) -> dict[str, Any]:
+    """A pretraining checkpoint's layout (FORMAT) for `task` (a PretextTask) trained by `recipe`: what the engine
+    saves and `sslbench import` writes; `extra` adds keys (an import's provenance)."""
+    b = recipe.backbone
+    return {
+        "format": FORMAT, "task": recipe.name, "variant": task.variant(), "transfer_input": task.transfer_input(),
+        "backbone": {"name": b.name, "label": backbone_label(b.name, b.cfg)}, "recipe": recipe.to_json(),
+        "version": code_version(), "finished": finished, "total": total, "wall_time": wall_time,
+        "model": task.state_dict(), "backbone_state": task.backbone.state_dict(), "setup": setup or {},
+        "fit": fit or {},
+        "rng": rng or [],  # every rank's RNG state: its dropout stream continues exactly on resume
+        "unreadable": unreadable or {}, **extra,
+    }
 
 
 def is_pretrain(state: Any) -> bool:

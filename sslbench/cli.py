@@ -386,8 +386,13 @@ def export_torchvision(
 def import_(
     path: Path = typer.Argument(..., help="The released checkpoint file."),
     out: Path = typer.Argument(..., help="The sslbench checkpoint to write (.pt)."),
-    source: str = typer.Option(..., "--from",
-                               help="Whose release: rotnet (FeatureLearningRotNet's ImageNet AlexNet or CIFAR NIN)."),
+    source: str = typer.Option(..., "--from", help="Whose release: rotnet (FeatureLearningRotNet's ImageNet AlexNet "
+                               "or CIFAR NIN), jigsaw-pytorch (JigsawPuzzlePytorch's Network), vissl (VISSL's "
+                               "alexnet_rotnet, alexnet_jigsaw or ResNet-50 / 101 trunk)."),
+    task: str | None = typer.Option(None, "--task", help="vissl ResNet trunks: the pretext task that trained it "
+                                    "(rotation, supervised, ...); the file does not say."),
+    permutations: Path | None = typer.Option(None, "--permutations", help="jigsaw-pytorch: its permutations_<N>.npy"
+                                             ", the order of fc8's classes (without it fc8 is not imported)."),
 ) -> None:
     """The authors' released weights as an sslbench checkpoint every protocol takes (--checkpoint OUT.pt).
 
@@ -395,7 +400,7 @@ def import_(
     """
     from sslbench.released import import_released
 
-    typer.echo(f"import: {import_released(source, path, out)}")
+    typer.echo(f"import: {import_released(source, path, out, task, permutations)}")
 
 
 USAGE_EXIT = 2  # a usage error (unknown option, missing argument, a value of the wrong type), as click and argparse

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch.utils.data import Dataset
 
 from sslbench.backbones.base import backbone_label, build_backbone, upgrade_fc_layout
-from sslbench.checkpoint import FORMAT, insane_weights
+from sslbench.checkpoint import insane_weights, pretrain_state
 from sslbench.config import Recipe, recipe_key
 from sslbench.data.build import build_dataset, check_real_data, dataset_label
 from sslbench.data.datasets import collate_skip_corrupt
@@ -112,25 +112,9 @@ class Trainer:
     # -- checkpoints
 
     def state(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
-        r = self.recipe
-        return {
-            "format": FORMAT,
-            "task": r.name,
-            "variant": self.task.variant(),
-            "transfer_input": self.task.transfer_input(),
-            "backbone": {"name": r.backbone.name, "label": backbone_label(r.backbone.name, r.backbone.cfg)},
-            "recipe": r.to_json(),
-            "version": code_version(),
-            "finished": self.fit.step >= self.fit.total,
-            "total": self.fit.total,
-            "wall_time": self.wall_time,
-            "model": self.task.state_dict(),
-            "backbone_state": self.task.backbone.state_dict(),
-            "setup": self.setup,
-            "fit": self.fit.state_dict(),
-            "rng": rng,  # every rank's RNG state: its dropout stream continues exactly on resume
-            "unreadable": self.ctx.unreadable.state_dict(),
-        }
+        return pretrain_state(self.recipe, self.task, finished=self.fit.step >= self.fit.total, total=self.fit.total,
+                              wall_time=self.wall_time, setup=self.setup, fit=self.fit.state_dict(), rng=rng,
+                              unreadable=self.ctx.unreadable.state_dict())
 
     def save(self) -> Path:
         path = self.run_dir / CHECKPOINT
