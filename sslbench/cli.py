@@ -382,6 +382,21 @@ def export_torchvision(
     typer.echo(f"export: {export(checkpoint, out)}")
 
 
+@export_app.command("detectron2")
+def export_detectron2(
+    checkpoint: Path = typer.Argument(..., help="runs/<task>-*/checkpoint.pt of a ResNet-50 / ResNet-101 trunk"),
+    out: Path = typer.Argument(..., help="The .pkl to write (detectron2's MODEL.WEIGHTS)."),
+) -> None:
+    """A ResNet trunk in detectron2's weight format, for the shipped VOC07+12 R50-C4 config (voc-det-d2).
+
+    Example: [bold]sslbench export detectron2 runs/supervised-20261203-104242/checkpoint.pt r50.pkl[/bold]
+    """
+    from sslbench.export import export_detectron2 as export
+    from sslbench.protocols.voc_det_d2 import CONFIG, config_file
+
+    typer.echo(f"export: {export(checkpoint, out)} (config: {config_file(CONFIG)}, MODEL.WEIGHTS {out})")
+
+
 @app.command("import")
 def import_(
     path: Path = typer.Argument(..., help="The released checkpoint file."),

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import platform
 import sys
@@ -47,8 +48,42 @@ def _selective_search() -> Check:
         cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
         return Check("selective search", f"cv2.ximgproc (opencv {cv2.__version__})")
     except (ImportError, AttributeError) as exc:
+        if _distribution("opencv-contrib-python-headless") and _distribution("opencv-python"):
+            return Check("selective search", f"cv2.ximgproc not usable: {exc}", ok=False,
+                         hint="opencv-python (mmsegmentation's dependency) overwrote opencv-contrib-python-headless's "
+                              "cv2; voc-det's proposals need it back: pip install --force-reinstall --no-deps "
+                              "opencv-contrib-python-headless (or keep sslbench[mmseg] in a venv of its own)")
         return Check("selective search", f"cv2.ximgproc not usable: {exc}", ok=False,
                      hint="voc-det's proposals need it: pip install opencv-contrib-python-headless")
+
+
+def _distribution(name: str) -> str:
+    """The installed version of distribution `name`, '' if it is not installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return ""
+
+
+def _engines() -> list[Check]:
+    """The optional packages protocols run on (voc-det-d2: detectron2, voc-seg-mmseg: mmseg); none is needed by
+    the default run."""
+    from sslbench.plugins import load_all
+    from sslbench.registry import PROTOCOLS
+
+    load_all()
+    out = []
+    for name in PROTOCOLS.names():
+        needs = PROTOCOLS.get(name).requires
+        if not needs:
+            continue
+        found = importlib.util.find_spec(needs) is not None
+        version = getattr(importlib.import_module(needs), "__version__", "?") if found else ""
+        out.append(Check(needs, f"{version} ({name})" if found else f"not installed ({name} needs it)", ok=found,
+                         needed=False, hint=f"sslbench eval --protocol {name} prints how to install it"))
+    return out
 
 
 def _writable(path: Path) -> Check:
@@ -74,7 +109,7 @@ def checks() -> list[Check]:
     from sslbench.tables import table_dirs
 
     out.append(_device())
-    out += [_selective_search(), _writable(cache_dir())]
+    out += [_selective_search(), _writable(cache_dir()), *_engines()]
     for name, dirs in (("recipes", recipe_dirs), ("tables", table_dirs)):
         try:
             out.append(_folders(name, dirs()))

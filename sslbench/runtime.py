@@ -217,6 +217,14 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         torch.save(obj, tmp)
 
 
+def atomic_pickle(obj: Any, path: Path) -> None:
+    """Pickle `obj` to `path` whole or not at all (detectron2's .pkl weights)."""
+    import pickle
+
+    with atomic(path) as tmp, open(tmp, "wb") as f:
+        pickle.dump(obj, f, protocol=4)
+
+
 def write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 

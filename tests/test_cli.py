@@ -33,7 +33,8 @@ def in_process(*args: str):  # noqa: ANN201
 
 
 @pytest.mark.parametrize("command", ["pretrain", "eval", "table", "reproduce", "list", "data synth", "data check",
-                                     "show", "doctor", "report", "export torchvision", "import"])
+                                     "show", "doctor", "report", "export torchvision", "export detectron2",
+                                     "import"])
 def test_every_command_help_has_an_example(command: str) -> None:
     p = in_process(*command.split(), "--help")
     assert p.exit_code == 0 and "Example" in p.output, p.output
@@ -130,3 +131,21 @@ def test_doctor_names_what_it_found_and_fails_on_what_the_default_run_lacks(tmp_
     monkeypatch.setenv("SSLBENCH_TABLES", str(tmp_path / "nowhere"))
     p = in_process("doctor")
     assert p.exit_code == 1 and any(line.startswith("MISSING tables") for line in p.output.splitlines())
+
+
+def test_doctor_says_when_mmsegs_opencv_overwrote_selective_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    """opencv-python (mmsegmentation's dependency) installed over opencv-contrib-python-headless leaves a cv2
+    whose ximgproc has no segmentation module: doctor names the cause and the one-line fix."""
+    import types
+
+    from sslbench import doctor
+
+    monkeypatch.setitem(sys.modules, "cv2", types.SimpleNamespace(ximgproc=types.SimpleNamespace(), __version__="5"))
+    monkeypatch.setattr(doctor, "_distribution", lambda name: "5.1.0")
+    check = doctor._selective_search()
+    assert not check.ok and "opencv-python (mmsegmentation's dependency) overwrote" in check.line()
+    assert "pip install --force-reinstall --no-deps opencv-contrib-python-headless" in check.line()
+    monkeypatch.setattr(doctor, "_distribution", lambda name: "" if name == "opencv-python" else "5.1.0")
+    assert "overwrote" not in doctor._selective_search().line()
+    engines = {c.name: c for c in doctor._engines()}
+    assert set(engines) == {"detectron2", "mmseg"} and not any(c.needed for c in engines.values())

@@ -59,3 +59,45 @@ def test_trunks_torchvision_cannot_hold_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="checkpoint not found"):
         export_torchvision(tmp_path / "nothing.pt", tmp_path / "b.pth")
     assert not list(tmp_path.glob("*.pth"))  # nothing written
+
+
+def detectron2_r50_names() -> dict[str, tuple[int, ...]]:
+    """detectron2's ResNet-50 parameter names and shapes (its ResNet: stem.conv1 with .norm, res2..res5 of
+    BottleneckBlocks conv1..conv3 with .norm, a projection `shortcut` in each stage's first block), written from
+    the architecture (He et al. 2016 Table 1), not from any converter."""
+    def conv(name: str, cout: int, cin: int, k: int) -> dict[str, tuple[int, ...]]:
+        return {f"{name}.weight": (cout, cin, k, k),
+                **{f"{name}.norm.{p}": (cout,) for p in ("weight", "bias", "running_mean", "running_var")}}
+
+    names = conv("stem.conv1", 64, 3, 7)
+    cin = 64
+    for stage, blocks in zip(range(2, 6), (3, 4, 6, 3)):
+        planes = 64 * 2 ** (stage - 2)
+        for b in range(blocks):
+            block_in = cin if b == 0 else 4 * planes
+            names |= conv(f"res{stage}.{b}.conv1", planes, block_in, 1)
+            names |= conv(f"res{stage}.{b}.conv2", planes, planes, 3)
+            names |= conv(f"res{stage}.{b}.conv3", 4 * planes, planes, 1)
+            if b == 0:
+                names |= conv(f"res{stage}.0.shortcut", 4 * planes, cin, 1)
+        cin = 4 * planes
+    return names
+
+
+def test_the_detectron2_export_has_r50s_names_and_shapes_and_the_trunks_values(resnet50: Path, tmp_path: Path) -> None:
+    import pickle
+
+    from sslbench.checkpoint import read_checkpoint
+    from sslbench.export import export_detectron2
+
+    out = export_detectron2(resnet50, tmp_path / "r50.pkl")
+    with open(out, "rb") as f:
+        obj = pickle.load(f)
+    assert obj["matching_heuristics"] is True and obj["__author__"].startswith("sslbench")
+    expected = detectron2_r50_names()
+    assert {k: tuple(v.shape) for k, v in obj["model"].items()} == expected
+    trunk = read_checkpoint(resnet50)["backbone_state"]
+    assert (obj["model"]["res4.5.conv2.norm.running_var"] == trunk["layer3.5.bn2.running_var"].numpy()).all()
+    assert (obj["model"]["res3.0.shortcut.weight"] == trunk["layer2.0.downsample.0.weight"].numpy()).all()
+    with pytest.raises(UserError, match="ending in .pkl"):
+        export_detectron2(resnet50, tmp_path / "r50.pth")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -81,7 +83,14 @@ def test_task_batch_and_loss_at_tiny_size(name: str) -> None:
     assert cls.display_name and task.transfer_input() in TRANSFER_INPUTS
 
 
-@pytest.mark.parametrize("name", PROTOCOLS.names())
+def installed(name: str) -> object:
+    """A protocol name, skipped where the optional package it runs on is not installed."""
+    needs = PROTOCOLS.get(name).requires
+    missing = bool(needs) and importlib.util.find_spec(needs) is None
+    return pytest.param(name, marks=pytest.mark.skipif(missing, reason=f"{name} runs on {needs}, not installed"))
+
+
+@pytest.mark.parametrize("name", [installed(n) for n in PROTOCOLS.names()])
 def test_protocol_runs_on_random_init_at_tiny_size(name: str, tmp_path) -> None:
     from sslbench.protocols.base import evaluate
     from tests.conftest import tiny_protocol

@@ -40,6 +40,7 @@ from sslbench.registry import register_backbone
 
 DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}  # bottlenecks per stage (He et al. 2016, Table 1)
 PLANES = (64, 128, 256, 512)
+TORCHVISION_LAYOUT = {"version": 1, "stages": 4, "width": 1.0, "in_channels": 3}  # what torchvision / detectron2 hold
 ROI_GRID = 14  # RoIs pooled from res4 to 14x14, res5 halves them to 7x7 (Detectron's C4 head, ROI_XFORM_RESOLUTION)
 
 
@@ -200,3 +201,32 @@ class ResNet(Backbone):
     @classmethod
     def tiny(cls) -> dict[str, object]:
         return {"depth": 50, "width": 0.0625, "image_size": 64}
+
+
+def layout_differences(cfg: ResNetConfig) -> list[str]:
+    """How `cfg` differs from the ResNet torchvision's resnet50()/resnet101() and detectron2's R-50/R-101 build
+    ('backbone.version = 2 (torchvision's: 1)'), [] where they hold it."""
+    return [f"backbone.{k} = {getattr(cfg, k)!r} (torchvision's: {v!r})" for k, v in TORCHVISION_LAYOUT.items()
+            if getattr(cfg, k) != v]
+
+
+def detectron2_name(key: str) -> str:
+    """A torchvision ResNet key -> detectron2's (its ResNet backbone's module names, as detectron2's
+    tools/convert-torchvision-to-d2.py and MoCo's detection/convert-pretrain-to-detectron2.py rename them):
+    conv1 / bn1 -> stem.conv1 / stem.conv1.norm, layer<i> -> res<i+1>, bn<j> -> conv<j>.norm, downsample.0 / .1 ->
+    shortcut / shortcut.norm."""
+    if not key.startswith("layer"):
+        key = "stem." + key
+    for i in range(1, 5):
+        key = key.replace(f"layer{i}.", f"res{i + 1}.")
+    for j in range(1, 4):
+        key = key.replace(f"bn{j}.", f"conv{j}.norm.")
+    return key.replace("downsample.0.", "shortcut.").replace("downsample.1.", "shortcut.norm.")
+
+
+def detectron2_weights(weights: dict[str, Tensor], author: str) -> dict[str, object]:
+    """torchvision's ResNet state dict (no fc) -> what detectron2's checkpointer reads from a .pkl: its names,
+    numpy arrays, BatchNorm's num_batches_tracked left out (detectron2's frozen / synchronised norms have none)."""
+    model = {detectron2_name(k): v.detach().cpu().numpy() for k, v in weights.items()
+             if not k.endswith("num_batches_tracked")}
+    return {"model": model, "__author__": author, "matching_heuristics": True}

@@ -55,6 +55,7 @@ class Protocol:
     stored_image_size: ClassVar[bool] = False  # takes data.image_size = 0: every image at its stored size
     trains_by_sgd: ClassVar[bool] = True  # its schedule is SGD steps (voc07-svm: features once, then a solver)
     count_keys: ClassVar[str] = ""  # regex of the keys that are counts, not percentages (exemplar-svm's #features)
+    requires: ClassVar[str] = ""  # the optional package it runs on, by import name (voc-det-d2: detectron2)
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg

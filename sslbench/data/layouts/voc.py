@@ -182,6 +182,12 @@ def _voc_dirs(name: str, root: str | None, year: str, need: Sequence[str]) -> tu
     return tv_root, voc
 
 
+def voc_folder(name: str, root: str | None, year: str, need: Sequence[str]) -> Path:
+    """The VOC<year> folder under `root` (the folder holding VOCdevkit, VOCdevkit itself or VOC<year>), checked to
+    hold `need`: what detectron2's register_pascal_voc reads."""
+    return _voc_dirs(name, root, year, need)[1]
+
+
 def _voc_split_file(name: str, voc: Path, sets_dir: str, split: str, year: str) -> None:
     split_dir = voc / "ImageSets" / sets_dir
     if not (split_dir / f"{split}.txt").is_file():
