@@ -245,15 +245,23 @@ def reproduce(
     plot: Path | None = typer.Option(None, "--plot", help="Also draw the probe tables to this PNG."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     dry_run: bool = DryRunOpt,
+    launcher: str = typer.Option("local", "--launcher", help="local (this process), slurm (submitit jobs: each "
+                                 "pretraining, then its evaluations after it) or submitit-local (the same jobs as "
+                                 "local subprocesses)."),
+    partition: str = typer.Option("", "--partition", help="slurm: the partition."),
+    gpus_per_node: int = typer.Option(1, "--gpus-per-node", help="slurm: GPUs (one process each) of every job."),
+    timeout: float = typer.Option(24.0, "--timeout", help="slurm: every job's time limit, in hours."),
 ) -> None:
     """Run (or reuse) every pretraining and evaluation a table needs, then print it.
 
     Example: [bold]sslbench reproduce rotations[/bold]  (mini scale: about 4 minutes on a 2-core CPU)
     """
+    from sslbench.launch import Cluster
     from sslbench.reproduce import Options
     from sslbench.reproduce import reproduce as run
 
     seed_list = _seeds(seeds, seed)
+    cluster = Cluster(launcher, partition, gpus_per_node, timeout)
     _check_output(name, fmt, plot)
     if dry_run:
         from sslbench.dryrun import dry_reproduce, report
@@ -261,7 +269,7 @@ def reproduce(
         typer.echo(report(dry_reproduce(name, scale or "mini", _data(data))))
         return
     options = Options(scale or "mini", runs, device, seed, force, _data(data), not quiet, sys.argv, seed_list,
-                      echo=lambda line: typer.echo(line, err=True))  # one line per run, as it finishes
+                      echo=lambda line: typer.echo(line, err=True), cluster=cluster)  # one line per run, as it ends
     names, summary = run(name, options)
     _print_tables(name, fmt, runs, plot)
     typer.echo(summary.line(), err=True)

@@ -22,6 +22,7 @@ from sslbench.config import RESUME_FREE, Kind, Recipe, recipe_diff, recipe_key
 from sslbench.data.build import check_real_data
 from sslbench.engine import pretrain
 from sslbench.errors import Interrupted, UserError
+from sslbench.launch import Cluster, Job, LocalLauncher, SubmititLauncher, collect, launcher
 from sslbench.plugins import load_all
 from sslbench.protocols.base import evaluate, init_label, preflight
 from sslbench.recipes import load_recipe, planned_data
@@ -44,6 +45,7 @@ class Options:
     argv: list[str] | None = None
     seeds: tuple[int, ...] = ()  # run the whole plan once per seed (overrides `seed`); tables print mean ± sd
     echo: Callable[[str], None] | None = None  # told one line per run as it finishes ("ran ...", "reused ...")
+    cluster: Cluster = field(default_factory=Cluster)  # --launcher and its job settings (sslbench.launch)
 
 
 @dataclass
@@ -85,9 +87,15 @@ def reproduce(name: str, opts: Options) -> tuple[list[str], Summary]:
     check_runs_writable(opts.runs)  # where everything goes, before any work
     check_store(opts.runs)
     store = default_store(opts.runs)
+    jobs = launcher(opts.cluster, opts.runs)
+    submitted: list[tuple[str, Job]] = []
     try:
         for seed in opts.seeds or (opts.seed,):
-            _run_plan(specs, dataclasses.replace(opts, seed=seed), store, summary, fresh)
+            _run_plan(specs, dataclasses.replace(opts, seed=seed), store, summary, fresh, jobs, submitted)
+        folder = getattr(jobs, "folder", None)
+        for what, job in submitted:  # a cluster's jobs: each result as it comes, in submission order
+            done = collect(job, what, folder)
+            summary.add("ran", done if isinstance(done, str) else done[0])  # a pretraining's: (line, checkpoint)
     except Interrupted as exc:
         done = f"{len(summary.ran)} ran, {len(summary.reused)} reused before it"
         raise exc.with_message(f"reproduce {name} in {exc.message or 'a run'} ({done}); `sslbench reproduce {name}` "
@@ -120,17 +128,43 @@ def check_plan(specs: list[RunSpec], opts: Options) -> None:
                                 f"{', '.join(TRANSFER_EXTENDS)}")
 
 
-def _run_plan(specs: list[RunSpec], opts: Options, store: ResultStore, summary: Summary, fresh: dict[str, str]) -> None:
+@dataclass(frozen=True)
+class JobOptions:
+    """What a run needs of the Options, picklable (a job's arguments travel to another process)."""
+
+    runs: Path
+    device: str
+    progress: bool
+    argv: list[str] | None
+
+    @classmethod
+    def of(cls, opts: Options) -> JobOptions:
+        return cls(opts.runs, opts.device, opts.progress, opts.argv)
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A pretraining submitted as a job and not finished yet: its evaluations run after it and find its checkpoint
+    in the store by the recipe's key (stored_checkpoint)."""
+
+    key: str
+    job: Job
+
+
+def _run_plan(specs: list[RunSpec], opts: Options, store: ResultStore, summary: Summary,
+              fresh: dict[str, str | Pending], jobs: LocalLauncher | SubmititLauncher,
+              submitted: list[tuple[str, Job]]) -> None:
     seed = "" if opts.seed is None else f" [seed {opts.seed}]"
     for spec in specs:
-        trunk = TrunkSpec("random")
+        trunk: TrunkSpec | Pending = TrunkSpec("random")
         if spec.pretrained:
             if spec.pretrained not in TASKS:
                 summary.add("missing", f"task {spec.pretrained!r} (not built yet)")
                 continue
             flavour, overrides = ("", ()) if spec.like else (spec.flavour, spec.set)
-            checkpoint = _pretrained(spec.pretrained, flavour, overrides, opts, store, summary, fresh)
-            trunk = TrunkSpec.like(checkpoint) if spec.like else TrunkSpec("file", checkpoint)
+            checkpoint = _pretrained(spec.pretrained, flavour, overrides, opts, store, summary, fresh, jobs, submitted)
+            trunk = checkpoint if isinstance(checkpoint, Pending) else (
+                TrunkSpec.like(checkpoint) if spec.like else TrunkSpec("file", checkpoint))
         subject = f"random ({spec.like} trunk)" if spec.like else spec.task + _flavoured(spec.flavour)
         for ev in spec.evals:
             if ev.protocol not in PROTOCOLS:
@@ -138,41 +172,85 @@ def _run_plan(specs: list[RunSpec], opts: Options, store: ResultStore, summary: 
                 continue
             recipe = plan_recipe("protocol", ev.protocol, opts, ev.set, ev.flavour, opts.seed)
             what = f"{ev.describe()} on {subject}" + (" (rescaled)" if spec.init == "rescale" else "") + seed
-            init = init_label(trunk.is_random, spec.init, ev.input)
-            if not opts.force and _evaluated(store, ev.protocol, recipe_key(recipe), str(trunk), init):
-                summary.add("reused", what)
-                continue
-            outcome = evaluate(recipe, trunk, opts.runs, opts.device, opts.progress, opts.argv, init=spec.init,
-                               transfer_input=ev.input)
-            took = f"{outcome.run_dir.name}, {outcome.wall_time:.0f} s"
-            rebuilt = outcome.reinitialised
-            note = f" (re-initialised at the protocol's size: {', '.join(rebuilt)})" if rebuilt else ""
-            summary.add("ran", f"{what} ({took}): {headline(outcome.metrics, ev.protocol)}{note}")
+            if isinstance(trunk, TrunkSpec):
+                init = init_label(trunk.is_random, spec.init, ev.input)
+                if not opts.force and _evaluated(store, ev.protocol, recipe_key(recipe), str(trunk), init):
+                    summary.add("reused", what)
+                    continue
+            after = [trunk.job] if isinstance(trunk, Pending) else []
+            args = (recipe, trunk if isinstance(trunk, TrunkSpec) else trunk.key, spec.like, what, JobOptions.of(opts),
+                    spec.init, ev.input)
+            job = jobs.submit(f"eval-{ev.protocol}", eval_job, args, after)
+            if jobs.immediate:
+                summary.add("ran", job.result())
+            else:
+                submitted.append((what, job))
+
+
+def eval_job(recipe: Recipe, trunk: TrunkSpec | str, like: str, what: str, opts: JobOptions, init: str,
+             transfer_input: str) -> str:
+    """One evaluation (in this process or as a job): `trunk`, or the checkpoint of the pretraining whose recipe
+    key it is (a job that ran first); the line the summary prints."""
+    if isinstance(trunk, str):
+        checkpoint = stored_checkpoint(default_store(opts.runs), trunk)
+        if checkpoint is None:
+            raise UserError(f"{what}: no finished pretraining with recipe key {trunk} in {opts.runs}; did its job "
+                            "fail? see its log under the runs folder's jobs/")
+        trunk = TrunkSpec.like(checkpoint) if like else TrunkSpec("file", checkpoint)
+    outcome = evaluate(recipe, trunk, opts.runs, opts.device, opts.progress, opts.argv, init=init,
+                       transfer_input=transfer_input)
+    took = f"{outcome.run_dir.name}, {outcome.wall_time:.0f} s"
+    rebuilt = outcome.reinitialised
+    note = f" (re-initialised at the protocol's size: {', '.join(rebuilt)})" if rebuilt else ""
+    return f"{what} ({took}): {headline(outcome.metrics, recipe.name)}{note}"
+
+
+def stored_checkpoint(store: ResultStore, key: str) -> str | None:
+    """The checkpoint of the store's latest finished pretraining of this recipe key, if its file is there.
+
+    Keyed by the stored recipe as the schema reads it today (a key stored with a since-changed identity rule still
+    finds its run); the store holds few pretrainings."""
+    done = [r for r in store.pretrain_runs() if recipe_key(r.recipe) == key and Path(r.checkpoint).is_file()]
+    return done[-1].checkpoint if done else None
 
 
 def _pretrained(task: str, flavour: str, overrides: tuple[str, ...], opts: Options, store: ResultStore,
-                summary: Summary, fresh: dict[str, str]) -> str:
-    """The checkpoint of this pretraining: one this call already made (`fresh`, by recipe key), else the store's
-    latest with the same resolved recipe, else a new run."""
+                summary: Summary, fresh: dict[str, str | Pending], jobs: LocalLauncher | SubmititLauncher,
+                submitted: list[tuple[str, Job]]) -> str | Pending:
+    """The checkpoint of this pretraining: one this call already made or submitted (`fresh`, by recipe key), else
+    the store's latest with the same resolved recipe, else a new run (a job, on a cluster)."""
     recipe = plan_recipe("pretrain", task, opts, overrides, flavour, opts.seed)
     key = recipe_key(recipe)
-    # keyed by the stored recipe as the schema reads it today (a key stored with a since-changed identity rule still
-    # finds its run); the store holds few pretrainings
-    done = [r for r in store.pretrain_runs() if recipe_key(r.recipe) == key and Path(r.checkpoint).is_file()]
+    what = f"pretrain {task}{_flavoured(flavour)}"
     if key in fresh:
-        summary.add("reused", f"pretrain {task}{_flavoured(flavour)} ({Path(fresh[key]).parent.name})")
-        return fresh[key]
+        made = fresh[key]
+        where = Path(made).parent.name if isinstance(made, str) else f"job {made.job.job_id}"
+        summary.add("reused", f"{what} ({where})")
+        return made
+    done = stored_checkpoint(store, key)
     if done and not opts.force:
-        summary.add("reused", f"pretrain {task}{_flavoured(flavour)} ({done[-1].run_id})")
-        return done[-1].checkpoint
+        summary.add("reused", f"{what} ({Path(done).parent.name})")
+        return done
     unfinished = None if opts.force else _unfinished(opts.runs, recipe)
+    job = jobs.submit(f"pretrain-{task}", pretrain_job, (recipe, what, unfinished, JobOptions.of(opts)))
+    if not jobs.immediate:
+        submitted.append((what, job))
+        fresh[key] = Pending(key, job)
+        return fresh[key]
+    line, checkpoint = job.result()
+    summary.add("ran", line)
+    fresh[key] = checkpoint
+    return checkpoint
+
+
+def pretrain_job(recipe: Recipe, what: str, unfinished: Path | None, opts: JobOptions) -> tuple[str, str]:
+    """One pretraining (resumed where an interrupted one of the same recipe stopped): (its summary line, its
+    checkpoint)."""
     how = f"resumed at step {read_status(unfinished).get('step', '?')}, " if unfinished else ""
     outcome = pretrain(recipe, opts.runs, opts.device, resume=unfinished or False, progress=opts.progress,
                        argv=opts.argv)
     took = f"{outcome.run_dir.name}, {how}{outcome.wall_time:.0f} s"
-    summary.add("ran", f"pretrain {task}{_flavoured(flavour)} ({took}): {headline(outcome.metrics)}")
-    fresh[key] = str(outcome.checkpoint)
-    return fresh[key]
+    return f"{what} ({took}): {headline(outcome.metrics)}", str(outcome.checkpoint)
 
 
 def _flavoured(flavour: str) -> str:

@@ -23,7 +23,7 @@ LAYERS = {
     "sslbench.protocols": 5,
     "sslbench.plugins": 6, "sslbench.recipes": 6, "sslbench.tables": 6,
     "sslbench.planned": 7, "sslbench.dryrun": 7, "sslbench.reproduce": 7, "sslbench.report": 7, "sslbench.show": 7, "sslbench.cli": 7,
-    "sslbench.doctor": 7, "sslbench.page": 7, "sslbench.export": 7, "sslbench.released": 7,
+    "sslbench.doctor": 7, "sslbench.page": 7, "sslbench.export": 7, "sslbench.released": 7, "sslbench.launch": 7,
 }
 FORBIDDEN = [  # (importer prefix, imported prefix, why)
     ("sslbench.protocols", "sslbench.tasks", "protocols must not depend on pretext tasks"),
