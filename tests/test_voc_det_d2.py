@@ -15,8 +15,9 @@ from sslbench.backbones.alexnet import AlexNetConfig
 from sslbench.backbones.base import build_backbone
 from sslbench.backbones.resnet import ResNetConfig
 from sslbench.errors import UserError
+from sslbench.protocols._engines import check_engine_trunk
 from sslbench.protocols.base import evaluate
-from sslbench.protocols.voc_det_d2 import CONFIG, check_trunk, config_file, settings
+from sslbench.protocols.voc_det_d2 import CONFIG, config_file, settings
 from sslbench.recipes import load_recipe
 
 HAS_D2 = importlib.util.find_spec("detectron2") is not None
@@ -68,9 +69,13 @@ def test_the_recipes_settings_go_over_the_file_and_only_what_they_set() -> None:
     assert got["DATASETS.TRAIN"] == ("sslbench_voc_2007_trainval",)
 
 
+def check_trunk(backbone, transfer_input: str, checkpoint: str) -> None:  # noqa: ANN001
+    check_engine_trunk("voc-det-d2", "detectron2's R-C4", backbone, transfer_input, checkpoint, "voc-det")
+
+
 def test_trunks_detectron2_cannot_hold_are_one_line() -> None:
     alex = build_backbone("alexnet", AlexNetConfig(image_size=64, width=0.125, conv1_stride=2, fc_dim=32))
-    with pytest.raises(UserError, match="has a alexnet trunk; detectron2's R-C4 takes ResNet"):
+    with pytest.raises(UserError, match="has a alexnet trunk; detectron2's R-C4 takes ResNet.*use --protocol voc-det"):
         check_trunk(alex, "imagenet", "a.pt")
     v2 = build_backbone("resnet", ResNetConfig(depth=50, version=2, stages=3, width=0.0625))
     with pytest.raises(UserError, match=r"backbone.version = 2 \(torchvision's: 1\)"):

@@ -28,6 +28,7 @@ from sslbench.config import Count, In, Recipe
 from sslbench.data.build import embedded_root
 from sslbench.data.layouts.voc import voc_folder
 from sslbench.errors import UserError
+from sslbench.protocols._engines import check_engine_trunk
 from sslbench.protocols.base import EvalContext, Protocol
 from sslbench.registry import register_protocol
 from sslbench.runtime import atomic_pickle
@@ -66,7 +67,7 @@ def config_file(name: str) -> Path:
     return path
 
 
-def settings(cfg: VOCDetD2Config, recipe: Recipe, weights: Path, out: Path, device: str) -> list[Any]:
+def settings(cfg: VOCDetD2Config, recipe: Recipe, weights: Path, out: Path, device: str, depth: int = 50) -> list[Any]:
     """detectron2's KEY, VALUE pairs (merge_from_list) that this recipe sets over the config file: the weights,
     the data sets sslbench registers, the output folder, the device, the seed and the recipe's shrunk values."""
     train = tuple(f"sslbench_voc_{y}_trainval" for y in cfg.years)
@@ -74,7 +75,7 @@ def settings(cfg: VOCDetD2Config, recipe: Recipe, weights: Path, out: Path, devi
         "MODEL.WEIGHTS": str(weights), "MODEL.DEVICE": device, "OUTPUT_DIR": str(out), "SEED": recipe.seed,
         "DATASETS.TRAIN": train, "DATASETS.TEST": ("sslbench_voc_2007_test",),
         "DATALOADER.NUM_WORKERS": cfg.workers or recipe.data.workers, "TEST.PRECISE_BN.ENABLED": cfg.precise_bn,
-        "MODEL.RESNETS.DEPTH": recipe_depth(recipe),
+        "MODEL.RESNETS.DEPTH": depth,
     }
     shrunk = {"SOLVER.MAX_ITER": cfg.max_iter, "SOLVER.STEPS": tuple(cfg.steps), "SOLVER.IMS_PER_BATCH":
               cfg.ims_per_batch, "SOLVER.BASE_LR": cfg.base_lr, "SOLVER.WARMUP_ITERS": cfg.warmup_iters,
@@ -82,23 +83,6 @@ def settings(cfg: VOCDetD2Config, recipe: Recipe, weights: Path, out: Path, devi
               "INPUT.MAX_SIZE_TRAIN": cfg.max_size, "INPUT.MAX_SIZE_TEST": cfg.max_size, "MODEL.RESNETS.NORM": cfg.norm}
     pairs.update({k: v for k, v in shrunk.items() if v not in (0, 0.0, (), "")})
     return [x for kv in pairs.items() for x in kv]
-
-
-def recipe_depth(recipe: Recipe) -> int:
-    return int(getattr(recipe.backbone.cfg, "depth", 50))
-
-
-def check_trunk(backbone: Backbone, transfer_input: str, checkpoint: str) -> None:
-    """detectron2's ResNet holds torchvision's layout and reads ImageNet-normalised RGB (PIXEL_MEAN / STD)."""
-    if backbone.name != "resnet":
-        raise UserError(f"voc-det-d2: {checkpoint} has a {backbone.name} trunk; detectron2's R-C4 takes ResNet-50 / "
-                        "101 trunks (use --protocol voc-det for AlexNet-family trunks)")
-    differs = layout_differences(backbone.cfg)  # type: ignore[arg-type]
-    if differs:
-        raise UserError(f"voc-det-d2: detectron2's ResNet cannot hold the trunk of {checkpoint}: {'; '.join(differs)}")
-    if transfer_input != "imagenet":
-        raise UserError(f"voc-det-d2: the trunk of {checkpoint} reads {transfer_input!r} input, detectron2's config "
-                        "ImageNet-normalised RGB; pass --input imagenet to evaluate it that way anyway")
 
 
 def detectron2() -> Any:
@@ -167,7 +151,8 @@ class VOCDetectionD2(Protocol):
         detectron2()
         if ctx.ddp.enabled:
             raise UserError("voc-det-d2 runs in one process (detectron2's trainer); run it without torchrun")
-        check_trunk(trunk.backbone, trunk.transfer_input, trunk.checkpoint)
+        check_engine_trunk(self.name, "detectron2's R-C4", trunk.backbone, trunk.transfer_input, trunk.checkpoint,
+                           "voc-det")
         from detectron2.config import get_cfg
         from detectron2.engine import DefaultTrainer
         from detectron2.evaluation import PascalVOCDetectionEvaluator
@@ -179,7 +164,8 @@ class VOCDetectionD2(Protocol):
         _extra_norm_head()
         node = get_cfg()
         node.merge_from_file(str(config_file(self.cfg.config)))
-        node.merge_from_list(settings(self.cfg, recipe, weights, out, str(ctx.device)))
+        depth = trunk.backbone.cfg.depth  # type: ignore[attr-defined]
+        node.merge_from_list(settings(self.cfg, recipe, weights, out, str(ctx.device), depth))
         (out / "config.yaml").write_text(node.dump())
 
         class Trainer(DefaultTrainer):

@@ -30,12 +30,12 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from sslbench.backbones.base import Backbone
-from sslbench.backbones.resnet import layout_differences
 from sslbench.checkpoint import Trunk, key_differences
 from sslbench.config import Count, In, Recipe
 from sslbench.data.classes import VOC_CLASSES
 from sslbench.errors import UserError
 from sslbench.metrics import confusion_matrix, mean_iou
+from sslbench.protocols._engines import check_engine_trunk
 from sslbench.protocols.base import EvalContext, Protocol
 from sslbench.protocols.voc_seg import sbd_required, segmentation_data
 from sslbench.registry import register_protocol
@@ -184,18 +184,6 @@ def sslbench_metric() -> type:
     return SslbenchIoU
 
 
-def check_trunk(backbone: Backbone, transfer_input: str, checkpoint: str) -> None:
-    if backbone.name != "resnet":
-        raise UserError(f"voc-seg-mmseg: {checkpoint} has a {backbone.name} trunk; MMSelfSup's FCN R50-D8 takes "
-                        "ResNet-50 / 101 trunks (use --protocol voc-seg for AlexNet-family trunks)")
-    differs = layout_differences(backbone.cfg)  # type: ignore[arg-type]
-    if differs:
-        raise UserError(f"voc-seg-mmseg: mmseg's ResNet cannot hold the trunk of {checkpoint}: {'; '.join(differs)}")
-    if transfer_input != "imagenet":
-        raise UserError(f"voc-seg-mmseg: the trunk of {checkpoint} reads {transfer_input!r} input, mmseg's "
-                        "preprocessor ImageNet-normalised RGB; pass --input imagenet to evaluate it that way anyway")
-
-
 def build_model(cfg: VocSegMMSegConfig, trunk: Trunk, work: Path) -> Any:
     """mmseg's EncoderDecoder for `cfg`, its backbone initialised from the trunk as MMSelfSup initialises it (init_cfg
     Pretrained, a file in `work`: mmengine loads it when the runner initialises the model). mmengine loads that file
@@ -235,7 +223,8 @@ class VocSegMMSeg(Protocol):
     def run(self, trunk: Trunk, recipe: Recipe, ctx: EvalContext) -> dict[str, float]:
         mmseg()
         cfg, d = self.cfg, recipe.data
-        check_trunk(trunk.backbone, trunk.transfer_input, trunk.checkpoint)
+        check_engine_trunk(self.name, "mmseg's FCN R50-D8", trunk.backbone, trunk.transfer_input, trunk.checkpoint,
+                           "voc-seg")
         if cfg.norm == "SyncBN" and not ctx.ddp.enabled:
             raise UserError("voc-seg-mmseg: norm SyncBN synchronises across GPUs: run under torchrun, or --set "
                             "protocol.norm=BN in one process")
