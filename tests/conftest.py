@@ -13,10 +13,18 @@ from sslbench.plugins import load_all
 from sslbench.recipes import load_recipe
 
 load_all()
-torch.set_num_threads(2)
+# two cores: one torch thread per pytest-xdist worker (`pytest -n 2`), both to a single process
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 TINY_PRETRAIN = ["data.num_images=48", "data.batch_size=16", "schedule.epochs=1", "engine.log_every=1"]
 TINY_PROTOCOL = ["data.num_images=48", "data.num_test=32", "data.batch_size=16", "schedule.epochs=1"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist the slow tests first (the slowest, reproduce rotations-linear, is 40% of the suite), so
+    they run beside the others instead of after them; a plain `pytest` keeps the files' order."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(autouse=True, scope="session")
