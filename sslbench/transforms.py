@@ -35,12 +35,22 @@ GRID = 3  # the 3x3 grid of Context Prediction's patches and of Jigsaw's tiles; 
 
 def normalize(images: Tensor) -> Tensor:
     """uint8 [N,3,H,W] -> float, ImageNet mean/std normalised."""
-    return (images.float() / 255.0 - MEAN.to(images.device)) / STD.to(images.device)
+    return normalize_with(images, MEAN, STD)
 
 
 def normalize_cifar(images: Tensor) -> Tensor:
     """uint8 [N,3,H,W] -> float, CIFAR-10 mean/std normalised (RotNet's CIFAR experiments)."""
-    return (images.float() / 255.0 - CIFAR_MEAN.to(images.device)) / CIFAR_STD.to(images.device)
+    return normalize_with(images, CIFAR_MEAN, CIFAR_STD)
+
+
+def normalize_with(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """uint8 [..., 3, H, W] -> float (x / 255 - mean) / std per channel: one conversion into a fresh tensor, then the
+    three steps in place, instead of four passes each allocating its own result (at the paper's batch sizes the page
+    faults of every fresh buffer cost as much as the arithmetic). The same operations in the same order: the same
+    bits as the four-step formula."""
+    device = images.device
+    out = images.to(torch.float32, copy=True)  # a copy even of float input: the caller's tensor is not modified
+    return out.div_(255.0).sub_(mean.to(device).view(3, 1, 1)).div_(std.to(device).view(3, 1, 1))
 
 
 def luma(rgb: Tensor) -> Tensor:
@@ -67,17 +77,25 @@ def standardize_(x: Tensor, dims: tuple[int, ...]) -> Tensor:
 
 
 def random_crop_flip(images: Tensor, pad: int, flip: bool, generator: torch.Generator) -> Tensor:
-    """Per-image random crop after zero-padding by `pad`, and a random horizontal flip (CIFAR style)."""
-    n, _, h, w = images.shape
-    padded = F.pad(images, (pad, pad, pad, pad)) if pad else images
-    ys = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    xs = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    flips = (torch.rand(n, generator=generator) < 0.5) & flip
-    out = torch.empty_like(images)
-    for i in range(n):
-        crop = padded[i, :, ys[i] : ys[i] + h, xs[i] : xs[i] + w]
-        out[i] = crop.flip(-1) if flips[i] else crop
-    return out
+    """Per-image random crop after zero-padding by `pad`, and a random horizontal flip (CIFAR style).
+
+    The draws (rows, then columns, then flips, on `generator`'s device: CPU) are those of a per-image loop; the crop
+    is one gather on the images' device instead: every output pixel read once from the padded batch."""
+    n, c, h, w = images.shape
+    ys = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(images.device)
+    xs = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(images.device)
+    flips = ((torch.rand(n, generator=generator) < 0.5) & flip).to(images.device)
+    if not pad:  # a flip only: the flipped images copied over, the rest kept
+        out = images.clone()
+        out[flips] = images[flips].flip(-1)
+        return out
+    padded = F.pad(images, (pad, pad, pad, pad))
+    rows = ys[:, None] + torch.arange(h, device=images.device)  # [N, h]
+    cols = xs[:, None] + torch.arange(w, device=images.device)  # [N, w]
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    batch = torch.arange(n, device=images.device)[:, None, None, None]
+    chans = torch.arange(c, device=images.device)[None, :, None, None]
+    return padded[batch, chans, rows[:, None, :, None], cols[:, None, None, :]]
 
 
 def random_area_size(width: int, height: int, area: tuple[int, int], side: int,

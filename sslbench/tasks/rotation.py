@@ -29,10 +29,19 @@ class RotationConfig:
 
 
 def rotate_all(images: Tensor) -> tuple[Tensor, Tensor]:
-    """[N,C,H,W] -> ([4N,C,H,W], [4N]): image i appears at rows 4i..4i+3 rotated by 0, 90, 180, 270 deg."""
-    rotated = torch.stack([torch.rot90(images, k, dims=(2, 3)) for k in range(4)], dim=1)  # [N,4,C,H,W]
-    labels = torch.arange(4).repeat(images.shape[0])  # [4N]
-    return rotated.flatten(0, 1), labels
+    """[N,C,H,W] (square) -> ([4N,C,H,W], [4N]): image i appears at rows 4i..4i+3 rotated by 0, 90, 180, 270 deg
+    (counter-clockwise, as torch.rot90). Each rotation is written once into the output (rot90 by k is a transpose
+    for odd k and a flip of both axes for k = 2: views, copied into their slot), on the images' device."""
+    n, c, h, w = images.shape
+    if h != w:
+        raise ValueError(f"rotate_all: the four rotations of a batch need square images, found {h}x{w}")
+    out = images.new_empty((n, 4, c, h, w))
+    out[:, 0] = images
+    out[:, 1] = images.transpose(2, 3).flip(2)  # rot90 k=1: (i, j) <- (j, w-1-i)
+    out[:, 2] = images.flip((2, 3))
+    out[:, 3] = images.transpose(2, 3).flip(3)  # k=3: (i, j) <- (h-1-j, i)
+    labels = torch.arange(4, device=images.device).repeat(n)  # [4N]
+    return out.flatten(0, 1), labels
 
 
 @register_task("rotation", config=RotationConfig)
@@ -49,7 +58,8 @@ class Rotation(PretextTask):
         """uint8 [N,3,H,W] -> inputs [4N,3,H,W] (normalised), labels [4N]."""
         if self.cfg.crop_pad or self.cfg.flip:
             images = random_crop_flip(images, self.cfg.crop_pad, self.cfg.flip, generator)
-        inputs, labels = rotate_all((normalize_cifar if self.cfg.normalize == "cifar" else normalize)(images))
+        rotated, labels = rotate_all(images)  # the rotations in uint8, then one normalisation of the 4N images
+        inputs = (normalize_cifar if self.cfg.normalize == "cifar" else normalize)(rotated)
         return {"inputs": inputs, "labels": labels}
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
