@@ -113,6 +113,7 @@ class OptimConfig:
     weight_decay: Rate = 5e-4  # L2 penalty
     betas: tuple[Dropout, Dropout] = (0.9, 0.999)  # Adam betas (Context Encoders: beta1 0.5)
     grad_clip: Weight = 0.0  # max gradient norm, 0 = off (VOC07 cls protocol: 10)
+    fused: bool = False  # torch's fused SGD / Adam / AdamW step (one kernel over all parameters; CPU and CUDA)
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,9 @@ class EngineConfig:
     log_every: Annotated[int, In(1, 10**9)] = 10  # optimizer steps between metrics.jsonl / TensorBoard points
     sync_bn: bool = True  # BatchNorm over the global batch under DDP (SyncBatchNorm on CUDA, GlobalBatchNorm on gloo)
     channels_last: bool = False  # NHWC memory format (faster convs on some CPUs/GPUs)
+    # torch.compile of the model the loss calls (off by default); the first step, which holds the compilation, is
+    # logged apart as compile_s
+    compile: bool = False
     threads: Annotated[int, In(0, 1024)] = 0  # torch CPU threads (0 = torch's default)
 
 

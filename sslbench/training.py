@@ -111,11 +111,12 @@ def trainable(module: nn.Module) -> ParamGroups:
 
 
 def build_optimizer(groups: ParamGroups, cfg: OptimConfig) -> torch.optim.Optimizer:
+    fused = {"fused": True} if cfg.fused else {}
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay)
+                               weight_decay=cfg.weight_decay, **fused)
     cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
-    return cls(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    return cls(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, **fused)
 
 
 def lr_at(step: int, steps_per_epoch: int, base: float, cfg: ScheduleConfig) -> float:
@@ -423,6 +424,8 @@ class Fit:
         self.name, self.recipe, self.ctx, self.stop_hint = name, recipe, ctx, stop_hint
         self.module = module
         self.model = distributed(module, ctx.device, ctx.ddp, recipe.engine.sync_bn)  # what the loss calls
+        if recipe.engine.compile:  # the parameters stay the module's: checkpoints and optimizer see no wrapper
+            self.model = torch.compile(self.model)
         self.optimizer = build_optimizer(groups, recipe.optim)
         self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.per_epoch = per_epoch
@@ -459,6 +462,7 @@ class Fit:
         # Deferred for the whole loop, the loader's next batch included: a signal while a batch loads also
         # waits for the end of the step. One during the last step lets the run finish (the caller stores it);
         # the signal stays pending for whatever comes next.
+        first_compiled = self.recipe.engine.compile
         with progress_bar(self.name, self.total, self.ctx.show) as advance, deferred_interrupts():
             advance(self.step)
             while self.step < self.total:
@@ -467,6 +471,9 @@ class Fit:
                 for batch in batches(epoch, start):
                     tick = time.time()
                     out = self._step(prepare(batch, self.step), loss)
+                    if first_compiled:  # this process's first step holds torch.compile's compilation
+                        self.ctx.log.write(self.step + 1, {"compile_s": time.time() - tick})
+                        first_compiled = False
                     self.step += 1
                     if out is not None:
                         self.trained += 1

@@ -164,3 +164,44 @@ def test_setup_state_is_saved_with_the_checkpoint_and_read_back_on_resume(tmp_pa
     assert out.steps == 6 and MeanImageRotation.calls == 1  # resumed from the checkpoint's state, not recomputed
     final = torch.load(out.checkpoint, map_location="cpu", weights_only=False)
     torch.testing.assert_close(final["setup"]["mean"], state["setup"]["mean"])
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_the_fused_optimizer_steps_as_the_default_one(name: str) -> None:
+    """optim.fused: torch's one-kernel step, on the CPU too, follows the same trajectory (float rounding aside)."""
+    from sslbench.config import OptimConfig
+    from sslbench.training import build_optimizer
+
+    def run(fused: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+        opt = build_optimizer(net.parameters(), OptimConfig(name=name, lr=0.05, momentum=0.9, weight_decay=1e-3,
+                                                            fused=fused))
+        assert bool(opt.defaults.get("fused")) is fused
+        x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+        for _ in range(5):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+        return [p.detach().clone() for p in net.parameters()]
+
+    for a, b in zip(run(False), run(True)):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_engine_compile_trains_as_eager_and_logs_the_compilation_apart(tmp_path: Path) -> None:
+    import json
+
+    from sslbench.engine import pretrain
+
+    runs = {}
+    for compiled in (False, True):
+        recipe = tiny_pretrain("rotation", [f"engine.compile={str(compiled).lower()}", "data.num_images=32"])
+        runs[compiled] = pretrain(recipe, tmp_path / f"runs-{compiled}", device="cpu", progress=False, argv=[])
+    assert abs(runs[True].metrics["loss"] - runs[False].metrics["loss"]) < 1e-3
+    logged = [json.loads(line) for line in (runs[True].run_dir / "metrics.jsonl").read_text().splitlines()]
+    first = [entry for entry in logged if "compile_s" in entry]
+    assert len(first) == 1 and first[0]["step"] == 1 and first[0]["compile_s"] > 0
+    eager = (runs[False].run_dir / "metrics.jsonl").read_text()
+    assert "compile_s" not in eager
