@@ -151,6 +151,9 @@ class EngineConfig:
     log_every: Annotated[int, In(1, 10**9)] = 10  # optimizer steps between metrics.jsonl / TensorBoard points
     sync_bn: bool = True  # BatchNorm over the global batch under DDP (SyncBatchNorm on CUDA, GlobalBatchNorm on gloo)
     channels_last: bool = False  # NHWC memory format (faster convs on some CPUs/GPUs)
+    # build the next step's batch (loading + the task's make_batch) in a background thread while this step trains;
+    # every batch is a pure function of its step, so the results are the same bits (off by default)
+    prefetch: bool = False
     # torch.compile of the model the loss calls (off by default); the first step, which holds the compilation, is
     # logged apart as compile_s
     compile: bool = False
@@ -332,7 +335,8 @@ def recipe_from_dict(kind: Kind, name: str, raw: dict[str, Any], source: str, sc
 
 
 # What two recipes may differ in and still be the same experiment, by purpose (dotted keys of Recipe.to_dict):
-IDENTITY_FREE = ("source", "overrides", "data.workers")  # where the recipe came from; loader processes
+# where the recipe came from; loader processes; prefetching the next batch (the same bits either way)
+IDENTITY_FREE = ("source", "overrides", "data.workers", "engine.prefetch")
 RESUME_FREE = (*IDENTITY_FREE, "data.root")  # a resumed run may read its data from where it lives now
 # a table's plan names recipes: the seed, the machine's threads and the logging cadence do not change which one
 PLAN_FREE = (*RESUME_FREE, "seed", "engine.threads", "engine.checkpoint_every", "engine.log_every")
@@ -354,7 +358,9 @@ def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 # experiment as today's and their keys stay valid; any other value is a difference as usual.
 LATE_DEFAULTS = (("backbone", "pool_pad", 0), ("data", "load_area", [0, 0]), ("schedule", "lr_factors", []),
                  # the eval-side lasso (linear, nyu-depth, voc-det), off
-                 ("protocol", "lasso", {"enabled": False, "stage": "res4", "l1": 1e-3, "lr_scale": 1.0}))
+                 ("protocol", "lasso", {"enabled": False, "stage": "res4", "l1": 1e-3, "lr_scale": 1.0}),
+                 # speed switches that leave what a run computes alone, off (2026-12-03)
+                 ("optim", "fused", False), ("engine", "compile", False), ("engine", "prefetch", False))
 
 
 def _without_late_defaults(d: dict[str, Any]) -> dict[str, Any]:
@@ -406,6 +412,7 @@ def recipe_key(recipe: Recipe | str) -> str:
     for key in ("source", "overrides"):
         d.pop(key, None)
     d.get("data", {}).pop("workers", None)  # IDENTITY_FREE, hashed as it always was: stored keys stay valid
+    d.get("engine", {}).pop("prefetch", None)
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

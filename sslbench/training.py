@@ -20,6 +20,7 @@ import math
 import signal
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -468,9 +469,9 @@ class Fit:
             while self.step < self.total:
                 epoch, start = divmod(self.step, self.per_epoch)
                 before = self.step
-                for batch in batches(epoch, start):
+                for ready in self._prepared(batches(epoch, start), prepare):
                     tick = time.time()
-                    out = self._step(prepare(batch, self.step), loss)
+                    out = self._step(ready, loss)
                     if first_compiled:  # this process's first step holds torch.compile's compilation
                         self.ctx.log.write(self.step + 1, {"compile_s": time.time() - tick})
                         first_compiled = False
@@ -494,6 +495,31 @@ class Fit:
             raise UserError(f"{self.name}: none of its {self.total} steps had a readable batch, so nothing was "
                             "trained; check the data with `sslbench data check NAME=PATH`")
         return self.last
+
+    def _prepared(self, batches: Iterable[Any], prepare: Prepare) -> Iterator[Any]:
+        """Each batch of the epoch prepared for its step. With engine.prefetch, batch s + 1 is loaded and prepared
+        in a background thread while step s trains (torch's kernels release the GIL): the step numbers are the
+        same, and a batch is a pure function of its step (its generator is step_generator's), so the bits are too.
+        Leaving early (the schedule's last step, an interrupt) drops the batch under way."""
+        if not self.recipe.engine.prefetch:
+            for batch in batches:
+                yield prepare(batch, self.step)  # lazily: self.step is the step this batch trains
+            return
+        source, step, end = iter(batches), self.step, object()
+
+        def load(at: int) -> Any:
+            batch = next(source, end)
+            return end if batch is end else prepare(batch, at)
+
+        with ThreadPoolExecutor(1, thread_name_prefix="sslbench-prefetch") as pool:
+            pending = pool.submit(load, step)
+            while True:
+                ready = pending.result()  # an error in loading or make_batch is raised here, in the loop
+                if ready is end:
+                    return
+                step += 1
+                pending = pool.submit(load, step)
+                yield ready
 
     def _stop_if_asked(self, on_interrupt: Callable[[int], None] | None) -> None:
         """After a step: a signal that arrived during it (on any rank) stops the run on every rank."""

@@ -155,3 +155,22 @@ def test_a_checkpoint_of_the_previous_format_resumes(tmp_path: Path) -> None:
     torch.save(old, run / "checkpoint.pt")
     out = pretrain(recipe, tmp_path, "cpu", progress=False, resume=True)
     assert out.run_dir == run and out.steps == 6
+
+
+def test_prefetching_the_next_batch_changes_no_bit(tmp_path: Path) -> None:
+    """engine.prefetch builds batch s + 1 in a thread while step s trains: the same weights as without it, and an
+    interrupted prefetching run resumes to the same bits too."""
+    from sslbench.tasks.rotation import Rotation
+
+    plain = pretrain(_resume_recipe(), tmp_path / "a", "cpu", progress=False)
+    recipe = tiny_pretrain("rotation", tiny_alexnet(["schedule.epochs=2", "engine.checkpoint_every=2",
+                                                     "backbone.dropout=0.5", "task.crop_pad=2",
+                                                     "engine.prefetch=true"]), flavour="alexnet")
+    ahead = pretrain(recipe, tmp_path / "b", "cpu", progress=False)
+    with crash_at_call(Rotation, 5), pytest.raises(KeyboardInterrupt):
+        pretrain(recipe, tmp_path / "c", "cpu", progress=False)
+    resumed = pretrain(recipe, tmp_path / "c", "cpu", progress=False, resume=True)
+    a = _weights(plain.checkpoint)
+    for other in (ahead, resumed):
+        b = _weights(other.checkpoint)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
