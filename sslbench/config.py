@@ -359,7 +359,7 @@ def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 LATE_DEFAULTS = (("backbone", "pool_pad", 0), ("data", "load_area", [0, 0]), ("schedule", "lr_factors", []),
                  # the eval-side lasso (linear, nyu-depth, voc-det), off
                  ("protocol", "lasso", {"enabled": False, "stage": "res4", "l1": 1e-3, "lr_scale": 1.0}),
-                 # speed switches that leave what a run computes alone, off (2026-12-03)
+                 # speed switches, off (2026-12-03; fused and compile move the floats, so they stay in the identity)
                  ("optim", "fused", False), ("engine", "compile", False), ("engine", "prefetch", False))
 
 

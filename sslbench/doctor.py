@@ -79,10 +79,17 @@ def _engines() -> list[Check]:
         needs = PROTOCOLS.get(name).requires
         if not needs:
             continue
-        found = importlib.util.find_spec(needs) is not None
-        version = getattr(importlib.import_module(needs), "__version__", "?") if found else ""
-        out.append(Check(needs, f"{version} ({name})" if found else f"not installed ({name} needs it)", ok=found,
-                         needed=False, hint=f"sslbench eval --protocol {name} prints how to install it"))
+        hint = f"sslbench eval --protocol {name} prints how to install it"
+        if importlib.util.find_spec(needs) is None:
+            out.append(Check(needs, f"not installed ({name} needs it)", ok=False, needed=False, hint=hint))
+            continue
+        try:
+            version = str(getattr(importlib.import_module(needs), "__version__", "?"))
+        except Exception as exc:  # noqa: BLE001 - a broken install (mmseg checks mmcv's version on import)
+            out.append(Check(needs, f"installed but not importable: {type(exc).__name__}: {exc}", ok=False,
+                             needed=False, hint=f"reinstall it: {hint}"))
+            continue
+        out.append(Check(needs, f"{version} ({name})", needed=False))
     return out
 
 

@@ -10,7 +10,7 @@ input channels; anything else is one line naming what differs, before anything i
 detectron2 reads a pickle {'model': {name: numpy array}, '__author__', 'matching_heuristics': True} with its own
 module names (sslbench.backbones.resnet.detectron2_name); the config that goes with it (RGB input, torchvision's
 pixel mean / std, STRIDE_IN_1X1 False) is the voc-det-d2 protocol's, shipped as
-sslbench/protocols/detectron2/pascal_voc_R_50_C4_24k.yaml.
+sslbench/protocols/d2configs/pascal_voc_R_50_C4_24k.yaml.
 """
 
 from __future__ import annotations

@@ -38,6 +38,9 @@ class Finished:
     def result(self) -> Any:
         return self.value
 
+    def results(self) -> list[Any]:
+        return [self.value]
+
 
 @dataclass(frozen=True)
 class Cluster:
@@ -121,8 +124,8 @@ class SubmititLauncher:
             extra = {"slurm_additional_parameters": {"dependency": "afterok:" + ":".join(j.job_id for j in after)}
                      } if after else {"slurm_additional_parameters": {}}
         else:
-            for job in after:
-                job.result()
+            for job in after:  # a failed one is collect's one line, before anything depending on it starts
+                collect(job, f"the job {job.job_id} this one waits for", self.folder)
         self.executor.update_parameters(name=f"sslbench-{name}"[:100], **extra)
         return self.executor.submit(JobCall(fn, args))
 
@@ -134,9 +137,10 @@ def launcher(cluster: Cluster, runs: Path) -> LocalLauncher | SubmititLauncher:
 
 
 def collect(job: Job, what: str, folder: Path | None) -> Any:
-    """A job's result, or one line naming the failed job, the last line of its stderr, and its log."""
+    """A job's result (task 0's, for a job of several tasks: every rank ran the same call), or one line naming the
+    failed job, the last line of its stderr, and its log."""
     try:
-        return job.result()
+        return job.results()[0] if hasattr(job, "results") else job.result()
     except UserError:
         raise
     except Exception as exc:  # submitit's FailedJobError / UncompletedJobError: the job's own traceback is its log
@@ -146,3 +150,14 @@ def collect(job: Job, what: str, folder: Path | None) -> Any:
         last = next((line.strip() for line in reversed(err.splitlines()) if line.strip()), type(exc).__name__)
         raise UserError(f"{what}: job {job.job_id} failed ({last}); its log: {folder / f'{job.job_id}_0_log.err'}"
                         ) from None
+
+
+def cancel(jobs: list[Job]) -> None:
+    """Cancel jobs still queued or running (a failed sweep's rest: SLURM would keep its afterok jobs pending)."""
+    for job in jobs:
+        stop = getattr(job, "cancel", None)
+        if stop is not None:
+            try:
+                stop(check=False)
+            except Exception:  # noqa: BLE001 - a job that already ended cannot be cancelled; nothing to do
+                pass

@@ -36,8 +36,9 @@ Sources:
   jigsaw/paper.toml with bn_layers conv3+, evaluated at stride 2 as VISSL does, transfer_stride 0), and
   resnext.py's ResNet-50 / ResNet-101 (torchvision's layout: sslbench's ResNet v1, four stages; depth, width and
   input channels read from the shapes). A ResNet's file does not say which pretext task trained it: `--task` names
-  it (its paper recipe with this trunk). VISSL models configured with INPUT_TYPE bgr expect BGR input; their conv1
-  is imported as it is, so feed such a model BGR or reverse conv1's input channels.
+  it: rotation (rotation/paper-alexnet.toml's ImageNet setting with this trunk) or supervised (supervised/paper.toml's).
+  VISSL models configured with INPUT_TYPE bgr expect BGR input; their conv1 is imported as it is, so feed such a
+  model BGR or reverse conv1's input channels.
 """
 
 from __future__ import annotations
@@ -84,9 +85,12 @@ JIGSAW_PORT_HEAD = {"fc7.fc7": "0", "classifier.fc8": "3"}
 JIGSAW_PORT_SET = ["backbone.bn=false", "backbone.lrn=true", "backbone.conv1_pad=0", "backbone.image_size=75",
                    "task.tile=75", "task.cell=85", "task.head_bn=false"]
 # VISSL's alexnet_jigsaw: BatchNorm on conv3..conv5 only, LRN, conv1 pad 0; VISSL evaluates it at stride 2
+VISSL_LACKS = ("fc6.", "fc7.", "head.")  # VISSL's AlexNet trunks end at pool5
 VISSL_JIGSAW_SET = ["backbone.bn_layers=conv3+", "backbone.lrn=true", "backbone.conv1_pad=0",
                     "backbone.transfer_stride=0"]
-RESNET_TASKS = ("rotation", "supervised", "context", "exemplar", "inpainting", "colorization")
+# --task of a VISSL ResNet: the tasks whose ImageNet recipe takes a ResNet-50 / 101 v1 trunk on RGB images, each
+# with the recipe flavour it is built from (RotNet's ImageNet one: paper.toml is its CIFAR NIN)
+RESNET_TASKS = {"rotation": "alexnet", "supervised": ""}
 
 
 def import_released(source: str, path: Path, out: Path, task: str | None = None,
@@ -210,9 +214,10 @@ def _permutation_file(path: Path) -> torch.Tensor:
 
 
 def _jigsaw_port(weights: dict[str, torch.Tensor], path: Path, perms: torch.Tensor | None) -> dict[str, Any]:
-    if "conv.conv1_s1.weight" not in weights or "classifier.fc8.weight" not in weights:
-        raise UserError(f"{path}: not JigsawPuzzlePytorch's Network (no conv.conv1_s1.weight / classifier.fc8.weight);"
-                        f" found keys {key_list(sorted(weights))}")
+    needed = ("conv.conv1_s1.weight", "fc7.fc7.weight", "classifier.fc8.weight")
+    if any(k not in weights for k in needed):
+        raise UserError(f"{path}: not JigsawPuzzlePytorch's Network (it has {', '.join(needed)}); found keys "
+                        f"{key_list(sorted(weights))}")
     (trunk, head), unmapped = _mapped(weights, JIGSAW_PORT, JIGSAW_PORT_HEAD)
     _refuse_unmapped(unmapped, path, "the JigsawPuzzlePytorch")
     classes, fc7 = len(weights["classifier.fc8.weight"]), len(weights["fc7.fc7.weight"])
@@ -223,7 +228,9 @@ def _jigsaw_port(weights: dict[str, torch.Tensor], path: Path, perms: torch.Tens
                                                           f"task.fc7_dim={fc7}"])
     if perms is None:  # fc8's class order is the release's permutation file, which is not here
         head = {k: v for k, v in head.items() if not k.startswith("3.")}
-    return _checkpoint(recipe, trunk, head, {"source": "jigsaw-pytorch", "path": str(path)}, perms)
+    # the trunk's own fc7 is not the CFN's (the head's is): it stays sslbench's, as in a jigsaw pretraining
+    lacks = ("fc7.",) if perms is not None else ("fc7.", "head.3.")
+    return _checkpoint(recipe, trunk, head, {"source": "jigsaw-pytorch", "path": str(path)}, perms, lacks)
 
 
 def _vissl_trunk(raw: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -251,10 +258,12 @@ def _vissl(weights: dict[str, torch.Tensor], path: Path, task: str | None) -> di
     (trunk,), unmapped = _mapped(weights, VISSL_ALEXNET)
     if shape == (64, 3, 11, 11):  # alexnet_rotnet
         _refuse_unmapped(unmapped, path, "VISSL's alexnet_rotnet")
-        return _checkpoint(load_recipe("pretrain", "rotation", "paper", flavour="alexnet"), trunk, {}, meta)
+        return _checkpoint(load_recipe("pretrain", "rotation", "paper", flavour="alexnet"), trunk, {}, meta,
+                           lacks=VISSL_LACKS)
     if shape == (96, 3, 11, 11) and "_feature_blocks.4.1.running_mean" in weights:  # alexnet_jigsaw
         _refuse_unmapped(unmapped, path, "VISSL's alexnet_jigsaw")
-        return _checkpoint(load_recipe("pretrain", "jigsaw", "paper", VISSL_JIGSAW_SET), trunk, {}, meta)
+        return _checkpoint(load_recipe("pretrain", "jigsaw", "paper", VISSL_JIGSAW_SET), trunk, {}, meta,
+                           lacks=VISSL_LACKS)
     raise UserError(f"{path}: a VISSL trunk sslbench does not map (conv1 {list(shape) if shape else 'absent'}); "
                     "it takes alexnet_rotnet, alexnet_jigsaw and resnet (ResNet-50 / 101) trunks")
 
@@ -264,7 +273,8 @@ def _vissl_resnet(weights: dict[str, torch.Tensor], path: Path, task: str | None
     if task not in RESNET_TASKS:
         found = f"found --task {task}" if task else "none given"
         raise UserError(f"{path}: a VISSL ResNet trunk does not say which pretext task trained it ({found}); pass "
-                        f"--task with one of {', '.join(RESNET_TASKS)}")
+                        f"--task with one of {', '.join(RESNET_TASKS)} (the tasks whose ImageNet recipe takes this "
+                        "trunk)")
     trunk = {k.removeprefix("_feature_blocks."): v for k, v in weights.items()}
     stage3 = {int(k.split(".")[1]) for k in trunk if k.startswith("layer3.")}
     depth = {6: 50, 23: 101}.get(len(stage3))
@@ -274,11 +284,11 @@ def _vissl_resnet(weights: dict[str, torch.Tensor], path: Path, task: str | None
     conv1 = trunk["conv1.weight"]
     backbone = {"name": "resnet", "depth": depth, "version": 1, "stages": 4, "width": conv1.shape[0] / 64,
                 "in_channels": conv1.shape[1], "image_size": 224}
-    raw = tomllib.loads(recipe_path("pretrain", task, "paper").read_text())
+    source = recipe_path("pretrain", task, "paper", RESNET_TASKS[task])
+    raw = tomllib.loads(source.read_text())
     raw["backbone"] = backbone
-    recipe = recipe_from_dict("pretrain", task, raw, f"{recipe_path('pretrain', task, 'paper')} with VISSL's ResNet",
-                              "paper", (), None)
-    return _checkpoint(recipe, trunk, {}, meta)
+    recipe = recipe_from_dict("pretrain", task, raw, f"{source} with VISSL's ResNet", "paper", (), None)
+    return _checkpoint(recipe, trunk, {}, meta, lacks=("head.",))
 
 
 def _refuse_unmapped(unmapped: list[str], path: Path, net: str) -> None:
@@ -287,19 +297,25 @@ def _refuse_unmapped(unmapped: list[str], path: Path, net: str) -> None:
 
 
 def _checkpoint(recipe: Recipe, trunk: dict[str, torch.Tensor], head: dict[str, torch.Tensor],
-                meta: dict[str, Any], permutations: torch.Tensor | None = None) -> dict[str, Any]:
-    """A finished checkpoint of `recipe` holding the mapped trunk and head keys; the keys a release does not hold
-    keep the task's initialisation and are listed (by module) in imported_from.initialised."""
+                meta: dict[str, Any], permutations: torch.Tensor | None = None,
+                lacks: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A finished checkpoint of `recipe` holding the mapped trunk and head keys. The keys a release does not hold
+    by its design (`lacks`: key prefixes, 'head.' for the task's head) keep the task's initialisation and are
+    listed (by module) in imported_from.initialised; any other missing key is a damaged or foreign file, refused."""
     task = TASKS.get(recipe.name)(recipe.component.cfg, build_backbone(recipe.backbone.name, recipe.backbone.cfg))
     source = Path(meta["path"])
     initialised: list[str] = []
-    for module, weights in ((task.backbone, trunk), (task.head, head)):
+    parts = [(task.backbone, trunk, "")] + ([(task.head, head, "head.")] if hasattr(task, "head") else [])
+    for module, weights, prefix in parts:
         own = module.state_dict()
         extra = sorted(set(weights) - set(own))
         if extra:
             raise UserError(f"{source}: keys with no place in {recipe.name}'s trunk or head: {key_list(extra)}")
         kept = sorted(k for k in own if k not in weights)
-        prefix = "" if module is task.backbone else "head."
+        missing = [prefix + k for k in kept if not (prefix + k).startswith(lacks) and not k.endswith("batches_tracked")]
+        if missing:
+            raise UserError(f"{source}: the release lacks {key_list(missing)}, which its network has; is the file "
+                            "truncated, or another network's?")
         initialised += sorted({prefix + k.rsplit(".", 1)[0] for k in kept if not k.endswith("num_batches_tracked")})
         load_state_strict(module, {**{k: own[k] for k in kept}, **weights}, source)
     if permutations is not None:

@@ -22,7 +22,7 @@ from sslbench.config import RESUME_FREE, Kind, Recipe, recipe_diff, recipe_key
 from sslbench.data.build import check_real_data
 from sslbench.engine import pretrain
 from sslbench.errors import Interrupted, UserError
-from sslbench.launch import Cluster, Job, LocalLauncher, SubmititLauncher, collect, launcher
+from sslbench.launch import Cluster, Job, LocalLauncher, SubmititLauncher, cancel, collect, launcher
 from sslbench.plugins import load_all
 from sslbench.protocols.base import evaluate, init_label, preflight
 from sslbench.recipes import load_recipe, planned_data
@@ -93,8 +93,12 @@ def reproduce(name: str, opts: Options) -> tuple[list[str], Summary]:
         for seed in opts.seeds or (opts.seed,):
             _run_plan(specs, dataclasses.replace(opts, seed=seed), store, summary, fresh, jobs, submitted)
         folder = getattr(jobs, "folder", None)
-        for what, job in submitted:  # a cluster's jobs: each result as it comes, in submission order
-            done = collect(job, what, folder)
+        for i, (what, job) in enumerate(submitted):  # a cluster's jobs: each result as it comes, in submission order
+            try:
+                done = collect(job, what, folder)
+            except UserError:
+                cancel([j for _, j in submitted[i + 1:]])  # the rest would wait on it (afterok) or be wasted
+                raise
             summary.add("ran", done if isinstance(done, str) else done[0])  # a pretraining's: (line, checkpoint)
     except Interrupted as exc:
         done = f"{len(summary.ran)} ran, {len(summary.reused)} reused before it"

@@ -166,7 +166,20 @@ def test_prefetching_the_next_batch_changes_no_bit(tmp_path: Path) -> None:
     recipe = tiny_pretrain("rotation", tiny_alexnet(["schedule.epochs=2", "engine.checkpoint_every=2",
                                                      "backbone.dropout=0.5", "task.crop_pad=2",
                                                      "engine.prefetch=true"]), flavour="alexnet")
-    ahead = pretrain(recipe, tmp_path / "b", "cpu", progress=False)
+    import threading
+
+    threads, real = set(), Rotation.make_batch
+
+    def recording(self, *args):  # noqa: ANN001, ANN202
+        threads.add(threading.current_thread().name)
+        return real(self, *args)
+
+    Rotation.make_batch = recording
+    try:
+        ahead = pretrain(recipe, tmp_path / "b", "cpu", progress=False)
+    finally:
+        Rotation.make_batch = real
+    assert threads and all(name.startswith("sslbench-prefetch") for name in threads)  # built in the thread
     with crash_at_call(Rotation, 5), pytest.raises(KeyboardInterrupt):
         pretrain(recipe, tmp_path / "c", "cpu", progress=False)
     resumed = pretrain(recipe, tmp_path / "c", "cpu", progress=False, resume=True)

@@ -81,3 +81,13 @@ def test_job_settings_belong_to_a_cluster_launcher(tmp_path: Path, monkeypatch: 
         assert f"#SBATCH {line}" in script, script
     slurm.submit("pretrain-rotation", int, ("1",))  # no dependency: the last one is not carried over
     assert "--dependency" not in slurm.executor._executor._make_submission_file_text("python -m job", "uid")
+
+
+def test_a_job_of_several_tasks_gives_task_0s_result_with_torchruns_environment(tmp_path: Path) -> None:
+    """--gpus-per-node 2: two tasks, each with torch.distributed's environment exported (RANK, WORLD_SIZE, ...)."""
+    import os
+
+    jobs = SubmititLauncher(Cluster("submitit-local", gpus_per_node=2, timeout_h=0.1), tmp_path / "jobs")
+    job = jobs.submit("env", os.getenv, ("WORLD_SIZE",))  # by reference: the job's own environment
+    assert collect(job, "a two-task job", jobs.folder) == "2"
+    assert sorted(job.results()) == ["2", "2"]

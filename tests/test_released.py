@@ -251,6 +251,9 @@ def test_a_bad_permutation_file_or_foreign_keys_are_one_line(jigsaw_port, tmp_pa
     torch.save({**net.state_dict(), "fc7.bn.weight": torch.zeros(4096)}, tmp_path / "extra.pth")
     with pytest.raises(UserError, match="no place in the JigsawPuzzlePytorch mapping: fc7.bn.weight"):
         import_released("jigsaw-pytorch", tmp_path / "extra.pth", tmp_path / "a.pt")
+    torch.save({k: v for k, v in net.state_dict().items() if k != "conv.conv3_s1.bias"}, tmp_path / "cut.pth")
+    with pytest.raises(UserError, match="the release lacks conv3.0.bias, which its network has"):
+        import_released("jigsaw-pytorch", tmp_path / "cut.pth", tmp_path / "a.pt")
     with pytest.raises(UserError, match="--permutations is JigsawPuzzlePytorch's"):
         import_released("rotnet", path, tmp_path / "a.pt", permutations=tmp_path / "p.npy")
     assert not list(tmp_path.glob("*.pt"))
@@ -302,6 +305,8 @@ def test_vissls_alexnet_jigsaw_keeps_stride_2_and_folds_conv3_to_5(tmp_path: Pat
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
         assert torch.allclose(trunk.backbone.eval()(x, taps=("conv5",))["conv5"], vissl[:7](x), atol=1e-4)
+    transfer = load_trunk(TrunkSpec("file", str(out)), load_recipe("protocol", "voc-cls", "paper").backbone)
+    assert transfer.backbone.cfg.conv1_stride == 2  # as VISSL evaluates it (the port's checkpoint transfers at 4)
 
 
 @pytest.fixture(scope="module")
@@ -325,6 +330,11 @@ def test_a_vissl_resnet50_needs_its_task_and_computes_torchvisions_forward(vissl
     out = import_released("vissl", path, tmp_path / "r50.pt", task="rotation")
     state = read_checkpoint(out)
     assert state["task"] == "rotation" and state["backbone"]["name"] == "resnet"
+    assert state["transfer_input"] == "imagenet"  # RotNet's ImageNet setting, not its CIFAR one
+    supervised = read_checkpoint(import_released("vissl", path, tmp_path / "sup.pt", task="supervised"))
+    assert supervised["task"] == "supervised" and supervised["transfer_input"] == "imagenet"
+    with pytest.raises(UserError, match="pass --task with one of rotation, supervised"):
+        import_released("vissl", path, tmp_path / "a.pt", task="inpainting")
     from sslbench.config import recipe_from_json
 
     backbone = recipe_from_json(state["recipe"]).backbone

@@ -67,13 +67,15 @@ def config_file(name: str) -> Path:
     return path
 
 
-def settings(cfg: VOCDetD2Config, recipe: Recipe, weights: Path, out: Path, device: str, depth: int = 50) -> list[Any]:
+def settings(cfg: VOCDetD2Config, recipe: Recipe, weights: Path, out: Path, device: str, depth: int = 50,
+             datasets: tuple[tuple[str, ...], str] | None = None) -> list[Any]:
     """detectron2's KEY, VALUE pairs (merge_from_list) that this recipe sets over the config file: the weights,
-    the data sets sslbench registers, the output folder, the device, the seed and the recipe's shrunk values."""
-    train = tuple(f"sslbench_voc_{y}_trainval" for y in cfg.years)
+    the data sets sslbench registers (`datasets`: their names, from _register), the output folder, the device,
+    the seed and the recipe's shrunk values."""
+    train, test = datasets or (tuple(f"sslbench_voc_{y}_trainval" for y in cfg.years), "sslbench_voc_2007_test")
     pairs: dict[str, Any] = {
         "MODEL.WEIGHTS": str(weights), "MODEL.DEVICE": device, "OUTPUT_DIR": str(out), "SEED": recipe.seed,
-        "DATASETS.TRAIN": train, "DATASETS.TEST": ("sslbench_voc_2007_test",),
+        "DATASETS.TRAIN": train, "DATASETS.TEST": (test,),
         "DATALOADER.NUM_WORKERS": cfg.workers or recipe.data.workers, "TEST.PRECISE_BN.ENABLED": cfg.precise_bn,
         "MODEL.RESNETS.DEPTH": depth,
     }
@@ -93,19 +95,26 @@ def detectron2() -> Any:
     return d2
 
 
-def _register(cfg: VOCDetD2Config, recipe: Recipe) -> None:
-    """VOC<year> trainval (and 2007 test) under the names `settings` uses, from --data or the embedded data."""
+def _register(cfg: VOCDetD2Config, recipe: Recipe) -> tuple[tuple[str, ...], str]:
+    """VOC<year> trainval (and 2007 test) registered with detectron2, from --data or the embedded data; the names
+    carry a hash of the folder, so a second evaluation in this process on other data registers its own. Returns
+    (the training sets' names, the test set's)."""
+    import hashlib
+
     from detectron2.data import DatasetCatalog
     from detectron2.data.datasets import register_pascal_voc
 
-    d = recipe.data
+    d, names = recipe.data, {}
     for year in sorted({*cfg.years, 2007}):
         root = d.root or str(embedded_root(d, f"voc{year}"))
         folder = voc_folder(f"voc{year}", root, str(year), ("JPEGImages", "Annotations", "ImageSets"))
+        tag = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:8]
         for split in SPLITS[year]:
-            name = f"sslbench_voc_{year}_{split}"
-            if split and (year in cfg.years or split == "test") and name not in DatasetCatalog.list():
-                register_pascal_voc(name, str(folder), split, year)
+            if split and (year in cfg.years or split == "test"):
+                name = names[(year, split)] = f"sslbench_voc_{year}_{split}_{tag}"
+                if name not in DatasetCatalog.list():
+                    register_pascal_voc(name, str(folder), split, year)
+    return tuple(names[(y, "trainval")] for y in cfg.years), names[(2007, "test")]
 
 
 def _extra_norm_head() -> None:
@@ -160,12 +169,12 @@ class VOCDetectionD2(Protocol):
         out = ctx.run_dir / "detectron2"
         weights = out / "trunk.pkl"
         atomic_pickle(detectron2_weights(trunk.backbone.state_dict(), f"sslbench {trunk.checkpoint}"), weights)
-        _register(self.cfg, recipe)
+        datasets = _register(self.cfg, recipe)
         _extra_norm_head()
         node = get_cfg()
         node.merge_from_file(str(config_file(self.cfg.config)))
         depth = trunk.backbone.cfg.depth  # type: ignore[attr-defined]
-        node.merge_from_list(settings(self.cfg, recipe, weights, out, str(ctx.device), depth))
+        node.merge_from_list(settings(self.cfg, recipe, weights, out, str(ctx.device), depth, datasets))
         (out / "config.yaml").write_text(node.dump())
 
         class Trainer(DefaultTrainer):
@@ -175,8 +184,11 @@ class VOCDetectionD2(Protocol):
 
         trainer = Trainer(node)
         trainer.resume_or_load(resume=False)
-        trainer.train()
-        bbox = Trainer.test(node, trainer.model)["bbox"]
+        trainer.train()  # its EvalHook tests once after the last iteration: those are the results
+        results = getattr(trainer, "_last_eval_results", None) or Trainer.test(node, trainer.model)
+        bbox = results["bbox"]
+        for weights_file in (weights, *out.glob("model_*.pth")):  # the run keeps no copy of the trunk or the model
+            weights_file.unlink(missing_ok=True)
         metrics = {self.key(k): float(bbox[k]) for k in ("AP50", "AP", "AP75")}
         ctx.log.write(node.SOLVER.MAX_ITER, {k.rsplit("/", 1)[1]: v for k, v in metrics.items()}, prefix="test")
         return metrics

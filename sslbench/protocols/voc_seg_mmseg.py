@@ -221,6 +221,12 @@ class VocSegMMSeg(Protocol):
             raise UserError(sbd_required().replace("voc-seg:", "voc-seg-mmseg:"))
 
     def run(self, trunk: Trunk, recipe: Recipe, ctx: EvalContext) -> dict[str, float]:
+        try:
+            return self._run(trunk, recipe, ctx)
+        finally:
+            (ctx.run_dir / "mmseg" / "trunk.pth").unlink(missing_ok=True)  # the run keeps no copy of the trunk
+
+    def _run(self, trunk: Trunk, recipe: Recipe, ctx: EvalContext) -> dict[str, float]:
         mmseg()
         cfg, d = self.cfg, recipe.data
         check_engine_trunk(self.name, "mmseg's FCN R50-D8", trunk.backbone, trunk.transfer_input, trunk.checkpoint,
@@ -238,7 +244,8 @@ class VocSegMMSeg(Protocol):
         ddp = ctx.ddp.enabled
         train_ds, test_ds = MMSegPairs(train, train_pipe), MMSegPairs(val, test_pipe, mask_after=True)
         runner = Runner(
-            model=model, work_dir=str(work), experiment_name="voc-seg-mmseg",
+            # mmengine keeps its logger and message hub per experiment name: one per run
+            model=model, work_dir=str(work), experiment_name=f"voc-seg-mmseg-{ctx.run_dir.name}",
             train_dataloader=DataLoader(train_ds, batch_size=max(1, d.batch_size // ctx.ddp.world),
                                         shuffle=not ddp, sampler=DistributedSampler(train_ds) if ddp else None,
                                         num_workers=d.workers, collate_fn=collate, drop_last=True,
@@ -257,10 +264,7 @@ class VocSegMMSeg(Protocol):
             default_hooks={"checkpoint": None, "logger": {"type": "LoggerHook", "interval": 50}},
             randomness={"seed": recipe.seed}, launcher="pytorch" if ddp else "none", default_scope="mmseg",
         )
-        try:
-            runner.train()  # its first act: the backbone's init_cfg loads trunk.pth
-        finally:
-            (work / "trunk.pth").unlink(missing_ok=True)  # the run keeps no copy of the trunk
+        runner.train()  # its first act: the backbone's init_cfg loads trunk.pth
         scores = runner.test()
         theirs, ours = float(scores["mIoU"]), float(scores["sslbench/mIoU"])
         if abs(theirs - ours) > 0.01:
