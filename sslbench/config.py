@@ -409,10 +409,9 @@ def recipe_key(recipe: Recipe | str) -> str:
 
     Accepts a Recipe or its JSON (as stored with every result)."""
     d = _as_dict(recipe)
-    for key in ("source", "overrides"):
-        d.pop(key, None)
-    d.get("data", {}).pop("workers", None)  # IDENTITY_FREE, hashed as it always was: stored keys stay valid
-    d.get("engine", {}).pop("prefetch", None)
+    for dotted in IDENTITY_FREE:  # hashed as it always was: stored keys stay valid
+        *section, key = dotted.split(".")
+        (d.get(section[0], {}) if section else d).pop(key, None)
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

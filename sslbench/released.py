@@ -312,11 +312,13 @@ def _checkpoint(recipe: Recipe, trunk: dict[str, torch.Tensor], head: dict[str, 
         if extra:
             raise UserError(f"{source}: keys with no place in {recipe.name}'s trunk or head: {key_list(extra)}")
         kept = sorted(k for k in own if k not in weights)
-        missing = [prefix + k for k in kept if not (prefix + k).startswith(lacks) and not k.endswith("batches_tracked")]
+        counters = [k for k in kept if k.endswith("num_batches_tracked")]  # older torch saved none: not weights
+        kept_weights = [k for k in kept if k not in counters]
+        missing = [prefix + k for k in kept_weights if not (prefix + k).startswith(lacks)]
         if missing:
             raise UserError(f"{source}: the release lacks {key_list(missing)}, which its network has; is the file "
                             "truncated, or another network's?")
-        initialised += sorted({prefix + k.rsplit(".", 1)[0] for k in kept if not k.endswith("num_batches_tracked")})
+        initialised += sorted({prefix + k.rsplit(".", 1)[0] for k in kept_weights})
         load_state_strict(module, {**{k: own[k] for k in kept}, **weights}, source)
     if permutations is not None:
         task.permutations.copy_(permutations)

@@ -500,7 +500,7 @@ class Fit:
         """Each batch of the epoch prepared for its step. With engine.prefetch, batch s + 1 is loaded and prepared
         in a background thread while step s trains (torch's kernels release the GIL): the step numbers are the
         same, and a batch is a pure function of its step (its generator is step_generator's), so the bits are too.
-        Leaving early (the schedule's last step, an interrupt) drops the batch under way."""
+        Leaving early (the schedule's last step, an interrupt) waits for the batch under way, then drops it."""
         if not self.recipe.engine.prefetch:
             for batch in batches:
                 yield prepare(batch, self.step)  # lazily: self.step is the step this batch trains
