@@ -19,6 +19,19 @@ from sslbench.recipes import load_recipe
 from sslbench.released import import_released
 
 
+def randomise_(net: nn.Module) -> nn.Module:
+    """Non-trivial BatchNorm statistics and conv biases, so a wrong fold or mapping shows."""
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+        if isinstance(m, nn.Conv2d) and m.bias is not None:
+            m.bias.data.uniform_(-0.3, 0.3)
+    return net.eval()
+
+
 def rotnet_alexnet() -> nn.ModuleList:
     """The source network's layout: _feature_blocks = conv1, pool1, conv2, pool2, conv3, conv4, conv5, pool5,
     fc_block, classifier (RotNet's AlexNet.py, num_classes 4)."""
@@ -48,18 +61,10 @@ class Released(nn.Module):
 @pytest.fixture(scope="module")
 def released(tmp_path_factory: pytest.TempPathFactory) -> tuple[Released, Path]:
     torch.manual_seed(0)
-    net = Released()
-    for m in net.modules():  # non-trivial statistics and biases, so a wrong fold or mapping shows
-        if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-        if isinstance(m, nn.Conv2d):
-            m.bias.data.uniform_(-0.3, 0.3)
+    net = randomise_(Released())
     path = tmp_path_factory.mktemp("rotnet") / "model_net_epoch30"
     torch.save({"epoch": 30, "network": net.state_dict()}, path)
-    return net.eval(), path
+    return net, path
 
 
 def test_the_imported_trunk_computes_what_the_released_network_computes(released, tmp_path: Path) -> None:  # noqa: ANN001
@@ -134,11 +139,7 @@ class ReleasedNin(nn.Module):
 @pytest.mark.parametrize("stages", [3, 4])
 def test_rotnets_cifar_nin_imports_with_its_number_of_blocks(stages: int, tmp_path: Path) -> None:
     torch.manual_seed(stages)
-    net = ReleasedNin(stages)
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
+    net = randomise_(ReleasedNin(stages))
     torch.save({"epoch": 200, "network": net.state_dict()}, tmp_path / "model_net_epoch200")
     out = import_released("rotnet", tmp_path / "model_net_epoch200", tmp_path / "nin.pt")
     recipe = load_recipe("pretrain", "rotation", "paper", [f"backbone.blocks={stages}"])
@@ -149,19 +150,6 @@ def test_rotnets_cifar_nin_imports_with_its_number_of_blocks(stages: int, tmp_pa
         assert torch.allclose(ours, net.eval().upto(x, stages - 1), atol=1e-4)
     state = read_checkpoint(out)
     assert torch.equal(state["model"]["head.fc.weight"], net._feature_blocks[stages].Classifier.weight)
-
-
-def randomise_(net: nn.Module) -> nn.Module:
-    """Non-trivial BatchNorm statistics and conv biases, so a wrong fold or mapping shows."""
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-        if isinstance(m, nn.Conv2d) and m.bias is not None:
-            m.bias.data.uniform_(-0.3, 0.3)
-    return net.eval()
 
 
 class PortLRN(nn.Module):
