@@ -1,36 +1,94 @@
-"""Benchmark (issue 18, part 3): RotNet's batch construction at the paper's ImageNet geometry, today's code against the
-code it replaced, measured in the same run.
+"""Benchmark (issue 18, part 3): every pretext task's batch construction at its paper geometry, the code it replaced
+against today's, measured in the same run.
 
-RotNet AlexNet (rotation/paper-alexnet.toml): 192 images of 224 px per step, a random horizontal flip each, all four
-rotations -> 768 normalised inputs. The baseline is the replaced pipeline, kept here verbatim in behaviour: a per-image
-flip loop, the four-step normalisation (x / 255 - mean) / std of the N float images, then torch.stack of four
-torch.rot90 copies. The current path flips by one masked copy, rotates the uint8 images into their slots of one
-output, and normalises the 4N images once (a conversion, then the three steps in place: no further buffers).
-Outputs are checked bit-identical before timing. The other tasks' make_batch (Jigsaw, Context, Damaged Jigsaw, Context
-Encoders) are not yet covered here (issue 18 stays open).
+Geometries (the paper recipes): RotNet AlexNet 192 x 224 px -> 768 rotated inputs; Jigsaw and Damaged Jigsaw 256 x
+256 px -> 9 tiles of 64 px each; Context 56 x 398 px -> 9 patches of 96 px each; Context Encoders 64 x 224 px.
 
-Last line: `make_batch ratio R` (baseline ms / current ms at the first thread count).
+"replaced" is the code before issue 18, run in a child process with torch's default 4 KB pages
+(THP_MEM_ALLOC_ENABLE=0): for RotNet and Jigsaw their old make_batch, kept here verbatim in behaviour; for all
+tasks the old cut_windows (torch's index kernel, one offset per pixel). "current" is the task's make_batch in a
+child process as sslbench runs it (importing sslbench turns torch's transparent huge pages on). The current outputs
+are checked bit-identical to the replaced ones before timing. A third column, "current, 4 KB pages", separates the
+code's share from the pages'.
+
+Last line: `make_batch ratio R` (replaced / current, RotNet, at the first thread count).
 Run:  python benchmarks/bench_make_batch.py [threads ...]     (default 1 2)
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 import time
 
-import torch
-
-from sslbench.backbones.base import build_backbone
-from sslbench.recipes import load_recipe
-from sslbench.registry import TASKS
-from sslbench.transforms import MEAN, STD
-
-N, SIDE = 192, 224  # rotation/paper-alexnet.toml: batch_size 192, image_size 224
+TASK_NAMES = {"rotation": "alexnet", "jigsaw": None, "damaged-jigsaw": None, "context": None, "inpainting": None}
+REPEATS = 5
 
 
-def baseline(images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """The replaced RotNet make_batch (flip only: crop_pad 0 in the paper AlexNet recipe)."""
-    n, _, h, w = images.shape
+def child(mode: str, threads: int) -> None:
+    """In its own process (page size and code fixed at start): best-of-5 ms of each task's make_batch."""
+    import sslbench  # noqa: F401, I001  (before torch: it sets torch's page mode)
+    import torch
+
+    import sslbench.transforms as transforms
+    from sslbench.backbones.base import build_backbone
+    from sslbench.recipes import load_recipe
+    from sslbench.registry import TASKS
+
+    torch.set_num_threads(threads)
+    replaced_cut = make_replaced_cut(torch)
+    results = {}
+    for name, flavour in TASK_NAMES.items():
+        recipe = load_recipe("pretrain", name, "paper", flavour=flavour)
+        task = TASKS.get(name)(recipe.component.cfg, build_backbone(recipe.backbone.name, recipe.backbone.cfg))
+        n, side = recipe.data.batch_size, recipe.data.image_size
+        images = torch.randint(0, 256, (n, 3, side, side), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        current = task.make_batch
+        old = {"rotation": lambda x, t, g, task=task: replaced_rotation(torch, task, x, g),
+               "jigsaw": lambda x, t, g, task=task: replaced_jigsaw(torch, task, x, g)}.get(name, current)
+        if mode == "replaced":
+            transforms.cut_windows = replaced_cut  # the tasks call it through the module
+            for module in ("jigsaw", "damaged_jigsaw", "context"):
+                sys.modules[f"sslbench.tasks.{module}"].cut_windows = replaced_cut
+            fn = old
+        else:
+            fn = current
+            a = current(images, {}, torch.Generator().manual_seed(1))
+            b = old(images, {}, torch.Generator().manual_seed(1))
+            for key in b:
+                assert torch.equal(a[key], b[key]), f"{name}: {key} differs from the replaced code"
+        gen = torch.Generator().manual_seed(2)
+        fn(images, {}, gen)  # warm-up
+        times = []
+        for _ in range(REPEATS):
+            start = time.perf_counter()
+            fn(images, {}, gen)
+            times.append(time.perf_counter() - start)
+        results[name] = 1000 * min(times)
+    print(json.dumps(results))
+
+
+def make_replaced_cut(torch):  # noqa: ANN001, ANN201
+    """cut_windows before issue 18: torch's advanced indexing of the unfolded view."""
+    def cut_windows(images, rows, cols, size, channels=None):  # noqa: ANN001, ANN202
+        n, c = images.shape[:2]
+        windows = images.unfold(2, size, 1).unfold(3, size, 1)
+        image = torch.arange(n).view(n, 1)
+        if channels is not None:
+            return windows[image, channels, rows, cols][:, :, None]
+        if rows.dim() == 2:
+            return windows[image, :, rows, cols]
+        return windows[image[..., None], torch.arange(c).view(1, 1, c), rows, cols]
+    return cut_windows
+
+
+def replaced_rotation(torch, task, images, generator):  # noqa: ANN001, ANN201
+    """RotNet's make_batch before issue 18 (flip only: crop_pad 0 in the paper AlexNet recipe)."""
+    from sslbench.transforms import MEAN, STD
+
+    n = images.shape[0]
     torch.randint(0, 1, (n,), generator=generator)  # the crop draws it made (pad 0), to keep the same stream
     torch.randint(0, 1, (n,), generator=generator)
     flips = torch.rand(n, generator=generator) < 0.5
@@ -42,38 +100,54 @@ def baseline(images: torch.Tensor, generator: torch.Generator) -> dict[str, torc
     return {"inputs": rotated.flatten(0, 1), "labels": torch.arange(4).repeat(n)}
 
 
-def best_ms(fn, repeats: int) -> float:  # noqa: ANN001
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * min(times)
+def replaced_jigsaw(torch, task, images, generator):  # noqa: ANN001, ANN201
+    """Jigsaw's make_batch before issue 18: whole-batch passes (cut, float, /255, gray by gather, normalise)."""
+    from sslbench.tasks import jigsaw
+    from sslbench.transforms import luma, standardize_
+
+    cfg = task.cfg
+    n, c, h, w = images.shape
+    perms = task.permutations
+    labels = torch.randint(0, len(perms), (n,), generator=generator)
+    corners = jigsaw.tile_corners(n, c, h, w, cfg.cell, cfg.tile, cfg.random_offsets, cfg.channel_jitter, generator)
+    corners = jigsaw.shuffle_tiles(corners, perms[labels])
+    tiles = jigsaw.cut_windows(images, corners[..., 0], corners[..., 1], cfg.tile).float()
+    tiles.div_(255.0)
+    pick = torch.nonzero(torch.rand(n, generator=generator) < cfg.gray_prob).flatten()
+    if len(pick):
+        tiles[pick] = luma(tiles[pick]).expand(-1, -1, 3, -1, -1)
+    standardize_(tiles, (3, 4) if cfg.tile_norm_per_channel else (2, 3, 4))
+    return {"tiles": tiles, "labels": labels}
+
+
+def run_child(mode: str, threads: int, pages: str | None) -> dict[str, float]:
+    env = dict(os.environ)
+    env.pop("THP_MEM_ALLOC_ENABLE", None)
+    if pages:
+        env["THP_MEM_ALLOC_ENABLE"] = pages
+    out = subprocess.run([sys.executable, __file__, "--child", mode, str(threads)], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main(threads: list[int]) -> None:
-    recipe = load_recipe("pretrain", "rotation", "paper", flavour="alexnet")
-    cfg = recipe.component.cfg
-    assert cfg.flip and not cfg.crop_pad, "the paper AlexNet recipe flips and does not crop"
-    task = TASKS.get("rotation")(cfg, build_backbone(recipe.backbone.name, recipe.backbone.cfg))
-    images = torch.randint(0, 256, (N, 3, SIDE, SIDE), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    ours = task.make_batch(images, {}, torch.Generator().manual_seed(1))
-    theirs = baseline(images, torch.Generator().manual_seed(1))
-    assert torch.equal(ours["labels"], theirs["labels"])
-    assert torch.equal(ours["inputs"], theirs["inputs"])
-    print(f"RotNet AlexNet make_batch, {N} images of {SIDE} px -> {4 * N} inputs (best of 5)")
-    print("| threads | replaced (ms) | current (ms) | ratio |")
-    print("|---|---|---|---|")
-    ratios = []
+    print(f"make_batch at the paper geometry, best of {REPEATS}, ms per batch")
+    print("| task | threads | replaced | current, 4 KB pages | current | ratio |")
+    print("|---|---|---|---|---|---|")
+    first = None
     for t in threads:
-        torch.set_num_threads(t)
-        gen = torch.Generator().manual_seed(2)
-        old = best_ms(lambda: baseline(images, gen), 5)  # noqa: B023
-        new = best_ms(lambda: task.make_batch(images, {}, gen), 5)  # noqa: B023
-        ratios.append(old / new)
-        print(f"| {t} | {old:.0f} | {new:.0f} | {old / new:.2f}x |")
-    print(f"make_batch ratio {ratios[0]:.2f}")
+        old = run_child("replaced", t, "0")
+        small = run_child("current", t, "0")
+        new = run_child("current", t, None)
+        for name in TASK_NAMES:
+            ratio = old[name] / new[name]
+            print(f"| {name} | {t} | {old[name]:.0f} | {small[name]:.0f} | {new[name]:.0f} | {ratio:.2f}x |")
+        first = first or old["rotation"] / new["rotation"]
+    print(f"make_batch ratio {first:.2f}")
 
 
 if __name__ == "__main__":
-    main([int(a) for a in sys.argv[1:]] or [1, 2])
+    if sys.argv[1:2] == ["--child"]:
+        child(sys.argv[2], int(sys.argv[3]))
+    else:
+        main([int(a) for a in sys.argv[1:]] or [1, 2])

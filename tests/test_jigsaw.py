@@ -168,6 +168,45 @@ def test_grayscale_and_per_tile_normalisation() -> None:
     assert torch.allclose(per_channel.std(-1), torch.ones(4, 9, 3), atol=1e-4)
 
 
+def reference_tiles(task, images: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Jigsaw's tiles written out per tile: the task's draws in its order, then each tile cut, scaled, grayed and
+    normalised channel by channel on its own."""
+    cfg, (n, c, h, w) = task.cfg, images.shape
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, len(task.permutations), (n,), generator=g)
+    corners = tile_corners(n, c, h, w, cfg.cell, cfg.tile, cfg.random_offsets, cfg.channel_jitter, g)
+    gray = torch.rand(n, generator=g) < cfg.gray_prob
+    out = torch.empty(n, 9, c, cfg.tile, cfg.tile)
+    for i in range(n):
+        for slot, cell in enumerate(task.permutations[labels[i]].tolist()):
+            tile = torch.stack([images[i, ch, y:y + cfg.tile, x:x + cfg.tile]
+                                for ch, (y, x) in enumerate(corners[i, cell].tolist())]).float() / 255.0
+            if gray[i]:
+                tile = (0.299 * tile[0] + 0.587 * tile[1] + 0.114 * tile[2]).expand(3, -1, -1)
+            for ch in range(c):
+                x = tile[ch] - tile[ch].mean()
+                out[i, slot, ch] = x / max(float((x * x).sum() / (x.numel() - 1)) ** 0.5, 1e-3)
+    return out, labels
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_make_batch_equals_a_per_tile_reference_and_chunking_changes_no_bit(monkeypatch, threads: int) -> None:
+    task = make_task(GAPS + ["task.gray_prob=0.5", "task.channel_jitter=2"])
+    images = torch.randint(0, 256, (6, 3, 90, 90), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        whole = task.make_batch(images, {}, torch.Generator().manual_seed(7))
+        monkeypatch.setattr("sslbench.transforms.CACHE_BYTES", 1)  # one image per chunk
+        chunked = task.make_batch(images, {}, torch.Generator().manual_seed(7))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(whole["tiles"], chunked["tiles"]) and torch.equal(whole["labels"], chunked["labels"])
+    tiles, labels = reference_tiles(task, images, 7)
+    assert torch.equal(whole["labels"], labels)
+    assert torch.allclose(whole["tiles"], tiles, atol=1e-5)
+
+
 def test_make_batch_is_pure_given_the_generator() -> None:
     task = make_task(GAPS + ["task.channel_jitter=1"])
     images = torch.randint(0, 256, (4, 3, 90, 90), dtype=torch.uint8)
