@@ -361,19 +361,43 @@ def data_check(spec: str = typer.Argument(..., help="NAME=PATH, e.g. voc2007=syn
 
 @app.command()
 def show(
-    kind: str = typer.Argument(..., help="A pretext task whose examples to show (inpainting, colorization)."),
-    checkpoint: Path = typer.Argument(..., help="runs/<task>-*/checkpoint.pt"),
-    out: Path = typer.Argument(..., help="The PNG to write."),
-    num: int = typer.Option(8, "--num", help="Images (rows) in the figure."),
+    kind: str = typer.Argument(..., help="attention, neighbours, pretext, or a task with example panels "
+                               "(inpainting, colorization, exemplar)."),
+    paths: list[Path] = typer.Argument(..., help="CKPT... OUT.png: checkpoints (runs/<task>-*/checkpoint.pt, "
+                                       "'random', 'random:CKPT'), then the PNG to write."),
+    num: int = typer.Option(8, "--num", help="Images (rows; neighbours: queries) in the figure."),
     split: str = typer.Option("", "--split", help="Data split (default: the embedded test split / the recipe's)."),
+    taps: str = typer.Option("", "--taps", help="attention: taps, comma-separated (default conv1,conv3,conv5)."),
+    power: float = typer.Option(None, "--power", help="attention: p of sum |a|^p (default RotNet's 1 / 2 / 4 at "
+                                "conv1 / conv3 / conv5, 2 elsewhere)."),
+    tap: str = typer.Option("", "--tap", help="neighbours: the feature tap (default fc6, pool5 without one)."),
+    k: int = typer.Option(5, "--k", help="neighbours: neighbours per query."),
+    candidates: int = typer.Option(64, "--candidates", help="neighbours: held-out images searched."),
+    size: int = typer.Option(0, "--size", help="attention, neighbours: image side the trunks see (default: the "
+                             "first checkpoint's)."),
 ) -> None:
-    """Draw a figure from a checkpoint: a pretext task's inputs, predictions and targets.
+    """Draw a figure: attention maps or nearest neighbours of checkpoints, a task's pretext batch, or its examples.
 
-    Example: [bold]sslbench show inpainting runs/inpainting-20261126-101500/checkpoint.pt grid.png[/bold]
+    Examples: [bold]sslbench show attention runs/rotation-*/checkpoint.pt random:runs/rotation-*/checkpoint.pt
+    att.png[/bold]; [bold]sslbench show pretext runs/jigsaw-20261126-101500/checkpoint.pt puzzle.png[/bold]
     """
     from sslbench.show import show as draw
 
-    typer.echo(draw(kind, checkpoint, out, num, split))
+    if len(paths) < 2:
+        raise UserError(f"show {kind}: expected CKPT... OUT.png, found {len(paths)} path(s); give the checkpoints, "
+                        "then the PNG to write")
+    *checkpoints, out = paths
+    if out.suffix.lower() != ".png":
+        raise UserError(f"show {kind}: the last path is the figure to write and must end in .png, found {out}")
+    values = {"taps": taps, "power": power, "tap": tap, "k": k, "candidates": candidates, "size": size}
+    takes = {"attention": ("taps", "power", "size"), "neighbours": ("tap", "k", "candidates", "size")}.get(kind, ())
+    defaults = {"taps": "", "power": None, "tap": "", "k": 5, "candidates": 64, "size": 0}
+    given = [f"--{name}" for name, value in values.items() if value != defaults[name] and name not in takes]
+    if given:
+        raise UserError(f"show {kind}: takes no {', '.join(given)}" + (f"; its options: "
+                        f"{', '.join('--' + t for t in takes)}" if takes else ""))
+    options = {name: values[name] for name in takes}
+    typer.echo(draw(kind, [str(c) for c in checkpoints], out, num, split, **options))
 
 
 @export_app.command("torchvision")

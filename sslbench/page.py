@@ -1,10 +1,13 @@
-"""`sslbench report OUT.html`: the tables, their probe plots and the sample grids of their checkpoints, one page.
+"""`sslbench report OUT.html`: the tables, their probe plots and the figures of their checkpoints, one page.
 
 The page stands alone: the CSS is inline, the figures are PNGs embedded as data URIs, nothing is fetched. Each
 table is the HTML renderer's section (the paper's rows, ours with their Δ, the footnotes with every row's
-provenance); a probe table is followed by its accuracy-by-layer plot, and any table whose sslbench rows read a
-pretraining with example panels (Context Encoders' completions, Colorization's colourings, ...) by the grid of
-that checkpoint on held-out images (`sslbench show`'s figure). A checkpoint no longer on disk is named, not drawn.
+provenance); a probe table is followed by its accuracy-by-layer plot. Under a table whose sslbench rows read
+pretrainings come `sslbench show`'s figures of those checkpoints: their attention maps and nearest neighbours side
+by side (one figure per backbone), each task's pretext batch (once per task on the page), and the example grid of
+a task that has one (Context Encoders' completions, Colorization's colourings, ...), each drawn once and linked
+where another table reads the same checkpoints. A checkpoint no longer on disk, or one that cannot be drawn, is
+named with the reason, and the page goes on.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from sslbench.errors import UserError
 from sslbench.plugins import load_all
 from sslbench.results import STORE, PretrainRow, ResultRow, ResultStore
 from sslbench.runtime import atomic, code_version
-from sslbench.show import figure, showable
+from sslbench.show import figure, pretext_kinds, showable
 from sslbench.tables import PRETRAIN_TIME, Table, load_table, resolve
 
 SAMPLES = 6  # images (rows) per sample grid
+FIGURE_IMAGES = 3  # images (attention) and queries (neighbours) in the checkpoints' figures
+MODELS = 4  # checkpoints compared in one attention / neighbours figure
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto; max-width: 1400px;
@@ -123,7 +128,14 @@ def _table_section(table: Table, store: ResultStore | None, drawable: list[Pretr
         plt.close(fig)
         parts.append(_figure(buf.getvalue(), f"{table.name}: accuracy by layer (paper rows dashed, sslbench rows "
                                              "solid)", f"plot-{table.name}"))
+    parts += _model_figures(drawable, grids)
     for run in drawable:
+        if run.method in pretext_kinds() and run.method not in grids:  # each task's batch once on the page
+            parts.append(_drawn(grids, f"pretext-{run.method}", "pretext", [run.checkpoint],
+                                f"{run.method}: what make_batch builds from held-out images, with its labels "
+                                f"({run.run_id})", SAMPLES // 2))
+            grids[run.method] = f"pretext-{run.method}"
+    for run in (r for r in drawable if r.method in showable()):
         if run.run_id in grids:  # drawn under an earlier table: a link to it, not the image again
             parts.append(f'<p class="meta">{html.escape(run.method)} samples of {html.escape(run.run_id)}: '
                          f'<a href="#{html.escape(grids[run.run_id])}">drawn above</a></p>')
@@ -137,12 +149,47 @@ def _table_section(table: Table, store: ResultStore | None, drawable: list[Pretr
 
 
 def used_pretrainings(table: Table, results: list[ResultRow], pretrains: list[PretrainRow]) -> list[PretrainRow]:
-    """The pretrainings (of the store's `pretrains`) the table's sslbench cells read among `results`, whose task
-    draws example panels, in store order."""
+    """The pretrainings (of the store's `pretrains`) the table's sslbench cells read among `results`, in store
+    order."""
     keys = {c.fills_from for c in table.columns if c.fills_from and c.fills_from != PRETRAIN_TIME}
     read = {r.prov.pretrain_run for r in results if r.metric in keys}
-    drawable = set(showable())
-    return [r for r in pretrains if r.run_id in read and r.method in drawable]
+    return [r for r in pretrains if r.run_id in read]
+
+
+def _model_figures(runs: list[PretrainRow], drawn: dict[str, str]) -> list[str]:
+    """The attention and neighbour figures of the table's checkpoints on disk, one pair per backbone (trunks of one
+    architecture compared on the same images), the first MODELS of each."""
+    parts, groups = [], {}
+    for run in runs:
+        if Path(run.checkpoint).is_file():
+            groups.setdefault(run.backbone, []).append(run)
+        else:
+            parts.append(f'<p class="meta">{html.escape(run.run_id)}: no attention / neighbour figures (checkpoint '
+                         f"{html.escape(run.checkpoint)} is no longer on disk).</p>")
+    for backbone, group in groups.items():
+        group = group[:MODELS]
+        names = ", ".join(f"{r.method} {r.run_id}" for r in group)
+        for kind, what in (("attention", "attention maps, sum over channels of |a|^p at three taps (RotNet Fig. 3)"),
+                           ("neighbours", "nearest held-out images by cosine similarity of fc6 / pool5 features "
+                                          "(Context Prediction Fig. 4)")):
+            ident = f"{kind}-" + "-".join(r.run_id for r in group)
+            parts.append(_drawn(drawn, ident, kind, [r.checkpoint for r in group], f"{what}: {names} ({backbone})",
+                                FIGURE_IMAGES))
+    return parts
+
+
+def _drawn(drawn: dict[str, str], ident: str, kind: str, checkpoints: list[str], caption: str, num: int) -> str:
+    """A figure of `kind` once on the page: drawn (recorded in `drawn`), a link to where it was, or why not."""
+    if ident in drawn:
+        return f'<p class="meta">{html.escape(caption)}: <a href="#{html.escape(ident)}">drawn above</a></p>'
+    try:
+        image = figure(kind, checkpoints, num)
+    except (UserError, RuntimeError) as exc:  # a trunk this figure cannot read (no spatial tap, another size)
+        return f'<p class="meta">{html.escape(caption)}: not drawn ({html.escape(str(exc).splitlines()[0])}).</p>'
+    drawn[ident] = ident
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return _figure(buf.getvalue(), caption, ident, width=image.width * 2)
 
 
 def _grid(run: PretrainRow) -> tuple[bool, str]:

@@ -7,17 +7,30 @@ labelled. The figure is written atomically as a PNG.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from sslbench.backbones.base import build_backbone
-from sslbench.checkpoint import is_pretrain, read_checkpoint
-from sslbench.config import DataConfig, Recipe, recipe_from_json
+from sslbench.backbones.base import Backbone, build_backbone
+from sslbench.checkpoint import Trunk, TrunkSpec, is_pretrain, load_trunk, read_checkpoint
+from sslbench.config import DataConfig, Named, Recipe, recipe_from_json
 from sslbench.data.build import build_dataset
 from sslbench.errors import UserError
+from sslbench.figures import (
+    PRETEXT,
+    attention_map,
+    attention_sheet,
+    nearest,
+    neighbours_sheet,
+    power_of,
+    pretext_sheet,
+    render,
+    resize_rgb8,
+)
 from sslbench.plugins import load_all
 from sslbench.registry import TASKS
 from sslbench.runtime import atomic
@@ -44,21 +57,45 @@ def showable() -> list[str]:
     return [n for n in TASKS.names() if TASKS.get(n).examples is not PretextTask.examples]
 
 
-def show(kind: str, checkpoint: str | Path, out: str | Path, num: int = 8, split: str = "") -> Path:
-    """A figure of `kind` from `checkpoint`, written to `out` (PNG); returns its path."""
-    return save_png(figure(kind, checkpoint, num, split), Path(out))
+def pretext_kinds() -> list[str]:
+    """The tasks `show pretext` draws."""
+    return list(PRETEXT)
 
 
-def figure(kind: str, checkpoint: str | Path, num: int = 8, split: str = "") -> Image.Image:
-    """The figure of `kind` from `checkpoint`: the task's example panels on `num` held-out images, one row each."""
+def kinds() -> list[str]:
+    """Every figure `sslbench show` draws: the three of any checkpoint, then the tasks' example grids."""
+    return [*FIGURES, *showable()]
+
+
+def show(kind: str, checkpoints: str | Path | list[str | Path], out: str | Path, num: int = 8, split: str = "",
+         **options: Any) -> Path:
+    """A figure of `kind` from `checkpoints`, written to `out` (PNG); returns its path. `options` are the figure's
+    own (attention: taps, power, size; neighbours: tap, k, queries, candidates, size)."""
+    return save_png(figure(kind, checkpoints, num, split, **options), Path(out))
+
+
+def figure(kind: str, checkpoints: str | Path | list[str | Path], num: int = 8, split: str = "",
+           **options: Any) -> Image.Image:
+    """The figure of `kind`: attention / neighbours / pretext of the checkpoints, or a task's example panels on `num`
+    held-out images, one row each."""
     load_all()
-    if kind not in showable():
-        raise UserError(f"unknown figure {kind!r}; valid: {', '.join(showable())} (a checkpoint of that task)")
-    task, recipe = load_task(Path(checkpoint))
-    if recipe.name != kind:
-        raise UserError(f"{checkpoint}: a {recipe.name} checkpoint, not {kind}; pass a runs/{kind}-*/checkpoint.pt")
+    paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
+    if kind not in kinds():
+        raise UserError(f"unknown figure {kind!r}; valid: {', '.join(kinds())} (the last ones: a checkpoint of "
+                        "that task)")
     if num < 1:
         raise UserError(f"--num must be >= 1 (got {num})")
+    if not paths:
+        raise UserError(f"show {kind}: give at least one checkpoint before OUT.png")
+    if kind in FIGURES:
+        return FIGURES[kind](paths, num, split, **options)
+    if len(paths) != 1:
+        raise UserError(f"show {kind}: one checkpoint, found {len(paths)}")
+    if options:
+        raise UserError(f"show {kind}: takes no {', '.join('--' + k for k in options)}")
+    task, recipe = load_task(Path(paths[0]))
+    if recipe.name != kind:
+        raise UserError(f"{paths[0]}: a {recipe.name} checkpoint, not {kind}; pass a runs/{kind}-*/checkpoint.pt")
     images = held_out_images(recipe.data, split, num)
     with torch.no_grad():
         panels = task.examples(images, torch.Generator().manual_seed(0))
@@ -93,3 +130,108 @@ def save_png(image: Image.Image, out: Path) -> Path:
     with atomic(out) as tmp:
         image.save(tmp, format="PNG")
     return out
+
+
+
+# ---------------------------------------------------------------- the figures of any checkpoint
+
+
+def load_trunks(specs: list[str | Path], size: int) -> tuple[list[Trunk], Recipe, int]:
+    """The trunks of `specs` (checkpoints, 'random', 'random:CKPT'), all rebuilt at one input size (`size`, or 0:
+    the first pretraining's), with that pretraining's recipe (its held-out data)."""
+    first = next((s for s in map(str, specs) if s != "random"), None)
+    if first is None:
+        raise UserError("show: give at least one checkpoint besides 'random' (its architecture and data are used)")
+    path = Path(first.removeprefix(TrunkSpec.RANDOM_LIKE))
+    state = read_checkpoint(path)
+    if not is_pretrain(state):
+        raise UserError(f"{path}: not an sslbench pretraining checkpoint; pass a runs/<task>-*/checkpoint.pt first")
+    recipe = recipe_from_json(state["recipe"])
+    size = size or recipe.backbone.cfg.image_size
+    if size < 1:
+        raise UserError(f"--size must be a side in pixels >= 1, found {size}")
+    fallback = Named(recipe.backbone.name, dataclasses.replace(recipe.backbone.cfg, image_size=size))
+    return [load_trunk(TrunkSpec.parse(str(s)), fallback, allow_unfinished=True) for s in specs], recipe, size
+
+
+def trunk_label(trunk: Trunk) -> str:
+    """How a figure names a model: its method (variant) and run."""
+    name = trunk.method + (f" ({trunk.variant})" if trunk.variant else "")
+    return f"{name} {trunk.pretrain_run}" if trunk.pretrain_run else name
+
+
+def features(trunk: Trunk, images: Tensor, taps: tuple[str, ...]) -> dict[str, Tensor]:
+    """uint8 images -> the trunk's maps at `taps`, in eval mode and without gradients."""
+    backbone = trunk.backbone.eval()
+    with torch.no_grad():
+        return backbone(trunk.prepare(images), taps=taps)
+
+
+def spatial_taps(backbone: Backbone) -> tuple[str, ...]:
+    """RotNet's figure's conv1 / conv3 / conv5 where the trunk has them, else the first, middle and last of its
+    spatial probe taps."""
+    if all(t in backbone.feature_info for t in ("conv1", "conv3", "conv5")):
+        return "conv1", "conv3", "conv5"
+    spatial = [t for t in backbone.default_taps if backbone.feature_info[t].stride > 0]
+    return tuple(dict.fromkeys([spatial[0], spatial[len(spatial) // 2], spatial[-1]])) if spatial else ()
+
+
+def attention_figure(specs: list[str | Path], num: int, split: str, taps: str = "", power: float | None = None,
+                     size: int = 0) -> Image.Image:
+    """`show attention`: per image, each model's attention map at each tap over it."""
+    trunks, recipe, size = load_trunks(specs, size)
+    images = resize_rgb8(held_out_images(recipe.data, split, num), size)
+    models = []
+    for trunk in trunks:
+        chosen = tuple(t for t in taps.split(",") if t) if taps else spatial_taps(trunk.backbone)
+        if not chosen:
+            raise UserError(f"{trunk.checkpoint}: its trunk has no spatial tap; pass --taps")
+        out = features(trunk, images, chosen)
+        models.append((trunk_label(trunk), [(tap, attention_map(out[tap], power_of(tap, power))) for tap in chosen]))
+    return render(attention_sheet(images, models))
+
+
+def neighbours_tap(trunk: Trunk) -> str:
+    """The Context Prediction figure's fc6 where the trunk has a trained one, else pool5, else its last probe tap."""
+    info = trunk.backbone.feature_info
+    if "fc6" in info and not any(k.startswith("fc6") for k in trunk.reinitialised):
+        return "fc6"
+    return "pool5" if "pool5" in info else trunk.backbone.default_taps[-1]
+
+
+def neighbours_figure(specs: list[str | Path], num: int, split: str, tap: str = "", k: int = 5,
+                      candidates: int = 64, size: int = 0) -> Image.Image:
+    """`show neighbours`: the first `num` held-out images as queries against `candidates` held-out images (the
+    queries among them), their k nearest other images by cosine similarity, one row per model and query."""
+    trunks, recipe, size = load_trunks(specs, size)
+    if candidates < num + 1:
+        raise UserError(f"--candidates must exceed --num ({num}): the queries are among the candidates; found "
+                        f"{candidates}")
+    images = resize_rgb8(held_out_images(recipe.data, split, candidates), size)
+    if images.shape[0] <= k:
+        raise UserError(f"neighbours: {images.shape[0]} held-out images, too few for --k {k}; lower --k")
+    queries = list(range(min(num, images.shape[0] - 1)))
+    found = []
+    for trunk in trunks:
+        name = tap or neighbours_tap(trunk)
+        vectors = features(trunk, images, (name,))[name].flatten(1)
+        idx, sim = nearest(vectors[queries], vectors, k + 1)
+        keep = idx != torch.tensor(queries)[:, None]  # the query itself (usually first) is not its own neighbour
+        idx = torch.stack([row[m][:k] for row, m in zip(idx, keep)])
+        sim = torch.stack([row[m][:k] for row, m in zip(sim, keep)])
+        found.append((f"{trunk_label(trunk)} {name}", idx, sim))
+    return render(neighbours_sheet(images, queries, found))
+
+
+def pretext_figure(specs: list[str | Path], num: int, split: str) -> Image.Image:
+    """`show pretext`: what the checkpoint's task makes of a few held-out images, drawn from its make_batch."""
+    if len(specs) != 1:
+        raise UserError(f"show pretext: one checkpoint, found {len(specs)}")
+    task, recipe = load_task(Path(specs[0]))
+    images = held_out_images(recipe.data, split, num)
+    targets = {"index": torch.arange(images.shape[0])}  # Exemplar's surrogate classes: the images' order
+    batch = task.make_batch(images, targets, torch.Generator().manual_seed(0))
+    return render(pretext_sheet(recipe.name, task, batch, num))
+
+
+FIGURES: dict[str, Any] = {"attention": attention_figure, "neighbours": neighbours_figure, "pretext": pretext_figure}

@@ -19,7 +19,7 @@ LAYERS = {
     "sslbench.registry": 1, "sslbench.transforms": 1, "sslbench.config": 1,
     "sslbench.backbones": 2, "sslbench.data": 2,
     "sslbench.tasks": 3, "sslbench.training": 3, "sslbench.runs": 3,
-    "sslbench.checkpoint": 4, "sslbench.rescale": 4, "sslbench.engine": 4,
+    "sslbench.checkpoint": 4, "sslbench.rescale": 4, "sslbench.engine": 4, "sslbench.figures": 4,
     "sslbench.protocols": 5,
     "sslbench.plugins": 6, "sslbench.recipes": 6, "sslbench.tables": 6,
     "sslbench.planned": 7, "sslbench.dryrun": 7, "sslbench.reproduce": 7, "sslbench.report": 7, "sslbench.show": 7, "sslbench.cli": 7,

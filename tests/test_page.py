@@ -73,6 +73,9 @@ def test_the_page_stands_alone_with_every_table_the_plot_and_the_sample_grid(rep
     assert plots == report_plottable() and "rotations-linear" in plots and "jigsaw" not in plots  # probe tables only
     (grid,) = re.findall(r'<figure id="samples-([^"]+)"', text)  # the inpainting checkpoint the VOC cell read
     assert grid.startswith("inpainting-") and text.count(f'id="samples-{grid}"') == 1
+    # the same checkpoint's figures, each drawn once: attention maps, neighbours, its task's pretext batch
+    assert re.findall(r'<figure id="(attention|neighbours|pretext)-([^"]+)"', text) == [
+        ("attention", grid), ("neighbours", grid), ("pretext", "inpainting")]
     assert "21.50" in text and "sslbench: Context Encoders" in text
 
 
@@ -119,4 +122,5 @@ def test_chromium_renders_the_page(report: Path, tmp_path: Path) -> None:
     parsed = _Page()
     parsed.feed(dom)
     assert parsed.tables == [f"T_{n}" for n in tables.table_names()]  # the browser's DOM holds every table
-    assert len(parsed.images) == len(report_plottable()) + 1  # the plots and the one sample grid
+    # the plots, the sample grid, and the checkpoint's attention, neighbour and pretext figures
+    assert len(parsed.images) == len(report_plottable()) + 4
