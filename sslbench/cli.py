@@ -375,6 +375,8 @@ def show(
     candidates: int = typer.Option(64, "--candidates", help="neighbours: held-out images searched."),
     size: int = typer.Option(0, "--size", help="attention, neighbours: image side the trunks see (default: the "
                              "first checkpoint's)."),
+    patches: bool = typer.Option(False, "--patches", help="neighbours: a random patch of that side from each "
+                                 "image instead of the image resized (Context Prediction's figure)."),
 ) -> None:
     """Draw a figure: attention maps or nearest neighbours of checkpoints, a task's pretext batch, or its examples.
 
@@ -389,9 +391,11 @@ def show(
     *checkpoints, out = paths
     if out.suffix.lower() != ".png":
         raise UserError(f"show {kind}: the last path is the figure to write and must end in .png, found {out}")
-    values = {"taps": taps, "power": power, "tap": tap, "k": k, "candidates": candidates, "size": size}
-    takes = {"attention": ("taps", "power", "size"), "neighbours": ("tap", "k", "candidates", "size")}.get(kind, ())
-    defaults = {"taps": "", "power": None, "tap": "", "k": 5, "candidates": 64, "size": 0}
+    values = {"taps": taps, "power": power, "tap": tap, "k": k, "candidates": candidates, "size": size,
+              "patches": patches}
+    takes = {"attention": ("taps", "power", "size"),
+             "neighbours": ("tap", "k", "candidates", "size", "patches")}.get(kind, ())
+    defaults = {"taps": "", "power": None, "tap": "", "k": 5, "candidates": 64, "size": 0, "patches": False}
     given = [f"--{name}" for name, value in values.items() if value != defaults[name] and name not in takes]
     if given:
         raise UserError(f"show {kind}: takes no {', '.join(given)}" + (f"; its options: "

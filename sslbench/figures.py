@@ -278,10 +278,25 @@ def exemplar_sheet(task: Any, batch: dict[str, Tensor], num: int) -> Sheet:
             for i in range(min(num, x.shape[0] // views))]
 
 
+def multitask_sheet(task: Any, batch: dict[str, Tensor], num: int) -> Sheet:
+    """The Task Ensemble: each sub-task's figure drawn from its part of the batch (keys '<sub-task>/...'), the
+    sub-task named over its first row; a sub-task without a figure (motion segmentation) is left out."""
+    rows: Sheet = []
+    for name, sub in task.subtasks.items():
+        part = {k.split("/", 1)[1]: v for k, v in batch.items() if k.startswith(f"{name}/")}
+        if name not in PRETEXT or not part:
+            continue
+        sheet = PRETEXT[name](sub, part, num)
+        rows += [(f"{name}: {title}" if i == 0 else title, panels) for i, (title, panels) in enumerate(sheet)]
+    if not rows:
+        raise UserError(f"multitask: none of its sub-tasks ({', '.join(task.subtasks)}) has a pretext figure")
+    return rows
+
+
 PRETEXT: dict[str, Callable[[Any, dict[str, Tensor], int], Sheet]] = {
     "rotation": rotation_sheet, "jigsaw": jigsaw_sheet, "damaged-jigsaw": damaged_jigsaw_sheet,
     "context": context_sheet, "inpainting": inpainting_sheet, "colorization": colorization_sheet,
-    "exemplar": exemplar_sheet,
+    "exemplar": exemplar_sheet, "multitask": multitask_sheet,
 }
 
 

@@ -35,6 +35,7 @@ from sslbench.plugins import load_all
 from sslbench.registry import TASKS
 from sslbench.runtime import atomic
 from sslbench.tasks.base import PretextTask
+from sslbench.transforms import cut_windows
 
 GAP = 2  # px of white between panels and rows
 LABEL = 12  # px of the label strip above the columns
@@ -200,14 +201,17 @@ def neighbours_tap(trunk: Trunk) -> str:
 
 
 def neighbours_figure(specs: list[str | Path], num: int, split: str, tap: str = "", k: int = 5,
-                      candidates: int = 64, size: int = 0) -> Image.Image:
+                      candidates: int = 64, size: int = 0, patches: bool = False) -> Image.Image:
     """`show neighbours`: the first `num` held-out images as queries against `candidates` held-out images (the
-    queries among them), their k nearest other images by cosine similarity, one row per model and query."""
+    queries among them), their k nearest other images by cosine similarity, one row per model and query. With
+    `patches`, one random patch of the trunks' size from each image instead of the image resized (Context
+    Prediction's figure retrieves patches)."""
     trunks, recipe, size = load_trunks(specs, size)
     if candidates < num + 1:
         raise UserError(f"--candidates must exceed --num ({num}): the queries are among the candidates; found "
                         f"{candidates}")
-    images = resize_rgb8(held_out_images(recipe.data, split, candidates), size)
+    images = held_out_images(recipe.data, split, candidates)
+    images = random_patches(images, size) if patches else resize_rgb8(images, size)
     if images.shape[0] <= k:
         raise UserError(f"neighbours: {images.shape[0]} held-out images, too few for --k {k}; lower --k")
     queries = list(range(min(num, images.shape[0] - 1)))
@@ -221,6 +225,18 @@ def neighbours_figure(specs: list[str | Path], num: int, split: str, tap: str = 
         sim = torch.stack([row[m][:k] for row, m in zip(sim, keep)])
         found.append((f"{trunk_label(trunk)} {name}", idx, sim))
     return render(neighbours_sheet(images, queries, found))
+
+
+def random_patches(images: Tensor, size: int) -> Tensor:
+    """uint8 [N,3,H,W] -> one seeded random size x size patch of each [N,3,size,size]."""
+    n, _, h, w = images.shape
+    if min(h, w) < size:
+        raise UserError(f"--patches: the held-out images are {h}x{w} px, smaller than the {size} px patches; "
+                        "drop --patches or lower --size")
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randint(0, h - size + 1, (n, 1), generator=g)
+    cols = torch.randint(0, w - size + 1, (n, 1), generator=g)
+    return cut_windows(images, rows, cols, size)[:, 0]
 
 
 def pretext_figure(specs: list[str | Path], num: int, split: str) -> Image.Image:

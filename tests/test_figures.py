@@ -108,8 +108,12 @@ def test_every_pretext_figure_is_drawn_from_make_batch(name: str) -> None:
     task, batch = tiny_task_and_batch(name)
     sheet = pretext_sheet(name, task, batch, 3)
     per_row = {"rotation": 4, "jigsaw": 2, "damaged-jigsaw": 3, "context": 4, "inpainting": 3, "colorization": 2,
-               "exemplar": getattr(task.cfg, "views", 0)}[name]
-    assert len(sheet) == 3 and panel_count(sheet) == 3 * per_row
+               "exemplar": getattr(task.cfg, "views", 0), "multitask": 0}[name]
+    if name == "multitask":  # each sub-task with a figure, three rows each, named over its first
+        drawn = [n for n in task.subtasks if n in PRETEXT]
+        assert drawn and len(sheet) == 3 * len(drawn) and sheet[0][0].startswith(f"{drawn[0]}: ")
+    else:
+        assert len(sheet) == 3 and panel_count(sheet) == 3 * per_row
     assert all(p.dtype == torch.uint8 and p.shape[0] == 3 for _, row in sheet for _, p in row)
     image = render(sheet)
     width = max(sum(p.shape[2] for _, p in row) + GAP * (len(row) - 1) for _, row in sheet)
@@ -175,6 +179,8 @@ def test_show_attention_neighbours_and_pretext_write_pngs(tmp_path: Path, rotati
     assert att.size == (4 * size + 3 * GAP, 2 * CAPTION + 4 * (CAPTION + size) + 3 * GAP)
     nbr = figure("neighbours", specs, 2, k=3, candidates=10)
     assert nbr.size == (4 * size + 3 * GAP, 4 * (2 * CAPTION + size) + 3 * GAP)  # 2 queries x 2 models, titled
+    patched = figure("neighbours", specs, 1, k=2, candidates=6, size=48, patches=True)
+    assert patched.size == (3 * 48 + 2 * GAP, 2 * (2 * CAPTION + 48) + GAP)  # 48 px patches of the 64 px images
     pre = figure("pretext", [rotation_checkpoint], 2)
     assert pre.size == (4 * size + 3 * GAP, 2 * (CAPTION + size) + GAP)  # two rows of four rotations
     out = tmp_path / "att.png"
