@@ -157,6 +157,11 @@ class EngineConfig:
     # torch.compile of the model the loss calls (off by default); the first step, which holds the compilation, is
     # logged apart as compile_s
     compile: bool = False
+    # where the task's make_batch runs: "loader" on the CPU in the training process, the batch then moved to the
+    # device (the default); "device" moves the uint8 images and targets to the training device (pinned,
+    # non-blocking) and builds the batch there, its draws from a generator on that device. On the CPU the two are
+    # the same bits; on a GPU the draws are the GPU generator's, so the batches differ (in the recipe's identity)
+    batch_on: Literal["loader", "device"] = "loader"
     threads: Annotated[int, In(0, 1024)] = 0  # torch CPU threads (0 = torch's default)
 
 
@@ -360,7 +365,8 @@ LATE_DEFAULTS = (("backbone", "pool_pad", 0), ("data", "load_area", [0, 0]), ("s
                  # the eval-side lasso (linear, nyu-depth, voc-det), off
                  ("protocol", "lasso", {"enabled": False, "stage": "res4", "l1": 1e-3, "lr_scale": 1.0}),
                  # speed switches, off (2026-12-03; fused and compile move the floats, so they stay in the identity)
-                 ("optim", "fused", False), ("engine", "compile", False), ("engine", "prefetch", False))
+                 ("optim", "fused", False), ("engine", "compile", False), ("engine", "prefetch", False),
+                 ("engine", "batch_on", "loader"))
 
 
 def _without_late_defaults(d: dict[str, Any]) -> dict[str, Any]:

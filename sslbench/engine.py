@@ -54,6 +54,7 @@ from sslbench.runtime import (
     set_rng_state,
     step_generator,
     stop_if_interrupted,
+    to_device,
     write_json,
 )
 from sslbench.tasks.base import PretextTask
@@ -156,11 +157,20 @@ class Trainer:
             return epoch_loader(self.dataset, r.data.batch_size, r.seed, epoch, ddp, collate_skip_corrupt,
                                 r.data.workers, first, self.ctx.unreadable)
 
+        on_device = r.engine.batch_on == "device"
+
         def prepare(batch: Any, step: int) -> dict[str, torch.Tensor] | None:
             indices, (images, targets) = batch
             if images.shape[0] == 0:  # every file of this batch was unreadable
                 return None
-            made = self.task.make_batch(images, {**targets, "index": indices}, step_generator(r.seed, step, ddp.rank))
+            targets = {**targets, "index": indices}
+            if on_device:  # uint8 to the device, the batch built there (engine.batch_on)
+                dev = self.ctx.device
+                images = to_device(images, dev)
+                targets = {k: to_device(v, dev) if isinstance(v, torch.Tensor) else v for k, v in targets.items()}
+                made = self.task.make_batch(images, targets, step_generator(r.seed, step, ddp.rank, dev))
+            else:
+                made = self.task.make_batch(images, targets, step_generator(r.seed, step, ddp.rank))
             return {k: v.to(self.ctx.device, non_blocking=True) for k, v in made.items()}
 
         def checkpoint(step: int) -> None:

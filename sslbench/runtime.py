@@ -99,9 +99,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    """A generator that depends only on (seed, step, rank): batch randomness needs no saved state to resume."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1009 + rank)
+def step_generator(seed: int, step: int, rank: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator on `device` that depends only on (seed, step, rank): batch randomness needs no saved state to
+    resume."""
+    return torch.Generator(device).manual_seed((seed * 1_000_003 + step) * 1009 + rank)
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A loader's CPU tensor on `device`: through pinned memory and without blocking when that is a GPU."""
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def item_seed(seed: int, epoch: int, index: int) -> int:

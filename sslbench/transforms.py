@@ -94,9 +94,10 @@ def random_crop_flip(images: Tensor, pad: int, flip: bool, generator: torch.Gene
     The draws (rows, then columns, then flips, on `generator`'s device: CPU) are those of a per-image loop; the crop
     is one gather on the images' device instead: every output pixel read once from the padded batch."""
     n, c, h, w = images.shape
-    ys = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(images.device)
-    xs = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(images.device)
-    flips = ((torch.rand(n, generator=generator) < 0.5) & flip).to(images.device)
+    on = generator.device
+    ys = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=on).to(images.device)
+    xs = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=on).to(images.device)
+    flips = ((torch.rand(n, generator=generator, device=on) < 0.5) & flip).to(images.device)
     if not pad:  # a flip only: the flipped images copied over, the rest kept
         out = images.clone()
         out[flips] = images[flips].flip(-1)
@@ -158,7 +159,7 @@ def cut_windows(images: Tensor, rows: Tensor, cols: Tensor, size: int, channels:
     """
     n, c = images.shape[:2]
     windows = images.unfold(2, size, 1).unfold(3, size, 1)  # [N, C, H-s+1, W-s+1, s, s], a view
-    if images.device.type == "cpu" and not images.requires_grad:  # numpy's copy of each window: ~4.5x torch's index
+    if images.device.type == "cpu" and rows.device.type == "cpu" and not images.requires_grad:  # numpy: ~4.5x torch
         return torch.from_numpy(_cut_numpy(windows.numpy(), rows.numpy(), cols.numpy(),
                                            None if channels is None else channels.numpy()))
     image = torch.arange(n, device=images.device).view(n, 1)

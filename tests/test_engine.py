@@ -157,6 +157,24 @@ def test_a_checkpoint_of_the_previous_format_resumes(tmp_path: Path) -> None:
     assert out.run_dir == run and out.steps == 6
 
 
+def test_building_the_batch_on_the_training_device_is_in_the_identity_and_the_same_bits_on_the_cpu(
+        tmp_path: Path) -> None:
+    """engine.batch_on = device: on the CPU the images already are where the step runs, so the same weights as the
+    default; the option enters the recipe key (on a GPU its draws are another generator's), the default does not."""
+    from sslbench.config import recipe_key
+
+    extra = ["schedule.epochs=1", "task.crop_pad=2"]
+    plain = pretrain(tiny_pretrain("rotation", tiny_alexnet(extra), flavour="alexnet"), tmp_path / "a", "cpu",
+                     progress=False)
+    moved = tiny_pretrain("rotation", tiny_alexnet([*extra, "engine.batch_on=device"]), flavour="alexnet")
+    there = pretrain(moved, tmp_path / "b", "cpu", progress=False)
+    a, b = _weights(plain.checkpoint), _weights(there.checkpoint)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    default = tiny_pretrain("rotation", tiny_alexnet([*extra, "engine.batch_on=loader"]), flavour="alexnet")
+    assert recipe_key(default) == recipe_key(tiny_pretrain("rotation", tiny_alexnet(extra), flavour="alexnet"))
+    assert recipe_key(moved) != recipe_key(default)
+
+
 def test_prefetching_the_next_batch_changes_no_bit(tmp_path: Path) -> None:
     """engine.prefetch builds batch s + 1 in a thread while step s trains: the same weights as without it, and an
     interrupted prefetching run resumes to the same bits too."""

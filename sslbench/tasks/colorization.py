@@ -318,13 +318,13 @@ class Colorization(PretextTask):
         target grid; nongray [N]: 1 where some target pixel has |a| or |b| above gray_threshold."""
         cfg = self.cfg
         if cfg.flip:
-            flips = torch.rand(images.shape[0], generator=generator) < 0.5
-            images = torch.where(flips.view(-1, 1, 1, 1), images.flip(-1), images)
+            flips = torch.rand(images.shape[0], generator=generator, device=generator.device) < 0.5
+            images = torch.where(flips.to(images.device).view(-1, 1, 1, 1), images.flip(-1), images)
         lab = rgb8_to_lab(images)
         ab = self._targets_ab(lab[:, 1:])
         index, weight = soft_encode(ab, self.bins, cfg.neighbours, cfg.sigma, cfg.grid)
         nongray = ab.abs().flatten(1).amax(1) > cfg.gray_threshold if cfg.gray_threshold > 0 else \
-            torch.ones(images.shape[0], dtype=torch.bool)
+            torch.ones(images.shape[0], dtype=torch.bool, device=images.device)
         return {"input": lab[:, :1] - L_CENTRE, "bins": index, "weights": weight, "nongray": nongray.float()}
 
     def logits(self, x: Tensor) -> Tensor:

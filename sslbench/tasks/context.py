@@ -100,19 +100,23 @@ def grid_positions(
             f"least {extent} px, found {height}x{width}; raise data.image_size or lower task.gap / "
             "task.jitter / backbone.image_size (the patch side)"
         )
-    oy = jitter + torch.randint(0, height - extent + 1, (n, 1), generator=generator)
-    ox = jitter + torch.randint(0, width - extent + 1, (n, 1), generator=generator)
-    cells, step = torch.arange(GRID * GRID), patch + gap
-    ys = oy + (cells // GRID) * step + torch.randint(-jitter, jitter + 1, (n, GRID * GRID), generator=generator)
-    xs = ox + (cells % GRID) * step + torch.randint(-jitter, jitter + 1, (n, GRID * GRID), generator=generator)
+    on = generator.device
+    oy = jitter + torch.randint(0, height - extent + 1, (n, 1), generator=generator, device=on)
+    ox = jitter + torch.randint(0, width - extent + 1, (n, 1), generator=generator, device=on)
+    cells, step = torch.arange(GRID * GRID, device=on), patch + gap
+    ys = oy + (cells // GRID) * step + torch.randint(-jitter, jitter + 1, (n, GRID * GRID), generator=generator,
+                                                     device=on)
+    xs = ox + (cells % GRID) * step + torch.randint(-jitter, jitter + 1, (n, GRID * GRID), generator=generator,
+                                                    device=on)
     return ys, xs
 
 
 def downsample_sides(n: int, patch: int, smallest: int, prob: float, generator: torch.Generator) -> Tensor:
     """[n] side each patch is downsampled to, 0 = kept as is; the area is uniform (released code)."""
-    chosen = torch.rand(n, generator=generator) < prob
-    area = torch.rand(n, generator=generator) * ((patch - 1) ** 2 - smallest**2) + smallest**2
-    return torch.where(chosen, area.sqrt().long(), torch.zeros(n, dtype=torch.long))
+    on = generator.device
+    chosen = torch.rand(n, generator=generator, device=on) < prob
+    area = torch.rand(n, generator=generator, device=on) * ((patch - 1) ** 2 - smallest**2) + smallest**2
+    return torch.where(chosen, area.sqrt().long(), torch.zeros(n, dtype=torch.long, device=on))
 
 
 def downsample(patches: Tensor, sides: Tensor) -> Tensor:
@@ -135,7 +139,7 @@ def downsample(patches: Tensor, sides: Tensor) -> Tensor:
 def project_out_green_magenta(patches: Tensor) -> Tensor:
     """[M,3,H,W] -> every pixel times A = I - b b^T (b = (-1, 2, -1)/sqrt 6): no green-magenta component."""
     b = GREEN_MAGENTA.to(patches)
-    a = torch.eye(3, dtype=patches.dtype) - torch.outer(b, b)
+    a = torch.eye(3, dtype=patches.dtype, device=patches.device) - torch.outer(b, b)
     return (a @ patches.flatten(2)).view_as(patches)  # [3,3] @ [M,3,HW]: one batched matrix product
 
 
@@ -144,15 +148,17 @@ def drop_colors(kept: Tensor, keep: Tensor, noise_ratio: float, generator: torch
     """Kept channels [M,1,H,W] (pixel units, 0..255), keep [M] -> [M,3,H,W]: channel keep[i] is kept[i], the two
     others noise: Gaussian of noise_ratio x its std, or uniform in [-0.5, 0.5) pixel units (the released code).
     The dropped channels are never read, so they need not be cut."""
-    m, rows = kept.shape[0], torch.arange(kept.shape[0])
-    dropped = (keep[:, None] + torch.tensor([1, 2])) % 3  # [M,2]: the two other channels
-    out = torch.empty((m, 3, *kept.shape[2:]), dtype=kept.dtype)
+    dev, on = kept.device, generator.device
+    m, rows = kept.shape[0], torch.arange(kept.shape[0], device=dev)
+    keep = keep.to(dev)
+    dropped = (keep[:, None] + torch.tensor([1, 2], device=dev)) % 3  # [M,2]: the two other channels
+    out = torch.empty((m, 3, *kept.shape[2:]), dtype=kept.dtype, device=dev)
     out[rows, keep] = kept[:, 0]
     if noise == "uniform":
-        values = torch.rand((m, 2, *kept.shape[2:]), generator=generator).sub_(0.5)
+        values = torch.rand((m, 2, *kept.shape[2:]), generator=generator, device=on).to(dev).sub_(0.5)
     else:
         std = row_std(kept.flatten(1)).clamp_min(1e-6).view(m, 1, 1, 1)
-        values = torch.randn((m, 2, *kept.shape[2:]), generator=generator).mul_(noise_ratio * std)
+        values = torch.randn((m, 2, *kept.shape[2:]), generator=generator, device=on).to(dev).mul_(noise_ratio * std)
     out[rows[:, None], dropped] = values
     return out
 
@@ -209,23 +215,23 @@ class ContextPrediction(PretextTask):
 
     def make_batch(self, images: Tensor, targets: dict[str, Any], generator: torch.Generator) -> dict[str, Tensor]:
         """uint8 [N,3,H,W] -> patches [9N,3,P,P], pair indices first/second [K*N] into them, labels [K*N]."""
-        cfg, n = self.cfg, images.shape[0]
+        cfg, n, dev = self.cfg, images.shape[0], images.device
         ys, xs = grid_positions(n, images.shape[2], images.shape[3], self.patch, cfg.gap, cfg.jitter, generator)
-        m = n * GRID * GRID
-        sides = downsample_sides(m, self.patch, cfg.downsample_min, cfg.downsample_prob, generator)
+        ys, xs, m = ys.to(dev), xs.to(dev), n * GRID * GRID
+        sides = downsample_sides(m, self.patch, cfg.downsample_min, cfg.downsample_prob, generator).to(dev)
         if self.harmonize == "lab-l":  # Colorization's preprocessing (the Task Ensemble's harmonisation)
             rgb = downsample(cut_windows(images, ys, xs, self.patch).flatten(0, 1).float() / 255.0, sides)
             patches = lab_l_of_rgb01(rgb)
         elif cfg.aberration == "color-dropping":  # only the kept channel is cut and resized: a third of the work
-            keep = torch.randint(0, 3, (m,), generator=generator)
+            keep = torch.randint(0, 3, (m,), generator=generator, device=generator.device).to(dev)
             kept = downsample(cut_windows(images, ys, xs, self.patch, keep.view(n, -1)).flatten(0, 1).float(), sides)
             patches = drop_colors(kept, keep, cfg.noise_ratio, generator, cfg.drop_noise)
         else:  # float 0..255: every step below is scale-free
             patches = downsample(cut_windows(images, ys, xs, self.patch).flatten(0, 1).float(), sides)  # [9N,3,P,P]
             if cfg.aberration == "projection":
                 patches = project_out_green_magenta(patches)
-        first, second, labels = self.pairs
-        base = (torch.arange(n) * GRID * GRID)[:, None]  # image i's cells start at row 9i
+        first, second, labels = (t.to(dev) for t in self.pairs)
+        base = (torch.arange(n, device=dev) * GRID * GRID)[:, None]  # image i's cells start at row 9i
         return {
             "patches": patches if self.harmonize else normalize_patches_(patches),
             "first": (base + first).flatten(),

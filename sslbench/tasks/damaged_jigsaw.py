@@ -112,17 +112,17 @@ class DamagedJigsaw(PretextTask):
         slot in the input; target_tile [N,3,t,t]: the removed tile, RGB in [-1,1]; target_ab [N,9,2,t,t]: ab/110
         of every slot (the missing slot's is never scored).
         """
-        cfg = self.cfg
+        cfg, on, dev = self.cfg, generator.device, images.device
         n, c, h, w = images.shape
-        perms = self.permutations.cpu()
-        labels = torch.randint(0, len(perms), (n,), generator=generator)
+        perms = self.permutations.to(on)
+        labels = torch.randint(0, len(perms), (n,), generator=generator, device=on)
         order = perms[labels]  # [N,9]: slot s shows cell order[:, s]
         corners = tile_corners(n, c, h, w, cfg.cell, cfg.tile, cfg.random_offsets, 0, generator)
-        corners = shuffle_tiles(corners, order)
+        corners = shuffle_tiles(corners, order).to(dev)
         rgb8 = cut_windows(images, corners[..., 0], corners[..., 1], cfg.tile)  # uint8 [N,9,3,t,t], slot order
         lab = rgb8_to_lab(rgb8)
-        missing_slot = torch.randint(0, TILES, (n,), generator=generator)
-        rows = torch.arange(n)
+        missing_slot = torch.randint(0, TILES, (n,), generator=generator, device=on).to(dev)
+        labels, order, rows = labels.to(dev), order.to(dev), torch.arange(n, device=dev)
         gray = lab[:, :, :1].contiguous()
         if cfg.tile_norm:
             standardize_(gray, (2, 3, 4))

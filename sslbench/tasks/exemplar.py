@@ -105,7 +105,7 @@ def identity_transform(patch: int) -> ExemplarConfig:
 
 
 def _uniform(n: int, bound: float, generator: torch.Generator) -> Tensor:
-    return (torch.rand(n, generator=generator) * 2 - 1) * bound
+    return (torch.rand(n, generator=generator, device=generator.device) * 2 - 1) * bound
 
 
 def transform_patches(images: Tensor, centres: Tensor, cfg: ExemplarConfig, pca: Tensor, generator: torch.Generator
@@ -118,9 +118,9 @@ def transform_patches(images: Tensor, centres: Tensor, cfg: ExemplarConfig, pca:
     b, _, h, w = images.shape
     p = cfg.patch
     shift = _uniform(2 * b, cfg.translate * p, generator).view(b, 2)
-    zoom = cfg.scale_min + torch.rand(b, generator=generator) * (cfg.scale_max - cfg.scale_min)
+    zoom = cfg.scale_min + torch.rand(b, generator=generator, device=generator.device) * (cfg.scale_max - cfg.scale_min)
     angle = _uniform(b, math.radians(cfg.rotate), generator)
-    cy, cx = (centres + shift).unbind(1)
+    cy, cx = (centres.to(shift.device) + shift).unbind(1)
     cos, sin = torch.cos(angle) * zoom, torch.sin(angle) * zoom
     # rows: an x offset normalised by w, a y offset by h (columns would shear a rotation on an H != W image)
     theta = torch.stack([torch.stack([cos * p / w, -sin * p / w, (2 * cx) / w - 1], 1),
@@ -204,13 +204,13 @@ class Exemplar(PretextTask):
     def make_batch(self, images: Tensor, targets: dict[str, Any], generator: torch.Generator) -> dict[str, Tensor]:
         """uint8 [B,3,H,W] + targets["index"] (the images' classes) -> B x views transformed patches, normalised
         as the ImageNet statistics do, and their labels."""
-        index = targets["index"].long()
+        index = targets["index"].long().to(self.centres.device)
         v = self.cfg.views
         rep = images.repeat_interleave(v, 0) if v > 1 else images
-        centres = self.centres.cpu()[index].repeat_interleave(v, 0)
-        x = transform_patches(rep, centres, self.cfg, self.pca.cpu(), generator)
-        x = lab_l_of_rgb01(x) if self.harmonize == "lab-l" else (x - MEAN) / STD
-        return {"input": x, "labels": index.repeat_interleave(v, 0)}
+        centres = self.centres[index].repeat_interleave(v, 0)
+        x = transform_patches(rep, centres, self.cfg, self.pca, generator)
+        x = lab_l_of_rgb01(x) if self.harmonize == "lab-l" else (x - MEAN.to(x.device)) / STD.to(x.device)
+        return {"input": x, "labels": index.repeat_interleave(v, 0).to(images.device)}
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         logits = self.head(self.backbone(batch["input"], taps=(self.tap,))[self.tap])

@@ -86,36 +86,36 @@ def central_square(size: int, coverage: float) -> tuple[int, int]:
     return (size - side) // 2, side
 
 
-def central_holes(n: int, size: int, coverage: float, overlap: int) -> Tensor:
+def central_holes(n: int, size: int, coverage: float, overlap: int, device: torch.device | None = None) -> Tensor:
     """[N,S,S] bool: the centred square minus its `overlap` px rim (the rim is the visible band)."""
     top, side = central_square(size, coverage)
-    hole = torch.zeros(n, size, size, dtype=torch.bool)
+    hole = torch.zeros(n, size, size, dtype=torch.bool, device=device)
     hole[:, top + overlap : top + side - overlap, top + overlap : top + side - overlap] = True
     return hole
 
 
 def block_boxes(n: int, size: int, generator: torch.Generator) -> Tensor:
     """[N, MAX_BLOCKS, 4] int64 boxes (y0, x0, y1, x1), half-open, sides 1/8..1/4 of the image, inside it."""
-    lo, hi = max(1, size // 8), max(1, size // 4)
-    hw = torch.randint(lo, hi + 1, (n, MAX_BLOCKS, 2), generator=generator)
-    yx = (torch.rand(n, MAX_BLOCKS, 2, generator=generator) * (size - hw + 1)).long()
+    lo, hi, on = max(1, size // 8), max(1, size // 4), generator.device
+    hw = torch.randint(lo, hi + 1, (n, MAX_BLOCKS, 2), generator=generator, device=on)
+    yx = (torch.rand(n, MAX_BLOCKS, 2, generator=generator, device=on) * (size - hw + 1)).long()
     return torch.cat([yx, yx + hw], dim=2)
 
 
 def boxes_to_holes(boxes: Tensor, size: int, coverage: float) -> Tensor:
     """[N,K,4] boxes -> [N,S,S] bool: the union of the longest prefix of boxes covering at most `coverage`."""
-    n, k = boxes.shape[:2]
-    r = torch.arange(size)[:, None]  # [S,1]
-    order = torch.arange(k, dtype=torch.uint8)
+    (n, k), dev = boxes.shape[:2], boxes.device
+    r = torch.arange(size, device=dev)[:, None]  # [S,1]
+    order = torch.arange(k, dtype=torch.uint8, device=dev)
     # Box j covers (y, x) iff it spans row y and column x: with "j where it spans, k elsewhere" per row and per
     # column, the first box covering a pixel is min_j max(row value, column value); k = uncovered.
     in_rows = torch.where((r >= boxes[:, None, :, 0]) & (r < boxes[:, None, :, 2]), order, k)  # [N,S,K]
     in_cols = torch.where((r >= boxes[:, None, :, 1]) & (r < boxes[:, None, :, 3]), order, k)  # [N,S,K]
     in_rows, in_cols = in_rows.permute(2, 0, 1).contiguous(), in_cols.permute(2, 0, 1).contiguous()  # [K,N,S]
-    first = torch.full((n, size, size), k, dtype=torch.uint8)
+    first = torch.full((n, size, size), k, dtype=torch.uint8, device=dev)
     for j in range(k):  # K in-place steps over the whole batch: cheaper than one [N,S,S,K] min
         torch.minimum(first, torch.maximum(in_rows[j, :, :, None], in_cols[j, :, None, :]), out=first)
-    bins = first.flatten(1).long() + (torch.arange(n) * (k + 1))[:, None]
+    bins = first.flatten(1).long() + (torch.arange(n, device=dev) * (k + 1))[:, None]
     counts = torch.bincount(bins.flatten(), minlength=n * (k + 1)).view(n, k + 1)  # pixels first covered by box j
     cover = counts[:, :k].cumsum(1) / (size * size)  # [N,K]: coverage of the first 1..K boxes
     last = ((cover <= coverage).sum(1) - 1).clamp_min(0)  # at least one box (one covers at most 1/16)
@@ -145,11 +145,12 @@ def silhouette_holes(n: int, size: int, coverage: float, generator: torch.Genera
     """[N,S,S] bool: a class silhouette per image, rotated, stretched (aspect e^[-0.5,0.5]), mirrored, scaled
     to `coverage` of the image and placed at random where it fits. Of `tries` random poses the first that fits
     in the image is used; when none does, the first is shrunk until it fits (it then covers less)."""
-    bank, area, centroid, outline = silhouette_bank()
-    pick = torch.randint(len(bank), (n, tries), generator=generator)
-    theta = torch.rand(n, tries, generator=generator) * 2 * math.pi
-    stretch = torch.exp(torch.rand(n, tries, generator=generator) - 0.5)
-    mirror = torch.where(torch.rand(n, tries, generator=generator) < 0.5, -1.0, 1.0)
+    on = generator.device
+    bank, area, centroid, outline = (t.to(on) for t in silhouette_bank())
+    pick = torch.randint(len(bank), (n, tries), generator=generator, device=on)
+    theta = torch.rand(n, tries, generator=generator, device=on) * 2 * math.pi
+    stretch = torch.exp(torch.rand(n, tries, generator=generator, device=on) - 0.5)
+    mirror = torch.where(torch.rand(n, tries, generator=generator, device=on) < 0.5, -1.0, 1.0)
     # affine_grid maps output to bank coordinates, A = R(theta) diag(sx, sy): |det A| = bank area / output area.
     sigma = torch.sqrt(area[pick] / coverage)
     sx, sy = sigma * stretch * mirror, sigma / stretch
@@ -158,12 +159,12 @@ def silhouette_holes(n: int, size: int, coverage: float, generator: torch.Genera
     shape = outline[pick] @ torch.linalg.inv(a).transpose(-1, -2)  # [N,T,M,2] the hull in output coordinates
     lo, hi = shape.amin(2), shape.amax(2)  # [N,T,2]
     fits = ((hi - lo) <= 2).all(-1)  # [N,T]
-    choice = (fits.float() + torch.linspace(0.5, 0, tries)).argmax(1)  # the first that fits, else the first
-    rows = torch.arange(n)
+    choice = (fits.float() + torch.linspace(0.5, 0, tries, device=on)).argmax(1)  # the first that fits, else first
+    rows = torch.arange(n, device=on)
     a, lo, hi, pick = a[rows, choice], lo[rows, choice], hi[rows, choice], pick[rows, choice]
     shrink = ((hi - lo).amax(1) / 2).clamp_min(1.0)  # [N]
     a, lo, hi = a * shrink[:, None, None], lo / shrink[:, None], hi / shrink[:, None]
-    centre = -1 - lo + torch.rand(n, 2, generator=generator) * (2 - (hi - lo))  # [N,2]: the centroid's place
+    centre = -1 - lo + torch.rand(n, 2, generator=generator, device=on) * (2 - (hi - lo))  # [N,2]: the centroid's
     offset = centroid[pick] - (a @ centre[:, :, None])[..., 0]
     grid = F.affine_grid(torch.cat([a, offset[:, :, None]], 2), [n, 1, size, size], align_corners=False)
     return F.grid_sample(bank[pick], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0] > 0.5
@@ -172,8 +173,8 @@ def silhouette_holes(n: int, size: int, coverage: float, generator: torch.Genera
 def blob_holes(n: int, size: int, coverage: float, generator: torch.Generator) -> Tensor:
     """[N,S,S] bool: the lowest `coverage` quantile of bicubically upsampled 8x8 uniform noise (released
     train_random.lua: res 0.06 on its 10000 px pattern = 7.7 noise cells across a 128 px crop)."""
-    up = bicubic_matrix(8, size)  # [S,8]
-    smooth = (up @ torch.rand(n, 8, 8, generator=generator) @ up.T).flatten(1)  # [N,S*S]
+    up = bicubic_matrix(8, size).to(generator.device)  # [S,8]
+    smooth = (up @ torch.rand(n, 8, 8, generator=generator, device=generator.device) @ up.T).flatten(1)  # [N,S*S]
     k = max(1, int(round(coverage * size * size)))
     threshold = smooth.kthvalue(k, dim=1, keepdim=True).values
     return (smooth <= threshold).view(n, size, size)
@@ -189,7 +190,7 @@ def bicubic_matrix(src: int, dst: int) -> Tensor:
 def make_holes(cfg: InpaintingConfig, n: int, size: int, generator: torch.Generator) -> Tensor:
     """[N,S,S] bool, True where pixels are removed."""
     if cfg.mask == "central":
-        return central_holes(n, size, cfg.coverage, cfg.overlap)
+        return central_holes(n, size, cfg.coverage, cfg.overlap, generator.device)
     if cfg.mask == "random-blocks":
         return boxes_to_holes(block_boxes(n, size, generator), size, cfg.coverage)
     if cfg.regions == "silhouettes":
@@ -334,15 +335,16 @@ class Inpainting(PretextTask):
             raise UserError(f"inpainting: images are {h}x{w} px but the encoder was built for {self.size} px; "
                             "set data.image_size equal to backbone.image_size")
         if self.cfg.flip:
-            flips = torch.rand(n, generator=generator) < 0.5
+            flips = (torch.rand(n, generator=generator, device=generator.device) < 0.5).to(images.device)
             images = images.clone()
             images[flips] = images[flips].flip(-1)
-        holes = make_holes(self.cfg, n, self.size, generator)
+        holes = make_holes(self.cfg, n, self.size, generator).to(images.device)
         weights = loss_weights(holes, self.cfg.overlap, self.cfg.overlap_weight)
         pixels = images.float()
         return {
             # = normalize(images), the hole at 0 = the mean colour
-            "inputs": torch.addcmul(-MEAN / STD, pixels, 1 / (255 * STD)).masked_fill_(holes[:, None], 0.0),
+            "inputs": torch.addcmul((-MEAN / STD).to(pixels.device), pixels, (1 / (255 * STD)).to(pixels.device))
+            .masked_fill_(holes[:, None], 0.0),
             "target": self.region(pixels).div(127.5).sub_(1.0),
             "weights": self.region(weights),
             "holes": holes,

@@ -156,23 +156,24 @@ def tile_corners(n: int, channels: int, height: int, width: int, cell: int, tile
     The 3x3 grid sits at a random position of the image; each tile at a random (or the centre) offset inside
     its cell; with `jitter`, every channel moves by its own +-jitter px (kept inside the image).
     """
-    crop = GRID * cell
+    crop, on = GRID * cell, generator.device
     if height < crop or width < crop:
         raise UserError(
             f"jigsaw: images are {height}x{width} px but 3 cells of {cell} px need {crop}x{crop}; "
             f"raise data.image_size to >= {crop} or lower task.cell to <= {min(height, width) // GRID}"
         )
-    origin = torch.stack([torch.randint(0, height - crop + 1, (n,), generator=generator),
-                          torch.randint(0, width - crop + 1, (n,), generator=generator)], -1)  # [N, 2]
-    grid = torch.stack(torch.meshgrid(torch.arange(GRID), torch.arange(GRID), indexing="ij"), -1).view(TILES, 2) * cell
+    origin = torch.stack([torch.randint(0, height - crop + 1, (n,), generator=generator, device=on),
+                          torch.randint(0, width - crop + 1, (n,), generator=generator, device=on)], -1)  # [N, 2]
+    cells = torch.arange(GRID, device=on)
+    grid = torch.stack(torch.meshgrid(cells, cells, indexing="ij"), -1).view(TILES, 2) * cell
     if random_offsets:
-        offsets = torch.randint(0, cell - tile + 1, (n, TILES, 2), generator=generator)
+        offsets = torch.randint(0, cell - tile + 1, (n, TILES, 2), generator=generator, device=on)
     else:
-        offsets = torch.full((n, TILES, 2), (cell - tile) // 2)
+        offsets = torch.full((n, TILES, 2), (cell - tile) // 2, device=on)
     corners = (origin[:, None] + grid[None] + offsets)[:, :, None, :].expand(n, TILES, channels, 2)
     if jitter:
-        shift = torch.randint(-jitter, jitter + 1, (n, TILES, channels, 2), generator=generator)
-        limit = torch.tensor([height - tile, width - tile])
+        shift = torch.randint(-jitter, jitter + 1, (n, TILES, channels, 2), generator=generator, device=on)
+        limit = torch.tensor([height - tile, width - tile], device=on)
         corners = torch.minimum((corners + shift).clamp_min(0), limit)
     return corners.contiguous()
 
@@ -184,7 +185,7 @@ def gray_(tiles: Tensor) -> Tensor:
 
 def shuffle_tiles(tiles: Tensor, order: Tensor) -> Tensor:
     """tiles [N,K,...] in cell order, order [N,K] -> slot s of image i holds the entry of cell order[i, s]."""
-    return tiles[torch.arange(tiles.shape[0])[:, None], order]
+    return tiles[torch.arange(tiles.shape[0], device=tiles.device)[:, None], order]
 
 
 # ---------------------------------------------------------------- the network
@@ -237,14 +238,15 @@ class Jigsaw(PretextTask):
         time straight into the output: cut, scaled to 0..1, grayed, normalised while the chunk is in the CPU's cache
         (at 256 images of 9 x 3 x 64^2 px the output is 113 MB, and every full pass over it costs as much as the
         arithmetic). Every step is per tile, so chunking changes no value: the same tensors as one pass."""
-        cfg = self.cfg
+        cfg, on = self.cfg, generator.device
         n, c, h, w = images.shape
-        perms = self.permutations.cpu()
-        labels = torch.randint(0, len(perms), (n,), generator=generator)
+        perms = self.permutations.to(on)
+        labels = torch.randint(0, len(perms), (n,), generator=generator, device=on)
         corners = tile_corners(n, c, h, w, cfg.cell, cfg.tile, cfg.random_offsets, cfg.channel_jitter, generator)
         # Cut straight into slot order (slot s shows cell perm[s]): the tiles are never copied to shuffle them.
-        corners = shuffle_tiles(corners, perms[labels])
-        gray = (torch.rand(n, generator=generator) < cfg.gray_prob).tolist() if cfg.gray_prob else [False] * n
+        corners = shuffle_tiles(corners, perms[labels]).to(images.device)
+        gray = (torch.rand(n, generator=generator, device=on) < cfg.gray_prob).tolist() if cfg.gray_prob else \
+            [False] * n
         tiles = torch.empty((n, TILES, c, cfg.tile, cfg.tile), device=images.device)
         dims = (3, 4) if cfg.tile_norm_per_channel else (2, 3, 4)
         for part in cache_chunks(n, tiles[0].numel() * 4, images.device):
@@ -257,7 +259,7 @@ class Jigsaw(PretextTask):
                 standardize_(out, dims)
             else:
                 out.sub_(MEAN.to(out.device).view(1, 1, 3, 1, 1)).div_(STD.to(out.device).view(1, 1, 3, 1, 1))
-        return {"tiles": tiles, "labels": labels}
+        return {"tiles": tiles, "labels": labels.to(images.device)}
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         logits = self.head(tower_features(self.backbone, batch["tiles"]))  # [N, P]

@@ -64,7 +64,7 @@ class MotionSegmentation(PretextTask):
                             "motion writes the embedded one)")
         mask = targets["motion"].long()
         if self.cfg.flip:
-            flips = torch.rand(images.shape[0], generator=generator) < 0.5
+            flips = (torch.rand(images.shape[0], generator=generator, device=generator.device) < 0.5).to(images.device)
             images = torch.where(flips.view(-1, 1, 1, 1), images.flip(-1), images)
             mask = torch.where(flips.view(-1, 1, 1), mask.flip(-1), mask)
         x = lab_l_of_rgb8(images) if self.harmonize == "lab-l" else normalize(images)

@@ -159,11 +159,11 @@ class Multitask(PretextTask):
         """Each sub-task's batch of the same images (this rank's sub-tasks under `rank_tasks`), keys prefixed
         '<sub-task>/'."""
         mine, _ = self._placement()
-        base = int(torch.randint(0, 2**62, (), generator=generator))  # one draw: each sub-task's own stream
+        base = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device))  # each sub-task's stream
         out: dict[str, Tensor] = {}
         for i, (name, sub) in enumerate(self.subtasks.items()):
             if name in mine:  # a sub-task's batch does not depend on which others run in this process
-                own = torch.Generator().manual_seed(base + i)
+                own = torch.Generator(generator.device).manual_seed(base + i)
                 out.update({f"{name}/{k}": v for k, v in sub.make_batch(images, targets, own).items()})
         return out
 

@@ -56,7 +56,7 @@ class Supervised(PretextTask):
             raise UserError(f"supervised needs every image's class in 0..{self.cfg.num_classes - 1}; found {found}: "
                             "train on a labelled data set (the embedded data, imagenet) or set task.num_classes")
         if self.cfg.flip:
-            flips = torch.rand(images.shape[0], generator=generator) < 0.5
+            flips = (torch.rand(images.shape[0], generator=generator, device=generator.device) < 0.5).to(images.device)
             images = torch.where(flips.view(-1, 1, 1, 1), images.flip(-1), images)
         return {"input": self._input(images), "labels": labels.long()}
 

@@ -1,0 +1,72 @@
+"""Every task's make_batch is device-agnostic torch code (issue 18, part 1): each tensor it creates is placed on the
+images' device or, for random draws, on the generator's, never on the default device. Checked on the CPU by making
+the default device 'meta' (which holds no data): a tensor created without a device lands there and the first op
+mixing it with real data fails. The outputs must be the very tensors of a normal call. On CUDA, where present, the
+batch built from images and a generator on the GPU has the CPU batch's keys, shapes, dtypes and label ranges."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sslbench.backbones.base import build_backbone
+from sslbench.config import build
+from sslbench.registry import BACKBONES, TASKS
+
+# Options whose make_batch takes another path than the tiny set-up's (task name, task options)
+VARIANTS = [
+    ("context", {"aberration": "projection"}), ("context", {"aberration": "none"}),
+    ("context", {"drop_noise": "uniform"}), ("jigsaw", {"tile_norm": False, "random_offsets": False}),
+    ("jigsaw", {"channel_jitter": 2, "tile_norm_per_channel": False}), ("inpainting", {"mask": "central"}),
+    ("inpainting", {"mask": "random-blocks"}), ("inpainting", {"regions": "blobs"}), ("rotation", {"crop_pad": 0}),
+    ("rotation", {"normalize": "cifar"}), ("colorization", {"target_stride": 0, "gray_threshold": 0.0}),
+]
+CASES = [pytest.param(n, {}, id=n) for n in TASKS.names()] + [
+    pytest.param(n, o, id=f"{n}-" + "-".join(f"{k}={v}" for k, v in o.items())) for n, o in VARIANTS]
+
+
+def tiny(name: str, device: str = "cpu", options: dict | None = None):  # noqa: ANN201
+    cls = TASKS.get(name)
+    setup = cls.tiny()
+    cfg = build(BACKBONES.entry(setup.backbone).config, dict(setup.backbone_cfg), "test")
+    task_cfg = build(TASKS.entry(name).config, {**setup.cfg, **(options or {})}, "test")
+    task = cls(task_cfg, build_backbone(setup.backbone, cfg))
+    images = torch.randint(0, 256, (4, 3, setup.image_size, setup.image_size), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    task.restore(task.setup(torch.utils.data.TensorDataset(images), torch.Generator().manual_seed(0)))
+    targets = {"index": torch.arange(4), **setup.targets}
+    return task.to(device), images.to(device), {k: v.to(device) for k, v in targets.items()}
+
+
+@pytest.mark.parametrize(("name", "options"), CASES)
+def test_make_batch_creates_every_tensor_on_the_images_or_the_generators_device(name: str, options: dict) -> None:
+    task, images, targets = tiny(name, options=options)
+    want = task.make_batch(images, targets, torch.Generator().manual_seed(3))
+    torch.set_default_device("meta")
+    try:
+        got = task.make_batch(images, targets, torch.Generator().manual_seed(3))
+    finally:
+        torch.set_default_device(None)
+    assert sorted(got) == sorted(want)
+    for key in want:
+        assert got[key].device.type == "cpu" and torch.equal(got[key], want[key]), key
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(("name", "options"), CASES)
+def test_make_batch_on_cuda_has_the_cpu_batchs_layout(name: str, options: dict) -> None:
+    """Other random streams on the GPU, so not the same values: the same keys, shapes, dtypes; labels and indices
+    non-negative where the CPU's are; float tensors finite and of a similar mean."""
+    task, images, targets = tiny(name, options=options)
+    want = task.make_batch(images, targets, torch.Generator().manual_seed(3))
+    task, images, targets = tiny(name, "cuda", options)
+    got = task.make_batch(images, targets, torch.Generator("cuda").manual_seed(3))
+    assert sorted(got) == sorted(want)
+    for key in want:
+        a, b = want[key], got[key]
+        assert b.device.type == "cuda" and b.shape == a.shape and b.dtype == a.dtype, key
+        if a.dtype == torch.bool or not a.is_floating_point():
+            assert int(a.min()) < 0 or int(b.min()) >= 0, key
+        else:
+            assert torch.isfinite(b).all(), key
+            assert abs(float(b.float().mean()) - float(a.float().mean())) <= 0.5 * float(a.float().std()) + 1e-3, key
