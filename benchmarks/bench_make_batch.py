@@ -5,8 +5,9 @@ Geometries (the paper recipes): RotNet AlexNet 192 x 224 px -> 768 rotated input
 256 px -> 9 tiles of 64 px each; Context 56 x 398 px -> 9 patches of 96 px each; Context Encoders 64 x 224 px.
 
 "replaced" is the code before issue 18, run in a child process with torch's default 4 KB pages
-(THP_MEM_ALLOC_ENABLE=0): for RotNet and Jigsaw their old make_batch, kept here verbatim in behaviour; for all
-tasks the old cut_windows (torch's index kernel, one offset per pixel). "current" is the task's make_batch in a
+(THP_MEM_ALLOC_ENABLE=0): for RotNet, Jigsaw and Context Encoders their old make_batch, kept here verbatim in
+behaviour (Context Encoders' holes through torch's affine_grid); for all tasks the old cut_windows (torch's index
+kernel, one offset per pixel). "current" is the task's make_batch in a
 child process as sslbench runs it (importing sslbench turns torch's transparent huge pages on). The current outputs
 are checked bit-identical to the replaced ones before timing. A third column, "current, 4 KB pages", separates the
 code's share from the pages'.
@@ -47,11 +48,15 @@ def child(mode: str, threads: int) -> None:
         images = torch.randint(0, 256, (n, 3, side, side), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
         current = task.make_batch
         old = {"rotation": lambda x, t, g, task=task: replaced_rotation(torch, task, x, g),
-               "jigsaw": lambda x, t, g, task=task: replaced_jigsaw(torch, task, x, g)}.get(name, current)
+               "jigsaw": lambda x, t, g, task=task: replaced_jigsaw(torch, task, x, g),
+               "inpainting": lambda x, t, g, task=task: replaced_inpainting(torch, task, x, g)}.get(name, current)
         if mode == "replaced":
             transforms.cut_windows = replaced_cut  # the tasks call it through the module
             for module in ("jigsaw", "damaged_jigsaw", "context"):
                 sys.modules[f"sslbench.tasks.{module}"].cut_windows = replaced_cut
+            inpainting = sys.modules["sslbench.tasks.inpainting"]  # its holes as before: torch's affine_grid
+            inpainting.affine_grid = lambda theta, size: torch.nn.functional.affine_grid(
+                theta, [theta.shape[0], 1, size, size], align_corners=False)
             fn = old
         else:
             fn = current
@@ -118,6 +123,32 @@ def replaced_jigsaw(torch, task, images, generator):  # noqa: ANN001, ANN201
         tiles[pick] = luma(tiles[pick]).expand(-1, -1, 3, -1, -1)
     standardize_(tiles, (3, 4) if cfg.tile_norm_per_channel else (2, 3, 4))
     return {"tiles": tiles, "labels": labels}
+
+
+def replaced_inpainting(torch, task, images, generator):  # noqa: ANN001, ANN201
+    """Context Encoders' make_batch before issue 18: a flipped copy, whole-batch float passes, the band as the OR
+    of 2 x (2 overlap + 1) shifted views. (Its silhouette holes used torch's affine_grid: patched in by the
+    replaced child.)"""
+    import functools
+
+    import torch.nn.functional as F
+
+    from sslbench.tasks.inpainting import make_holes
+    from sslbench.transforms import MEAN, STD
+
+    n = images.shape[0]
+    flips = torch.rand(n, generator=generator) < 0.5
+    images = images.clone()
+    images[flips] = images[flips].flip(-1)
+    holes = make_holes(task.cfg, n, task.size, generator)
+    overlap, size = task.cfg.overlap, holes.shape[-1]
+    padded = F.pad(holes, (overlap, overlap, overlap, overlap))
+    rows = functools.reduce(torch.logical_or, [padded[:, :, i: i + size] for i in range(2 * overlap + 1)])
+    band = functools.reduce(torch.logical_or, [rows[:, i: i + size] for i in range(2 * overlap + 1)]) & ~holes
+    weights = (holes.float() + task.cfg.overlap_weight * band.float())[:, None]
+    pixels = images.float()
+    return {"inputs": torch.addcmul(-MEAN / STD, pixels, 1 / (255 * STD)).masked_fill_(holes[:, None], 0.0),
+            "target": task.region(pixels).div(127.5).sub_(1.0), "weights": task.region(weights), "holes": holes}
 
 
 def run_child(mode: str, threads: int, pages: str | None) -> dict[str, float]:

@@ -136,6 +136,41 @@ def test_make_batch_is_pure_given_the_generator() -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("mask", ["central", "random-blocks", "random-regions"])
+def test_make_batch_matches_the_whole_batch_formula_at_any_chunk_size(mask: str, monkeypatch) -> None:
+    """inputs = normalize(images) with the hole at 0, target = the region in [-1, 1]: built a few images at a time,
+    the same bits as the whole-batch expressions."""
+    from sslbench.transforms import MEAN, STD
+
+    task = tiny_task(mask=mask, flip=True)
+    monkeypatch.setattr("sslbench.transforms.CACHE_BYTES", 1)  # one image per chunk
+    batch = task.make_batch(images(), {}, torch.Generator().manual_seed(5))
+    flips = torch.rand(6, generator=torch.Generator().manual_seed(5)) < 0.5
+    x = torch.where(flips.view(-1, 1, 1, 1), images().flip(-1), images()).float()
+    inputs = torch.addcmul(-MEAN / STD, x, 1 / (255 * STD)).masked_fill_(batch["holes"][:, None], 0.0)
+    assert torch.equal(batch["inputs"], inputs) and torch.equal(batch["target"], task.region(x).div(127.5).sub(1))
+
+
+@pytest.mark.parametrize("size", [7, 32, 224])
+def test_affine_grid_is_torchs_bit_for_bit(size: int) -> None:
+    from sslbench.tasks.inpainting import affine_grid
+
+    theta = torch.randn(5, 2, 3, generator=torch.Generator().manual_seed(size))
+    want = torch.nn.functional.affine_grid(theta, [5, 1, size, size], align_corners=False)
+    assert torch.equal(affine_grid(theta, size), want)
+
+
+@pytest.mark.parametrize("overlap", [0, 1, 2, 3, 4, 7, 8, 13])
+def test_overlap_band_matches_or_of_every_shift(overlap: int) -> None:
+    holes = torch.rand(3, 30, 30, generator=torch.Generator().manual_seed(overlap)) < 0.04
+    padded = torch.nn.functional.pad(holes, (overlap,) * 4)
+    grown = torch.zeros_like(holes)
+    for dy in range(2 * overlap + 1):
+        for dx in range(2 * overlap + 1):
+            grown |= padded[:, dy:dy + 30, dx:dx + 30]
+    assert torch.equal(overlap_band(holes, overlap), grown & ~holes)
+
+
 # ---------------------------------------------------------------- math
 
 
