@@ -140,9 +140,15 @@ def attention_sheet(images: Tensor, models: Sequence[tuple[str, Sequence[tuple[s
     for label, maps in models:
         for i in range(images.shape[0]):
             panels = [("input", images[i])]
-            panels += [(f"{tap} {m.shape[1]}x{m.shape[2]}", overlay(images[i], m[i])) for tap, m in maps]
+            panels += [(map_caption(tap, m, images.shape[-1]), overlay(images[i], m[i])) for tap, m in maps]
             rows.append((label if i == 0 else "", panels))
     return rows
+
+
+def map_caption(tap: str, amap: Tensor, width: int) -> str:
+    """'conv1 27x27', or 'conv1 27' where the panel is too narrow for the whole."""
+    full = f"{tap} {amap.shape[1]}x{amap.shape[2]}"
+    return full if len(full) * CHAR <= width else f"{tap} {amap.shape[1]}"
 
 
 # ---------------------------------------------------------------- neighbours
