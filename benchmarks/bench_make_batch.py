@@ -18,6 +18,7 @@ Run:  python benchmarks/bench_make_batch.py [threads ...]     (default 1 2)
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -40,6 +41,18 @@ def child(mode: str, threads: int) -> None:
 
     torch.set_num_threads(threads)
     replaced_cut = make_replaced_cut(torch)
+    modules = [transforms] + [importlib.import_module(f"sslbench.tasks.{m}") for m in ("jigsaw", "damaged_jigsaw",
+                                                                                          "context")]
+    inpainting = importlib.import_module("sslbench.tasks.inpainting")
+    today = {"cut_windows": transforms.cut_windows, "affine_grid": inpainting.affine_grid}
+
+    def use_replaced(replaced: bool) -> None:
+        """The old helpers patched in (the tasks call them through their modules), or today's back."""
+        for module in modules:
+            module.cut_windows = replaced_cut if replaced else today["cut_windows"]
+        inpainting.affine_grid = (lambda theta, size: torch.nn.functional.affine_grid(
+            theta, [theta.shape[0], 1, size, size], align_corners=False)) if replaced else today["affine_grid"]
+
     results = {}
     for name, flavour in TASK_NAMES.items():
         recipe = load_recipe("pretrain", name, "paper", flavour=flavour)
@@ -51,17 +64,14 @@ def child(mode: str, threads: int) -> None:
                "jigsaw": lambda x, t, g, task=task: replaced_jigsaw(torch, task, x, g),
                "inpainting": lambda x, t, g, task=task: replaced_inpainting(torch, task, x, g)}.get(name, current)
         if mode == "replaced":
-            transforms.cut_windows = replaced_cut  # the tasks call it through the module
-            for module in ("jigsaw", "damaged_jigsaw", "context"):
-                sys.modules[f"sslbench.tasks.{module}"].cut_windows = replaced_cut
-            inpainting = sys.modules["sslbench.tasks.inpainting"]  # its holes as before: torch's affine_grid
-            inpainting.affine_grid = lambda theta, size: torch.nn.functional.affine_grid(
-                theta, [theta.shape[0], 1, size, size], align_corners=False)
+            use_replaced(True)
             fn = old
-        else:
+        else:  # today's outputs against the replaced code's, with the old helpers
             fn = current
             a = current(images, {}, torch.Generator().manual_seed(1))
+            use_replaced(True)
             b = old(images, {}, torch.Generator().manual_seed(1))
+            use_replaced(False)
             for key in b:
                 assert torch.equal(a[key], b[key]), f"{name}: {key} differs from the replaced code"
         gen = torch.Generator().manual_seed(2)

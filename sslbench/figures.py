@@ -121,14 +121,15 @@ def jet(values: Tensor) -> Tensor:
     """[h,w] in [0, 1] -> float RGB [3,h,w]: matplotlib's jet colormap."""
     import matplotlib
 
-    rgba = matplotlib.colormaps["jet"](values.clamp(0, 1).numpy())
+    rgba = matplotlib.colormaps["jet"](values.detach().float().clamp(0, 1).cpu().numpy())
     return torch.from_numpy(rgba[..., :3]).permute(2, 0, 1).float()
 
 
 def overlay(image: Tensor, amap: Tensor, alpha: float = 0.5) -> Tensor:
     """uint8 image [3,H,W] and a map [h,w] in [0, 1] -> uint8 [3,H,W]: the map upsampled, coloured, blended over."""
-    up = F.interpolate(amap[None, None].float(), size=image.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
-    mixed = (1 - alpha) * image.float() / 255.0 + alpha * jet(up)
+    up = F.interpolate(amap[None, None].float().cpu(), size=image.shape[-2:], mode="bilinear",
+                       align_corners=False)[0, 0]
+    mixed = (1 - alpha) * image.float().cpu() / 255.0 + alpha * jet(up)
     return (mixed * 255).round().clamp(0, 255).to(torch.uint8)
 
 
@@ -162,6 +163,14 @@ def nearest(queries: Tensor, candidates: Tensor, k: int) -> tuple[Tensor, Tensor
     sims = F.normalize(queries.flatten(1).float(), dim=1) @ F.normalize(candidates.flatten(1).float(), dim=1).T
     top = sims.topk(k, dim=1)
     return top.indices, top.values
+
+
+def others(idx: Tensor, sim: Tensor, queries: Sequence[int], k: int) -> tuple[Tensor, Tensor]:
+    """`nearest`'s k + 1 results of each query (a candidate itself) -> its k nearest other candidates: the query is
+    not its own neighbour, wherever it ranks (a duplicate image may tie with it)."""
+    keep = idx != torch.as_tensor(list(queries), device=idx.device)[:, None]
+    return (torch.stack([row[m][:k] for row, m in zip(idx, keep)]),
+            torch.stack([row[m][:k] for row, m in zip(sim, keep)]))
 
 
 def neighbours_sheet(images: Tensor, queries: Sequence[int], found: Sequence[tuple[str, Tensor, Tensor]]) -> Sheet:
@@ -236,13 +245,21 @@ def damaged_jigsaw_sheet(task: Any, batch: dict[str, Tensor], num: int) -> Sheet
 
 def context_sheet(task: Any, batch: dict[str, Tensor], num: int, pairs: int = 4) -> Sheet:
     """Per image, `pairs` of its patch pairs: the first patch in the centre of a 3x3 board and the second in the
-    neighbour cell its label names, captioned with the label; a wrong label puts the second patch elsewhere."""
+    neighbour cell its label names, captioned with the label; a wrong label puts the second patch elsewhere. The
+    pairs around the grid's centre cell (all 8 positions) are shown first, `pairs` of them per row in turn, so
+    that the rows together show every label."""
     first, second, labels, patches = batch["first"], batch["second"], batch["labels"], batch["patches"]
-    per_image = len(first) // max(1, patches.shape[0] // (GRID * GRID))
+    images = patches.shape[0] // (GRID * GRID)
+    per_image = len(first) // max(1, images)
     rows = []
-    for i in range(min(num, patches.shape[0] // (GRID * GRID))):
+    for i in range(min(num, images)):
+        own = range(i * per_image, (i + 1) * per_image)
+        centred = [j for j in own if int(first[j]) % (GRID * GRID) == GRID * GRID // 2]
+        order = centred + [j for j in own if j not in centred]
+        start = (i * pairs) % len(centred) if centred else 0
+        order = order[start:len(centred)] + order[:start] + order[len(centred):]
         row = []
-        for j in range(i * per_image, i * per_image + min(pairs, per_image)):
+        for j in order[:pairs]:
             label = int(labels[j])
             dx, dy = NEIGHBOURS[label]
             board = torch.stack([patches[first[j]], patches[second[j]]])
@@ -268,7 +285,7 @@ def colorization_sheet(task: Any, batch: dict[str, Tensor], num: int) -> Sheet:
     rows = []
     for i in range(min(num, batch["input"].shape[0])):
         weights, index = batch["weights"][i], batch["bins"][i]  # [k,h,w]
-        ab = (weights[..., None] * task.bins.cpu()[index]).sum(0).permute(2, 0, 1)  # [2,h,w]
+        ab = (weights[..., None] * task.bins.to(index.device)[index]).sum(0).permute(2, 0, 1)  # [2,h,w]
         light = F.adaptive_avg_pool2d(batch["input"][i:i + 1] + 50.0, ab.shape[-2:])[0]
         colour = (lab_to_rgb(torch.cat([light, ab])[None])[0] * 255).round().clamp(0, 255).to(torch.uint8)
         rows.append(("" if batch["nongray"][i] else "gray target: not scored",

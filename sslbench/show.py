@@ -1,8 +1,11 @@
-"""`sslbench show KIND CKPT OUT.png`: figures from checkpoints.
+"""`sslbench show KIND CKPT... OUT.png`: figures from checkpoints, written atomically as a PNG.
 
-KIND is a pretext task: the task of the checkpoint applied to a few held-out images, as the panels its
-`examples` returns (Context Encoders: masked input, completion, original), one row per image, each column
-labelled. The figure is written atomically as a PNG.
+KIND is one of the figures of any checkpoint (sslbench.figures draws them from tensors; this module loads the
+checkpoints, trunks and held-out images): `attention` (RotNet's maps at conv1 / conv3 / conv5), `neighbours`
+(Context Prediction's nearest-neighbour retrievals), `pretext` (what the checkpoint's task's make_batch builds,
+with its labels). Or KIND is a pretext task with example panels: the task of the checkpoint applied to a few
+held-out images, as the panels its `examples` returns (Context Encoders: masked input, completion, original), one
+row per image, each column labelled.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from sslbench.backbones.base import Backbone, build_backbone
 from sslbench.checkpoint import Trunk, TrunkSpec, is_pretrain, load_trunk, read_checkpoint
 from sslbench.config import DataConfig, Named, Recipe, recipe_from_json
 from sslbench.data.build import build_dataset
+from sslbench.data.datasets import collate_skip_corrupt
 from sslbench.errors import UserError
 from sslbench.figures import (
     PRETEXT,
@@ -26,6 +30,7 @@ from sslbench.figures import (
     attention_sheet,
     nearest,
     neighbours_sheet,
+    others,
     power_of,
     pretext_sheet,
     render,
@@ -71,7 +76,7 @@ def kinds() -> list[str]:
 def show(kind: str, checkpoints: str | Path | list[str | Path], out: str | Path, num: int = 8, split: str = "",
          **options: Any) -> Path:
     """A figure of `kind` from `checkpoints`, written to `out` (PNG); returns its path. `options` are the figure's
-    own (attention: taps, power, size; neighbours: tap, k, queries, candidates, size)."""
+    own (attention: taps, power, size; neighbours: tap, k, candidates, size, patches)."""
     return save_png(figure(kind, checkpoints, num, split, **options), Path(out))
 
 
@@ -105,10 +110,16 @@ def figure(kind: str, checkpoints: str | Path | list[str | Path], num: int = 8, 
 
 def held_out_images(data: DataConfig, split: str, num: int) -> Tensor:
     """`num` uint8 images of `split`: by default the embedded test split, else the recipe's test or training split."""
+    return held_out(data, split, num)[0]
+
+
+def held_out(data: DataConfig, split: str, num: int) -> tuple[Tensor, dict[str, Any]]:
+    """`held_out_images` with the items' targets (labels, motion masks, ...), collated as the loader does."""
     split = split or ("test" if data.dataset == "embedded" else data.test_split or data.train_split)
     dataset = build_dataset(data, split, num)
     items = [dataset[i] for i in range(min(num, len(dataset)))]
-    return torch.stack([item[0] for item in items if item is not None])
+    images, targets = collate_skip_corrupt([item for item in items if item is not None])
+    return images, targets
 
 
 def grid(panels: list[tuple[str, Tensor]]) -> Image.Image:
@@ -142,7 +153,8 @@ def load_trunks(specs: list[str | Path], size: int) -> tuple[list[Trunk], Recipe
     the first pretraining's), with that pretraining's recipe (its held-out data)."""
     first = next((s for s in map(str, specs) if s != "random"), None)
     if first is None:
-        raise UserError("show: give at least one checkpoint besides 'random' (its architecture and data are used)")
+        raise UserError("show: give at least one pretraining checkpoint besides 'random' (the figure uses its "
+                        "architecture and held-out data); e.g. runs/<task>-*/checkpoint.pt random")
     path = Path(first.removeprefix(TrunkSpec.RANDOM_LIKE))
     state = read_checkpoint(path)
     if not is_pretrain(state):
@@ -152,7 +164,13 @@ def load_trunks(specs: list[str | Path], size: int) -> tuple[list[Trunk], Recipe
     if size < 1:
         raise UserError(f"--size must be a side in pixels >= 1, found {size}")
     fallback = Named(recipe.backbone.name, dataclasses.replace(recipe.backbone.cfg, image_size=size))
-    return [load_trunk(TrunkSpec.parse(str(s)), fallback, allow_unfinished=True) for s in specs], recipe, size
+    trunks = [load_trunk(TrunkSpec.parse(str(s)), fallback, allow_unfinished=True) for s in specs]
+    names = {t.backbone.name for t in trunks}
+    if len(names) > 1:  # one image size for all: a trunk of another family would not be rebuilt at it
+        found = ", ".join(f"{t.checkpoint} ({t.label})" for t in trunks)
+        raise UserError(f"show: the trunks compared in one figure must be of one architecture, found {found}; "
+                        "draw each architecture's checkpoints in a figure of their own")
+    return trunks, recipe, size
 
 
 def trunk_label(trunk: Trunk) -> str:
@@ -180,6 +198,8 @@ def spatial_taps(backbone: Backbone) -> tuple[str, ...]:
 def attention_figure(specs: list[str | Path], num: int, split: str, taps: str = "", power: float | None = None,
                      size: int = 0) -> Image.Image:
     """`show attention`: per image, each model's attention map at each tap over it."""
+    if power is not None and power <= 0:
+        raise UserError(f"--power must be > 0 (the p of sum |a|^p), found {power}")
     trunks, recipe, size = load_trunks(specs, size)
     images = resize_rgb8(held_out_images(recipe.data, split, num), size)
     models = []
@@ -206,6 +226,8 @@ def neighbours_figure(specs: list[str | Path], num: int, split: str, tap: str = 
     queries among them), their k nearest other images by cosine similarity, one row per model and query. With
     `patches`, one random patch of the trunks' size from each image instead of the image resized (Context
     Prediction's figure retrieves patches)."""
+    if k < 1:
+        raise UserError(f"--k must be >= 1 (neighbours per query), found {k}")
     trunks, recipe, size = load_trunks(specs, size)
     if candidates < num + 1:
         raise UserError(f"--candidates must exceed --num ({num}): the queries are among the candidates; found "
@@ -219,10 +241,7 @@ def neighbours_figure(specs: list[str | Path], num: int, split: str, tap: str = 
     for trunk in trunks:
         name = tap or neighbours_tap(trunk)
         vectors = features(trunk, images, (name,))[name].flatten(1)
-        idx, sim = nearest(vectors[queries], vectors, k + 1)
-        keep = idx != torch.tensor(queries)[:, None]  # the query itself (usually first) is not its own neighbour
-        idx = torch.stack([row[m][:k] for row, m in zip(idx, keep)])
-        sim = torch.stack([row[m][:k] for row, m in zip(sim, keep)])
+        idx, sim = others(*nearest(vectors[queries], vectors, k + 1), queries, k)
         found.append((f"{trunk_label(trunk)} {name}", idx, sim))
     return render(neighbours_sheet(images, queries, found))
 
@@ -244,8 +263,10 @@ def pretext_figure(specs: list[str | Path], num: int, split: str) -> Image.Image
     if len(specs) != 1:
         raise UserError(f"show pretext: one checkpoint, found {len(specs)}")
     task, recipe = load_task(Path(specs[0]))
-    images = held_out_images(recipe.data, split, num)
-    targets = {"index": torch.arange(images.shape[0])}  # Exemplar's surrogate classes: the images' order
+    if recipe.name not in PRETEXT:
+        raise UserError(f"{specs[0]}: a {recipe.name} checkpoint; show pretext draws {', '.join(PRETEXT)}")
+    images, targets = held_out(recipe.data, split, num)
+    targets = {**targets, "index": torch.arange(images.shape[0])}  # Exemplar's surrogate classes: the images' order
     batch = task.make_batch(images, targets, torch.Generator().manual_seed(0))
     return render(pretext_sheet(recipe.name, task, batch, num))
 

@@ -88,16 +88,21 @@ def cache_chunks(n: int, bytes_per_item: int, device: torch.device) -> list[slic
 
 
 
+def random_flips(n: int, generator: torch.Generator, device: torch.device) -> Tensor:
+    """[n] bool on `device`: which images to mirror, each with probability 1/2, drawn on the generator's device."""
+    return (torch.rand(n, generator=generator, device=generator.device) < 0.5).to(device)
+
+
 def random_crop_flip(images: Tensor, pad: int, flip: bool, generator: torch.Generator) -> Tensor:
     """Per-image random crop after zero-padding by `pad`, and a random horizontal flip (CIFAR style).
 
-    The draws (rows, then columns, then flips, on `generator`'s device: CPU) are those of a per-image loop; the crop
-    is one gather on the images' device instead: every output pixel read once from the padded batch."""
+    The draws (rows, then columns, then flips, on `generator`'s device) are those of a per-image loop; the crop is
+    one gather on the images' device instead: every output pixel read once from the padded batch."""
     n, c, h, w = images.shape
     on = generator.device
     ys = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=on).to(images.device)
     xs = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=on).to(images.device)
-    flips = ((torch.rand(n, generator=generator, device=on) < 0.5) & flip).to(images.device)
+    flips = random_flips(n, generator, images.device) & flip
     if not pad:  # a flip only: the flipped images copied over, the rest kept
         out = images.clone()
         out[flips] = images[flips].flip(-1)

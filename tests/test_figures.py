@@ -74,6 +74,16 @@ def test_attention_of_a_hand_built_trunk_follows_its_known_activations(tmp_path:
 # ---------------------------------------------------------------- neighbours
 
 
+def test_a_query_is_never_its_own_neighbour_even_tied_with_a_duplicate() -> None:
+    from sslbench.figures import others
+
+    candidates = torch.randn(8, 5, generator=torch.Generator().manual_seed(4))
+    candidates[6] = candidates[2]  # a duplicate of query 2: it may rank before the query itself
+    idx, sim = others(*nearest(candidates[[2, 5]], candidates, 4), [2, 5], 3)
+    assert idx.shape == (2, 3) and 2 not in idx[0].tolist() and 5 not in idx[1].tolist()
+    assert int(idx[0, 0]) == 6 and torch.allclose(sim[0, 0], torch.tensor(1.0))
+
+
 def test_nearest_finds_a_query_in_the_candidates_first_and_matches_a_per_query_loop() -> None:
     candidates = torch.randn(30, 7, generator=torch.Generator().manual_seed(2))
     queries = candidates[[3, 11, 29]]
@@ -134,6 +144,16 @@ def test_a_changed_label_changes_the_figure() -> None:
     flipped = dict(batch, labels=batch["labels"].flip(0))
     assert [c for c, _ in rotation_sheet(task, batch, 1)[0][1]] == ["0: 0 deg", "1: 90 deg", "2: 180 deg", "3: 270 deg"]
     assert rotation_sheet(task, flipped, 1)[0][1][1][0] != "1: 90 deg"
+
+
+def test_the_context_rows_together_show_all_eight_positions() -> None:
+    from sslbench.figures import context_sheet
+
+    task, batch = tiny_task_and_batch("context")
+    sheet = context_sheet(task, batch, 2)
+    captions = [caption for _, row in sheet for caption, _ in row]
+    assert sorted(captions) == sorted(f"{i}: {p}" for i, p in enumerate(
+        ("up-left", "up", "up-right", "left", "right", "down-left", "down", "down-right")))
 
 
 def test_the_reordered_puzzle_is_the_crop_the_tiles_were_cut_from() -> None:
@@ -202,6 +222,10 @@ def test_show_refuses_bad_input_in_one_line(tmp_path: Path, rotation_checkpoint:
         (["attention", "random", str(tmp_path / "out.png")], "besides 'random'"),
         (["pretext", str(rotation_checkpoint), str(tmp_path / "o.png"), "--k", "3"], "takes no --k"),
         (["attention", str(rotation_checkpoint), str(tmp_path / "o.png"), "--taps", "conv9"], "no tap 'conv9'"),
+        (["attention", str(rotation_checkpoint), str(tmp_path / "o.png"), "--power", "0"], "--power must be > 0"),
+        (["neighbours", str(rotation_checkpoint), str(tmp_path / "o.png"), "--k", "0"], "--k must be >= 1"),
+        (["neighbours", str(rotation_checkpoint), "random", str(tmp_path / "o.png"), "--candidates", "3",
+          "--num", "3"], "--candidates must exceed --num"),
     ):
         with pytest.MonkeyPatch.context() as mp, pytest.raises(SystemExit) as exit_:
             mp.setattr("sys.argv", ["sslbench", "show", *argv])
@@ -209,3 +233,25 @@ def test_show_refuses_bad_input_in_one_line(tmp_path: Path, rotation_checkpoint:
         err = capsys.readouterr().err
         assert exit_.value.code == 1 and message in err, (argv, err)
         assert not list(tmp_path.glob("*.png"))
+
+
+def test_show_pretext_of_a_task_ensemble_with_motion_masks_and_mixed_trunks(tmp_path: Path, rotation_checkpoint: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """The motion sub-task's masks come with the held-out frames (its make_batch needs them; it draws nothing), the
+    context sub-task draws its pairs; trunks of two architectures in one figure are one line, not a traceback; a
+    task without a pretext figure says which have one."""
+    from sslbench.cli import main as cli
+
+    ensemble = pretrain(tiny_pretrain("multitask", ["schedule.max_steps=1"], flavour="rp+ms"), tmp_path / "runs",
+                        device="cpu", progress=False, argv=[]).checkpoint
+    sheet = figure("pretext", [ensemble], 2)
+    assert sheet.size[0] > 0
+    supervised = pretrain(tiny_pretrain("supervised", ["schedule.max_steps=1"]), tmp_path / "runs", device="cpu",
+                          progress=False, argv=[]).checkpoint
+    for argv, message in ((["pretext", str(supervised)], "show pretext draws rotation, jigsaw"),
+                          (["attention", str(rotation_checkpoint), str(ensemble)], "must be of one architecture")):
+        with pytest.MonkeyPatch.context() as mp, pytest.raises(SystemExit) as exit_:
+            mp.setattr("sys.argv", ["sslbench", "show", *argv, str(tmp_path / "x.png")])
+            cli()
+        err = capsys.readouterr().err
+        assert exit_.value.code == 1 and message in err and "Traceback" not in err, err

@@ -37,7 +37,7 @@ from sslbench.config import In, Positive, Rate
 from sslbench.errors import UserError
 from sslbench.registry import register_task
 from sslbench.tasks.base import PretextTask, SetupState, TinySetup
-from sslbench.transforms import L_CENTRE, lab_to_rgb, rgb8_to_lab
+from sslbench.transforms import L_CENTRE, lab_to_rgb, random_flips, rgb8_to_lab
 
 # ---------------------------------------------------------------- the ab bins
 
@@ -318,8 +318,8 @@ class Colorization(PretextTask):
         target grid; nongray [N]: 1 where some target pixel has |a| or |b| above gray_threshold."""
         cfg = self.cfg
         if cfg.flip:
-            flips = torch.rand(images.shape[0], generator=generator, device=generator.device) < 0.5
-            images = torch.where(flips.to(images.device).view(-1, 1, 1, 1), images.flip(-1), images)
+            flips = random_flips(images.shape[0], generator, images.device)
+            images = torch.where(flips.view(-1, 1, 1, 1), images.flip(-1), images)
         lab = rgb8_to_lab(images)
         ab = self._targets_ab(lab[:, 1:])
         index, weight = soft_encode(ab, self.bins, cfg.neighbours, cfg.sigma, cfg.grid)

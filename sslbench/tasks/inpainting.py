@@ -53,7 +53,7 @@ from sslbench.data.synthetic import SHAPES, part_mask
 from sslbench.errors import UserError
 from sslbench.registry import register_task
 from sslbench.tasks.base import ParamGroups, PretextTask, TinySetup
-from sslbench.transforms import MEAN, MEAN_PIXEL, STD, cache_chunks
+from sslbench.transforms import MEAN, MEAN_PIXEL, STD, cache_chunks, random_flips
 
 MAX_BLOCKS = 16  # candidate rectangles per image: enough that the union nearly always reaches `coverage`
 
@@ -364,8 +364,7 @@ class Inpainting(PretextTask):
         if h != self.size or w != self.size:
             raise UserError(f"inpainting: images are {h}x{w} px but the encoder was built for {self.size} px; "
                             "set data.image_size equal to backbone.image_size")
-        flips = (torch.rand(n, generator=generator, device=generator.device) < 0.5).to(images.device) \
-            if self.cfg.flip else None
+        flips = random_flips(n, generator, images.device) if self.cfg.flip else None
         holes = make_holes(self.cfg, n, self.size, generator).to(images.device)
         weights = loss_weights(holes, self.cfg.overlap, self.cfg.overlap_weight)
         dev = images.device

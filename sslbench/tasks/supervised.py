@@ -21,7 +21,7 @@ from sslbench.config import In
 from sslbench.errors import UserError
 from sslbench.registry import register_task
 from sslbench.tasks.base import PretextTask, TapHead, TinySetup, accuracy
-from sslbench.transforms import lab_l_of_rgb8, normalize
+from sslbench.transforms import lab_l_of_rgb8, normalize, random_flips
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class Supervised(PretextTask):
             raise UserError(f"supervised needs every image's class in 0..{self.cfg.num_classes - 1}; found {found}: "
                             "train on a labelled data set (the embedded data, imagenet) or set task.num_classes")
         if self.cfg.flip:
-            flips = (torch.rand(images.shape[0], generator=generator, device=generator.device) < 0.5).to(images.device)
+            flips = random_flips(images.shape[0], generator, images.device)
             images = torch.where(flips.view(-1, 1, 1, 1), images.flip(-1), images)
         return {"input": self._input(images), "labels": labels.long()}
 
