@@ -98,11 +98,21 @@ def random_crop_flip(images: Tensor, pad: int, flip: bool, generator: torch.Gene
 
     The draws (rows, then columns, then flips, on `generator`'s device) are those of a per-image loop; the crop is
     one gather on the images' device instead: every output pixel read once from the padded batch."""
-    n, c, h, w = images.shape
+    return crop_flip(images, *crop_flip_draws(images.shape[0], pad, flip, generator, images.device), pad)
+
+
+def crop_flip_draws(n: int, pad: int, flip: bool, generator: torch.Generator,
+                    device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """random_crop_flip's draws, on `device`: the crops' rows and columns [N] in 0..2 pad, which images flip [N]."""
     on = generator.device
-    ys = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=on).to(images.device)
-    xs = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=on).to(images.device)
-    flips = random_flips(n, generator, images.device) & flip
+    ys = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=on).to(device)
+    xs = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=on).to(device)
+    return ys, xs, random_flips(n, generator, device) & flip
+
+
+def crop_flip(images: Tensor, ys: Tensor, xs: Tensor, flips: Tensor, pad: int) -> Tensor:
+    """random_crop_flip with its draws given."""
+    n, c, h, w = images.shape
     if not pad:  # a flip only: the flipped images copied over, the rest kept
         out = images.clone()
         out[flips] = images[flips].flip(-1)
