@@ -70,3 +70,20 @@ def test_make_batch_on_cuda_has_the_cpu_batchs_layout(name: str, options: dict) 
         else:
             assert torch.isfinite(b).all(), key
             assert abs(float(b.float().mean()) - float(a.float().mean())) <= 0.5 * float(a.float().std()) + 1e-3, key
+
+
+@pytest.mark.parametrize("augment", ["voc-cls rescale_crop_flip", "probe random_crop_flip"])
+def test_the_protocols_train_time_augmentations_create_no_tensor_on_the_default_device(augment: str) -> None:
+    from sslbench.protocols.voc_cls import rescale_crop_flip
+    from sslbench.transforms import random_crop_flip
+
+    images = torch.randint(0, 256, (5, 3, 24, 24), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    run = {"voc-cls rescale_crop_flip": lambda g: rescale_crop_flip(images, 20, 0.5, 1.5, True, g),
+           "probe random_crop_flip": lambda g: random_crop_flip(images, 4, True, g)}[augment]
+    want = run(torch.Generator().manual_seed(2))
+    torch.set_default_device("meta")
+    try:
+        got = run(torch.Generator().manual_seed(2))
+    finally:
+        torch.set_default_device(None)
+    assert got.device.type == "cpu" and torch.equal(got, want)

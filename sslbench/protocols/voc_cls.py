@@ -93,12 +93,13 @@ def rescale_crop_flip(
     zero padding after Caffe's mean subtraction amounts to).
     """
     n, _, side, _ = images.shape
-    scales = min_scale + (max_scale - min_scale) * torch.rand(n, generator=generator)
-    offsets = torch.rand(n, 2, generator=generator)  # where the crop sits, as a fraction of the free room
-    flips = (torch.rand(n, generator=generator) < 0.5) & mirror
-    out = MEAN_PIXEL.view(1, 3, 1, 1).repeat(n, 1, crop, crop)
+    on = generator.device  # the draws on the generator's device, the images' pixels on theirs
+    scales = (min_scale + (max_scale - min_scale) * torch.rand(n, generator=generator, device=on)).tolist()
+    offsets = torch.rand(n, 2, generator=generator, device=on).cpu()  # where the crop sits: a fraction of the room
+    flips = ((torch.rand(n, generator=generator, device=on) < 0.5) & mirror).tolist()
+    out = MEAN_PIXEL.to(images.device).view(1, 3, 1, 1).repeat(n, 1, crop, crop)
     for i in range(n):
-        size = max(1, round(side * float(scales[i])))
+        size = max(1, round(side * scales[i]))
         img = images[i : i + 1].float()
         if size != side:
             img = F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
