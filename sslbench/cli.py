@@ -383,6 +383,7 @@ def show(
     Examples: [bold]sslbench show attention runs/rotation-*/checkpoint.pt random:runs/rotation-*/checkpoint.pt
     att.png[/bold]; [bold]sslbench show pretext runs/jigsaw-20261126-101500/checkpoint.pt puzzle.png[/bold]
     """
+    from sslbench.show import FIGURES, figure_options
     from sslbench.show import show as draw
 
     if len(paths) < 2:
@@ -393,9 +394,7 @@ def show(
         raise UserError(f"show {kind}: the last path is the figure to write and must end in .png, found {out}")
     values = {"taps": taps, "power": power, "tap": tap, "k": k, "candidates": candidates, "size": size,
               "patches": patches}
-    takes = {"attention": ("taps", "power", "size"),
-             "neighbours": ("tap", "k", "candidates", "size", "patches")}.get(kind, ())
-    defaults = {"taps": "", "power": None, "tap": "", "k": 5, "candidates": 64, "size": 0, "patches": False}
+    takes, defaults = figure_options(kind) if kind in FIGURES else {}, figure_options()  # from the functions
     given = [f"--{name}" for name, value in values.items() if value != defaults[name] and name not in takes]
     if given:
         raise UserError(f"show {kind}: takes no {', '.join(given)}" + (f"; its options: "

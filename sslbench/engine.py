@@ -168,9 +168,7 @@ class Trainer:
                 dev = self.ctx.device
                 images = to_device(images, dev)
                 targets = {k: to_device(v, dev) if isinstance(v, torch.Tensor) else v for k, v in targets.items()}
-                made = self.task.make_batch(images, targets, step_generator(r.seed, step, ddp.rank, dev))
-            else:
-                made = self.task.make_batch(images, targets, step_generator(r.seed, step, ddp.rank))
+            made = self.task.make_batch(images, targets, step_generator(r.seed, step, ddp.rank, images.device))
             return {k: v.to(self.ctx.device, non_blocking=True) for k, v in made.items()}
 
         def checkpoint(step: int) -> None:

@@ -42,6 +42,23 @@ POSITIONS = ("up-left", "up", "up-right", "left", "right", "down-left", "down", 
 # ---------------------------------------------------------------- the sheet
 
 
+def grid(panels: list[tuple[str, Tensor]]) -> Image.Image:
+    """Named panels [N,3,h,w] -> one image: a row per image, a labelled column per panel, white gaps (a task's
+    example grid: the names once, over the columns)."""
+    n = panels[0][1].shape[0]
+    h = max(p.shape[2] for _, p in panels)
+    widths = [p.shape[3] for _, p in panels]
+    canvas = Image.new("RGB", (sum(widths) + GAP * (len(panels) - 1), CAPTION + n * (h + GAP) - GAP), "white")
+    draw = ImageDraw.Draw(canvas)
+    x = 0
+    for (name, panel), w in zip(panels, widths):
+        draw.text((x + 1, 0), name[: max(1, w // CHAR)], fill="black")
+        for i in range(n):
+            canvas.paste(Image.fromarray(panel[i].permute(1, 2, 0).numpy()), (x, CAPTION + i * (h + GAP)))
+        x += w + GAP
+    return canvas
+
+
 def row_size(row: Row) -> tuple[int, int]:
     """(width, height) of a row: its title strip if any, the caption strip, the tallest panel."""
     title, panels = row

@@ -19,6 +19,8 @@ import os
 import time
 from pathlib import Path
 
+from PIL import Image
+
 from sslbench import report
 from sslbench.errors import UserError
 from sslbench.plugins import load_all
@@ -187,6 +189,11 @@ def _drawn(drawn: dict[str, str], ident: str, kind: str, checkpoints: list[str],
     except (UserError, RuntimeError) as exc:  # a trunk this figure cannot read (no spatial tap, another size)
         return f'<p class="meta">{html.escape(caption)}: not drawn ({html.escape(str(exc).splitlines()[0])}).</p>'
     drawn[ident] = ident
+    return _embedded(image, caption, ident)
+
+
+def _embedded(image: Image.Image, caption: str, ident: str) -> str:
+    """A drawn figure as a captioned PNG data URI, shown at twice its size (the panels are small)."""
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return _figure(buf.getvalue(), caption, ident, width=image.width * 2)
@@ -203,10 +210,8 @@ def _grid(run: PretrainRow) -> tuple[bool, str]:
         except UserError as exc:  # a damaged checkpoint, its data set not on this machine: the page goes on
             why = str(exc)
         else:
-            buf = io.BytesIO()
-            image.save(buf, format="PNG")
-            return True, _figure(buf.getvalue(), caption + ": inputs, predictions and targets on held-out images",
-                                 f"samples-{run.run_id}", width=image.width * 2)
+            return True, _embedded(image, caption + ": inputs, predictions and targets on held-out images",
+                                   f"samples-{run.run_id}")
     return False, f'<p class="meta">{html.escape(caption)}: not drawn ({html.escape(why)}).</p>'
 
 def _figure(png: bytes, caption: str, ident: str, width: int | None = None) -> str:

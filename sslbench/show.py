@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from torch import Tensor
 
 from sslbench.backbones.base import Backbone, build_backbone
@@ -28,6 +28,7 @@ from sslbench.figures import (
     PRETEXT,
     attention_map,
     attention_sheet,
+    grid,
     nearest,
     neighbours_sheet,
     others,
@@ -41,9 +42,6 @@ from sslbench.registry import TASKS
 from sslbench.runtime import atomic
 from sslbench.tasks.base import PretextTask
 from sslbench.transforms import cut_windows
-
-GAP = 2  # px of white between panels and rows
-LABEL = 12  # px of the label strip above the columns
 
 
 def load_task(path: Path) -> tuple[PretextTask, Recipe]:
@@ -66,6 +64,15 @@ def showable() -> list[str]:
 def pretext_kinds() -> list[str]:
     """The tasks `show pretext` draws."""
     return list(PRETEXT)
+
+
+def figure_options(kind: str = "") -> dict[str, Any]:
+    """The options (name -> default) the figure `kind` takes beyond checkpoints, --num and --split, read from its
+    function's signature; without `kind`, every figure's."""
+    import inspect
+
+    functions = [FIGURES[kind]] if kind else list(FIGURES.values())
+    return {name: p.default for fn in functions for name, p in list(inspect.signature(fn).parameters.items())[3:]}
 
 
 def kinds() -> list[str]:
@@ -118,31 +125,13 @@ def held_out(data: DataConfig, split: str, num: int) -> tuple[Tensor, dict[str, 
     split = split or ("test" if data.dataset == "embedded" else data.test_split or data.train_split)
     dataset = build_dataset(data, split, num)
     items = [dataset[i] for i in range(min(num, len(dataset)))]
-    images, targets = collate_skip_corrupt([item for item in items if item is not None])
-    return images, targets
-
-
-def grid(panels: list[tuple[str, Tensor]]) -> Image.Image:
-    """Named panels [N,3,h,w] -> one image: a row per image, a labelled column per panel, white gaps."""
-    n = panels[0][1].shape[0]
-    h = max(p.shape[2] for _, p in panels)
-    widths = [p.shape[3] for _, p in panels]
-    canvas = Image.new("RGB", (sum(widths) + GAP * (len(panels) - 1), LABEL + n * (h + GAP) - GAP), "white")
-    draw = ImageDraw.Draw(canvas)
-    x = 0
-    for (name, panel), w in zip(panels, widths):
-        draw.text((x + 1, 0), name[: max(1, w // 6)], fill="black")
-        for i in range(n):
-            canvas.paste(Image.fromarray(panel[i].permute(1, 2, 0).numpy()), (x, LABEL + i * (h + GAP)))
-        x += w + GAP
-    return canvas
+    return collate_skip_corrupt([item for item in items if item is not None])
 
 
 def save_png(image: Image.Image, out: Path) -> Path:
     with atomic(out) as tmp:
         image.save(tmp, format="PNG")
     return out
-
 
 
 # ---------------------------------------------------------------- the figures of any checkpoint

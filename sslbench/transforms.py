@@ -49,9 +49,14 @@ def normalize_with(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     three steps in place, instead of four passes each allocating its own result (at the paper's batch sizes the page
     faults of every fresh buffer cost as much as the arithmetic). The same operations in the same order: the same
     bits as the four-step formula."""
-    device = images.device
-    out = images.to(torch.float32, copy=True)  # a copy even of float input: the caller's tensor is not modified
-    return out.div_(255.0).sub_(mean.to(device).view(3, 1, 1)).div_(std.to(device).view(3, 1, 1))
+    return normalize_(images.to(torch.float32, copy=True), mean, std)  # a copy even of float input: the caller's
+    # tensor is not modified
+
+
+def normalize_(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """In place: float pixel values x [..., 3, H, W] in 0..255 -> (x / 255 - mean) / std, the three steps in this
+    order (normalize_with's bits)."""
+    return x.div_(255.0).sub_(mean.to(x.device).view(3, 1, 1)).div_(std.to(x.device).view(3, 1, 1))
 
 
 def luma(rgb: Tensor) -> Tensor:
@@ -85,7 +90,6 @@ def cache_chunks(n: int, bytes_per_item: int, device: torch.device) -> list[slic
     streams the whole batch at once)."""
     per = n if device.type != "cpu" else max(1, CACHE_BYTES // max(1, bytes_per_item))
     return [slice(start, min(n, start + per)) for start in range(0, n, per)]
-
 
 
 def random_flips(n: int, generator: torch.Generator, device: torch.device) -> Tensor:

@@ -10,15 +10,15 @@ from sslbench.backbones.base import build_backbone
 from sslbench.data.synthetic import embedded_images
 from sslbench.recipes import load_recipe
 from sslbench.registry import TASKS
-from sslbench.tasks.rotation import rotate_all
+from sslbench.tasks.rotation import write_rotations
 from sslbench.training import build_optimizer
 from tests.conftest import fit_losses
 
 
-def test_rotate_all_matches_numpy_rot90() -> None:
+def test_write_rotations_matches_numpy_rot90() -> None:
     images = torch.randint(0, 256, (3, 3, 5, 5), dtype=torch.uint8)
-    out, labels = rotate_all(images)
-    assert out.shape == (12, 3, 5, 5) and labels.tolist() == [0, 1, 2, 3] * 3
+    out = write_rotations(images.new_empty((3, 4, 3, 5, 5)), images).flatten(0, 1)
+    assert out.shape == (12, 3, 5, 5)
     for i in range(3):
         for k in range(4):
             expected = np.rot90(images[i].numpy(), k, axes=(1, 2))  # counter-clockwise k * 90 degrees
@@ -80,16 +80,18 @@ def test_the_in_place_normalisation_is_the_four_step_formula_bit_for_bit() -> No
     assert torch.equal(floats, images.float())  # float input is copied, not normalised in place
 
 
-def test_rotation_make_batch_is_todays_bit_for_bit() -> None:
-    """The uint8 rotations + one normalisation give exactly what normalising, then stacking torch.rot90 copies,
-    gave."""
+@pytest.mark.parametrize("pad", [4, 0])  # CIFAR's padded crops; the paper AlexNet's flips only (done per chunk)
+def test_rotation_make_batch_is_todays_bit_for_bit(pad: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rotations written into their float slots + the in-place normalisation, a chunk at a time, give exactly
+    what normalising, then stacking torch.rot90 copies, gave."""
     from sslbench.transforms import normalize, normalize_cifar
 
-    recipe = load_recipe("pretrain", "rotation", "mini", ["task.crop_pad=4", "task.flip=true"])
+    monkeypatch.setattr("sslbench.transforms.CACHE_BYTES", 1)  # one image per chunk
+    recipe = load_recipe("pretrain", "rotation", "mini", [f"task.crop_pad={pad}", "task.flip=true"])
     task = TASKS.get("rotation")(recipe.component.cfg, build_backbone(recipe.backbone.name, recipe.backbone.cfg))
     images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
     batch = task.make_batch(images, {}, torch.Generator().manual_seed(5))
-    cropped = loop_crop_flip(images, 4, True, torch.Generator().manual_seed(5))
+    cropped = loop_crop_flip(images, pad, True, torch.Generator().manual_seed(5))
     x = (normalize_cifar if recipe.component.cfg.normalize == "cifar" else normalize)(cropped)
     reference = torch.stack([torch.rot90(x, k, dims=(2, 3)) for k in range(4)], dim=1).flatten(0, 1)
     assert torch.equal(batch["inputs"], reference)

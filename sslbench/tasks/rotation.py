@@ -16,7 +16,7 @@ from sslbench.backbones.base import Backbone
 from sslbench.config import Pixels
 from sslbench.registry import register_task
 from sslbench.tasks.base import PretextTask, TapHead, TinySetup, accuracy
-from sslbench.transforms import CIFAR_MEAN, CIFAR_STD, MEAN, STD, cache_chunks, crop_flip, crop_flip_draws
+from sslbench.transforms import CIFAR_MEAN, CIFAR_STD, MEAN, STD, cache_chunks, crop_flip, crop_flip_draws, normalize_
 
 
 @dataclass(frozen=True)
@@ -28,20 +28,9 @@ class RotationConfig:
     normalize: Literal["imagenet", "cifar"] = "imagenet"
 
 
-def rotate_all(images: Tensor) -> tuple[Tensor, Tensor]:
-    """[N,C,H,W] (square) -> ([4N,C,H,W], [4N]): image i appears at rows 4i..4i+3 rotated by 0, 90, 180, 270 deg
-    (counter-clockwise, as torch.rot90). Each rotation is written once into the output (rot90 by k is a transpose
-    for odd k and a flip of both axes for k = 2: views, copied into their slot), on the images' device."""
-    n, c, h, w = images.shape
-    if h != w:
-        raise ValueError(f"rotate_all: the four rotations of a batch need square images, found {h}x{w}")
-    out = write_rotations(images.new_empty((n, 4, c, h, w)), images)
-    labels = torch.arange(4, device=images.device).repeat(n)  # [4N]
-    return out.flatten(0, 1), labels
-
-
 def write_rotations(out: Tensor, images: Tensor) -> Tensor:
-    """out [N,4,C,H,W] (any dtype) <- images [N,C,H,W] rotated by 0, 90, 180, 270 degrees: views copied once."""
+    """out [N,4,C,H,W] (any dtype) <- square images [N,C,H,W] rotated by 0, 90, 180, 270 degrees counter-clockwise
+    (as torch.rot90): rot90 by k is a transpose for odd k and a flip of both axes for k = 2, views copied once."""
     out[:, 0].copy_(images)
     out[:, 1].copy_(images.transpose(2, 3).flip(2))  # rot90 k=1: (i, j) <- (j, w-1-i)
     out[:, 2].copy_(images.flip((2, 3)))
@@ -61,7 +50,7 @@ class Rotation(PretextTask):
 
     def make_batch(self, images: Tensor, targets: dict[str, Any], generator: torch.Generator) -> dict[str, Tensor]:
         """uint8 [N,3,H,W] -> inputs [4N,3,H,W] (normalised), labels [4N]: image i at rows 4i..4i+3, rotated by 0,
-        90, 180, 270 degrees (`rotate_all`'s layout).
+        90, 180, 270 degrees (`write_rotations`).
 
         A few images at a time, from the CPU's cache: each (flipped) image's four rotations are written as views
         straight into their float slots, then normalised there in place ((x / 255 - mean) / std, the steps of
@@ -75,13 +64,12 @@ class Rotation(PretextTask):
             if cfg.crop_pad:  # CIFAR's padded crops: one gather over the (small) batch first
                 images, flips = crop_flip(images, ys, xs, flips, cfg.crop_pad), None
         mean, std = (CIFAR_MEAN, CIFAR_STD) if cfg.normalize == "cifar" else (MEAN, STD)
-        mean, std = mean.to(dev).view(3, 1, 1), std.to(dev).view(3, 1, 1)
         inputs = torch.empty((n, 4, c, h, w), device=dev)
         for part in cache_chunks(n, 4 * inputs[0].numel(), dev):
             chunk, out = images[part], inputs[part]
             if flips is not None:
                 chunk = torch.where(flips[part].view(-1, 1, 1, 1), chunk.flip(-1), chunk)
-            write_rotations(out, chunk).div_(255.0).sub_(mean).div_(std)
+            normalize_(write_rotations(out, chunk), mean, std)
         return {"inputs": inputs.flatten(0, 1), "labels": torch.arange(4, device=dev).repeat(n)}
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
