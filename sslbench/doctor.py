@@ -52,7 +52,8 @@ def _selective_search() -> Check:
             return Check("selective search", f"cv2.ximgproc not usable: {exc}", ok=False,
                          hint="opencv-python (mmsegmentation's dependency) overwrote opencv-contrib-python-headless's "
                               "cv2; voc-det's proposals need it back: pip install --force-reinstall --no-deps "
-                              "opencv-contrib-python-headless (or keep sslbench[mmseg] in a venv of its own)")
+                              "opencv-contrib-python-headless (or keep sslbench[mmseg] in a venv of its own: "
+                              "scripts/mmseg-venv.sh)")
         return Check("selective search", f"cv2.ximgproc not usable: {exc}", ok=False,
                      hint="voc-det's proposals need it: pip install opencv-contrib-python-headless")
 
