@@ -52,9 +52,7 @@ from sslbench.runtime import (
     rng_state,
     seed_everything,
     set_rng_state,
-    step_generator,
     stop_if_interrupted,
-    to_device,
     write_json,
 )
 from sslbench.tasks.base import PretextTask
@@ -157,18 +155,16 @@ class Trainer:
             return epoch_loader(self.dataset, r.data.batch_size, r.seed, epoch, ddp, collate_skip_corrupt,
                                 r.data.workers, first, self.ctx.unreadable)
 
-        on_device = r.engine.batch_on == "device"
+        fit = self.fit
 
         def prepare(batch: Any, step: int) -> dict[str, torch.Tensor] | None:
             indices, (images, targets) = batch
             if images.shape[0] == 0:  # every file of this batch was unreadable
                 return None
-            targets = {**targets, "index": indices}
-            if on_device:  # uint8 to the device, the batch built there (engine.batch_on)
-                dev = self.ctx.device
-                images = to_device(images, dev)
-                targets = {k: to_device(v, dev) if isinstance(v, torch.Tensor) else v for k, v in targets.items()}
-            made = self.task.make_batch(images, targets, step_generator(r.seed, step, ddp.rank, images.device))
+            # uint8 to where the batch is built (engine.batch_on: the loader's CPU or the training device)
+            targets = {k: fit.on_batch_device(v) if isinstance(v, torch.Tensor) else v
+                       for k, v in {**targets, "index": indices}.items()}
+            made = self.task.make_batch(fit.on_batch_device(images), targets, fit.generator(step))
             return {k: v.to(self.ctx.device, non_blocking=True) for k, v in made.items()}
 
         def checkpoint(step: int) -> None:

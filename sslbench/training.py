@@ -35,7 +35,15 @@ from sslbench.config import OptimConfig, Recipe, ScheduleConfig
 from sslbench.errors import Interrupted, UserError
 from sslbench.progress import progress_bar
 from sslbench.runlog import MetricLogger
-from sslbench.runtime import Dist, deferred_interrupts, epoch_seed, item_seed, pending_interrupt
+from sslbench.runtime import (
+    Dist,
+    deferred_interrupts,
+    epoch_seed,
+    item_seed,
+    pending_interrupt,
+    step_generator,
+    to_device,
+)
 
 
 class NonFiniteLoss(UserError):
@@ -417,6 +425,12 @@ def agree(ok: bool, ddp: Dist) -> bool:
     return bool(flag.item())
 
 
+def batch_device(recipe: Recipe, device: torch.device) -> torch.device:
+    """Where a batch is built: the training `device` with engine.batch_on = "device" (the loader's uint8 moved there
+    first), else the CPU the loader hands it on."""
+    return device if recipe.engine.batch_on == "device" else torch.device("cpu")
+
+
 class Fit:
     """One training run on the fit loop; `run` trains to the end of the schedule (or continues from `step`)."""
 
@@ -439,6 +453,18 @@ class Fit:
         self.last: dict[str, float] = {}
         if ctx.ddp.enabled:  # every rank built the same modules from the recipe's seed; from here its own stream
             torch.manual_seed(recipe.seed * 1009 + ctx.ddp.rank)
+
+    @property
+    def batch_device(self) -> torch.device:
+        return batch_device(self.recipe, self.ctx.device)
+
+    def on_batch_device(self, tensor: Tensor) -> Tensor:
+        """A loader's tensor where this fit builds its batches (pinned, non-blocking to a GPU)."""
+        return to_device(tensor, self.batch_device)
+
+    def generator(self, step: int) -> torch.Generator:
+        """Step `step`'s batch randomness, on the batch device: a pure function of (seed, step, rank)."""
+        return step_generator(self.recipe.seed, step, self.ctx.ddp.rank, self.batch_device)
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step, "trained": self.trained, "last": dict(self.last),

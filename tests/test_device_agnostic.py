@@ -87,3 +87,39 @@ def test_the_protocols_train_time_augmentations_create_no_tensor_on_the_default_
     finally:
         torch.set_default_device(None)
     assert got.device.type == "cpu" and torch.equal(got, want)
+
+
+PROTOCOL_BATCHES = {  # protocol -> the tiny recipe's options under which its fit loop builds batches from images
+    "voc-cls": ["protocol.test_crops=2"],
+    "linear": ["protocol.taps=['conv1']", "protocol.cache_features=false", "protocol.crop_pad=2"],
+    "nyu-depth": ["data.num_images=8", "data.num_test=4", "data.batch_size=4", "data.image_size=48",
+                  "backbone.depth=50", "backbone.width=0.0625"],
+    "voc-seg": ["protocol.pad=10"],
+}
+
+
+@pytest.mark.parametrize("protocol", sorted(PROTOCOL_BATCHES))
+def test_the_protocols_build_their_batches_where_engine_batch_on_says(protocol: str, tmp_path, monkeypatch) -> None:
+    """engine.batch_on = device: each protocol's fit loop moves the loader's images to the training device before
+    its augmentation and input transform (Fit.on_batch_device, its draws from Fit.generator there); on the CPU that
+    is where they already are, so the same metrics as the default."""
+    from sslbench.protocols.base import evaluate
+    from sslbench.training import Fit
+    from tests.conftest import tiny_alexnet, tiny_protocol
+
+    moved, real = [], Fit.on_batch_device
+
+    def spy(self, tensor):  # noqa: ANN001, ANN202
+        moved.append((self.batch_device.type, tensor.dtype))
+        return real(self, tensor)
+
+    monkeypatch.setattr(Fit, "on_batch_device", spy)
+    runs = {}
+    for where in ("loader", "device"):
+        moved.clear()
+        options = [*PROTOCOL_BATCHES[protocol], f"engine.batch_on={where}"]
+        recipe = tiny_protocol(protocol, options if protocol == "nyu-depth" else tiny_alexnet(options))
+        runs[where] = evaluate(recipe, "random", tmp_path / where, "cpu", progress=False, argv=["test"]).metrics
+        assert moved and {device for device, _ in moved} == {"cpu"}, where
+        assert {dtype for _, dtype in moved} >= {torch.uint8}, where  # the loader's images, before any transform
+    assert runs["device"] == runs["loader"]

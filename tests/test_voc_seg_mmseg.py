@@ -18,7 +18,7 @@ from sslbench.recipes import load_recipe
 
 HAS_MMSEG = importlib.util.find_spec("mmseg") is not None
 needs_mmseg = pytest.mark.skipif(not HAS_MMSEG, reason="mmseg is not installed here: the README's second venv "
-                                 "(pip install -e '.[dev,mmseg]') runs this test")
+                                 "(bash scripts/mmseg-venv.sh) runs this test")
 
 
 def test_the_model_and_pipeline_are_mmselfsups_fcn_r50_d8() -> None:

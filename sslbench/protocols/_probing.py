@@ -28,7 +28,6 @@ from sslbench.errors import UserError
 from sslbench.metrics import topk_accuracy
 from sslbench.progress import progress_bar
 from sslbench.protocols.base import EvalContext
-from sslbench.runtime import step_generator
 from sslbench.training import EpochBatches, Fit, autocast, epoch_loader, gather_rows, shard_loader, steps_per_epoch
 from sslbench.transforms import random_crop_flip
 
@@ -209,7 +208,7 @@ def train_probes(trunk: Trunk, recipe: Recipe, taps: tuple[str, ...], pools: dic
     def prepare(batch: tuple[dict[str, Tensor], Tensor], step: int) -> tuple[dict[str, Tensor], Tensor]:
         feats, labels = batch
         if not cache:  # augmentation drawn per step: random crops and flips, then the frozen trunk
-            images = random_crop_flip(feats["images"], crop_pad, True, step_generator(recipe.seed, step, ctx.ddp.rank))
+            images = random_crop_flip(fit.on_batch_device(feats["images"]), crop_pad, True, fit.generator(step))
             feats = features(images)
         return {t: v.to(ctx.device) for t, v in feats.items()}, labels.to(ctx.device)
 

@@ -126,8 +126,9 @@ class NyuDepthProtocol(Protocol):
             _, (images, depth) = batch
             if images.numel() == 0:
                 return None
+            images, depth = fit.on_batch_device(images), fit.on_batch_device(depth)
             if flip:
-                g = torch.Generator().manual_seed(recipe.seed * 7919 + step)
+                g = torch.Generator(fit.batch_device).manual_seed(recipe.seed * 7919 + step)
                 flips = random_flips(len(images), g, images.device)
                 images = torch.where(flips.view(-1, 1, 1, 1), images.flip(-1), images)
                 depth = torch.where(flips.view(-1, 1, 1), depth.flip(-1), depth)

@@ -36,8 +36,8 @@ from sslbench.progress import progress_bar
 from sslbench.protocols._probing import sanity_check
 from sslbench.protocols.base import EvalContext, Protocol
 from sslbench.registry import register_protocol
-from sslbench.runtime import step_generator
-from sslbench.training import Fit, autocast, epoch_loader, gather_rows, shard_loader, steps_per_epoch
+from sslbench.runtime import step_generator, to_device
+from sslbench.training import Fit, autocast, batch_device, epoch_loader, gather_rows, shard_loader, steps_per_epoch
 from sslbench.transforms import MEAN_PIXEL
 
 
@@ -240,8 +240,8 @@ def _fine_tune(net: FineTuneNet, ds: Dataset, recipe: Recipe, crop: int, trunk: 
         _, (images, target) = batch
         if images.shape[0] * ctx.ddp.world < 2:  # corrupt files left less of a batch than BatchNorm can train on
             return None
-        views = rescale_crop_flip(images, crop, cfg.min_scale, cfg.max_scale, cfg.mirror,
-                                  step_generator(recipe.seed, step, ctx.ddp.rank))
+        views = rescale_crop_flip(fit.on_batch_device(images), crop, cfg.min_scale, cfg.max_scale, cfg.mirror,
+                                  fit.generator(step))
         return (trunk.prepare(views).to(ctx.device), target["labels"].to(ctx.device),
                 target["difficult"].to(ctx.device))
 
@@ -262,6 +262,7 @@ def _test_scores(net: FineTuneNet, ds: Dataset, recipe: Recipe, cfg: VocClsConfi
     order; each rank scores its shard. Crop k of test image i is drawn from (seed, i, k) alone, so the scores
     do not depend on the batch size or the number of processes."""
     net.eval()
+    on = batch_device(recipe, ctx.device)  # the crops' pixels there; their draws stay on the CPU, per image
     scores, labels, difficult, indices = [], [], [], []
     loader = shard_loader(ds, recipe.data.batch_size, ctx.ddp, collate_skip_corrupt, recipe.data.workers,
                           ctx.unreadable)
@@ -269,7 +270,7 @@ def _test_scores(net: FineTuneNet, ds: Dataset, recipe: Recipe, cfg: VocClsConfi
         for index, (images, target) in loader:
             if images.shape[0] == 0:
                 continue
-            total = torch.zeros(images.shape[0], len(VOC_CLASSES))
+            total, images = torch.zeros(images.shape[0], len(VOC_CLASSES)), to_device(images, on)
             for k in range(cfg.test_crops):
                 views = torch.cat([rescale_crop_flip(images[j : j + 1], crop, cfg.min_scale, cfg.max_scale, cfg.mirror,
                                                      step_generator(recipe.seed + 1, int(i), k))

@@ -280,7 +280,7 @@ def train_fcn(model: FCN32s, trunk: Trunk, ds: Dataset, recipe: Recipe, ctx: Eva
         if images.numel() == 0:
             return None
         check_masks(masks, num_classes, d.train_split)
-        return trunk.prepare(images).to(ctx.device), masks.to(ctx.device)
+        return trunk.prepare(fit.on_batch_device(images)).to(ctx.device), masks.to(ctx.device)
 
     def loss(net: nn.Module, batch: tuple[Tensor, Tensor], step: int) -> dict[str, Tensor]:
         x, y = batch
