@@ -6,8 +6,9 @@ Measures, in one run, on the first CUDA device:
    -> 768 inputs, in images/s and as % of that peak (FLOPs of a step counted by torch.utils.flop_counter):
    - baseline: fp32, eager, NCHW;
    - fast: bf16 autocast + channels_last + fused SGD, then the same with torch.compile (compile time apart);
-3. the feed ratio: steps/s when every step first decodes 192 JPEGs (torchvision.io.decode_jpeg on the GPU, one
-   batched call) and builds the batch, against the same steps on a batch already on the device.
+3. the feed ratio: steps/s when every step first decodes 192 JPEGs (sslbench's data.decode = device path:
+   torchvision.io.decode_jpeg on the GPU, one batched call, then each image's RandomResizedCrop there) and builds
+   the batch, against the same steps on a batch already on the device.
 
 Goals (issue 18): fast >= 25% of the bf16 peak and >= 2.5x the baseline; feed ratio >= 0.9.
 Expected output on an H200 (to be filled in by the first run on one): one line per measurement, then
@@ -108,15 +109,21 @@ def jpeg_bytes(n: int, side: int) -> list[torch.Tensor]:
 
 
 def feed_ratio(device: torch.device, n: int, side: int, steps: int, overrides: list[str]) -> float:
-    """steps/s decoding JPEGs on the device every step, over steps/s on a batch already resident."""
-    from torchvision.io import decode_jpeg
+    """steps/s decoding JPEGs on the device every step through sslbench's data.decode = "device" path (one batched
+    decode_jpeg, then each image's RandomResizedCrop there: sslbench.data.decode), over steps/s on a batch already
+    resident. The files are 4/3 the crop's side, as ImageNet's are larger than 224 px."""
+    from sslbench.data.decode import Encoded, EncodedBatch, decode_batch
+    from sslbench.transforms import random_resized_box
 
-    files = jpeg_bytes(n, side)
-    resident = torch.stack(decode_jpeg(files, device=device.type))
+    source = side * 4 // 3
+    items = EncodedBatch(Encoded(data, f"file {i}", (("resized_crop", *random_resized_box(
+        source, source, torch.Generator().manual_seed(i)), [side, side]),)) for i, data in enumerate(jpeg_bytes(
+            n, source)))
+    resident = decode_batch(items, device)[0]
     with_decode = []
 
     def decoded() -> torch.Tensor:
-        return torch.stack(decode_jpeg(files, device=device.type))
+        return decode_batch(items, device)[0]
 
     for feed in (lambda: resident, decoded):
         task, recipe = build(device, side, overrides)

@@ -96,6 +96,10 @@ class DataConfig:
     load_size: Annotated[int, In(0, 4096)] = 0  # train_crop = "random": the shorter side before the crop
     load_area: tuple[Annotated[int, In(0, 16_777_216)], Annotated[int, In(0, 16_777_216)]] = (0, 0)  # "random_area"
     synth_seed: Seed = 0  # seed of the embedded generator (fixes the images, not the training)
+    # where a training image's JPEG is decoded: "loader" (PIL, in the loader workers) or "device" (the file's bytes
+    # to the main process, one batched torchvision.io.decode_jpeg where the batch is built: nvJPEG on a GPU with
+    # engine.batch_on = "device"; the imagenet layout; other pixels than PIL's, so part of the identity)
+    decode: Literal["loader", "device"] = "loader"
 
     def __post_init__(self) -> None:
         lo, hi = self.load_area
@@ -366,7 +370,7 @@ LATE_DEFAULTS = (("backbone", "pool_pad", 0), ("data", "load_area", [0, 0]), ("s
                  ("protocol", "lasso", {"enabled": False, "stage": "res4", "l1": 1e-3, "lr_scale": 1.0}),
                  # speed switches, off (2026-12-03; fused and compile move the floats, so they stay in the identity)
                  ("optim", "fused", False), ("engine", "compile", False), ("engine", "prefetch", False),
-                 ("engine", "batch_on", "loader"))
+                 ("engine", "batch_on", "loader"), ("data", "decode", "loader"))
 
 
 def _without_late_defaults(d: dict[str, Any]) -> dict[str, Any]:

@@ -153,7 +153,7 @@ class Trainer:
 
         def batches(epoch: int, first: int) -> Iterable[Any]:
             return epoch_loader(self.dataset, r.data.batch_size, r.seed, epoch, ddp, collate_skip_corrupt,
-                                r.data.workers, first, self.ctx.unreadable)
+                                r.data.workers, first, self.ctx.unreadable, decode_on=self.fit.batch_device)
 
         fit = self.fit
 

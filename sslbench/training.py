@@ -32,6 +32,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sslbench.config import OptimConfig, Recipe, ScheduleConfig
+from sslbench.data.datasets import decode_deferred
 from sslbench.errors import Interrupted, UserError
 from sslbench.progress import progress_bar
 from sslbench.runlog import MetricLogger
@@ -225,8 +226,9 @@ class Counted:
     in which no item at all could be read is an error (a data set of damaged files is not a result)."""
 
     def __init__(self, loader: DataLoader, batches: Sequence[list[int]], unreadable: Unreadable | None,
-                 what: str) -> None:
+                 what: str, decode_on: torch.device | None = None) -> None:
         self.loader, self.batches, self.unreadable, self.what = loader, batches, unreadable, what
+        self.decode_on = decode_on or torch.device("cpu")  # where a batch of files' bytes is decoded
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -235,6 +237,7 @@ class Counted:
         asked = got = 0
         first_missing: int | None = None
         for wanted, (indices, batch) in zip(self.batches, self.loader):
+            indices, batch = decode_deferred(indices, batch, self.decode_on)  # data.decode = "device"
             kept = indices.tolist()
             asked, got = asked + len(wanted), got + len(kept)
             if first_missing is None and len(kept) < len(wanted):
@@ -249,7 +252,7 @@ class Counted:
 
 def epoch_loader(ds: Dataset, global_batch: int, seed: int, epoch: int, ddp: Dist, collate: Callable[[list[Any]], Any],
                  workers: int = 0, start: int = 0, unreadable: Unreadable | None = None,
-                 what: str = "train") -> Counted:
+                 what: str = "train", decode_on: torch.device | None = None) -> Counted:
     """The seeded training loader: this rank's (indices, batch) of every global batch of epoch `epoch`."""
     sampler = EpochBatches(len(ds), global_batch, seed, epoch, ddp, start)  # type: ignore[arg-type]
     # Its own generator: a DataLoader otherwise draws its worker seed from the global RNG, which would shift the
@@ -257,7 +260,7 @@ def epoch_loader(ds: Dataset, global_batch: int, seed: int, epoch: int, ddp: Dis
     loader = DataLoader(_Indexed(ds, (seed, epoch)), batch_sampler=sampler, num_workers=workers,
                         collate_fn=_IndexedCollate(collate),
                         generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
-    return Counted(loader, list(sampler), unreadable, what)
+    return Counted(loader, list(sampler), unreadable, what, decode_on)
 
 
 def shard_loader(ds: Dataset, batch: int, ddp: Dist, collate: Callable[[list[Any]], Any], workers: int = 0,

@@ -31,6 +31,12 @@ def build_dataset(cfg: DataConfig, split: str, num: int = 0) -> Dataset:
             raise UserError(f"data.train_crop = {cfg.train_crop!r}: the {cfg.dataset} loader takes centre crops only "
                             "(random train-time crops: the imagenet layout); set data.train_crop = \"center\"")
         ds = crops(cfg.train_crop, cfg.load_size, cfg.load_area)
+    if cfg.decode != "loader" and split == cfg.train_split:
+        decoded_on = getattr(ds, "decoded_on", None)
+        if decoded_on is None:
+            raise UserError(f"data.decode = {cfg.decode!r}: the {cfg.dataset} loader decodes in its workers only "
+                            "(decoding where the batch is built: the imagenet layout); set data.decode = \"loader\"")
+        ds = decoded_on(cfg.decode)
     return ds
 
 

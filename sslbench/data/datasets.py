@@ -23,6 +23,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from sslbench.data.classes import VOC_CLASSES
+from sslbench.data.decode import Encoded, EncodedBatch, decode_batch
 from sslbench.data.synthetic import SPLITS, Sample, load_split, render_sample
 from sslbench.errors import UserError
 from sslbench.registry import register_dataset
@@ -96,13 +97,32 @@ def collate_skip_corrupt(batch: list[Any]) -> tuple[Tensor, dict[str, Any]]:
     items = [b for b in batch if b is not None]
     if not items:
         return torch.zeros(0, dtype=torch.uint8), {}
-    images = torch.stack([img for img, _ in items])
+    images = (EncodedBatch(img for img, _ in items) if isinstance(items[0][0], Encoded)  # data.decode = "device"
+              else torch.stack([img for img, _ in items]))
     target: dict[str, Any] = {}
     for key in items[0][1]:
         values = [t[key] for _, t in items]
         same = key not in PER_OBJECT and all(isinstance(v, Tensor) and v.shape == values[0].shape for v in values)
         target[key] = torch.stack(values) if same else values
     return images, target
+
+
+def decode_deferred(indices: Tensor, batch: Any, device: torch.device) -> tuple[Tensor, Any]:
+    """(indices, (images, target)) whose images are still files' bytes (data.decode = "device", sslbench.data.decode)
+    decoded on `device`, the items no decoder could read dropped with their indices and targets; any other batch
+    as it is."""
+    if not (isinstance(batch, tuple) and len(batch) == 2 and isinstance(batch[0], EncodedBatch)):
+        return indices, batch
+    images, kept = decode_batch(batch[0], device)
+    if len(kept) == len(batch[0]):
+        return indices, (images, batch[1])
+    return indices[kept], (images, keep_rows(batch[1], kept))
+
+
+def keep_rows(target: dict[str, Any], kept: list[int]) -> dict[str, Any]:
+    """A collated target dict with only the items at positions `kept` (stacked tensors and per-item lists)."""
+    rows = torch.tensor(kept, dtype=torch.int64)
+    return {k: v[rows] if isinstance(v, Tensor) else [v[i] for i in kept] for k, v in target.items()}
 
 
 def warn_corrupt(path: Any, exc: Exception) -> None:

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 import torchvision
-import torchvision.transforms.functional as TF
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from sslbench.data.classes import VOC_CLASSES
 from sslbench.data.datasets import warn_corrupt
+from sslbench.data.decode import Encoded, Op, apply_ops, encoded, resized_size
 from sslbench.data.layouts import Layout, register_layout
 from sslbench.data.layouts._common import (
     JPEG,
@@ -106,41 +106,53 @@ class ImageFolderItems(Dataset):
         out.crop, out.load_size, out.load_area = kind, load_size or self.size, load_area
         return out
 
-    def _open(self, i: int) -> tuple[Image.Image | None, int]:
+    decode = "loader"  # "device": items are the files' bytes, decoded where the batch is built (decode.py)
+
+    def decoded_on(self, where: str) -> ImageFolderItems:
+        """This split with data.decode = `where`: "device" makes each item an `Encoded` (file bytes + geometry)."""
+        out = copy.copy(self)
+        out.decode = where
+        return out
+
+    def __getitem__(self, i: int) -> tuple[Tensor | Encoded, dict[str, Tensor]] | None:
+        return self._item(i, None)
+
+    def draw(self, i: int, generator: torch.Generator) -> tuple[Tensor | Encoded, dict[str, Tensor]] | None:
+        return self._item(i, None if self.crop == "center" else generator)
+
+    def _item(self, i: int, generator: torch.Generator | None) -> tuple[Tensor | Encoded, dict[str, Tensor]] | None:
+        """Item i, its train-time crop drawn from `generator` (None: the centre crop). The geometry is worked out
+        from the image's size alone, so the PIL path and the deferred one draw the same crop."""
         path, label = self.samples[i]
         try:
-            return open_rgb(path), label
+            if self.decode == "device":  # the header only: the size, not the pixels
+                with Image.open(path) as im:
+                    return encoded(path, self._ops(*im.size, generator)), label_target(label)
+            img = open_rgb(path)
         except UNREADABLE as exc:
             warn_corrupt(path, exc)
-            return None, label
-
-    def __getitem__(self, i: int) -> tuple[Tensor, dict[str, Tensor]] | None:
-        img, label = self._open(i)
-        if img is None:
             return None
-        if self.size > 0:
-            img = TF.center_crop(TF.resize(img, self.size), [self.size, self.size])
-        return to_tensor(img), label_target(label)
+        return to_tensor(apply_ops(img, self._ops(img.width, img.height, generator))), label_target(label)
 
-    def draw(self, i: int, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]] | None:
-        if self.crop == "center":
-            return self[i]
-        img, label = self._open(i)
-        if img is None:
-            return None
+    def _ops(self, width: int, height: int, generator: torch.Generator | None) -> list[Op]:
+        """The torchvision.transforms.functional calls that make an image of `width` x `height` an item."""
+        s = self.size
+        if s <= 0:
+            return []
+        if generator is None:
+            return [("resize", s), ("center_crop", [s, s])]
         if self.crop == "random_resized":
-            top, left, h, w = random_resized_box(img.width, img.height, generator)
-            img = TF.resized_crop(img, top, left, h, w, [self.size, self.size])
-        else:  # "random" / "random_area": resized (shorter side load_size / area in load_area), a random square
-            if self.crop == "random":
-                img = TF.resize(img, self.load_size)
-            else:
-                w, h = random_area_size(img.width, img.height, self.load_area, self.size, generator)
-                img = TF.resize(img, [h, w])
-            top = int(torch.randint(0, img.height - self.size + 1, (), generator=generator))
-            left = int(torch.randint(0, img.width - self.size + 1, (), generator=generator))
-            img = TF.crop(img, top, left, self.size, self.size)
-        return to_tensor(img), label_target(label)
+            return [("resized_crop", *random_resized_box(width, height, generator), [s, s])]
+        # "random" / "random_area": resized (shorter side load_size / area in load_area), a random square
+        if self.crop == "random":
+            size: int | list[int] = self.load_size
+        else:
+            w, h = random_area_size(width, height, self.load_area, s, generator)
+            size = [h, w]
+        rw, rh = resized_size(width, height, size)
+        top = int(torch.randint(0, rh - s + 1, (), generator=generator))
+        left = int(torch.randint(0, rw - s + 1, (), generator=generator))
+        return [("resize", size), ("crop", top, left, s, s)]
 
 
 def imagenet(root: str | None, split: str, image_size: int, num: int, synth_seed: int) -> Dataset:
