@@ -97,6 +97,11 @@ def random_flips(n: int, generator: torch.Generator, device: torch.device) -> Te
     return (torch.rand(n, generator=generator, device=generator.device) < 0.5).to(device)
 
 
+def mirror(x: Tensor, flips: Tensor) -> Tensor:
+    """x [N, ..., W] with the rows where flips [N] is true mirrored left-right (a new tensor)."""
+    return torch.where(flips.view(-1, *(1,) * (x.dim() - 1)), x.flip(-1), x)
+
+
 def random_crop_flip(images: Tensor, pad: int, flip: bool, generator: torch.Generator) -> Tensor:
     """Per-image random crop after zero-padding by `pad`, and a random horizontal flip (CIFAR style).
 

@@ -205,3 +205,27 @@ def test_engine_compile_trains_as_eager_and_logs_the_compilation_apart(tmp_path:
     assert len(first) == 1 and first[0]["step"] == 1 and first[0]["compile_s"] > 0
     eager = (runs[False].run_dir / "metrics.jsonl").read_text()
     assert "compile_s" not in eager
+
+
+def test_a_compiler_that_fails_on_the_first_step_is_one_line_and_leaves_no_run(tmp_path: Path, monkeypatch) -> None:
+    """engine.compile where torch.compile cannot work (here: a backend that raises, as inductor does without a C++
+    compiler): a UserError naming engine.compile and the way out; the run directory is removed like any run that
+    failed before its first checkpoint."""
+    from torch._dynamo.exc import TorchDynamoException
+
+    from sslbench.engine import pretrain
+
+    class Failing(torch.nn.Module):
+        def __init__(self, model: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+            raise TorchDynamoException("backend='inductor' raised:\nCppCompileError: no C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: Failing(model))
+    recipe = tiny_pretrain("rotation", ["engine.compile=true", "data.num_images=32"])
+    with pytest.raises(UserError, match=r"engine.compile: torch.compile failed on the first step "
+                                        r"\(TorchDynamoException: backend='inductor' raised:\).*engine.compile=false"):
+        pretrain(recipe, tmp_path, device="cpu", progress=False, argv=[])
+    assert not list(tmp_path.glob("rotation-*"))

@@ -105,3 +105,14 @@ def test_every_transfer_input_maps_uint8_images_to_a_finite_float_input() -> Non
     for name in TRANSFER_INPUTS.names():
         out = TRANSFER_INPUTS.get(name)(images)
         assert out.shape == (2, channels[name], 16, 16) and out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 4, 6), (5, 4, 6)])
+def test_mirror_flips_exactly_the_chosen_rows(shape: tuple) -> None:
+    from sslbench.transforms import mirror
+
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    flips = torch.tensor([True, False, False, True, True])
+    out = mirror(x, flips)
+    for i in range(len(x)):
+        assert torch.equal(out[i], x[i].flip(-1) if flips[i] else x[i])

@@ -33,7 +33,7 @@ from sslbench.progress import progress_bar
 from sslbench.protocols.base import EvalContext, Protocol
 from sslbench.registry import register_protocol
 from sslbench.training import Fit, all_sum, autocast, epoch_loader, shard_loader, steps_per_epoch
-from sslbench.transforms import random_flips
+from sslbench.transforms import mirror, random_flips
 
 METRICS = ("pct-within-1.25", "pct-within-1.25^2", "pct-within-1.25^3", "rmse", "abs-rel", "log10")
 
@@ -130,8 +130,8 @@ class NyuDepthProtocol(Protocol):
             if flip:
                 g = torch.Generator(fit.batch_device).manual_seed(recipe.seed * 7919 + step)
                 flips = random_flips(len(images), g, images.device)
-                images = torch.where(flips.view(-1, 1, 1, 1), images.flip(-1), images)
-                depth = torch.where(flips.view(-1, 1, 1), depth.flip(-1), depth)
+                images = mirror(images, flips)
+                depth = mirror(depth, flips)
             return trunk.prepare(images).to(ctx.device), depth.to(ctx.device)
 
         def loss(net: nn.Module, batch: tuple[Tensor, Tensor], step: int) -> dict[str, Tensor]:

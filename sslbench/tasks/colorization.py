@@ -37,7 +37,7 @@ from sslbench.config import In, Positive, Rate
 from sslbench.errors import UserError
 from sslbench.registry import register_task
 from sslbench.tasks.base import PretextTask, SetupState, TinySetup
-from sslbench.transforms import L_CENTRE, lab_to_rgb, random_flips, rgb8_to_lab
+from sslbench.transforms import L_CENTRE, lab_to_rgb, mirror, random_flips, rgb8_to_lab
 
 # ---------------------------------------------------------------- the ab bins
 
@@ -319,7 +319,7 @@ class Colorization(PretextTask):
         cfg = self.cfg
         if cfg.flip:
             flips = random_flips(images.shape[0], generator, images.device)
-            images = torch.where(flips.view(-1, 1, 1, 1), images.flip(-1), images)
+            images = mirror(images, flips)
         lab = rgb8_to_lab(images)
         ab = self._targets_ab(lab[:, 1:])
         index, weight = soft_encode(ab, self.bins, cfg.neighbours, cfg.sigma, cfg.grid)

@@ -53,7 +53,7 @@ from sslbench.data.synthetic import SHAPES, part_mask
 from sslbench.errors import UserError
 from sslbench.registry import register_task
 from sslbench.tasks.base import ParamGroups, PretextTask, TinySetup
-from sslbench.transforms import MEAN, MEAN_PIXEL, STD, cache_chunks, random_flips
+from sslbench.transforms import MEAN, MEAN_PIXEL, STD, cache_chunks, mirror, random_flips
 
 MAX_BLOCKS = 16  # candidate rectangles per image: enough that the union nearly always reaches `coverage`
 
@@ -374,7 +374,7 @@ class Inpainting(PretextTask):
         for part in cache_chunks(n, 4 * images[0].numel(), dev):  # a few images at a time, from the CPU's cache
             chunk = images[part]
             if flips is not None:  # a random horizontal flip of each image
-                chunk = torch.where(flips[part].view(-1, 1, 1, 1), chunk.flip(-1), chunk)
+                chunk = mirror(chunk, flips[part])
             pixels = chunk.float()
             # = normalize(images), the hole at 0 = the mean colour
             torch.addcmul(shift, pixels, scale, out=inputs[part]).masked_fill_(holes[part, None], 0.0)

@@ -23,7 +23,7 @@ from sslbench.backbones.base import Backbone
 from sslbench.errors import UserError
 from sslbench.registry import register_task
 from sslbench.tasks.base import PretextTask, TinySetup
-from sslbench.transforms import lab_l_of_rgb8, normalize, random_flips
+from sslbench.transforms import lab_l_of_rgb8, mirror, normalize, random_flips
 
 IGNORE = 255
 
@@ -65,8 +65,8 @@ class MotionSegmentation(PretextTask):
         mask = targets["motion"].long()
         if self.cfg.flip:
             flips = random_flips(images.shape[0], generator, images.device)
-            images = torch.where(flips.view(-1, 1, 1, 1), images.flip(-1), images)
-            mask = torch.where(flips.view(-1, 1, 1), mask.flip(-1), mask)
+            images = mirror(images, flips)
+            mask = mirror(mask, flips)
         x = lab_l_of_rgb8(images) if self.harmonize == "lab-l" else normalize(images)
         return {"input": x, "mask": mask}
 

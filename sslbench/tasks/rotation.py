@@ -16,7 +16,17 @@ from sslbench.backbones.base import Backbone
 from sslbench.config import Pixels
 from sslbench.registry import register_task
 from sslbench.tasks.base import PretextTask, TapHead, TinySetup, accuracy
-from sslbench.transforms import CIFAR_MEAN, CIFAR_STD, MEAN, STD, cache_chunks, crop_flip, crop_flip_draws, normalize_
+from sslbench.transforms import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    MEAN,
+    STD,
+    cache_chunks,
+    crop_flip,
+    crop_flip_draws,
+    mirror,
+    normalize_,
+)
 
 
 @dataclass(frozen=True)
@@ -68,7 +78,7 @@ class Rotation(PretextTask):
         for part in cache_chunks(n, 4 * inputs[0].numel(), dev):
             chunk, out = images[part], inputs[part]
             if flips is not None:
-                chunk = torch.where(flips[part].view(-1, 1, 1, 1), chunk.flip(-1), chunk)
+                chunk = mirror(chunk, flips[part])
             normalize_(write_rotations(out, chunk), mean, std)
         return {"inputs": inputs.flatten(0, 1), "labels": torch.arange(4, device=dev).repeat(n)}
 

@@ -21,7 +21,7 @@ from sslbench.config import In
 from sslbench.errors import UserError
 from sslbench.registry import register_task
 from sslbench.tasks.base import PretextTask, TapHead, TinySetup, accuracy
-from sslbench.transforms import lab_l_of_rgb8, normalize, random_flips
+from sslbench.transforms import lab_l_of_rgb8, mirror, normalize, random_flips
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class Supervised(PretextTask):
                             "train on a labelled data set (the embedded data, imagenet) or set task.num_classes")
         if self.cfg.flip:
             flips = random_flips(images.shape[0], generator, images.device)
-            images = torch.where(flips.view(-1, 1, 1, 1), images.flip(-1), images)
+            images = mirror(images, flips)
         return {"input": self._input(images), "labels": labels.long()}
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
