@@ -62,9 +62,9 @@ class Rotation(PretextTask):
         """uint8 [N,3,H,W] -> inputs [4N,3,H,W] (normalised), labels [4N]: image i at rows 4i..4i+3, rotated by 0,
         90, 180, 270 degrees (`write_rotations`).
 
-        A few images at a time, from the CPU's cache: each (flipped) image's four rotations are written as views
-        straight into their float slots, then normalised there in place ((x / 255 - mean) / std, the steps of
-        `normalize`: the same bits). At the paper's 192 x 224 px the output is 462 MB, written once."""
+        A few images at a time, from the CPU's cache: each (flipped) image is normalised once ((x / 255 - mean) /
+        std, the steps of `normalize`: the same bits), then its four rotations are written as views straight into
+        their float slots. At the paper's 192 x 224 px the output is 462 MB, written once."""
         cfg, (n, c, h, w), dev = self.cfg, images.shape, images.device
         if h != w:
             raise ValueError(f"rotation: the four rotations of a batch need square images, found {h}x{w}")
@@ -76,10 +76,10 @@ class Rotation(PretextTask):
         mean, std = (CIFAR_MEAN, CIFAR_STD) if cfg.normalize == "cifar" else (MEAN, STD)
         inputs = torch.empty((n, 4, c, h, w), device=dev)
         for part in cache_chunks(n, 4 * inputs[0].numel(), dev):
-            chunk, out = images[part], inputs[part]
-            if flips is not None:
-                chunk = mirror(chunk, flips[part])
-            normalize_(write_rotations(out, chunk), mean, std)
+            chunk = images[part] if flips is None else mirror(images[part], flips[part])
+            # normalised once per image, then its four rotations copied: the same values as normalising the
+            # four copies (each pixel's value does not depend on where it lands), a quarter of the arithmetic
+            write_rotations(inputs[part], normalize_(chunk.to(torch.float32), mean, std))
         return {"inputs": inputs.flatten(0, 1), "labels": torch.arange(4, device=dev).repeat(n)}
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
