@@ -116,7 +116,7 @@ def feed_ratio(device: torch.device, n: int, side: int, steps: int, overrides: l
     from sslbench.transforms import random_resized_box
 
     source = side * 4 // 3
-    items = EncodedBatch(Encoded(data, f"file {i}", (("resized_crop", *random_resized_box(
+    items = EncodedBatch(Encoded(data.numpy().tobytes(), f"file {i}", (("resized_crop", *random_resized_box(
         source, source, torch.Generator().manual_seed(i)), [side, side]),)) for i, data in enumerate(jpeg_bytes(
             n, source)))
     resident = decode_batch(items, device)[0]

@@ -500,8 +500,8 @@ class Fit:
                 before = self.step
                 for ready in self._prepared(batches(epoch, start), prepare):
                     tick = time.time()
-                    out = self._compiling_step(ready, loss) if first_compiled else self._step(ready, loss)
-                    if first_compiled:  # this process's first step holds torch.compile's compilation
+                    out = self._compiling_step(ready, loss) if self.recipe.engine.compile else self._step(ready, loss)
+                    if first_compiled and out is not None:  # this process's first trained step compiled the model
                         self.ctx.log.write(self.step + 1, {"compile_s": time.time() - tick})
                         first_compiled = False
                     self.step += 1
@@ -560,16 +560,19 @@ class Fit:
         raise Interrupted(signum or signal.SIGINT)
 
     def _compiling_step(self, batch: Any, loss: Loss) -> dict[str, float] | None:
-        """The first step under engine.compile, which compiles: a compiler that fails (no C++ compiler for inductor,
-        no Triton for the GPU, an op dynamo cannot trace) is one line that names the way out, not a traceback."""
+        """A step under engine.compile (the first compiles, a new batch shape recompiles): a compiler that fails (no
+        C++ compiler for inductor, no Triton for the GPU, an op dynamo cannot trace) is one line that names the way
+        out, not a traceback."""
         from torch._dynamo.exc import TorchDynamoException
 
         try:
             return self._step(batch, loss)
         except TorchDynamoException as exc:
-            first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-            raise UserError(f"{self.name}: engine.compile: torch.compile failed on the first step "
-                            f"({type(exc).__name__}: {first[:300]}); run without it (--set engine.compile=false) "
+            cause = getattr(exc, "inner_exception", None) or exc  # BackendCompilerFailed wraps the compiler's error
+            lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+            first = next((line for line in lines if not line.endswith("raised:")), "") or type(cause).__name__
+            raise UserError(f"{self.name}: engine.compile: torch.compile failed at step {self.step + 1} "
+                            f"({type(cause).__name__}: {first[:300]}); run without it (--set engine.compile=false) "
                             "or install what the compiler needs (a C++ compiler on the CPU, Triton on a GPU)") from exc
 
     def _step(self, batch: Any, loss: Loss) -> dict[str, float] | None:

@@ -79,7 +79,39 @@ def test_a_damaged_file_is_dropped_with_its_target_and_counted_and_a_png_falls_b
             assert torch.equal(images[row], TF.center_crop(TF.resize(torch.from_numpy(arr).permute(2, 0, 1), 32),
                                                            [32, 32]))
     assert unreadable.counts(Dist()) == {"train": (1, 6)}
-    assert root.is_dir()
+    assert root.is_dir()  # the layout's root, as written
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK"])
+def test_grey_and_cmyk_jpegs_decode_to_the_pil_paths_rgb(mode: str, tmp_path: Path) -> None:
+    write_imagenet(tmp_path, 4, 2, 32, 0)
+    pil, deferred = _pair(tmp_path, "center", {})
+    path = deferred.samples[2][0]
+    Image.open(path).convert(mode).save(path, "JPEG", quality=95)  # ImageNet holds both kinds
+    items = [deferred.draw(i, torch.Generator().manual_seed(i)) for i in range(4)]
+    _, (images, _) = decode_deferred(torch.arange(4), collate_skip_corrupt(items), torch.device("cpu"))
+    want = torch.stack([pil[i][0] for i in range(4)])
+    assert images.shape == want.shape and (images.float() - want.float()).abs().max() <= 2
+
+
+def test_deferred_items_cross_loader_workers_as_bytes(tmp_path: Path) -> None:
+    """With workers each item's bytes come back pickled inline (no shared-memory file per image) and decode alike."""
+    write_imagenet(tmp_path, 8, 2, 40, 0)
+    _, deferred = _pair(tmp_path, "random_resized", {})
+    assert isinstance(deferred.draw(0, torch.Generator().manual_seed(0))[0].data, bytes)
+    one = [(i.tolist(), b[0]) for i, b in epoch_loader(deferred, 4, 0, 0, Dist(), collate_skip_corrupt)]
+    two = [(i.tolist(), b[0]) for i, b in epoch_loader(deferred, 4, 0, 0, Dist(), collate_skip_corrupt, workers=2)]
+    assert [i for i, _ in one] == [i for i, _ in two]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(one, two))
+
+
+def test_single_items_stay_decoded_by_pil_for_the_callers_that_read_them_one_by_one(tmp_path: Path) -> None:
+    """A task's set-up, `sslbench show` and the test passes index the data set: they get tensors either way."""
+    write_imagenet(tmp_path, 4, 2, 40, 0)
+    pil, deferred = _pair(tmp_path, "random_resized", {})
+    assert torch.equal(deferred[1][0], pil[1][0])
+    with pytest.raises(UserError, match="data.decode = 'device' needs a fixed data.image_size"):
+        _pair(tmp_path, "center", {}, size=0)
 
 
 def test_a_batch_no_decoder_can_read_is_empty_and_its_loader_says_so(tmp_path: Path) -> None:
@@ -90,7 +122,7 @@ def test_a_batch_no_decoder_can_read_is_empty_and_its_loader_says_so(tmp_path: P
         Path(path).write_bytes(data[: len(data) // 2])
     with pytest.warns(UserWarning, match="unreadable image"), pytest.raises(UserError, match="none of the 2 items"):
         list(epoch_loader(deferred, 2, 0, 0, Dist(), collate_skip_corrupt))
-    batch = EncodedBatch([deferred[0][0]])
+    batch = EncodedBatch([deferred.draw(0, torch.Generator())[0]])
     with pytest.warns(UserWarning):
         _, (images, target) = decode_deferred(torch.tensor([0]), (batch, {"label": torch.tensor([3])}),
                                               torch.device("cpu"))
@@ -122,9 +154,11 @@ def test_a_pretraining_decodes_its_jpegs_where_it_builds_the_batch(tmp_path: Pat
     monkeypatch.setattr(datasets, "decode_batch", spy)
     extra = ["schedule.epochs=1", "data.dataset=imagenet", "data.train_split=train", "data.num_images=32",
              "data.train_crop=random_resized"]
-    recipe = tiny_pretrain("rotation", tiny_alexnet([*extra, "data.decode=device"]), flavour="alexnet")
+    recipe = tiny_pretrain("rotation", tiny_alexnet([*extra, "data.decode=device", "engine.batch_on=device"]),
+                           flavour="alexnet")
     out = pretrain(recipe, tmp_path, "cpu", progress=False)
     assert out.steps == len(decoded) and decoded[0][1:] == (3, 32, 32)
     default = tiny_pretrain("rotation", tiny_alexnet([*extra, "data.decode=loader"]), flavour="alexnet")
     assert recipe_key(default) == recipe_key(tiny_pretrain("rotation", tiny_alexnet(extra), flavour="alexnet"))
-    assert recipe_key(recipe) != recipe_key(default)
+    assert recipe_key(recipe) != recipe_key(
+        tiny_pretrain("rotation", tiny_alexnet([*extra, "engine.batch_on=device"]), flavour="alexnet"))

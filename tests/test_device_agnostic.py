@@ -107,19 +107,28 @@ def test_the_protocols_build_their_batches_where_engine_batch_on_says(protocol: 
     from sslbench.training import Fit
     from tests.conftest import tiny_alexnet, tiny_protocol
 
-    moved, real = [], Fit.on_batch_device
+    moved, drawn, real, real_generator = [], [], Fit.on_batch_device, Fit.generator
 
     def spy(self, tensor):  # noqa: ANN001, ANN202
         moved.append((self.batch_device.type, tensor.dtype))
         return real(self, tensor)
 
+    def generator_spy(self, step):  # noqa: ANN001, ANN202
+        g = real_generator(self, step)
+        drawn.append(g.device == self.batch_device)
+        return g
+
     monkeypatch.setattr(Fit, "on_batch_device", spy)
+    monkeypatch.setattr(Fit, "generator", generator_spy)
     runs = {}
     for where in ("loader", "device"):
         moved.clear()
+        drawn.clear()
         options = [*PROTOCOL_BATCHES[protocol], f"engine.batch_on={where}"]
         recipe = tiny_protocol(protocol, options if protocol == "nyu-depth" else tiny_alexnet(options))
         runs[where] = evaluate(recipe, "random", tmp_path / where, "cpu", progress=False, argv=["test"]).metrics
         assert moved and {device for device, _ in moved} == {"cpu"}, where
         assert {dtype for _, dtype in moved} >= {torch.uint8}, where  # the loader's images, before any transform
+        if protocol in ("voc-cls", "linear"):  # the protocols that draw an augmentation per step
+            assert drawn and all(drawn), where
     assert runs["device"] == runs["loader"]

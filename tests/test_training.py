@@ -221,11 +221,12 @@ def test_a_compiler_that_fails_on_the_first_step_is_one_line_and_leaves_no_run(t
             self.inner = model
 
         def forward(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
-            raise TorchDynamoException("backend='inductor' raised:\nCppCompileError: no C++ compiler")
+            raise TorchDynamoException("backend='inductor' raised:\nCppCompileError: no C++ compiler\n\nmore")
 
     monkeypatch.setattr(torch, "compile", lambda model, **kw: Failing(model))
     recipe = tiny_pretrain("rotation", ["engine.compile=true", "data.num_images=32"])
-    with pytest.raises(UserError, match=r"engine.compile: torch.compile failed on the first step "
-                                        r"\(TorchDynamoException: backend='inductor' raised:\).*engine.compile=false"):
+    with pytest.raises(UserError, match=r"engine.compile: torch.compile failed at step 1 "
+                                        r"\(TorchDynamoException: CppCompileError: no C\+\+ compiler\).*"
+                                        r"engine.compile=false"):
         pretrain(recipe, tmp_path, device="cpu", progress=False, argv=[])
     assert not list(tmp_path.glob("rotation-*"))

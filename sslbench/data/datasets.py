@@ -92,8 +92,9 @@ def embedded(root: str | None, split: str, image_size: int, num: int, synth_seed
     return Embedded(split, image_size, num or 1000, synth_seed)
 
 
-def collate_skip_corrupt(batch: list[Any]) -> tuple[Tensor, dict[str, Any]]:
-    """Stack the readable items; None items (corrupt files, already warned about) are dropped."""
+def collate_skip_corrupt(batch: list[Any]) -> tuple[Tensor | EncodedBatch, dict[str, Any]]:
+    """Stack the readable items; None items (corrupt files, already warned about) are dropped. Items still to
+    decode (data.decode = "device") are kept as an EncodedBatch, which the loader decodes (`decode_deferred`)."""
     items = [b for b in batch if b is not None]
     if not items:
         return torch.zeros(0, dtype=torch.uint8), {}

@@ -38,9 +38,13 @@ class Encoded:
     """One image still to decode: its file's bytes (uint8 [B]), where they came from, and the geometry to apply
     (torchvision.transforms.functional calls, in order, with the arguments the PIL path passes)."""
 
-    data: Tensor
+    data: bytes  # bytes, not a tensor: pickled inline from a loader worker (a tensor would hold a shared-memory
+    # file descriptor per image until the batch is decoded: a large batch from several workers runs out of them)
     path: str
     ops: tuple[Op, ...]
+
+    def tensor(self) -> Tensor:
+        return torch.frombuffer(bytearray(self.data), dtype=torch.uint8)
 
 
 class EncodedBatch(list):
@@ -49,8 +53,7 @@ class EncodedBatch(list):
 
 def encoded(path: str, ops: Sequence[Op]) -> Encoded:
     with open(path, "rb") as f:
-        data = f.read()
-    return Encoded(torch.frombuffer(bytearray(data), dtype=torch.uint8), str(path), tuple(ops))
+        return Encoded(f.read(), str(path), tuple(ops))
 
 
 def resized_size(width: int, height: int, size: int | Sequence[int]) -> tuple[int, int]:
@@ -75,11 +78,11 @@ def _decode_one(item: Encoded, device: torch.device) -> Tensor | None:
     """One file through the fallbacks: the device's JPEG decoder, the CPU's, PIL (any format it reads)."""
     for on in dict.fromkeys((device, torch.device("cpu"))):
         try:
-            return decode_jpeg(item.data, mode=ImageReadMode.RGB, device=on).to(device)
+            return decode_jpeg(item.tensor(), mode=ImageReadMode.RGB, device=on).to(device)
         except RuntimeError:
             continue
     try:
-        with Image.open(io.BytesIO(item.data.numpy().tobytes())) as im:
+        with Image.open(io.BytesIO(item.data)) as im:
             arr = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()
         return arr.to(device)
     except (OSError, ValueError, SyntaxError):
@@ -90,7 +93,7 @@ def decode_batch(batch: EncodedBatch, device: torch.device) -> tuple[Tensor, lis
     """uint8 [N,3,S,S] on `device` of the batch's readable items, and their positions in the batch. One batched
     decode first; when it fails (a file that is not a baseline JPEG, a damaged one), each file on its own."""
     try:
-        decoded: list[Tensor | None] = list(decode_jpeg([e.data for e in batch], mode=ImageReadMode.RGB,
+        decoded: list[Tensor | None] = list(decode_jpeg([e.tensor() for e in batch], mode=ImageReadMode.RGB,
                                                         device=device))
     except RuntimeError:
         decoded = [_decode_one(e, device) for e in batch]

@@ -128,6 +128,8 @@ class NyuDepthProtocol(Protocol):
                 return None
             images, depth = fit.on_batch_device(images), fit.on_batch_device(depth)
             if flip:
+                # (seed, step) without the rank: under DDP every rank flips the same batch positions of its own
+                # images; kept so, as changing the stream would change every stored nyu-depth result's bits
                 g = torch.Generator(fit.batch_device).manual_seed(recipe.seed * 7919 + step)
                 flips = random_flips(len(images), g, images.device)
                 images = mirror(images, flips)

@@ -79,7 +79,7 @@ class Rotation(PretextTask):
             chunk = images[part] if flips is None else mirror(images[part], flips[part])
             # normalised once per image, then its four rotations copied: the same values as normalising the
             # four copies (each pixel's value does not depend on where it lands), a quarter of the arithmetic
-            write_rotations(inputs[part], normalize_(chunk.to(torch.float32), mean, std))
+            write_rotations(inputs[part], normalize_(chunk.to(torch.float32, copy=True), mean, std))
         return {"inputs": inputs.flatten(0, 1), "labels": torch.arange(4, device=dev).repeat(n)}
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -106,26 +106,32 @@ class ImageFolderItems(Dataset):
         out.crop, out.load_size, out.load_area = kind, load_size or self.size, load_area
         return out
 
-    decode = "loader"  # "device": items are the files' bytes, decoded where the batch is built (decode.py)
+    decode = "loader"  # "device": the training loader's items are the files' bytes, decoded where the batch is built
 
     def decoded_on(self, where: str) -> ImageFolderItems:
-        """This split with data.decode = `where`: "device" makes each item an `Encoded` (file bytes + geometry)."""
+        """This split with data.decode = `where`: "device" makes each item the training loader draws (`draw`) an
+        `Encoded` (the file's bytes + its geometry, sslbench.data.decode); `[i]` still decodes here, for the
+        callers that read items one by one (a task's set-up, figures, rescaling)."""
+        if where != "loader" and self.size <= 0:
+            raise UserError(f"imagenet: data.decode = {where!r} needs a fixed data.image_size (the decoded images "
+                            "are stacked into one batch), found 0")
         out = copy.copy(self)
         out.decode = where
         return out
 
-    def __getitem__(self, i: int) -> tuple[Tensor | Encoded, dict[str, Tensor]] | None:
-        return self._item(i, None)
+    def __getitem__(self, i: int) -> tuple[Tensor, dict[str, Tensor]] | None:
+        return self._item(i, None, defer=False)  # type: ignore[return-value]
 
     def draw(self, i: int, generator: torch.Generator) -> tuple[Tensor | Encoded, dict[str, Tensor]] | None:
-        return self._item(i, None if self.crop == "center" else generator)
+        return self._item(i, None if self.crop == "center" else generator, defer=self.decode == "device")
 
-    def _item(self, i: int, generator: torch.Generator | None) -> tuple[Tensor | Encoded, dict[str, Tensor]] | None:
-        """Item i, its train-time crop drawn from `generator` (None: the centre crop). The geometry is worked out
-        from the image's size alone, so the PIL path and the deferred one draw the same crop."""
+    def _item(self, i: int, generator: torch.Generator | None,
+              defer: bool) -> tuple[Tensor | Encoded, dict[str, Tensor]] | None:
+        """Item i, its train-time crop drawn from `generator` (None: the centre crop); `defer`: an `Encoded`. The
+        geometry is worked out from the image's size alone, so the PIL path and the deferred one draw the same crop."""
         path, label = self.samples[i]
         try:
-            if self.decode == "device":  # the header only: the size, not the pixels
+            if defer:  # the header only: the size, not the pixels
                 with Image.open(path) as im:
                     return encoded(path, self._ops(*im.size, generator)), label_target(label)
             img = open_rgb(path)
