@@ -8,6 +8,7 @@ import importlib.util
 import os
 import platform
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,33 @@ def _device() -> Check:
         names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
         return Check("device", f"cuda {torch.version.cuda}: {names}")
     return Check("device", f"cpu ({os.cpu_count()} cores; no CUDA device: `--device auto` runs on the CPU)")
+
+
+def _jpeg_decoder() -> Check:
+    """Whether data.decode = "device" can decode a batch here: a tiny JPEG through sslbench.data.decode on the GPU
+    (nvJPEG) where there is one, else on the CPU."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from sslbench.data.decode import Encoded, EncodedBatch, decode_batch
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 90)).save(buf, "JPEG", quality=95)
+    item = Encoded(buf.getvalue(), "doctor's test image", ())
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    where = "nvJPEG, batched, on cuda" if device.type == "cuda" else "libjpeg-turbo on the CPU, in the main process"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torchvision 0.29's deprecation of its decoders
+            images, kept = decode_batch(EncodedBatch([item, item]), device)
+        if kept != [0, 1] or images.shape != (2, 3, 16, 16) or abs(int(images[0, 0, 8, 8]) - 200) > 8:
+            raise RuntimeError(f"decoded {tuple(images.shape)} with items {kept}")
+    except Exception as exc:  # noqa: BLE001  (any failure of the decoder is the finding)
+        return Check("jpeg decode", f"data.decode = device not usable: {type(exc).__name__}: {exc}", ok=False,
+                     needed=False, hint="keep data.decode = \"loader\" (PIL in the loader workers)")
+    return Check("jpeg decode", f"data.decode = device: torchvision.io.decode_jpeg ({where})")
 
 
 def _selective_search() -> Check:
@@ -117,7 +145,7 @@ def checks() -> list[Check]:
     from sslbench.tables import table_dirs
 
     out.append(_device())
-    out += [_selective_search(), _writable(cache_dir()), *_engines()]
+    out += [_jpeg_decoder(), _selective_search(), _writable(cache_dir()), *_engines()]
     for name, dirs in (("recipes", recipe_dirs), ("tables", table_dirs)):
         try:
             out.append(_folders(name, dirs()))

@@ -126,8 +126,8 @@ def test_doctor_names_what_it_found_and_fails_on_what_the_default_run_lacks(tmp_
     assert p.exit_code == 0, p.output
     lines = p.output.splitlines()
     assert any(line.startswith("ok") and "torchvision" in line and torchvision.__version__ in line for line in lines)
-    assert {line.split()[1] for line in lines} >= {"python", "torch", "device", "selective", "cache", "recipes",
-                                                     "tables"}
+    assert {line.split()[1] for line in lines} >= {"python", "torch", "device", "jpeg", "selective", "cache",
+                                                     "recipes", "tables"}
     monkeypatch.setenv("SSLBENCH_TABLES", str(tmp_path / "nowhere"))
     p = in_process("doctor")
     assert p.exit_code == 1 and any(line.startswith("MISSING tables") for line in p.output.splitlines())
@@ -149,3 +149,22 @@ def test_doctor_says_when_mmsegs_opencv_overwrote_selective_search(monkeypatch: 
     assert "overwrote" not in doctor._selective_search().line()
     engines = {c.name: c for c in doctor._engines()}
     assert set(engines) == {"detectron2", "mmseg"} and not any(c.needed for c in engines.values())
+
+
+def test_doctor_decodes_a_jpeg_batch_the_way_data_decode_device_would(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A decoder that works is an ok line; one that fails is a line naming the error and data.decode = "loader",
+    which the default run does not need."""
+    import sslbench.data.decode as decode
+    from sslbench import doctor
+
+    check = doctor._jpeg_decoder()
+    assert check.ok and "decode_jpeg" in check.value
+
+    def broken(batch, device):  # noqa: ANN001, ANN202
+        raise RuntimeError("no nvjpeg")
+
+    monkeypatch.setattr(decode, "decode_batch", broken)
+    check = doctor._jpeg_decoder()
+    assert not check.ok and not check.needed
+    assert check.line().startswith("absent  jpeg decode") and "RuntimeError: no nvjpeg" in check.line()
+    assert 'data.decode = "loader"' in check.line()
