@@ -35,7 +35,7 @@ Op = tuple[Any, ...]  # ("resize", size) | ("center_crop", [h, w]) | ("crop", to
 
 @dataclass(frozen=True)
 class Encoded:
-    """One image still to decode: its file's bytes (uint8 [B]), where they came from, and the geometry to apply
+    """One image still to decode: its file's bytes, where they came from, and the geometry to apply
     (torchvision.transforms.functional calls, in order, with the arguments the PIL path passes)."""
 
     data: bytes  # bytes, not a tensor: pickled inline from a loader worker (a tensor would hold a shared-memory
@@ -85,7 +85,7 @@ def _decode_one(item: Encoded, device: torch.device) -> Tensor | None:
         with Image.open(io.BytesIO(item.data)) as im:
             arr = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()
         return arr.to(device)
-    except (OSError, ValueError, SyntaxError):
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
 
 
