@@ -105,6 +105,12 @@ def step_generator(seed: int, step: int, rank: int, device: torch.device | str =
     return torch.Generator(device).manual_seed((seed * 1_000_003 + step) * 1009 + rank)
 
 
+def batch_device(batch_on: str, device: torch.device) -> torch.device:
+    """Where a batch is built: the training `device` with engine.batch_on = "device" (the loader's uint8 moved there
+    first), else the CPU the loader hands it on."""
+    return device if batch_on == "device" else torch.device("cpu")
+
+
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A loader's CPU tensor on `device`: through pinned memory and without blocking when that is a GPU."""
     if device.type == "cuda" and tensor.device.type == "cpu":

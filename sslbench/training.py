@@ -38,6 +38,7 @@ from sslbench.progress import progress_bar
 from sslbench.runlog import MetricLogger
 from sslbench.runtime import (
     Dist,
+    batch_device,
     deferred_interrupts,
     epoch_seed,
     item_seed,
@@ -428,12 +429,6 @@ def agree(ok: bool, ddp: Dist) -> bool:
     return bool(flag.item())
 
 
-def batch_device(recipe: Recipe, device: torch.device) -> torch.device:
-    """Where a batch is built: the training `device` with engine.batch_on = "device" (the loader's uint8 moved there
-    first), else the CPU the loader hands it on."""
-    return device if recipe.engine.batch_on == "device" else torch.device("cpu")
-
-
 class Fit:
     """One training run on the fit loop; `run` trains to the end of the schedule (or continues from `step`)."""
 
@@ -459,7 +454,7 @@ class Fit:
 
     @property
     def batch_device(self) -> torch.device:
-        return batch_device(self.recipe, self.ctx.device)
+        return batch_device(self.recipe.engine.batch_on, self.ctx.device)
 
     def on_batch_device(self, tensor: Tensor) -> Tensor:
         """A loader's tensor where this fit builds its batches (pinned, non-blocking to a GPU)."""

@@ -28,16 +28,8 @@ from sslbench.errors import UserError
 from sslbench.metrics import topk_accuracy
 from sslbench.progress import progress_bar
 from sslbench.protocols.base import EvalContext
-from sslbench.training import (
-    EpochBatches,
-    Fit,
-    autocast,
-    batch_device,
-    epoch_loader,
-    gather_rows,
-    shard_loader,
-    steps_per_epoch,
-)
+from sslbench.runtime import batch_device
+from sslbench.training import EpochBatches, Fit, autocast, epoch_loader, gather_rows, shard_loader, steps_per_epoch
 from sslbench.transforms import random_crop_flip
 
 
@@ -245,7 +237,8 @@ def _cached(x: dict[str, Tensor], y: Tensor, batch: int, seed: int, epoch: int, 
 def _streamed(features: FrozenFeatures, ds: Any, recipe: Recipe, epoch: int, crop_pad: int, ctx: EvalContext,
               start: int) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
     loader = epoch_loader(ds, recipe.data.batch_size, recipe.seed, epoch, ctx.ddp, collate_skip_corrupt,
-                          recipe.data.workers, start, ctx.unreadable, decode_on=batch_device(recipe, ctx.device))
+                          recipe.data.workers, start, ctx.unreadable,
+                          decode_on=batch_device(recipe.engine.batch_on, ctx.device))
     for _, (images, target) in loader:
         yield {"images": images}, target["label"]
 

@@ -36,8 +36,8 @@ from sslbench.progress import progress_bar
 from sslbench.protocols._probing import sanity_check
 from sslbench.protocols.base import EvalContext, Protocol
 from sslbench.registry import register_protocol
-from sslbench.runtime import step_generator, to_device
-from sslbench.training import Fit, autocast, batch_device, epoch_loader, gather_rows, shard_loader, steps_per_epoch
+from sslbench.runtime import batch_device, step_generator, to_device
+from sslbench.training import Fit, autocast, epoch_loader, gather_rows, shard_loader, steps_per_epoch
 from sslbench.transforms import MEAN_PIXEL
 
 
@@ -262,7 +262,7 @@ def _test_scores(net: FineTuneNet, ds: Dataset, recipe: Recipe, cfg: VocClsConfi
     order; each rank scores its shard. Crop k of test image i is drawn from (seed, i, k) alone, so the scores
     do not depend on the batch size or the number of processes."""
     net.eval()
-    on = batch_device(recipe, ctx.device)  # the crops' pixels there; their draws stay on the CPU, per image
+    on = batch_device(recipe.engine.batch_on, ctx.device)  # the crops' pixels there; their draws on the CPU, per image
     scores, labels, difficult, indices = [], [], [], []
     loader = shard_loader(ds, recipe.data.batch_size, ctx.ddp, collate_skip_corrupt, recipe.data.workers,
                           ctx.unreadable)
